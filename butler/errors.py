@@ -1,0 +1,82 @@
+"""Exceptions raised by the butler.
+
+Every exception inherits both ``ButlerError`` (so callers can catch anything the
+butler raises) and the standard exception that describes the kind of failure
+(so generic code that catches ``LookupError`` or ``PermissionError`` still works).
+Messages say what was asked, where the butler looked, and what is close.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ButlerError",
+    "ChecksumError",
+    "CollectionError",
+    "ConflictError",
+    "DataIdError",
+    "DatasetNotFoundError",
+    "DatasetTypeError",
+    "ExpressionError",
+    "ReadOnlyError",
+    "RegistryConnectionError",
+    "RepositoryNotFoundError",
+    "RunOwnershipError",
+    "StorageClassError",
+    "TemplateError",
+]
+
+
+class ButlerError(Exception):
+    """Base class of every error raised by the butler."""
+
+
+class DatasetNotFoundError(LookupError, ButlerError):
+    """No dataset matches the dataset type, data ID and collections asked for."""
+
+
+class DatasetTypeError(LookupError, ButlerError):
+    """A dataset type is unknown, or is registered with a different definition."""
+
+
+class CollectionError(LookupError, ButlerError):
+    """A collection does not exist or has the wrong type for the operation."""
+
+
+class DataIdError(ValueError, ButlerError):
+    """A data ID has an unknown key, a missing key, a bad value or a value not in the registry."""
+
+
+class ExpressionError(ValueError, ButlerError):
+    """A where-expression could not be parsed or does not fit the query."""
+
+
+class StorageClassError(TypeError, ButlerError):
+    """An object does not match the storage class of its dataset type."""
+
+
+class TemplateError(ValueError, ButlerError):
+    """A file template is malformed or cannot make unique paths."""
+
+
+class ConflictError(ButlerError):
+    """A dataset or definition already exists and would be overwritten."""
+
+
+class ReadOnlyError(PermissionError, ButlerError):
+    """A write was attempted through a read-only butler."""
+
+
+class RunOwnershipError(PermissionError, ButlerError):
+    """A write was attempted into a RUN collection owned by somebody else."""
+
+
+class ChecksumError(OSError, ButlerError):
+    """Bytes read back do not match the checksum recorded when they were written."""
+
+
+class RepositoryNotFoundError(FileNotFoundError, ButlerError):
+    """The repository root or its configuration file does not exist."""
+
+
+class RegistryConnectionError(ConnectionError, ButlerError):
+    """The registry database could not be reached."""
