@@ -1,0 +1,724 @@
+"""The Butler: one object to create, open, write, read and query a repository.
+
+A Butler is its configuration (root, collections, run, mode): registries are shared by every
+Butler of a repository in a process, so opening another one is a dictionary lookup, and a
+pickled Butler is a few hundred bytes that reconnects when first used in a worker.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._config import CONFIG_NAME, DEFAULT_SQLITE, RepoConfig
+from ._dataset_ref import DatasetRef
+from ._dataset_type import DatasetType, split_component
+from .dimensions import DataCoordinate, DimensionGroup, DimensionUniverse, coerce_value
+from .errors import (
+    ButlerError,
+    CollectionError,
+    ConflictError,
+    DataIdError,
+    DatasetNotFoundError,
+    ReadOnlyError,
+    RunOwnershipError,
+)
+
+if TYPE_CHECKING:
+    from .datastore._datastore import FileDatastore, VerifyProblem
+    from .dimensions import DimensionRecord
+    from .registry._collections import CollectionRecord, CollectionType
+    from .registry._datasets import FoundDataset
+    from .registry._registry import Registry
+
+__all__ = ["Butler", "DeferredDatasetHandle", "current_user"]
+
+_REGISTRIES: dict[tuple[str, str | None], Registry] = {}
+
+
+def current_user() -> str:
+    """Owner recorded for new RUN collections: ``$BUTLER_USER``, else the login name."""
+    return os.environ.get("BUTLER_USER") or getpass.getuser()
+
+
+def _open_registry(config: RepoConfig) -> Registry:
+    key = (config.db_url, config.namespace)
+    registry = _REGISTRIES.get(key)
+    if registry is None:
+        from .registry._database import Database
+        from .registry._registry import Registry
+
+        registry = Registry.open(Database(config.db_url, config.namespace))
+        _REGISTRIES[key] = registry
+    return registry
+
+
+class Butler:
+    """A client of one repository.
+
+    ``Butler(root)`` is read-only; ``Butler(root, run="u/alice/run1")`` writes into that run
+    (created on first write, owned by the current user); ``Butler(root, writeable=True)`` is
+    writeable with no default run, so each write names its run.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        collections: str | Sequence[str] | None = None,
+        run: str | None = None,
+        writeable: bool | None = None,
+        calibs: Mapping[str, str] | None = None,
+        _lazy: bool = False,
+    ) -> None:
+        self._config = RepoConfig.read(os.fspath(root))
+        if run is not None:
+            from .registry._collections import validate_collection_name
+
+            validate_collection_name(run)
+        if writeable is False and run is not None:
+            raise ValueError("a Butler with a run is writeable; drop run= or writeable=False")
+        self.run = run
+        self.writeable = bool(writeable) if writeable is not None else run is not None
+        if isinstance(collections, str):
+            collections = [collections]
+        self.collections: tuple[str, ...] = tuple(collections) if collections else ((run,) if run else ())
+        self.calibs = dict(calibs or {})
+        self._reg: Registry | None = None
+        self._store: FileDatastore | None = None
+        self._checked_runs: dict[str, CollectionRecord] = {}
+        self._implied_cache: dict[tuple[DimensionGroup, tuple], dict[str, Any]] = {}
+        if not _lazy:
+            self._registry  # noqa: B018 - connect now so a bad repository fails at open
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        db: str | None = None,
+        namespace: str | None = None,
+        templates: Mapping[str, str] | None = None,
+        formatters: Mapping[str, str] | None = None,
+        universe: DimensionUniverse | None = None,
+        run: str | None = None,
+    ) -> Butler:
+        """Create a repository at ``root`` (SQLite inside it unless ``db`` is a server URL)."""
+        from .datastore._templates import TemplateSet
+        from .registry._database import Database
+        from .registry._registry import Registry
+
+        root = os.path.abspath(os.fspath(root))
+        if os.path.exists(os.path.join(root, CONFIG_NAME)):
+            raise ConflictError(f"{root} already holds a butler repository ({CONFIG_NAME} exists)")
+        TemplateSet(templates)  # validate syntax before anything is written
+        config = RepoConfig(root=root, db=db or DEFAULT_SQLITE, namespace=namespace,
+                            templates=dict(templates or {}), formatters=dict(formatters or {}))
+        created_dir = not os.path.exists(root)
+        os.makedirs(root, exist_ok=True)
+        try:
+            database = Database(config.db_url, namespace)
+            registry = Registry.create(database, universe or DimensionUniverse.default())
+            config.write()
+        except BaseException:
+            if created_dir:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+        _REGISTRIES[(config.db_url, namespace)] = registry
+        return cls(root, run=run, writeable=True)
+
+    def __reduce__(self):
+        return (
+            _butler_from_pickle,
+            (self._config.root, self.collections, self.run, self.writeable, self.calibs or None),
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+    @property
+    def _registry(self) -> Registry:
+        reg = self._reg
+        if reg is None:
+            reg = self._reg = _open_registry(self._config)
+        return reg
+
+    @property
+    def _datastore(self) -> FileDatastore:
+        store = self._store
+        if store is None:
+            from .datastore._datastore import FileDatastore
+            from .datastore._templates import TemplateSet
+
+            attrs = self._registry.attributes
+            inst_templates = {
+                k.split(":", 1)[1]: json.loads(v)["templates"] for k, v in attrs.items() if k.startswith("instrument:")
+            }
+            templates = TemplateSet(self._config.templates, inst_templates)
+            store = self._store = FileDatastore(self._config.root, templates, self._config.formatters)
+        return store
+
+    @property
+    def root(self) -> str:
+        return self._config.root
+
+    @property
+    def universe(self) -> DimensionUniverse:
+        return self._registry.universe
+
+    @property
+    def registry(self) -> Registry:
+        """The registry behind this butler (for advanced use and tests)."""
+        return self._registry
+
+    def _require_writeable(self) -> None:
+        if not self.writeable:
+            raise ReadOnlyError(
+                f"this Butler of {self.root} is read-only; open it with run='...' or writeable=True to write"
+            )
+
+    def _aliases(self, instrument: Any) -> dict[str, str]:
+        attrs = self._registry.attributes
+        if isinstance(instrument, str):
+            text = attrs.get(f"instrument:{instrument}")
+            return json.loads(text)["aliases"] if text else {}
+        merged: dict[str, str] = {}
+        for key, text in attrs.items():
+            if key.startswith("instrument:"):
+                for alias, target in json.loads(text)["aliases"].items():
+                    merged.setdefault(alias, target)
+        return merged
+
+    def _standardize(self, group: DimensionGroup, data_id: Any, kwargs: Mapping[str, Any]) -> DataCoordinate:
+        if isinstance(data_id, DataCoordinate) and not kwargs and data_id.group is group:
+            return data_id
+        merged = dict(data_id) if data_id else {}
+        merged.update(kwargs)
+        aliases = self._aliases(merged.get("instrument"))
+        return DataCoordinate.standardize(merged, group, aliases=aliases)
+
+    def _constraints(self, data_id: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Normalise free-form data ID constraints of a query (any dimension, aliases accepted)."""
+        merged = dict(data_id) if data_id else {}
+        merged.update(kwargs)
+        aliases = self._aliases(merged.get("instrument"))
+        for alias, target in aliases.items():
+            if alias in merged:
+                value = merged.pop(alias)
+                if target in merged and merged[target] != value:
+                    raise DataIdError(f"{alias}={value!r} conflicts with {target}={merged[target]!r}")
+                merged[target] = value
+        universe = self.universe
+        out = {}
+        for key, value in merged.items():
+            if key not in universe.dimensions:
+                raise DataIdError(
+                    f"unknown data ID key {key!r}; dimensions are {list(universe.dimensions)}"
+                    + (f", aliases {sorted(aliases)}" if aliases else "")
+                )
+            out[key] = coerce_value(key, universe[key].key.type, value)  # type: ignore[union-attr]
+        return out
+
+    def _resolve_collections(self, collections: str | Sequence[str] | None) -> list[CollectionRecord]:
+        wanted = collections if collections is not None else self.collections
+        if not wanted:
+            raise CollectionError(
+                "no collections to search: pass collections=... to this call or to Butler(...)"
+            )
+        return self._registry.collections.resolve(wanted)
+
+    def _run_record(self, run: str | None, allow_foreign_run: bool) -> tuple[str, CollectionRecord | None]:
+        from .registry._collections import CollectionType
+
+        name = run or self.run
+        if name is None:
+            raise ButlerError("no run to write into: pass run=... to this call or open the Butler with run=...")
+        rec = self._checked_runs.get(name)
+        if rec is not None:
+            return name, rec
+        rec = self._registry.collections.find(name)
+        if rec is None:
+            from .registry._collections import validate_collection_name
+
+            validate_collection_name(name)
+            return name, None
+        if rec.type != CollectionType.RUN:
+            raise CollectionError(f"cannot write into {name!r}: it is a {rec.type.name} collection, not a RUN")
+        user = current_user()
+        if rec.owner and rec.owner != user and not allow_foreign_run:
+            raise RunOwnershipError(
+                f"run {name!r} belongs to {rec.owner!r}, not to you ({user!r}); write into your own run, "
+                "or pass allow_foreign_run=True if you really mean to add to it"
+            )
+        self._checked_runs[name] = rec
+        return name, rec
+
+    def _ensure_run(self, conn: Any, name: str, rec: CollectionRecord | None) -> CollectionRecord:
+        if rec is not None:
+            return rec
+        from .registry._collections import CollectionType
+
+        rec, _ = self._registry.collections.register(name, CollectionType.RUN, owner=current_user(), conn=conn)
+        return rec
+
+    def _template_values(self, ref: DatasetRef) -> dict[str, Any]:
+        data_id = ref.data_id
+        values = data_id.to_dict(implied=True)
+        group = data_id.group
+        if group.implied:
+            template, _, _ = self._datastore.templates.lookup(ref.dataset_type.name, values.get("instrument"))
+            needed = [n for n in group.implied if n in template.names and n not in values]
+            if needed:
+                values.update(self._expand_implied(data_id))
+        return values
+
+    def _expand_implied(self, data_id: DataCoordinate) -> dict[str, Any]:
+        key = (data_id.group, data_id.values)
+        cached = self._implied_cache.get(key)
+        if cached is None:
+            registry = self._registry
+            group = data_id.group
+            built = registry.query_builder.build(dimensions=group, data_id=data_id.to_dict(), with_implied=True)
+            cols = [built.dimension_column(n) for n in group.implied]
+            with registry.db.transaction() as conn:
+                row = conn.execute(built.select(*cols).limit(1)).first()
+            if row is None:
+                raise DataIdError(self._missing_dimension_message(data_id) or f"data ID {data_id} has no records")
+            cached = dict(zip(group.implied, row))
+            if len(self._implied_cache) > 10_000:
+                self._implied_cache.clear()
+            self._implied_cache[key] = cached
+        return cached
+
+    def _missing_dimension_message(self, data_id: DataCoordinate) -> str | None:
+        registry = self._registry
+        rows = [data_id.to_dict()]
+        with registry.db.transaction() as conn:
+            for dim in data_id.group.required:
+                message = registry.records.missing_keys(self.universe[dim], rows, conn)
+                if message:
+                    return message
+        return None
+
+    # -- registration -------------------------------------------------------------------------
+    def register_instrument(self, instrument: Any, *, update: bool = False) -> None:
+        """Register a camera (an ``Instrument``, its name, class path or YAML path) and its records."""
+        self._require_writeable()
+        from .instrument import load_instrument
+
+        inst = load_instrument(instrument)
+        registry = self._registry
+        records = inst.dimension_records()
+        digest = inst.definition_digest()
+        existing = registry.attributes.get(f"instrument:{inst.name}")
+        if existing is None:
+            registry.refresh_attributes()
+            existing = registry.attributes.get(f"instrument:{inst.name}")
+        if existing is not None and json.loads(existing)["digest"] != digest and not update:
+            raise ConflictError(
+                f"instrument {inst.name!r} is already registered with a different definition "
+                f"(digest {json.loads(existing)['digest']} vs {digest}); pass update=True to replace it"
+            )
+        with registry.db.transaction(write=True) as conn:
+            conflict = "replace" if update else "skip"
+            registry.records.insert("instrument", records["instrument"], conflict=conflict, conn=conn)
+            registry.records.insert("band", records["band"], conflict="skip", conn=conn)
+            registry.records.insert("physical_filter", records["physical_filter"], conflict=conflict, conn=conn)
+            registry.records.insert("detector", records["detector"], conflict=conflict, conn=conn)
+        registry.set_attribute(
+            f"instrument:{inst.name}",
+            json.dumps({"digest": digest, "class_name": inst.class_name, "aliases": dict(inst.aliases),
+                        "templates": dict(inst.file_templates)}),
+        )
+        self._store = None
+
+    def insert_dimension_records(self, element: str, records: Iterable[Mapping[str, Any]], *,
+                                 conflict: str = "error") -> int:
+        """Insert records of a dimension element; ``conflict`` is "error", "skip" or "replace"."""
+        self._require_writeable()
+        return self._registry.records.insert(element, records, conflict=conflict)
+
+    def register_dataset_type(self, dataset_type: DatasetType) -> bool:
+        """Register a dataset type (idempotent); return whether it was new.
+
+        The storage class must exist and every file template that could apply must make unique
+        paths for the type's data IDs; a conflicting existing definition is a ``ConflictError``.
+        """
+        self._require_writeable()
+        from .datastore import get_storage_class
+
+        get_storage_class(dataset_type.storage_class)
+        group = dataset_type.group(self.universe)
+        available = frozenset(group.names)
+        for template, per_type, per_instrument in self._datastore.templates.all_for(dataset_type.name):
+            template.validate(dataset_type=dataset_type.name, required=group.required, available=available,
+                              per_type=per_type, per_instrument=per_instrument)
+        _, created = self._registry.dataset_types.register(dataset_type)
+        return created
+
+    def get_dataset_type(self, name: str) -> DatasetType:
+        return self._registry.dataset_types.get(name).dataset_type
+
+    def register_run(self, name: str, *, doc: str | None = None) -> None:
+        self._require_writeable()
+        from .registry._collections import CollectionType
+
+        self._registry.collections.register(name, CollectionType.RUN, owner=current_user(), doc=doc)
+
+    def register_collection(self, name: str, type: CollectionType | str, *, doc: str | None = None) -> bool:
+        """Create a TAGGED, CHAINED or CALIBRATION collection (or a RUN); return whether it was new."""
+        self._require_writeable()
+        from .registry._collections import CollectionType
+
+        ctype = CollectionType[type.upper()] if isinstance(type, str) else type
+        owner = current_user() if ctype == CollectionType.RUN else None
+        _, created = self._registry.collections.register(name, ctype, owner=owner, doc=doc)
+        return created
+
+    def set_chain(self, name: str, children: Sequence[str]) -> None:
+        """Set the ordered children of a CHAINED collection (created if absent)."""
+        self._require_writeable()
+        from .registry._collections import CollectionType
+
+        registry = self._registry
+        with registry.db.transaction(write=True) as conn:
+            registry.collections.register(name, CollectionType.CHAINED, conn=conn)
+            registry.collections.set_chain(name, children, conn)
+
+    def get_chain(self, name: str) -> list[str]:
+        return self._registry.collections.chain_children(name)
+
+    def associate(self, collection: str, refs: Iterable[DatasetRef]) -> None:
+        """Add refs to a TAGGED collection (set-based); a different ref for the same data ID conflicts."""
+        self._require_writeable()
+        import sqlalchemy as sa
+
+        from .registry._collections import CollectionType
+
+        registry = self._registry
+        rec = registry.collections.get(collection)
+        if rec.type != CollectionType.TAGGED:
+            raise CollectionError(f"{collection!r} is a {rec.type.name} collection; only TAGGED ones take refs")
+        by_type: dict[str, list[DatasetRef]] = {}
+        for ref in refs:
+            by_type.setdefault(ref.dataset_type.name, []).append(ref)
+        with registry.db.transaction(write=True) as conn:
+            for name, group_refs in by_type.items():
+                type_rec = registry.dataset_types.get(name)
+                rows = []
+                for ref in group_refs:
+                    row = dict(zip(type_rec.group.required, ref.data_id.values))
+                    row.update(dataset_type_id=type_rec.id, dataset_id=ref.id, collection_id=rec.id)
+                    rows.append(row)
+                try:
+                    conn.execute(registry.db.insert_ignore(type_rec.tags), rows)
+                except sa.exc.IntegrityError as err:
+                    raise ConflictError(f"cannot tag {name!r} refs into {collection!r}: {err.orig}") from None
+
+    # -- writes -------------------------------------------------------------------------------
+    def put(self, obj: Any, dataset_type: str | DatasetType, data_id: Any = None, *, run: str | None = None,
+            replace: bool = False, allow_foreign_run: bool = False, **kwargs: Any) -> DatasetRef:
+        """Store ``obj`` as one dataset and return its ref.
+
+        A dataset with the same type and data ID already in the run is a ``ConflictError`` unless
+        ``replace=True``. Nothing is left behind on any error.
+        """
+        refs = self.put_many([(obj, dataset_type, data_id, kwargs)], run=run, replace=replace,
+                             allow_foreign_run=allow_foreign_run)
+        return refs[0]
+
+    def put_many(self, items: Iterable[tuple[Any, ...]], *, run: str | None = None, replace: bool = False,
+                 allow_foreign_run: bool = False) -> list[DatasetRef]:
+        """Store many objects in one transaction: ``items`` are ``(obj, dataset_type, data_id[, kwargs])``."""
+        self._require_writeable()
+        registry = self._registry
+        datastore = self._datastore
+        run_name, run_rec = self._run_record(run, allow_foreign_run)
+        prepared_by_type: dict[str, tuple[Any, list[DatasetRef], dict[uuid.UUID, list]]] = {}
+        all_prepared = []
+        refs: list[DatasetRef] = []
+        from .registry._datasets import FileRecord
+
+        try:
+            for item in items:
+                obj, dataset_type, data_id = item[0], item[1], item[2]
+                extra = item[3] if len(item) > 3 else {}
+                name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+                parent, component = split_component(name)
+                if component:
+                    raise ButlerError(f"cannot put the component {name!r} on its own; put the whole {parent!r}")
+                type_rec = registry.dataset_types.get(name)
+                if isinstance(dataset_type, DatasetType) and dataset_type != type_rec.dataset_type:
+                    raise ConflictError(
+                        f"dataset type {name!r} given differs from the registered one: "
+                        f"{type_rec.dataset_type.describe_difference(dataset_type)}"
+                    )
+                coord = self._standardize(type_rec.group, data_id, extra)
+                ref = DatasetRef._trusted(type_rec.dataset_type, coord, run_name, uuid.uuid4())
+                prepared = datastore.prepare(ref, obj, self._template_values(ref))
+                all_prepared.extend(prepared)
+                entry = prepared_by_type.setdefault(name, (type_rec, [], {}))
+                entry[1].append(ref)
+                entry[2][ref.id] = [FileRecord(p.component, p.path, p.formatter, p.storage_class, p.staged.checksum,
+                                               p.staged.size) for p in prepared]
+                refs.append(ref)
+            with registry.db.transaction(write=True) as conn:
+                try:
+                    run_rec = self._ensure_run(conn, run_name, run_rec)
+                    old_paths: list[str] = []
+                    for type_rec, type_refs, files in prepared_by_type.values():
+                        if replace:
+                            old_paths += self._remove_same(conn, type_rec, run_rec, type_refs)
+                        registry.datasets.insert(conn, type_rec, run_rec, type_refs, files)
+                    datastore.commit(all_prepared, overwrite=replace)
+                except BaseException:
+                    self._checked_runs.pop(run_name, None)
+                    registry.collections.forget(run_name)
+                    raise
+            self._checked_runs[run_name] = run_rec
+        except BaseException:
+            datastore.discard(all_prepared)
+            raise
+        if replace:
+            stale = set(old_paths) - {p.path for p in all_prepared}
+            datastore.remove_files(stale)
+        return refs
+
+    def _remove_same(self, conn: Any, type_rec: Any, run_rec: CollectionRecord, refs: Sequence[DatasetRef]
+                     ) -> list[str]:
+        registry = self._registry
+        existing = registry.datasets.find_many(conn, type_rec, [r.data_id for r in refs], [run_rec])
+        if not existing:
+            return []
+        ids = [r.id for r in existing.values()]
+        paths = [f.path for fs in registry.datasets.files_of(conn, ids).values() for f in fs]
+        conn.execute(registry.schema.dataset.delete().where(registry.schema.dataset.c.dataset_id.in_(ids)))
+        return paths
+
+    def ingest(self, dataset_type: str, files: Iterable[tuple[str | os.PathLike[str], Any]], *,
+               run: str | None = None, transfer: str = "copy", allow_foreign_run: bool = False) -> list[DatasetRef]:
+        """Register existing files as datasets in one transaction (set-based).
+
+        ``transfer`` is "copy", "move", "hardlink", "symlink" or "direct" (keep the file where it
+        is; its absolute path is recorded). Checksums and sizes are computed from the files.
+        """
+        from .datastore._ingest import ingest_files
+
+        self._require_writeable()
+        return ingest_files(self, dataset_type, files, run=run, transfer=transfer,
+                            allow_foreign_run=allow_foreign_run)
+
+    def remove(self, refs: Iterable[DatasetRef]) -> int:
+        """Delete datasets (rows and files); returns how many were removed."""
+        self._require_writeable()
+        registry = self._registry
+        ids = list({r.id for r in refs})
+        if not ids:
+            return 0
+        with registry.db.transaction(write=True) as conn:
+            paths = [f.path for fs in registry.datasets.files_of(conn, ids).values() for f in fs]
+            n = 0
+            for start in range(0, len(ids), 5000):
+                chunk = ids[start:start + 5000]
+                n += conn.execute(
+                    registry.schema.dataset.delete().where(registry.schema.dataset.c.dataset_id.in_(chunk))
+                ).rowcount
+        self._datastore.remove_files(p for p in paths if not os.path.isabs(p))
+        return n
+
+    def remove_runs(self, pattern: str | Sequence[str]) -> list[str]:
+        """Delete RUN collections matching the glob(s), with their datasets and files."""
+        self._require_writeable()
+        from .registry._collections import CollectionType
+        import sqlalchemy as sa
+
+        registry = self._registry
+        runs = registry.collections.query(pattern, types=[CollectionType.RUN])
+        if not runs:
+            return []
+        ids = [r.id for r in runs]
+        d = registry.schema.dataset
+        f = registry.schema.file_record
+        with registry.db.transaction(write=True) as conn:
+            paths = conn.execute(
+                sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id)).where(d.c.run_id.in_(ids))
+            ).scalars().all()
+            conn.execute(d.delete().where(d.c.run_id.in_(ids)))
+            registry.collections.remove(runs, conn)
+        for r in runs:
+            self._checked_runs.pop(r.name, None)
+        self._datastore.remove_files(p for p in paths if not os.path.isabs(p))
+        for r in runs:
+            run_dir = os.path.join(self.root, r.name)
+            if os.path.isdir(run_dir) and not os.listdir(run_dir):
+                os.rmdir(run_dir)
+        return [r.name for r in runs]
+
+    # -- reads --------------------------------------------------------------------------------
+    def find_dataset(self, dataset_type: str, data_id: Any = None, *, collections: Any = None,
+                     **kwargs: Any) -> DatasetRef | None:
+        found = self._find(dataset_type, data_id, collections, kwargs, required=False)
+        return found.ref if found else None
+
+    def _find(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any, collections: Any,
+              kwargs: Mapping[str, Any], *, required: bool = True) -> FoundDataset | None:
+        registry = self._registry
+        if isinstance(dataset_type, DatasetRef):
+            from .registry._datasets import FoundDataset
+
+            ref = dataset_type
+            with registry.db.transaction() as conn:
+                files = registry.datasets.files_of(conn, [ref.id]).get(ref.id)
+            if files is None:
+                if required:
+                    raise DatasetNotFoundError(f"{ref} is not in the repository {self.root} (removed?)")
+                return None
+            return FoundDataset(ref, tuple(files))
+        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+        parent, _ = split_component(name)
+        type_rec = registry.dataset_types.get(parent)
+        coord = self._standardize(type_rec.group, data_id, kwargs)
+        colls = self._resolve_collections(collections)
+        with registry.db.transaction() as conn:
+            found = registry.datasets.find(conn, type_rec, coord, colls)
+            if found is None and required:
+                raise self._not_found(conn, type_rec, coord, colls)
+        return found
+
+    def _not_found(self, conn: Any, type_rec: Any, coord: DataCoordinate, colls: Sequence[CollectionRecord]
+                   ) -> DatasetNotFoundError:
+        registry = self._registry
+        message = (f"no {type_rec.dataset_type.name!r} for {coord} in collections "
+                   f"{[c.name for c in colls]}")
+        elsewhere = registry.datasets.locate_elsewhere(conn, type_rec, coord, colls)
+        if elsewhere:
+            message += f"; found in {', '.join(elsewhere)}"
+        else:
+            missing = None
+            rows = [coord.to_dict()]
+            for dim in coord.group.required:
+                missing = registry.records.missing_keys(self.universe[dim], rows, conn)
+                if missing:
+                    break
+            if missing:
+                message += f"; {missing}"
+        return DatasetNotFoundError(message)
+
+    def get(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any = None, *, collections: Any = None,
+            component: str | None = None, parameters: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Read a dataset (``component=`` for one part of a composite, ``parameters=`` e.g. a bbox)."""
+        found = self._find(dataset_type, data_id, collections, kwargs)
+        assert found is not None
+        if component is None and isinstance(dataset_type, str):
+            component = split_component(dataset_type)[1]
+        return self._datastore.read(found.ref, found.files, component=component, parameters=parameters)
+
+    def get_deferred(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any = None, *,
+                     collections: Any = None, **kwargs: Any) -> DeferredDatasetHandle:
+        """Find the dataset now; read it later with ``handle.get(...)``."""
+        found = self._find(dataset_type, data_id, collections, kwargs)
+        assert found is not None
+        return DeferredDatasetHandle(self, found)
+
+    def exists(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any = None, *, collections: Any = None,
+               **kwargs: Any) -> bool:
+        """Whether the dataset is registered and its file is present."""
+        found = self._find(dataset_type, data_id, collections, kwargs, required=False)
+        if found is None or not found.files:
+            return False
+        return all(os.path.exists(self._datastore.abspath(f.path)) for f in found.files)
+
+    # -- queries ------------------------------------------------------------------------------
+    def query_datasets(self, dataset_type: str | DatasetType, *, collections: Any = None, where: str | None = None,
+                       bind: Mapping[str, Any] | None = None, data_id: Any = None, find_first: bool | None = None,
+                       **kwargs: Any) -> list[DatasetRef]:
+        """Refs of one dataset type matching data ID constraints and a where-expression."""
+        from ._queries import query_datasets
+
+        return query_datasets(self, dataset_type, collections=collections, where=where, bind=bind,
+                              data_id=data_id, find_first=find_first, **kwargs)
+
+    def query_data_ids(self, dimensions: str | Iterable[str], *, where: str | None = None,
+                       bind: Mapping[str, Any] | None = None, data_id: Any = None,
+                       datasets: str | Iterable[str] | None = None, collections: Any = None,
+                       **kwargs: Any) -> list[DataCoordinate]:
+        """Data IDs of the given dimensions (with implied values) that exist and match the constraints."""
+        from ._queries import query_data_ids
+
+        return query_data_ids(self, dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
+                              collections=collections, **kwargs)
+
+    def query_dimension_records(self, element: str, *, where: str | None = None,
+                                bind: Mapping[str, Any] | None = None, data_id: Any = None,
+                                **kwargs: Any) -> list[DimensionRecord]:
+        from ._queries import query_dimension_records
+
+        return query_dimension_records(self, element, where=where, bind=bind, data_id=data_id, **kwargs)
+
+    def query_dataset_types(self, pattern: str = "*") -> list[DatasetType]:
+        return self._registry.dataset_types.query(pattern)
+
+    def query_collections(self, pattern: str | Sequence[str] = "*", *, types: Iterable[Any] | None = None
+                          ) -> list[str]:
+        from .registry._collections import CollectionType
+
+        if types is not None:
+            types = [CollectionType[t.upper()] if isinstance(t, str) else t for t in types]
+        return [r.name for r in self._registry.collections.query(pattern, types)]
+
+    def collection_info(self, name: str) -> CollectionRecord:
+        return self._registry.collections.get(name)
+
+    # -- maintenance ----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """See dataset types, collections, instruments and records added by other processes."""
+        self._registry.refresh()
+        self._registry.refresh_attributes()
+        self._store = None
+        self._checked_runs.clear()
+        self._implied_cache.clear()
+
+    def verify(self, *, collections: Any = None) -> list[VerifyProblem]:
+        """Recompute the checksum and size of every file (of the given collections); list problems."""
+        import sqlalchemy as sa
+
+        registry = self._registry
+        f = registry.schema.file_record
+        d = registry.schema.dataset
+        stmt = sa.select(f.c.path, f.c.checksum, f.c.file_size)
+        if collections is not None:
+            ids = [c.id for c in registry.collections.resolve(collections)]
+            stmt = stmt.select_from(f.join(d, d.c.dataset_id == f.c.dataset_id)).where(d.c.run_id.in_(ids))
+        with registry.db.transaction() as conn:
+            records = conn.execute(stmt).all()
+        return self._datastore.verify(records)
+
+    def __repr__(self) -> str:
+        mode = f"run={self.run!r}" if self.run else ("writeable" if self.writeable else "read-only")
+        return f"Butler({self.root!r}, collections={list(self.collections)}, {mode})"
+
+
+class DeferredDatasetHandle:
+    """A found dataset whose bytes have not been read yet."""
+
+    __slots__ = ("_butler", "_found")
+
+    def __init__(self, butler: Butler, found: FoundDataset):
+        self._butler = butler
+        self._found = found
+
+    @property
+    def ref(self) -> DatasetRef:
+        return self._found.ref
+
+    def get(self, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
+        return self._butler._datastore.read(self._found.ref, self._found.files, component=component,
+                                            parameters=parameters)
+
+
+def _butler_from_pickle(root, collections, run, writeable, calibs):
+    return Butler(root, collections=collections or None, run=run, writeable=writeable, calibs=calibs, _lazy=True)

@@ -1,0 +1,163 @@
+"""The file datastore: dataset files under the repository root, named by file templates.
+
+Writes are two-phase so that a put is all-or-nothing: the object is serialised and staged to a
+temporary file (checksum and size computed from the bytes in memory), the registry rows are
+inserted, and only then is the file renamed into place, inside the registry transaction. Paths
+are stored relative to the root, so a repository can be moved or copied as a directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .._dataset_ref import DatasetRef
+from ..errors import ChecksumError, DatasetNotFoundError
+from ._file_io import StagedFile, stage, verify_file
+from ._formatters import formatter_for
+from ._storage_class import StorageClass, get_storage_class
+from ._templates import TemplateSet
+
+__all__ = ["FileDatastore", "PreparedWrite", "VerifyProblem"]
+
+
+@dataclass(slots=True)
+class PreparedWrite:
+    """A staged file plus the record to insert for it."""
+
+    staged: StagedFile
+    path: str  # relative to the root
+    formatter: str
+    storage_class: str
+    component: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyProblem:
+    path: str
+    problem: str  # "missing", "checksum", "size"
+    detail: str
+
+
+class FileDatastore:
+    """Reads and writes dataset files below ``root``."""
+
+    def __init__(self, root: str, templates: TemplateSet, formatter_overrides: Mapping[str, str] | None = None):
+        self.root = os.path.abspath(root)
+        self.templates = templates
+        self.formatter_overrides = dict(formatter_overrides or {})
+
+    # -- paths ----------------------------------------------------------------------------
+    def relative_path(self, ref: DatasetRef, values: Mapping[str, Any], extension: str,
+                      component: str | None = None) -> str:
+        instrument = values.get("instrument")
+        template, _, _ = self.templates.lookup(ref.dataset_type.name, instrument)
+        fields = dict(values)
+        fields["run"] = ref.run
+        fields["dataset_type"] = ref.dataset_type.name
+        fields["id"] = ref.id.hex
+        if component:
+            fields["component"] = component
+        path = template.format(fields, ref.data_id.group.required)
+        if component and "component" not in template.names:
+            path = f"{path}.{component}"
+        return path + extension
+
+    def abspath(self, relative: str) -> str:
+        return relative if os.path.isabs(relative) else os.path.join(self.root, relative)
+
+    # -- write ----------------------------------------------------------------------------
+    def formatter_name(self, dataset_type: str, storage_class: StorageClass) -> str:
+        return self.formatter_overrides.get(dataset_type) or storage_class.formatter
+
+    def prepare(self, ref: DatasetRef, obj: Any, values: Mapping[str, Any]) -> list[PreparedWrite]:
+        """Validate, serialise and stage ``obj``; nothing is visible until ``commit``."""
+        storage_class = get_storage_class(ref.dataset_type.storage_class)
+        storage_class.validate(obj, dataset_type=ref.dataset_type.name)
+        formatter = formatter_for(storage_class, self.formatter_name(ref.dataset_type.name, storage_class))
+        data = formatter.to_bytes(obj)
+        rel = self.relative_path(ref, values, formatter.extension)
+        full = os.path.join(self.root, rel)
+        return [PreparedWrite(stage(full, data), rel, formatter.name, storage_class.name)]
+
+    @staticmethod
+    def commit(prepared: Iterable[PreparedWrite], *, overwrite: bool = False) -> None:
+        """Move staged files into place; an existing file (an orphan of a crashed write) is a conflict."""
+        for p in prepared:
+            try:
+                p.staged.commit(overwrite=overwrite)
+            except FileExistsError:
+                from ..errors import ConflictError
+
+                raise ConflictError(
+                    f"file {p.staged.path} already exists but is not registered (left by an interrupted "
+                    "write?); `butler verify --orphans` lists such files; remove it or put with replace=True"
+                ) from None
+
+    @staticmethod
+    def discard(prepared: Iterable[PreparedWrite]) -> None:
+        for p in prepared:
+            p.staged.discard()
+
+    # -- read -----------------------------------------------------------------------------
+    def read(self, ref: DatasetRef, files: Sequence[Any], *, component: str | None = None,
+             parameters: Mapping[str, Any] | None = None, verify: bool = False) -> Any:
+        """Read a dataset (or one component) from its file records."""
+        if not files:
+            raise DatasetNotFoundError(f"{ref} has no stored file (registered without a file?)")
+        record = files[0]
+        for f in files:
+            if component and f.component == component:
+                record, component = f, None
+                break
+        path = self.abspath(record.path)
+        if verify and record.checksum:
+            verify_file(path, record.checksum, record.file_size)
+        storage_class = get_storage_class(record.storage_class)
+        if component is not None:
+            storage_class.component(component)  # unknown component -> StorageClassError naming the known ones
+        formatter = formatter_for(storage_class, record.formatter)
+        try:
+            return formatter.read(path, component=component, parameters=parameters)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(
+                f"the file of {ref.dataset_type.name} {ref.data_id} in run {ref.run!r} is missing: {path} "
+                "(`butler verify` lists every missing or corrupted file)"
+            ) from None
+
+    # -- removal and checks -------------------------------------------------------------------
+    def remove_files(self, relative_paths: Iterable[str]) -> None:
+        dirs = set()
+        for rel in relative_paths:
+            full = self.abspath(rel)
+            try:
+                os.unlink(full)
+            except FileNotFoundError:
+                pass
+            dirs.add(os.path.dirname(full))
+        # Prune directories that became empty, deepest first, never above the root.
+        for d in sorted(dirs, key=len, reverse=True):
+            while d.startswith(self.root + os.sep) and d != self.root:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+                d = os.path.dirname(d)
+
+    def verify(self, records: Iterable[tuple[str, str | None, int | None]]) -> list[VerifyProblem]:
+        """Recompute checksums and sizes of (path, checksum, size) records; list every problem."""
+        problems = []
+        for rel, checksum, size in records:
+            full = self.abspath(rel)
+            try:
+                if checksum:
+                    verify_file(full, checksum, size)
+                elif not os.path.exists(full):
+                    raise FileNotFoundError(full)
+            except FileNotFoundError:
+                problems.append(VerifyProblem(rel, "missing", f"file {full} does not exist"))
+            except ChecksumError as err:
+                problems.append(VerifyProblem(rel, "checksum", str(err)))
+        return problems

@@ -1,0 +1,131 @@
+"""File templates: how a dataset's path is made from its run, type and data ID.
+
+Syntax: ``{field}``, ``{field:format}`` (Python format spec, e.g. ``{detector:03d}``) and
+``{field?}`` for an optional field that is dropped, with the ``/`` or ``_`` after it, when the
+dataset type's data IDs do not have it. Fields are ``run``, ``dataset_type``, ``component``,
+``id`` and any dimension name (implied ones such as ``band`` or ``day_obs`` included).
+Templates are validated when a dataset type is registered: one that could give two datasets
+the same path is an error then, not at ``put``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import TemplateError
+
+__all__ = ["FileTemplate", "TemplateSet", "DEFAULT_TEMPLATE"]
+
+DEFAULT_TEMPLATE = "{run}/{dataset_type}/{band?}/{day_obs?}/{dataset_type}_{dims}"
+
+_FIELD = re.compile(r"\{(\w+)(?::([^}?]*))?(\?)?\}")
+_SPECIAL = {"run", "dataset_type", "component", "id", "dims"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    spec: str
+    optional: bool
+    start: int
+    end: int
+
+
+class FileTemplate:
+    """One parsed template."""
+
+    def __init__(self, text: str):
+        if not isinstance(text, str) or not text.strip():
+            raise TemplateError(f"a file template must be a non-empty string, got {text!r}")
+        if text.startswith("/") or ".." in text:
+            raise TemplateError(f"file template {text!r} must be relative and must not contain '..'")
+        self.text = text
+        self.fields = tuple(_Field(m[1], m[2] or "", bool(m[3]), m.start(), m.end()) for m in _FIELD.finditer(text))
+        leftover = _FIELD.sub("", text)
+        if "{" in leftover or "}" in leftover:
+            raise TemplateError(f"file template {text!r} has an unbalanced or malformed '{{...}}' field")
+        self.names = frozenset(f.name for f in self.fields)
+
+    def validate(self, *, dataset_type: str, required: tuple[str, ...], available: frozenset[str],
+                 per_type: bool, per_instrument: bool) -> None:
+        """Check that paths are unique: every required dimension (and run, type) appears."""
+        must = set(required)
+        if "dims" in self.names:
+            must = set()
+        if per_instrument:
+            must.discard("instrument")
+        must.add("run")
+        if not per_type:
+            must.add("dataset_type")
+        missing = sorted(n for n in must if n not in self.names and not (n == "dataset_type" and "id" in self.names))
+        if "id" in self.names:
+            missing = [m for m in missing if m == "run"]
+        if missing:
+            raise TemplateError(
+                f"file template {self.text!r} for dataset type {dataset_type!r} cannot make unique paths: "
+                f"it lacks {', '.join('{' + m + '}' for m in missing)} (data IDs have {list(required)})"
+            )
+        unknown = [f.name for f in self.fields
+                   if f.name not in _SPECIAL and f.name not in available and not f.optional]
+        if unknown:
+            raise TemplateError(
+                f"file template {self.text!r} for dataset type {dataset_type!r} uses {unknown}, which its data IDs "
+                f"do not have (available: {sorted(available | _SPECIAL)}); mark optional fields as {{name?}}"
+            )
+
+    def format(self, values: Mapping[str, Any], required: tuple[str, ...]) -> str:
+        """The relative path (without extension) for one dataset."""
+        out = []
+        pos = 0
+        text = self.text
+        for f in self.fields:
+            out.append(text[pos:f.start])
+            pos = f.end
+            if f.name == "dims":
+                out.append("_".join(str(values[d]) for d in required))
+                continue
+            value = values.get(f.name)
+            if value is None:
+                if f.optional:
+                    if pos < len(text) and text[pos] in "/_-.":
+                        pos += 1
+                    continue
+                raise TemplateError(f"file template {text!r} needs {f.name!r}, which is not known for this dataset")
+            out.append(format(value, f.spec) if f.spec else str(value))
+        out.append(text[pos:])
+        return "".join(out).replace("//", "/")
+
+
+class TemplateSet:
+    """Templates by dataset type with per-instrument overrides, e.g. ``{"default": ..., "raw": ...}``."""
+
+    def __init__(self, templates: Mapping[str, str] | None = None,
+                 instrument_templates: Mapping[str, Mapping[str, str]] | None = None):
+        self.templates = {k: FileTemplate(v) for k, v in (templates or {}).items()}
+        self.templates.setdefault("default", FileTemplate(DEFAULT_TEMPLATE))
+        self.instrument_templates = {
+            inst: {k: FileTemplate(v) for k, v in t.items()} for inst, t in (instrument_templates or {}).items()
+        }
+
+    def lookup(self, dataset_type: str, instrument: str | None) -> tuple[FileTemplate, bool, bool]:
+        """The template for a dataset type (and instrument), with whether it is per-type/per-instrument."""
+        if instrument is not None:
+            overrides = self.instrument_templates.get(instrument)
+            if overrides:
+                if dataset_type in overrides:
+                    return overrides[dataset_type], True, True
+                if "default" in overrides:
+                    return overrides["default"], False, True
+        if dataset_type in self.templates:
+            return self.templates[dataset_type], True, False
+        return self.templates["default"], False, False
+
+    def all_for(self, dataset_type: str) -> list[tuple[FileTemplate, bool, bool]]:
+        """Every template that could apply to a dataset type (for validation at registration)."""
+        out = [self.lookup(dataset_type, None)]
+        for inst in self.instrument_templates:
+            out.append(self.lookup(dataset_type, inst))
+        return out

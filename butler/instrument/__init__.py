@@ -1,0 +1,45 @@
+"""Instruments: camera definitions (YAML) turned into dimension records, aliases and templates.
+
+Importing this package is cheap (stdlib only; YAML is parsed on first use).
+"""
+
+from ._camera import (
+    ALIAS_TARGETS,
+    DETECTOR_PURPOSES,
+    CameraDefinition,
+    CameraDefinitionError,
+    DetectorDefinition,
+    FilterDefinition,
+    canonical_digest,
+    load_camera,
+    parse_camera,
+)
+from ._instrument import (
+    Instrument,
+    UnknownInstrumentError,
+    VisitDetectorInstrument,
+    known_instruments,
+    load_instrument,
+    register_instrument,
+)
+from ._simcam import HexCam, SimCam
+
+__all__ = [
+    "ALIAS_TARGETS",
+    "DETECTOR_PURPOSES",
+    "CameraDefinition",
+    "CameraDefinitionError",
+    "DetectorDefinition",
+    "FilterDefinition",
+    "HexCam",
+    "Instrument",
+    "SimCam",
+    "UnknownInstrumentError",
+    "VisitDetectorInstrument",
+    "canonical_digest",
+    "known_instruments",
+    "load_camera",
+    "load_instrument",
+    "parse_camera",
+    "register_instrument",
+]

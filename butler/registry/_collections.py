@@ -1,0 +1,240 @@
+"""Collections: RUN (owns datasets), TAGGED (hand-picked refs), CHAINED (a search path).
+
+All collection rows are small, so the manager caches them in memory; a name that is not in
+the cache is looked up in the database before it is called unknown, so collections made by
+other processes are found without an explicit refresh.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ..dimensions import validate_path_value
+from ..errors import CollectionError, ConflictError
+from ._database import Database
+from ._schema import NAME_LENGTH, RegistrySchema
+
+__all__ = ["CollectionManager", "CollectionRecord", "CollectionType", "validate_collection_name"]
+
+
+class CollectionType(enum.IntEnum):
+    RUN = 1
+    TAGGED = 2
+    CHAINED = 3
+    CALIBRATION = 4
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRecord:
+    id: int
+    name: str
+    type: CollectionType
+    owner: str | None
+    doc: str | None
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def validate_collection_name(name: str) -> str:
+    """Collection names become directories of RUN files: each '/'-part must be path-safe."""
+    if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
+        raise CollectionError(f"invalid collection name {name!r}: use 1 to {NAME_LENGTH} characters")
+    if name.startswith("/") or name.endswith("/"):
+        raise CollectionError(f"invalid collection name {name!r}: it must not start or end with '/'")
+    for part in name.split("/"):
+        try:
+            validate_path_value("collection name part", part)
+        except ValueError as err:
+            raise CollectionError(f"invalid collection name {name!r}: {err}") from None
+    return name
+
+
+class CollectionManager:
+    """Create, cache and resolve collections."""
+
+    def __init__(self, db: Database, schema: RegistrySchema):
+        self._db = db
+        self._table = schema.collection
+        self._chain_table = schema.collection_chain
+        self._by_name: dict[str, CollectionRecord] | None = None
+        self._by_id: dict[int, CollectionRecord] = {}
+        self._chains: dict[int, tuple[int, ...]] = {}
+
+    # -- cache ----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        with self._db.transaction() as conn:
+            self._load(conn)
+
+    def _load(self, conn: sa.Connection) -> None:
+        t = self._table
+        by_name = {}
+        by_id = {}
+        for row in conn.execute(sa.select(t.c.collection_id, t.c.name, t.c.type, t.c.owner, t.c.doc)):
+            rec = CollectionRecord(row[0], row[1], CollectionType(row[2]), row[3], row[4])
+            by_name[rec.name] = rec
+            by_id[rec.id] = rec
+        chains: dict[int, list[tuple[int, int]]] = {}
+        c = self._chain_table
+        for parent, pos, child in conn.execute(sa.select(c.c.parent_id, c.c.position, c.c.child_id)):
+            chains.setdefault(parent, []).append((pos, child))
+        self._chains = {p: tuple(ch for _, ch in sorted(v)) for p, v in chains.items()}
+        self._by_name = by_name
+        self._by_id = by_id
+
+    @property
+    def _names(self) -> dict[str, CollectionRecord]:
+        if self._by_name is None:
+            self.refresh()
+        assert self._by_name is not None
+        return self._by_name
+
+    def find(self, name: str) -> CollectionRecord | None:
+        rec = self._names.get(name)
+        if rec is None:
+            self.refresh()
+            rec = self._names.get(name)
+        return rec
+
+    def get(self, name: str) -> CollectionRecord:
+        rec = self.find(name)
+        if rec is None:
+            close = difflib.get_close_matches(name, list(self._names), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise CollectionError(f"collection {name!r} does not exist{hint}")
+        return rec
+
+    def forget(self, name: str) -> None:
+        """Drop a cached record (after a rolled-back transaction that may have created it)."""
+        if self._by_name is not None:
+            rec = self._by_name.pop(name, None)
+            if rec is not None:
+                self._by_id.pop(rec.id, None)
+
+    def by_id(self, collection_id: int) -> CollectionRecord:
+        rec = self._by_id.get(collection_id)
+        if rec is None:
+            self.refresh()
+            rec = self._by_id[collection_id]
+        return rec
+
+    # -- creation -------------------------------------------------------------------------
+    def register(
+        self, name: str, type: CollectionType, *, owner: str | None = None, doc: str | None = None,
+        conn: sa.Connection | None = None,
+    ) -> tuple[CollectionRecord, bool]:
+        """Create the collection if absent; return it and whether it was created.
+
+        An existing collection of another type is a ``ConflictError``.
+        """
+        validate_collection_name(name)
+        existing = self._names.get(name)
+        if existing is None:
+            if conn is None:
+                with self._db.transaction(write=True) as c:
+                    return self.register(name, type, owner=owner, doc=doc, conn=c)
+            stmt = self._db.insert_ignore(self._table).values(name=name, type=int(type), owner=owner, doc=doc)
+            created = conn.execute(stmt).rowcount == 1
+            row = conn.execute(
+                sa.select(self._table.c.collection_id, self._table.c.type, self._table.c.owner, self._table.c.doc)
+                .where(self._table.c.name == name)
+            ).one()
+            existing = CollectionRecord(row[0], name, CollectionType(row[1]), row[2], row[3])
+            self._names[name] = existing
+            self._by_id[existing.id] = existing
+        else:
+            created = False
+        if existing.type != type:
+            raise ConflictError(
+                f"collection {name!r} already exists as a {existing.type.name} collection, not {type.name}"
+            )
+        return existing, created
+
+    def set_chain(self, name: str, children: Sequence[str], conn: sa.Connection) -> None:
+        parent = self.get(name)
+        if parent.type != CollectionType.CHAINED:
+            raise CollectionError(f"collection {name!r} is {parent.type.name}, not CHAINED; cannot set its children")
+        child_recs = [self.get(c) for c in children]
+        for child in child_recs:
+            if self._reaches(child.id, parent.id):
+                raise CollectionError(f"adding {child.name!r} to chain {name!r} would create a cycle")
+        conn.execute(self._chain_table.delete().where(self._chain_table.c.parent_id == parent.id))
+        if child_recs:
+            conn.execute(
+                self._chain_table.insert(),
+                [{"parent_id": parent.id, "position": i, "child_id": c.id} for i, c in enumerate(child_recs)],
+            )
+        self._chains[parent.id] = tuple(c.id for c in child_recs)
+
+    def _reaches(self, start: int, target: int) -> bool:
+        if start == target:
+            return True
+        return any(self._reaches(child, target) for child in self._chains.get(start, ()))
+
+    def chain_children(self, name: str) -> list[str]:
+        rec = self.get(name)
+        return [self.by_id(i).name for i in self._chains.get(rec.id, ())]
+
+    def remove(self, records: Iterable[CollectionRecord], conn: sa.Connection) -> None:
+        ids = [r.id for r in records]
+        if not ids:
+            return
+        parents = conn.execute(
+            sa.select(self._chain_table.c.parent_id, self._chain_table.c.child_id)
+            .where(self._chain_table.c.child_id.in_(ids))
+        ).all()
+        for parent_id, child_id in parents:
+            if parent_id not in ids:
+                raise CollectionError(
+                    f"collection {self.by_id(child_id).name!r} is a child of chain "
+                    f"{self.by_id(parent_id).name!r}; remove it from the chain first"
+                )
+        conn.execute(self._table.delete().where(self._table.c.collection_id.in_(ids)))
+        self._by_name = None
+
+    # -- resolution -----------------------------------------------------------------------
+    def query(self, pattern: str | Sequence[str] = "*", types: Iterable[CollectionType] | None = None
+              ) -> list[CollectionRecord]:
+        """Collections whose names match any of the glob patterns, sorted by name."""
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        allowed = set(types) if types is not None else None
+        self.refresh()
+        out = []
+        for name, rec in sorted(self._names.items()):
+            if allowed is not None and rec.type not in allowed:
+                continue
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                out.append(rec)
+        return out
+
+    def resolve(self, collections: str | Sequence[str]) -> list[CollectionRecord]:
+        """Flatten a search path: chains expanded in order, globs expanded by name, no duplicates."""
+        items = [collections] if isinstance(collections, str) else list(collections)
+        out: dict[int, CollectionRecord] = {}
+        for item in items:
+            if _GLOB_CHARS.search(item):
+                matched = self.query(item)
+                if not matched:
+                    raise CollectionError(
+                        f"no collection matches the pattern {item!r}; collections: {sorted(self._names)[:20]}"
+                    )
+                recs = matched
+            else:
+                recs = [self.get(item)]
+            for rec in recs:
+                self._flatten(rec, out)
+        return list(out.values())
+
+    def _flatten(self, rec: CollectionRecord, out: dict[int, CollectionRecord]) -> None:
+        if rec.type == CollectionType.CHAINED:
+            for child in self._chains.get(rec.id, ()):
+                self._flatten(self.by_id(child), out)
+        elif rec.id not in out:
+            out[rec.id] = rec

@@ -1,0 +1,138 @@
+"""Database connections: engine creation per backend and the few dialect-specific operations.
+
+One ``Database`` wraps a SQLAlchemy engine plus a *namespace* (a PostgreSQL schema, a MySQL
+database, or nothing for SQLite). Engines are cached per process and URL, so opening a second
+Butler on the same repository costs no connection set-up. SQLite runs in WAL mode with a busy
+timeout, and write transactions start with ``BEGIN IMMEDIATE`` so concurrent writers queue on
+the lock instead of failing on a read-to-write upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from ..errors import RegistryConnectionError
+
+__all__ = ["Database", "open_database"]
+
+_ENGINES: dict[str, sa.Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def _sqlite_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        poolclass=sa.pool.QueuePool,
+        pool_size=4,
+        max_overflow=32,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+    return engine
+
+
+def _engine_for(url: str) -> sa.Engine:
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                engine = _sqlite_engine(url)
+            else:
+                engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=16)
+            _ENGINES[url] = engine
+        return engine
+
+
+class Database:
+    """A SQLAlchemy engine plus the namespace that holds this repository's tables."""
+
+    def __init__(self, url: str, namespace: str | None = None):
+        self.url = url
+        self.namespace = namespace
+        self.engine = _engine_for(url)
+        self.dialect = self.engine.dialect.name  # "sqlite", "postgresql", "mysql"
+
+    # -- transactions ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = False) -> Iterator[sa.Connection]:
+        """A connection inside one transaction, committed on success and rolled back on error."""
+        try:
+            conn = self.engine.connect()
+        except sa.exc.OperationalError as err:
+            raise RegistryConnectionError(
+                f"cannot connect to the registry database {self.safe_url}: {err.orig}"
+            ) from None
+        try:
+            if write:
+                conn.info["write"] = True
+            with conn.begin():
+                yield conn
+        finally:
+            conn.info.pop("write", None)
+            conn.close()
+
+    @property
+    def safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    # -- dialect specifics -------------------------------------------------------------------
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        """An INSERT that silently skips rows whose primary/unique key already exists."""
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+
+            return insert(table).on_conflict_do_nothing()
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+
+            return insert(table).on_conflict_do_nothing()
+        return table.insert().prefix_with("IGNORE")
+
+    def create_namespace(self) -> None:
+        if self.namespace is None or self.dialect == "sqlite":
+            return
+        with self.transaction(write=True) as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.namespace}"'))
+            else:
+                conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{self.namespace}`"))
+
+    def drop_namespace(self) -> None:
+        """Drop every table of the namespace (tests use one namespace each)."""
+        if self.namespace is None or self.dialect == "sqlite":
+            raise ValueError("only PostgreSQL schemas and MySQL databases can be dropped")
+        with self.transaction(write=True) as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.namespace}" CASCADE'))
+            else:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{self.namespace}`"))
+
+    def execute_many(self, conn: sa.Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(stmt, list(rows))
+
+
+def open_database(url: str, namespace: str | None) -> Database:
+    return Database(url, namespace)

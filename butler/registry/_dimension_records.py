@@ -1,0 +1,237 @@
+"""Insert and read dimension records, converting times and regions at the boundary.
+
+Times are stored as integer nanoseconds since the Unix epoch (UTC) and returned as aware
+``datetime`` objects; regions are stored with lsst-sphgeom's binary encoding and returned as
+sphgeom regions (imported only when a region is read or written).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from .._time import from_nsec, to_nsec
+from ..dimensions import DimensionElement, DimensionRecord, DimensionUniverse, coerce_value
+from ..errors import ConflictError, DataIdError
+from ._database import Database
+from ._schema import RegistrySchema
+
+__all__ = ["DimensionRecordManager", "encode_region", "decode_region"]
+
+
+def encode_region(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    encode = getattr(value, "encode", None)
+    if encode is None or type(value).__module__.split(".")[0] != "lsst":
+        raise DataIdError(
+            f"region must be an lsst.sphgeom region (ConvexPolygon, Circle, Box...), got {type(value).__name__}"
+        )
+    return bytes(encode())
+
+
+def decode_region(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    from lsst.sphgeom import Region
+
+    return Region.decode(data)
+
+
+class DimensionRecordManager:
+    """Validates, inserts and fetches records of dimension elements."""
+
+    def __init__(self, db: Database, schema: RegistrySchema):
+        self._db = db
+        self._schema = schema
+        self.universe: DimensionUniverse = schema.universe
+
+    # -- conversion -----------------------------------------------------------------------
+    def to_row(self, element: DimensionElement, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate one user record and convert it to database column values."""
+        types = element.field_types
+        unknown = [k for k in record if k not in types]
+        if unknown:
+            raise DataIdError(
+                f"unknown field(s) {unknown} for {element.name} records; fields are {list(types)}"
+            )
+        row: dict[str, Any] = {}
+        nullable = {f.name for f in element.fields if f.nullable} | set(element.implies)
+        if element.spatial:
+            nullable.add("region")
+        for name, kind in types.items():
+            if name not in record or record[name] is None:
+                if name not in nullable:
+                    raise DataIdError(f"{element.name} record {dict(record)} is missing required field {name!r}")
+                row[name] = None
+                continue
+            value = record[name]
+            if name in element.primary_key_columns or name in element.implies:
+                row[name] = coerce_value(f"{element.name}.{name}", kind, value)
+            elif kind == "time":
+                try:
+                    row[name] = to_nsec(value)
+                except ValueError as err:
+                    raise DataIdError(f"{element.name}.{name}: {err}") from None
+            elif kind == "region":
+                row[name] = encode_region(value)
+            elif kind == "float":
+                if isinstance(value, (str, bytes, bool)):
+                    raise DataIdError(f"{element.name}.{name} must be a number, got {value!r}")
+                row[name] = float(value)
+            elif kind == "int":
+                row[name] = coerce_value(f"{element.name}.{name}", "int", value)
+            elif kind == "str":
+                if not isinstance(value, str):
+                    raise DataIdError(f"{element.name}.{name} must be a string, got {value!r}")
+                row[name] = value
+            else:
+                row[name] = value
+        return row
+
+    def from_row(self, element: DimensionElement, row: Mapping[str, Any]) -> DimensionRecord:
+        types = element.field_types
+        values = {}
+        for name, kind in types.items():
+            v = row[name]
+            if v is not None:
+                if kind == "time":
+                    v = from_nsec(v)
+                elif kind == "region":
+                    v = decode_region(v)
+            values[name] = v
+        return DimensionRecord(element, values)
+
+    # -- insert ---------------------------------------------------------------------------
+    def insert(
+        self,
+        element_name: str,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        conflict: str = "error",
+        conn: sa.Connection | None = None,
+    ) -> int:
+        """Insert records; ``conflict`` is "error" (ConflictError), "skip" or "replace".
+
+        Absent records of implied dimensions without required fields (``day_obs``, ``band``) are
+        created on the way; others (a visit's ``physical_filter``) must exist already.
+        """
+        if conflict not in ("error", "skip", "replace"):
+            raise ValueError(f"conflict must be 'error', 'skip' or 'replace', not {conflict!r}")
+        try:
+            element = self.universe[element_name]
+        except KeyError:
+            close = difflib.get_close_matches(element_name, [e.name for e in self.universe.elements])
+            raise DataIdError(
+                f"unknown dimension element {element_name!r}"
+                + (f"; did you mean {close[0]!r}?" if close else f"; known: {[e.name for e in self.universe.elements]}")
+            ) from None
+        rows = [self.to_row(element, r) for r in records]
+        if not rows:
+            return 0
+        if conn is None:
+            with self._db.transaction(write=True) as c:
+                return self._insert_rows(element, rows, conflict, c)
+        return self._insert_rows(element, rows, conflict, conn)
+
+    def _insert_rows(self, element: DimensionElement, rows: list[dict[str, Any]], conflict: str,
+                     conn: sa.Connection) -> int:
+        self._ensure_implied(element, rows, conn)
+        table = self._schema.elements[element.name]
+        pk = element.primary_key_columns
+        try:
+            if conflict == "replace":
+                for row in rows:
+                    cond = [table.c[c] == row[c] for c in pk]
+                    conn.execute(table.delete().where(*cond))
+                conn.execute(table.insert(), rows)
+            elif conflict == "skip":
+                conn.execute(self._db.insert_ignore(table), rows)
+            else:
+                conn.execute(table.insert(), rows)
+        except sa.exc.IntegrityError as err:
+            # Explain from committed state on a fresh connection: the failed transaction may be
+            # unusable (PostgreSQL aborts it). Rows inserted earlier in the same transaction are
+            # not visible there, which only matters for the wording of the message.
+            with self._db.transaction() as fresh:
+                raise self._explain_integrity_error(element, rows, fresh, err) from None
+        return len(rows)
+
+    def _ensure_implied(self, element: DimensionElement, rows: list[dict[str, Any]], conn: sa.Connection) -> None:
+        for implied in element.implies:
+            target = self.universe[implied]
+            if any(not f.nullable for f in target.fields):
+                continue
+            keys = [d for d in target.required if d != implied]
+            values = {tuple(r[k] for k in keys) + (r[implied],) for r in rows if r.get(implied) is not None}
+            if values:
+                cols = list(target.primary_key_columns)
+                conn.execute(self._db.insert_ignore(self._schema.elements[implied]),
+                             [dict(zip(cols, v)) for v in values])
+
+    def _explain_integrity_error(self, element: DimensionElement, rows: list[dict[str, Any]],
+                                 conn: sa.Connection, err: Exception) -> Exception:
+        """Turn a database constraint failure into a message naming the offending record."""
+        table = self._schema.elements[element.name]
+        pk = element.primary_key_columns
+        # Duplicates of existing rows?
+        for row in rows:
+            cond = [table.c[c] == row[c] for c in pk]
+            if conn.execute(sa.select(sa.func.count()).select_from(table).where(*cond)).scalar():
+                key = {c: row[c] for c in pk}
+                return ConflictError(
+                    f"a {element.name} record with {key} already exists; pass conflict='replace' to replace it "
+                    "or conflict='skip' to keep it"
+                )
+        seen = [tuple(r[c] for c in pk) for r in rows]
+        if len(set(seen)) != len(seen):
+            return ConflictError(f"the {element.name} records given contain duplicate keys {pk}")
+        # A referenced record that does not exist?
+        for dep in (*element.required, *element.implies):
+            if dep == element.name:
+                continue
+            target = self.universe[dep]
+            missing = self.missing_keys(target, rows, conn)
+            if missing:
+                return DataIdError(missing)
+        return DataIdError(f"{element.name} records rejected by the registry: {getattr(err, 'orig', err)}")
+
+    def missing_keys(self, target: DimensionElement, rows: Sequence[Mapping[str, Any]],
+                     conn: sa.Connection) -> str | None:
+        """Describe the first row referring to a ``target`` record that does not exist, if any."""
+        ttable = self._schema.elements[target.name]
+        local = [d for d in target.required]
+        remote = target.primary_key_columns
+        for row in rows:
+            if any(row.get(c) is None for c in local):
+                continue
+            cond = [ttable.c[r] == row[loc] for loc, r in zip(local, remote)]
+            if not conn.execute(sa.select(sa.func.count()).select_from(ttable).where(*cond)).scalar():
+                parents = [ttable.c[r] == row[loc] for loc, r in zip(local[:-1], remote[:-1])]
+                existing = conn.execute(sa.select(ttable.c[remote[-1]]).where(*parents).limit(200)).scalars().all()
+                value = row[local[-1]]
+                close = _closest(value, existing)
+                scope = ", ".join(f"{loc}={row[loc]!r}" for loc in local[:-1])
+                where = f" for {scope}" if scope else ""
+                return (
+                    f"{target.name} {value!r} does not exist{where}; "
+                    + (f"closest existing: {close}" if close else "no such records are registered")
+                )
+        return None
+
+    # -- read -----------------------------------------------------------------------------
+    def fetch(self, element: DimensionElement, stmt: sa.Select, conn: sa.Connection) -> list[DimensionRecord]:
+        return [self.from_row(element, row._mapping) for row in conn.execute(stmt)]
+
+
+def _closest(value: Any, existing: Sequence[Any], n: int = 5) -> list[Any]:
+    if not existing:
+        return []
+    if isinstance(value, int):
+        return sorted(existing, key=lambda v: abs(v - value) if isinstance(v, int) else 0)[:n]
+    return difflib.get_close_matches(str(value), [str(e) for e in existing], n=n, cutoff=0.0)

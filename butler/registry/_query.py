@@ -1,0 +1,175 @@
+"""Translate a dimension query (dimensions, data ID constraints, where-expression, dataset
+constraint) into one SQL SELECT.
+
+Every dimension value the query needs comes from some column: a dataset tags table, a dimension
+record table (its key and required columns), or an implied column of another record (``visit``
+records carry ``physical_filter``; ``physical_filter`` records carry ``band``). The builder joins
+the fewest tables that provide every needed dimension and constrains all columns that carry the
+same dimension to be equal. Dimensions of the result that are not linked to anything else
+produce a product, as a user would expect from "all visits x all tracts".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from .._time import to_nsec
+from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse
+from ..errors import ExpressionError
+from .expressions import Identifier, Node, ResolvedColumn, identifiers, to_sql
+from ._schema import RegistrySchema
+
+__all__ = ["QueryBuilder", "BuiltQuery"]
+
+
+@dataclass
+class BuiltQuery:
+    """The select statement and where its interesting columns are."""
+
+    froms: list[sa.FromClause] = field(default_factory=list)
+    columns: dict[str, list[sa.ColumnElement[Any]]] = field(default_factory=dict)
+    where: list[sa.ColumnElement[bool]] = field(default_factory=list)
+    element_tables: dict[str, sa.Table] = field(default_factory=dict)
+
+    def dimension_column(self, name: str) -> sa.ColumnElement[Any]:
+        return self.columns[name][0]
+
+    def select(self, *columns: sa.ColumnElement[Any], distinct: bool = False) -> sa.Select:
+        conditions = list(self.where)
+        for cols in self.columns.values():
+            first = cols[0]
+            conditions.extend(c == first for c in cols[1:])
+        stmt = sa.select(*columns).select_from(*self.froms)
+        if conditions:
+            stmt = stmt.where(*conditions)
+        return stmt.distinct() if distinct else stmt
+
+
+class QueryBuilder:
+    """Builds SELECTs over the registry schema for one universe."""
+
+    def __init__(self, schema: RegistrySchema):
+        self.schema = schema
+        self.universe: DimensionUniverse = schema.universe
+        self._implied_by: dict[str, list[DimensionElement]] = {}
+        for element in self.universe.elements:
+            for implied in element.implies:
+                self._implied_by.setdefault(implied, []).append(element)
+
+    def build(
+        self,
+        *,
+        dimensions: DimensionGroup,
+        data_id: Mapping[str, Any] | None = None,
+        where: Node | None = None,
+        bind: Mapping[str, Any] | None = None,
+        tags: tuple[sa.Table, DimensionGroup] | None = None,
+        element: DimensionElement | None = None,
+        with_implied: bool = False,
+        where_text: str = "",
+    ) -> BuiltQuery:
+        universe = self.universe
+        q = BuiltQuery()
+        if tags is not None:
+            table, group = tags
+            q.froms.append(table)
+            for d in group.required:
+                q.columns.setdefault(d, []).append(table.c[d])
+        idents = identifiers(where) if where is not None else []
+        for ident in idents:
+            self._check_identifier(ident, where_text)
+            if ident.field is not None:
+                self._join(q, universe[ident.name])
+        if element is not None:
+            self._join(q, element)
+        # Existence: each required dimension of the result comes from its own record table unless
+        # a joined table already references it (foreign keys guarantee the record exists).
+        for d in reversed(dimensions.required):
+            if d not in q.columns:
+                self._join(q, universe[d])
+        wanted = list(dimensions.names if with_implied else dimensions.required)
+        wanted += [i.name for i in idents if i.field is None]
+        wanted += list(data_id or ())
+        for d in wanted:
+            self._provide(q, d)
+        for key, value in (data_id or {}).items():
+            q.where.append(q.dimension_column(key) == value)
+        if where is not None:
+            q.where.append(to_sql(where, lambda ident: self._resolve(q, ident, where_text), bind))
+        return q
+
+    # -- joins ------------------------------------------------------------------------------
+    def _join(self, q: BuiltQuery, element: DimensionElement) -> sa.Table:
+        table = q.element_tables.get(element.name)
+        if table is not None:
+            return table
+        table = self.schema.elements[element.name]
+        q.element_tables[element.name] = table
+        q.froms.append(table)
+        for d in element.required:
+            col = table.c[element.key.name] if d == element.name else table.c[d]  # type: ignore[union-attr]
+            q.columns.setdefault(d, []).append(col)
+        for d in element.implies:
+            q.columns.setdefault(d, []).append(table.c[d])
+        return table
+
+    def _provide(self, q: BuiltQuery, dim: str) -> None:
+        """Make ``dim`` available, preferably through a record that implies it."""
+        if dim in q.columns:
+            return
+        if self._provide_via_implication(q, dim):
+            return
+        self._join(q, self.universe[dim])
+
+    def _provide_via_implication(self, q: BuiltQuery, dim: str) -> bool:
+        for owner in self._implied_by.get(dim, ()):
+            if owner.name in q.columns or (owner.is_dimension and self._provide_via_implication(q, owner.name)):
+                self._join(q, owner)
+                return True
+        return False
+
+    # -- where-expression identifiers ---------------------------------------------------------
+    def _check_identifier(self, ident: Identifier, text: str) -> None:
+        universe = self.universe
+        if ident.name not in universe or (ident.field is None and not universe[ident.name].is_dimension):
+            raise _ident_error(
+                ident, text,
+                f"unknown dimension {ident.name!r}; dimensions are {', '.join(universe.dimensions)}"
+                " (use element.field for record fields, e.g. visit.exposure_time)",
+            )
+        if ident.field is not None:
+            element = universe[ident.name]
+            fields = element.field_types
+            name = self._field_column(element, ident.field)
+            if name not in fields or fields[name] == "region":
+                usable = [f for f, k in fields.items() if k != "region"]
+                raise _ident_error(ident, text, f"{ident.name} has no field {ident.field!r}; fields: {usable}")
+
+    @staticmethod
+    def _field_column(element: DimensionElement, field_name: str) -> str:
+        if element.is_dimension and field_name in ("id", "name") and element.key is not None:
+            return element.key.name if field_name in (element.key.name,) else field_name
+        return field_name
+
+    def _resolve(self, q: BuiltQuery, ident: Identifier, text: str) -> ResolvedColumn:
+        universe = self.universe
+        if ident.field is None:
+            return ResolvedColumn(q.dimension_column(ident.name), universe[ident.name].key.type)  # type: ignore[union-attr]
+        element = universe[ident.name]
+        table = q.element_tables[element.name]
+        name = self._field_column(element, ident.field)
+        return ResolvedColumn(table.c[name], element.field_types[name])
+
+
+def _ident_error(ident: Identifier, text: str, message: str) -> ExpressionError:
+    from .expressions import expression_error
+
+    return expression_error(message, text, ident.column)
+
+
+def time_value(value: Any) -> int:
+    return to_nsec(value)

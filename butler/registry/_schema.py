@@ -1,0 +1,206 @@
+"""Table definitions of the registry, built in code from the dimension universe.
+
+Nothing is reflected from the database at open (reflection is slow and would grow with the
+number of tables); the tables are rebuilt from the universe stored in the repository. Dataset
+searches go through one *tags* table per dimension group (``dataset_tags_<dims>``), whose
+columns are the group's required dimensions, so a lookup by data ID is one indexed query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse, FieldSpec
+
+__all__ = ["RegistrySchema", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+NAME_LENGTH = 255
+
+
+def _column_type(spec: FieldSpec) -> sa.types.TypeEngine:
+    if spec.type == "int":
+        return sa.BigInteger()
+    if spec.type == "str":
+        return sa.String(spec.length or 64)
+    if spec.type == "float":
+        return sa.Float(precision=53)
+    if spec.type == "time":
+        return sa.BigInteger()
+    if spec.type == "bool":
+        return sa.Boolean()
+    return sa.LargeBinary()
+
+
+def _key_type(universe: DimensionUniverse, dimension: str) -> sa.types.TypeEngine:
+    key = universe[dimension].key
+    assert key is not None
+    return _column_type(key)
+
+
+def tags_table_name(group: DimensionGroup) -> str:
+    name = "dataset_tags_" + "_".join(group.required) if group.required else "dataset_tags_empty"
+    if len(name) > 60:
+        name = "dataset_tags_" + hashlib.blake2b("_".join(group.required).encode(), digest_size=8).hexdigest()
+    return name
+
+
+@dataclass
+class RegistrySchema:
+    """All tables of one repository's registry."""
+
+    universe: DimensionUniverse
+    namespace: str | None
+    metadata: sa.MetaData = field(init=False)
+    attributes: sa.Table = field(init=False)
+    collection: sa.Table = field(init=False)
+    collection_chain: sa.Table = field(init=False)
+    dataset_type: sa.Table = field(init=False)
+    dataset: sa.Table = field(init=False)
+    file_record: sa.Table = field(init=False)
+    elements: dict[str, sa.Table] = field(init=False)
+    _tags: dict[str, sa.Table] = field(init=False)
+
+    def __post_init__(self) -> None:
+        md = self.metadata = sa.MetaData(schema=self.namespace)
+        self.attributes = sa.Table(
+            "butler_attributes",
+            md,
+            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("value", sa.Text, nullable=False),
+        )
+        self.collection = sa.Table(
+            "collection",
+            md,
+            sa.Column("collection_id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("name", sa.String(NAME_LENGTH), nullable=False, unique=True),
+            sa.Column("type", sa.SmallInteger, nullable=False),
+            sa.Column("owner", sa.String(64), nullable=True),
+            sa.Column("doc", sa.Text, nullable=True),
+        )
+        self.collection_chain = sa.Table(
+            "collection_chain",
+            md,
+            sa.Column("parent_id", sa.Integer, sa.ForeignKey(self.collection.c.collection_id, ondelete="CASCADE"),
+                      primary_key=True),
+            sa.Column("position", sa.Integer, primary_key=True),
+            sa.Column("child_id", sa.Integer, sa.ForeignKey(self.collection.c.collection_id), nullable=False),
+        )
+        self.dataset_type = sa.Table(
+            "dataset_type",
+            md,
+            sa.Column("dataset_type_id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("name", sa.String(128), nullable=False, unique=True),
+            sa.Column("dimensions", sa.String(512), nullable=False),
+            sa.Column("storage_class", sa.String(64), nullable=False),
+            sa.Column("is_calibration", sa.Boolean, nullable=False, default=False),
+            sa.Column("tag_table", sa.String(64), nullable=False),
+        )
+        self.dataset = sa.Table(
+            "dataset",
+            md,
+            sa.Column("dataset_id", sa.Uuid, primary_key=True),
+            sa.Column("dataset_type_id", sa.Integer, sa.ForeignKey(self.dataset_type.c.dataset_type_id),
+                      nullable=False),
+            sa.Column("run_id", sa.Integer, sa.ForeignKey(self.collection.c.collection_id, ondelete="CASCADE"),
+                      nullable=False, index=True),
+            sa.Column("ingest_time", sa.BigInteger, nullable=True),
+        )
+        self.file_record = sa.Table(
+            "file_record",
+            md,
+            sa.Column("dataset_id", sa.Uuid, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
+                      primary_key=True),
+            sa.Column("component", sa.String(32), primary_key=True, default=""),
+            sa.Column("path", sa.String(1024), nullable=False),
+            sa.Column("formatter", sa.String(64), nullable=False),
+            sa.Column("storage_class", sa.String(64), nullable=False),
+            sa.Column("checksum", sa.String(64), nullable=True),
+            sa.Column("file_size", sa.BigInteger, nullable=True),
+        )
+        self.elements = {}
+        for element in self.universe.elements:
+            self.elements[element.name] = self._element_table(element)
+        self._tags = {}
+
+    def _element_table(self, element: DimensionElement) -> sa.Table:
+        universe = self.universe
+        cols: list[sa.SchemaItem] = []
+        for dim in element.required:
+            if dim == element.name:
+                assert element.key is not None
+                cols.append(sa.Column(element.key.name, _column_type(element.key), primary_key=True,
+                                      autoincrement=False))
+            else:
+                cols.append(sa.Column(dim, _key_type(universe, dim), primary_key=True, autoincrement=False))
+        for dim in element.implies:
+            cols.append(sa.Column(dim, _key_type(universe, dim), nullable=True))
+        for spec in element.fields:
+            cols.append(sa.Column(spec.name, _column_type(spec), nullable=spec.nullable))
+        if element.spatial:
+            cols.append(sa.Column("region", sa.LargeBinary, nullable=True))
+        # Foreign keys to each required dimension's table (not to itself).
+        for dim in element.required:
+            if dim == element.name:
+                continue
+            target = universe[dim]
+            target_table = self.elements[dim]
+            local = [d for d in target.required if d != dim] + [dim]
+            remote = [target_table.c[c] for c in target.primary_key_columns]
+            cols.append(sa.ForeignKeyConstraint(local, remote, ondelete="CASCADE"))
+        # Implied dimensions must exist too (a visit's physical_filter, a filter's band).
+        for dim in element.implies:
+            target = universe[dim]
+            target_table = self.elements[dim]
+            local = [d for d in target.required if d != dim] + [dim]
+            remote = [target_table.c[c] for c in target.primary_key_columns]
+            cols.append(sa.ForeignKeyConstraint(local, remote))
+        return sa.Table(element.name, self.metadata, *cols)
+
+    # -- dynamic tags tables ----------------------------------------------------------------
+    def tags_table(self, group: DimensionGroup) -> sa.Table:
+        """The tags table of ``group`` (defined in metadata; created in the DB by the caller)."""
+        name = tags_table_name(group)
+        table = self._tags.get(name)
+        if table is not None:
+            return table
+        universe = self.universe
+        cols: list[sa.SchemaItem] = [
+            sa.Column("dataset_type_id", sa.Integer, sa.ForeignKey(self.dataset_type.c.dataset_type_id),
+                      nullable=False),
+            sa.Column("dataset_id", sa.Uuid, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
+                      primary_key=True),
+            sa.Column("collection_id", sa.Integer,
+                      sa.ForeignKey(self.collection.c.collection_id, ondelete="CASCADE"), primary_key=True),
+        ]
+        for dim in group.required:
+            cols.append(sa.Column(dim, _key_type(universe, dim), nullable=False))
+        cols.append(sa.UniqueConstraint("dataset_type_id", "collection_id", *group.required,
+                                        name=f"{name}_unique"[:63]))
+        # Data IDs of datasets must name existing dimension records.
+        for dim in group.required:
+            element = universe[dim]
+            target_table = self.elements[dim]
+            cols.append(sa.ForeignKeyConstraint(list(element.required),
+                                                [target_table.c[c] for c in element.primary_key_columns]))
+        table = sa.Table(name, self.metadata, *cols)
+        self._tags[name] = table
+        return table
+
+    @staticmethod
+    def attributes_table(namespace: str | None) -> sa.Table:
+        """The attributes table alone, to open a registry before its universe is known."""
+        return sa.Table(
+            "butler_attributes",
+            sa.MetaData(schema=namespace),
+            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("value", sa.Text, nullable=False),
+        )
+
+    def static_tables(self) -> list[sa.Table]:
+        return [self.attributes, self.collection, self.collection_chain, self.dataset_type, self.dataset,
+                self.file_record, *self.elements.values()]
