@@ -126,10 +126,11 @@ def to_nsec(value: object) -> int:
     if module.startswith("numpy"):
         kind = getattr(getattr(value, "dtype", None), "kind", None)
         if kind == "M" and getattr(value, "ndim", 0) == 0:
-            as_ns = value.astype("datetime64[ns]").astype("int64")  # type: ignore[attr-defined]
-            return int(as_ns)
+            datetime64: Any = value
+            return int(datetime64.astype("datetime64[ns]").astype("int64"))
         if kind in ("i", "u") and getattr(value, "ndim", 0) == 0:
-            return int(value)  # type: ignore[call-overload]
+            scalar: Any = value
+            return int(scalar)
     raise _bad(value)
 
 

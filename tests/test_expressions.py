@@ -122,7 +122,9 @@ SELECT_CASES = [
     pytest.param("visit IN (-5..1, -1)", None, {1}, id="negative"),
     pytest.param("band NOT IN ('g', \"r\")", None, {5, 12}, id="not-in-strings"),
     pytest.param("band IS NULL", None, {7}, id="is-null"),
-    pytest.param("visit.exposure_time IS NOT NULL AND visit.exposure_time < 20", None, {2, 10, 20}, id="is-not-null"),
+    pytest.param(
+        "visit.exposure_time IS NOT NULL AND visit.exposure_time < 20", None, {2, 10, 20}, id="is-not-null"
+    ),
     pytest.param("band = NULL", None, {7}, id="eq-null-is-null"),
     pytest.param("visit.exposure_time = 30", None, {1, 5, 12}, id="int-vs-float"),
     pytest.param("visit.exposure_time >= 1.5e1", None, ALL_IDS - {3, 20}, id="float-exponent"),
@@ -139,7 +141,7 @@ SELECT_CASES = [
     pytest.param("visit.begin < t'2026-11-24T02:00:00'", None, {1, 2}, id="time-datetime"),
     pytest.param("visit.begin > '2026-11-25 00:30'", None, {10, 20}, id="time-string"),
     pytest.param(
-        "visit.begin = :t", {"t": datetime(2026, 11, 24, 1, tzinfo=timezone.utc)}, {2}, id="time-bind-datetime"
+        "visit.begin = :t", {"t": datetime(2026, 11, 24, 1, tzinfo=timezone.utc)}, {2}, id="time-bind-dt"
     ),
     pytest.param("visit.begin = :t", {"t": "2026-11-24T03:00:00+02:00"}, {2}, id="time-bind-offset"),
     pytest.param("visit.begin IN (T'2026-11-24', :t)", {"t": date(2026, 11, 26)}, {1, 20}, id="time-in"),
@@ -271,7 +273,12 @@ TRANSLATION_ERRORS = [
     ("visit.begin = 'yesterday'", None, 15, "is not a valid time"),
     ("foo = 1", None, 1, "unknown dimension or field foo"),
     ("visit > 1 AND x.y = 1", None, 15, "unknown dimension or field x.y"),
-    ("visit = :nope", {"a": 1, "b": 2}, 9, "bind parameter :nope is not defined at column 9 (expected one of the binds given (:a, :b))"),
+    (
+        "visit = :nope",
+        {"a": 1, "b": 2},
+        9,
+        "bind parameter :nope is not defined at column 9 (expected one of the binds given (:a, :b))",
+    ),
     ("visit = :nope", None, 9, "none were given"),
     ("visit = :v", {"v": [1, 2]}, 9, "collection"),
     ("visit IN :v", {"v": [1, "x"]}, 10, "visit is an integer but was compared with 'x'"),
@@ -341,7 +348,9 @@ def test_injection_in_where_text_rejected(engine: sa.Engine) -> None:
 # -- properties --------------------------------------------------------------------------
 
 KEYWORDS = {"AND", "OR", "NOT", "IN", "IS", "NULL", "TRUE", "FALSE"}
-names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s.upper() not in KEYWORDS)
+names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(
+    lambda s: s.upper() not in KEYWORDS
+)
 ints = st.integers(-(2**63), 2**63 - 1)
 values: st.SearchStrategy[Node] = st.one_of(
     ints.map(IntLiteral),
@@ -363,7 +372,9 @@ ranges = st.builds(
 predicates: st.SearchStrategy[Node] = st.one_of(
     st.builds(Comparison, st.sampled_from(["=", "!=", "<", "<=", ">", ">="]), operands, operands),
     st.builds(IsNull, operands, st.booleans()),
-    st.builds(InList, operands, st.lists(values | idents | ranges, min_size=1, max_size=4).map(tuple), st.booleans()),
+    st.builds(
+        InList, operands, st.lists(values | idents | ranges, min_size=1, max_size=4).map(tuple), st.booleans()
+    ),
     idents,
     st.booleans().map(BoolLiteral),
 )
@@ -411,7 +422,9 @@ range_triples = st.tuples(st.integers(-5, 25), st.integers(0, 15), st.integers(1
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(range_triples, min_size=1, max_size=4), st.lists(st.integers(-3, 25), max_size=3), st.booleans())
+@given(
+    st.lists(range_triples, min_size=1, max_size=4), st.lists(st.integers(-3, 25), max_size=3), st.booleans()
+)
 def test_range_in_lists_select_like_python(
     engine: sa.Engine, triples: list[tuple[int, int, int]], extra: list[int], negated: bool
 ) -> None:
@@ -448,7 +461,9 @@ def test_to_nsec(value: object, expected: int) -> None:
     assert to_nsec(value) == expected
 
 
-@pytest.mark.parametrize("value", ["yesterday", "2026-13-01", "2026-11-24T23:59:60", "", 1.5, True, None, [1]])
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2026-13-01", "2026-11-24T23:59:60", "", 1.5, True, None, [1]]
+)
 def test_to_nsec_rejects(value: object) -> None:
     with pytest.raises(ValueError, match="ISO-8601") as info:
         to_nsec(value)

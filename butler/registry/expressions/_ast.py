@@ -100,12 +100,15 @@ class Node:
 
     __slots__ = ()
 
+    column: int
+    """1-based character position of the node's first token (operator for predicates)."""
+
     def __str__(self) -> str:
         return to_text(self)
 
 
 def _pos() -> int:
-    return field(default=0, compare=False, kw_only=True)  # type: ignore[no-any-return]
+    return field(default=0, compare=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ _KIND_NAMES = {
     "bool": "a boolean",
     "bytes": "a byte string",
 }
-_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+_OPERATORS: dict[str, Callable[[Any, Any], sa.ColumnElement[bool]]] = {
     "=": operator.eq,
     "!=": operator.ne,
     "<": operator.lt,
@@ -212,7 +212,8 @@ class _Translator:
         """An operand that must be a single value (not a list, range or unsupported type)."""
         result = self.operand(node)
         if isinstance(result, _Value) and result.kind in ("list", "range"):
-            raise self.error(f"{result.description} is a collection", node, "a single value (collections only after IN)")
+            expected = "a single value (collections only after IN)"
+            raise self.error(f"{result.description} is a collection", node, expected)
         if isinstance(result, _Value) and result.kind == "unsupported":
             raise self.error(
                 f"{result.description} has unsupported type {type(result.value).__name__}",
@@ -276,22 +277,23 @@ class _Translator:
         for null, other in ((left, right), (right, left)):
             if isinstance(null, _Value) and null.kind == "null":
                 if node.operator not in ("=", "!="):
-                    raise self.error(f"'{node.operator} NULL' is never true", null.node, "IS NULL or IS NOT NULL")
+                    message = f"'{node.operator} NULL' is never true"
+                    raise self.error(message, null.node, "IS NULL or IS NOT NULL")
                 expr = other.expr if isinstance(other, _Column) else sa.literal(other.value)
                 return expr.is_(None) if node.operator == "=" else expr.is_not(None)
         compare = _OPERATORS[node.operator]
         if isinstance(left, _Column) and isinstance(right, _Column):
-            return compare(left.expr, right.expr)  # type: ignore[no-any-return]
+            return compare(left.expr, right.expr)
         if isinstance(left, _Column) and isinstance(right, _Value):
-            return compare(left.expr, sa.literal(self.coerce(left, right), left.expr.type))  # type: ignore[no-any-return]
+            return compare(left.expr, sa.literal(self.coerce(left, right), left.expr.type))
         if isinstance(left, _Value) and isinstance(right, _Column):
-            return compare(sa.literal(self.coerce(right, left), right.expr.type), right.expr)  # type: ignore[no-any-return]
+            return compare(sa.literal(self.coerce(right, left), right.expr.type), right.expr)
         assert isinstance(left, _Value) and isinstance(right, _Value)
         if not (left.kind == right.kind or (left.kind in _NUMERIC and right.kind in _NUMERIC)):
             raise self.error(f"cannot compare {left.description} with {right.description}", node)
         if left.kind == "time":
-            return compare(sa.literal(to_nsec(left.value)), sa.literal(to_nsec(right.value)))  # type: ignore[no-any-return]
-        return compare(sa.literal(left.value), sa.literal(right.value))  # type: ignore[no-any-return]
+            return compare(sa.literal(to_nsec(left.value)), sa.literal(to_nsec(right.value)))
+        return compare(sa.literal(left.value), sa.literal(right.value))
 
     def in_list(self, node: InList) -> sa.ColumnElement[bool]:
         target = self.scalar(node.operand)
@@ -304,7 +306,10 @@ class _Translator:
         for item in node.items:
             if isinstance(item, RangeLiteral):
                 description = f"the range {to_text(item)}"
-                conditions.append(self.range_condition(target, item.start, item.stop, item.step, item, description))
+                condition = self.range_condition(
+                    target, item.start, item.stop, item.step, item, description
+                )
+                conditions.append(condition)
                 continue
             operand = self.operand(item)
             if isinstance(operand, _Column):
@@ -313,7 +318,10 @@ class _Translator:
                 r = operand.value
                 if len(r):
                     low, high = min(r[0], r[-1]), max(r[0], r[-1])
-                    conditions.append(self.range_condition(target, low, high, abs(r.step), item, operand.description))
+                    condition = self.range_condition(
+                        target, low, high, abs(r.step), item, operand.description
+                    )
+                    conditions.append(condition)
             elif operand.kind == "list":
                 for element in operand.value:
                     kind, element = _python_kind(element)
