@@ -92,7 +92,7 @@ class Butler:
         self._reg: Registry | None = None
         self._store: FileDatastore | None = None
         self._checked_runs: dict[str, CollectionRecord] = {}
-        self._implied_cache: dict[tuple[DimensionGroup, tuple], dict[str, Any]] = {}
+        self._implied_cache: dict[tuple[str, tuple], dict[str, Any]] = {}
         if not _lazy:
             self._registry  # noqa: B018 - connect now so a bad repository fails at open
 
@@ -277,22 +277,34 @@ class Butler:
         return values
 
     def _expand_implied(self, data_id: DataCoordinate) -> dict[str, Any]:
-        key = (data_id.group, data_id.values)
-        cached = self._implied_cache.get(key)
-        if cached is None:
-            registry = self._registry
-            group = data_id.group
-            built = registry.query_builder.build(dimensions=group, data_id=data_id.to_dict(), with_implied=True)
-            cols = [built.dimension_column(n) for n in group.implied]
-            with registry.db.transaction() as conn:
-                row = conn.execute(built.select(*cols).limit(1)).first()
-            if row is None:
-                raise DataIdError(self._missing_dimension_message(data_id) or f"data ID {data_id} has no records")
-            cached = dict(zip(group.implied, row))
-            if len(self._implied_cache) > 10_000:
-                self._implied_cache.clear()
-            self._implied_cache[key] = cached
-        return cached
+        """Implied values (band, physical_filter, day_obs...) of a data ID, cached per record.
+
+        Implied values come from the records of the required dimensions that imply them (a
+        visit's filter and day), so the cache is keyed by those records: all detectors of a
+        visit share one lookup.
+        """
+        registry = self._registry
+        universe = self.universe
+        values = data_id.to_dict()
+        out: dict[str, Any] = {}
+        for owner in data_id.group.required:
+            element = universe[owner]
+            if not element.implies:
+                continue
+            key = (owner, tuple(values[d] for d in element.required))
+            cached = self._implied_cache.get(key)
+            if cached is None:
+                stmt = registry.records.implied_statement(element, registry.query_builder)
+                with registry.db.transaction() as conn:
+                    row = conn.execute(stmt, dict(zip(element.required, key[1]))).first()
+                if row is None:
+                    raise DataIdError(self._missing_dimension_message(data_id) or f"data ID {data_id} has no records")
+                cached = row._asdict()
+                if len(self._implied_cache) > 100_000:
+                    self._implied_cache.clear()
+                self._implied_cache[key] = cached
+            out.update(cached)
+        return {k: v for k, v in out.items() if k in data_id.group.implied}
 
     def _missing_dimension_message(self, data_id: DataCoordinate) -> str | None:
         registry = self._registry

@@ -236,7 +236,16 @@ class DatasetManager:
         trusted = DatasetRef._trusted
         by_id = self._collections.by_id
         run_names: dict[int, str] = {}
-        if len(collections) <= 1 or not find_first:
+        if len(collections) <= 1:
+            # (dataset_id, collection_id) is a primary key: rows cannot repeat a dataset.
+            out = []
+            for row in rows:
+                run = run_names.get(row[2])
+                if run is None:
+                    run = run_names[row[2]] = by_id(row[2]).name
+                out.append(trusted(dt, from_values(group, tuple(row[3:])), run, row[0]))
+            return out
+        if not find_first:
             out = []
             seen: set[uuid.UUID] = set()
             for row in rows:

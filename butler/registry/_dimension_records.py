@@ -50,6 +50,7 @@ class DimensionRecordManager:
         self._db = db
         self._schema = schema
         self.universe: DimensionUniverse = schema.universe
+        self._implied_statements: dict[str, sa.Select] = {}
 
     # -- conversion -----------------------------------------------------------------------
     def to_row(self, element: DimensionElement, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,6 +224,18 @@ class DimensionRecordManager:
                     + (f"closest existing: {close}" if close else "no such records are registered")
                 )
         return None
+
+    def implied_statement(self, element: DimensionElement, builder: Any) -> sa.Select:
+        """A cached SELECT of everything ``element``'s record implies (transitively), by primary key."""
+        stmt = self._implied_statements.get(element.name)
+        if stmt is None:
+            group = self.universe.group(element.required)
+            built = builder.build(dimensions=group, data_id={d: sa.bindparam(d) for d in element.required},
+                                  with_implied=True)
+            cols = [built.dimension_column(n).label(n) for n in group.implied]
+            stmt = built.select(*cols).limit(1)
+            self._implied_statements[element.name] = stmt
+        return stmt
 
     # -- read -----------------------------------------------------------------------------
     def fetch(self, element: DimensionElement, stmt: sa.Select, conn: sa.Connection) -> list[DimensionRecord]:

@@ -9,6 +9,7 @@ columns are the group's required dimensions, so a lookup by data ID is one index
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -20,6 +21,45 @@ __all__ = ["RegistrySchema", "SCHEMA_VERSION"]
 SCHEMA_VERSION = 1
 
 NAME_LENGTH = 255
+
+
+_new = object.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def fast_uuid(hex_value: str) -> uuid.UUID:
+    """``uuid.UUID(hex_value)`` without its validation (~5x faster); the DB wrote the value."""
+    u = _new(uuid.UUID)
+    _set(u, "int", int(hex_value, 16))
+    _set(u, "is_safe", _UNKNOWN)
+    return u
+
+
+class DatasetIdType(sa.types.TypeDecorator):
+    """Dataset UUIDs: native on PostgreSQL, 32 hex characters elsewhere, decoded quickly.
+
+    Queries return thousands of ids; the stock type spends most of a 500-ref query in
+    ``uuid.UUID.__init__``.
+    """
+
+    impl = sa.Uuid
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.Uuid(as_uuid=True))
+        return dialect.type_descriptor(sa.String(32))
+
+    def process_bind_param(self, value: object, dialect: sa.Dialect) -> object:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return value.hex if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).hex
+
+    def process_result_value(self, value: object, dialect: sa.Dialect) -> object:
+        if value is None or isinstance(value, uuid.UUID):
+            return value
+        return fast_uuid(value)  # type: ignore[arg-type]
 
 
 def _column_type(spec: FieldSpec) -> sa.types.TypeEngine:
@@ -103,7 +143,7 @@ class RegistrySchema:
         self.dataset = sa.Table(
             "dataset",
             md,
-            sa.Column("dataset_id", sa.Uuid, primary_key=True),
+            sa.Column("dataset_id", DatasetIdType, primary_key=True),
             sa.Column("dataset_type_id", sa.Integer, sa.ForeignKey(self.dataset_type.c.dataset_type_id),
                       nullable=False),
             sa.Column("run_id", sa.Integer, sa.ForeignKey(self.collection.c.collection_id, ondelete="CASCADE"),
@@ -113,7 +153,7 @@ class RegistrySchema:
         self.file_record = sa.Table(
             "file_record",
             md,
-            sa.Column("dataset_id", sa.Uuid, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
+            sa.Column("dataset_id", DatasetIdType, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
                       primary_key=True),
             sa.Column("component", sa.String(32), primary_key=True, default=""),
             sa.Column("path", sa.String(1024), nullable=False),
@@ -172,7 +212,7 @@ class RegistrySchema:
         cols: list[sa.SchemaItem] = [
             sa.Column("dataset_type_id", sa.Integer, sa.ForeignKey(self.dataset_type.c.dataset_type_id),
                       nullable=False),
-            sa.Column("dataset_id", sa.Uuid, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
+            sa.Column("dataset_id", DatasetIdType, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
                       primary_key=True),
             sa.Column("collection_id", sa.Integer,
                       sa.ForeignKey(self.collection.c.collection_id, ondelete="CASCADE"), primary_key=True),
