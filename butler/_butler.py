@@ -371,6 +371,49 @@ class Butler:
         _, created = self._registry.dataset_types.register(dataset_type)
         return created
 
+    # -- skymaps and regions -------------------------------------------------------------------
+    def register_skymap(self, skymap: Any) -> bool:
+        """Register a skymap's tracts and patches (with regions and spatial index); False if present."""
+        from ._skymaps import register_skymap
+
+        return register_skymap(self, skymap)
+
+    def get_skymap(self, name: str) -> Any:
+        """The registered skymap ``name``, rebuilt from its stored configuration."""
+        from ._skymaps import load_skymap
+
+        return load_skymap(self, name)
+
+    def define_visits(self, instrument: str, *, where: str | None = None, update: bool = False,
+                      exposures: Iterable[int] | None = None) -> int:
+        """Define visits (one per exposure) with regions from boresight + camera geometry."""
+        from ._skymaps import define_visits
+
+        return define_visits(self, instrument, where=where, update=update, exposures=exposures)
+
+    def update_regions(self, element: str, records: Iterable[Mapping[str, Any]]) -> int:
+        """Replace regions of existing records (e.g. after a better WCS); queries see them at once."""
+        self._require_writeable()
+        return self._registry.records.update_regions(element, records)
+
+    def packer(self, kind: str, **data_id: Any) -> Any:
+        """A data ID packer: "tract_patch" / "tract_patch_band" (give skymap=, and bands= for the
+        latter) or "visit_detector" / "exposure_detector" (give instrument=)."""
+        from .dimensions._packers import packer_for_instrument
+
+        if kind in ("tract_patch", "tract_patch_band"):
+            skymap = self.get_skymap(data_id.pop("skymap"))
+            bands = data_id.pop("bands", None)
+            if kind == "tract_patch_band" and not bands:
+                bands = sorted(r.name for r in self.query_dimension_records("band"))
+            return skymap.packer(bands=bands if kind == "tract_patch_band" else None)
+        instrument = data_id.pop("instrument")
+        records = self.query_dimension_records("instrument", instrument=instrument)
+        if not records:
+            raise DataIdError(f"instrument {instrument!r} is not registered")
+        rec = records[0]
+        return packer_for_instrument(rec.visit_max, rec.detector_max, rec.exposure_max, kind)
+
     def get_dataset_type(self, name: str) -> DatasetType:
         return self._registry.dataset_types.get(name).dataset_type
 

@@ -51,10 +51,9 @@ def query_datasets(butler: Butler, dataset_type: str | DatasetType, *, collectio
         built.froms.append(d)
         built.where.append(d.c.dataset_id == tags.c.dataset_id)
         run_col = d.c.run_id
-    stmt = built.select(tags.c.dataset_id, tags.c.collection_id, run_col,
-                        *[tags.c[dim] for dim in type_rec.group.required])
+    columns = [tags.c.dataset_id, tags.c.collection_id, run_col, *[tags.c[dim] for dim in type_rec.group.required]]
     with registry.db.transaction() as conn:
-        rows = conn.execute(stmt).all()
+        rows = built.execute(conn, columns)
     return registry.datasets.rows_to_refs(type_rec, rows, colls, find_first=find_first)
 
 
@@ -94,11 +93,10 @@ def query_data_ids(butler: Butler, dimensions: str | Iterable[str], *, where: st
         built.where.append(t.c.collection_id.in_([c.id for c in colls]))
     implied = [n for n in group.implied if n in built.columns]
     cols = [built.dimension_column(n) for n in group.required] + [built.dimension_column(n) for n in implied]
-    stmt = built.select(*cols, distinct=bool(type_recs)).order_by(*cols[: len(group.required)])
     n_req = len(group.required)
     from_values = DataCoordinate.from_values
     with registry.db.transaction() as conn:
-        rows = conn.execute(stmt).all()
+        rows = built.execute(conn, cols, distinct=bool(type_recs), order_by=cols[:n_req])
     if implied:
         return [from_values(group, tuple(r[:n_req]), dict(zip(implied, r[n_req:]))) for r in rows]
     return [from_values(group, tuple(r)) for r in rows]
@@ -118,7 +116,9 @@ def query_dimension_records(butler: Butler, element: str, *, where: str | None =
     built = registry.query_builder.build(dimensions=group, data_id=constraints, where=tree, bind=bind, element=el,
                                          where_text=where or "")
     table = built.element_tables[el.name]
-    stmt = built.select(*table.c).order_by(*[table.c[c] for c in el.primary_key_columns])
+    columns = list(table.c)
+    names = [c.name for c in columns]
     with registry.db.transaction() as conn:
-        return registry.records.fetch(el, stmt, conn)
+        rows = built.execute(conn, columns, order_by=[table.c[c] for c in el.primary_key_columns])
+    return [registry.records.from_row(el, dict(zip(names, row))) for row in rows]
 

@@ -159,6 +159,8 @@ class DimensionUniverse:
 
     def __init__(self, config: Mapping[str, Any], text: str):
         self.namespace: str = config.get("namespace", "butler")
+        spatial = config.get("spatial_index") or {"pixelization": "q3c", "level": 9}
+        self.spatial_index: tuple[str, int] = (str(spatial["pixelization"]), int(spatial["level"]))
         self.version: int = int(config["version"])
         self.text = text
         self.digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
@@ -272,6 +274,20 @@ class DimensionUniverse:
         self._groups[key] = group
         self._groups.setdefault(frozenset(group.names), group)
         return group
+
+    @property
+    def spatial_elements(self) -> tuple[DimensionElement, ...]:
+        return tuple(e for e in self._elements.values() if e.spatial)
+
+    def pixelization(self) -> Any:
+        """The lsst-sphgeom pixelization of the registry's spatial index (imported lazily)."""
+        import lsst.sphgeom as sg
+
+        name, level = self.spatial_index
+        classes = {"q3c": sg.Q3cPixelization, "mq3c": sg.Mq3cPixelization, "htm": sg.HtmPixelization}
+        if name not in classes:
+            raise ValueError(f"unknown spatial index pixelization {name!r}; use one of {sorted(classes)}")
+        return classes[name](level)
 
     @property
     def empty(self) -> DimensionGroup:

@@ -32,6 +32,7 @@ def _sqlite_engine(url: str) -> sa.Engine:
         url,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         poolclass=sa.pool.QueuePool,
+        enable_from_linting=False,  # products of unrelated dimensions are intended
         pool_size=4,
         max_overflow=32,
     )
@@ -60,7 +61,8 @@ def _engine_for(url: str) -> sa.Engine:
             if url.startswith("sqlite"):
                 engine = _sqlite_engine(url)
             else:
-                engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=16)
+                engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=16,
+                                          enable_from_linting=False)
             _ENGINES[url] = engine
         return engine
 
@@ -128,6 +130,28 @@ class Database:
                 conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.namespace}" CASCADE'))
             else:
                 conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{self.namespace}`"))
+
+    def bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: Sequence[str],
+                    rows: Sequence[tuple[Any, ...]], *, chunk: int = 50_000) -> None:
+        """Insert many tuples with the driver's executemany, bypassing per-row SQLAlchemy work.
+
+        Used for millions of rows (skymap patches and their spatial index); values must already
+        be in database form (ints, floats, str, bytes).
+        """
+        if not rows:
+            return
+        prep = self.engine.dialect.identifier_preparer
+        placeholder = "?" if self.dialect == "sqlite" else "%s"
+        sql = (
+            f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in columns)}) "
+            f"VALUES ({', '.join([placeholder] * len(columns))})"
+        )
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            for start in range(0, len(rows), chunk):
+                cursor.executemany(sql, rows[start:start + chunk])
+        finally:
+            cursor.close()
 
     def execute_many(self, conn: sa.Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
         if rows:

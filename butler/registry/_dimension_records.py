@@ -18,6 +18,7 @@ from ..dimensions import DimensionElement, DimensionRecord, DimensionUniverse, c
 from ..errors import ConflictError, DataIdError
 from ._database import Database
 from ._schema import RegistrySchema
+from ._spatial import RegionError, SpatialIndex, validate_region
 
 __all__ = ["DimensionRecordManager", "encode_region", "decode_region"]
 
@@ -51,12 +52,16 @@ class DimensionRecordManager:
         self._schema = schema
         self.universe: DimensionUniverse = schema.universe
         self._implied_statements: dict[str, sa.Select] = {}
+        self.spatial = SpatialIndex(self.universe, schema.skypix)
 
     # -- conversion -----------------------------------------------------------------------
     def to_row(self, element: DimensionElement, record: Mapping[str, Any]) -> dict[str, Any]:
         """Validate one user record and convert it to database column values."""
         types = element.field_types
         unknown = [k for k in record if k not in types]
+        if "region" in unknown:
+            spatial = [e.name for e in self.universe.spatial_elements]
+            raise RegionError(f"{element.name} records have no region; elements with regions: {spatial}")
         if unknown:
             raise DataIdError(
                 f"unknown field(s) {unknown} for {element.name} records; fields are {list(types)}"
@@ -80,7 +85,8 @@ class DimensionRecordManager:
                 except ValueError as err:
                     raise DataIdError(f"{element.name}.{name}: {err}") from None
             elif kind == "region":
-                row[name] = encode_region(value)
+                row[name] = encode_region(validate_region(value, f"{element.name} region") if not isinstance(
+                    value, (bytes, bytearray, memoryview)) else value)
             elif kind == "float":
                 if isinstance(value, (str, bytes, bool)):
                     raise DataIdError(f"{element.name}.{name} must be a number, got {value!r}")
@@ -149,18 +155,71 @@ class DimensionRecordManager:
             if conflict == "replace":
                 for row in rows:
                     cond = [table.c[c] == row[c] for c in pk]
-                    conn.execute(table.delete().where(*cond))
+                    conn.execute(table.delete().where(*cond))  # cascades to the spatial index
                 conn.execute(table.insert(), rows)
             elif conflict == "skip":
-                conn.execute(self._db.insert_ignore(table), rows)
+                result = conn.execute(self._db.insert_ignore(table), rows)
+                if element.spatial and result.rowcount != len(rows):
+                    rows = self._rows_just_inserted(element, rows, conn)
             else:
                 conn.execute(table.insert(), rows)
+            if element.spatial:
+                self.spatial.insert(conn, element, rows)
         except sa.exc.IntegrityError as err:
             # Explain from committed state on a fresh connection: the failed transaction may be
             # unusable (PostgreSQL aborts it). Rows inserted earlier in the same transaction are
             # not visible there, which only matters for the wording of the message.
             with self._db.transaction() as fresh:
                 raise self._explain_integrity_error(element, rows, fresh, err) from None
+        return len(rows)
+
+    def _rows_just_inserted(self, element: DimensionElement, rows: list[dict[str, Any]], conn: sa.Connection
+                            ) -> list[dict[str, Any]]:
+        """Of rows given to an insert-ignore, those that have no spatial index rows yet."""
+        index = self.spatial.tables[element.name]
+        pk = element.primary_key_columns
+        out = []
+        for row in rows:
+            cond = [index.c[c] == row[c] for c in pk]
+            if not conn.execute(sa.select(sa.func.count()).select_from(index).where(*cond)).scalar():
+                out.append(row)
+        return out
+
+    def update_regions(self, element_name: str, records: Iterable[Mapping[str, Any]], *,
+                       conn: sa.Connection | None = None) -> int:
+        """Replace the regions of existing records and their spatial index, in one transaction."""
+        element = self.universe[element_name] if element_name in self.universe else None
+        if element is None or not element.spatial:
+            spatial = [e.name for e in self.universe.spatial_elements]
+            raise RegionError(f"{element_name!r} has no regions to update; elements with regions: {spatial}")
+        pk = element.primary_key_columns
+        rows = []
+        for record in records:
+            extra = set(record) - set(pk) - {"region"}
+            if extra or "region" not in record:
+                raise DataIdError(
+                    f"update_regions takes {list(pk)} and 'region' for {element.name}; got keys {sorted(record)}"
+                )
+            key = {k: coerce_value(f"{element.name}.{k}", element.field_types[k], record[k]) for k in pk}
+            region = record["region"]
+            data = encode_region(validate_region(region, f"{element.name} region") if region is not None else None)
+            rows.append({**key, "region": data})
+        if conn is None:
+            with self._db.transaction(write=True) as c:
+                return self._update_regions(element, rows, c)
+        return self._update_regions(element, rows, conn)
+
+    def _update_regions(self, element: DimensionElement, rows: list[dict[str, Any]], conn: sa.Connection) -> int:
+        pk = element.primary_key_columns
+        table = self._schema.elements[element.name]
+        for row in rows:
+            cond = [table.c[c] == row[c] for c in pk]
+            result = conn.execute(table.update().where(*cond).values(region=row["region"]))
+            if result.rowcount != 1:
+                key = {c: row[c] for c in pk}
+                raise DataIdError(f"no {element.name} record {key} to update; insert it first")
+        self.spatial.delete(conn, element, rows)
+        self.spatial.insert(conn, element, rows)
         return len(rows)
 
     def _ensure_implied(self, element: DimensionElement, rows: list[dict[str, Any]], conn: sa.Connection) -> None:

@@ -22,6 +22,7 @@ from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse
 from ..errors import ExpressionError
 from .expressions import Identifier, Node, ResolvedColumn, identifiers, to_sql
 from ._schema import RegistrySchema
+from ._spatial import regions_overlap
 
 __all__ = ["QueryBuilder", "BuiltQuery"]
 
@@ -34,6 +35,7 @@ class BuiltQuery:
     columns: dict[str, list[sa.ColumnElement[Any]]] = field(default_factory=dict)
     where: list[sa.ColumnElement[bool]] = field(default_factory=list)
     element_tables: dict[str, sa.Table] = field(default_factory=dict)
+    refine: list[tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]] = field(default_factory=list)
 
     def dimension_column(self, name: str) -> sa.ColumnElement[Any]:
         return self.columns[name][0]
@@ -47,6 +49,31 @@ class BuiltQuery:
         if conditions:
             stmt = stmt.where(*conditions)
         return stmt.distinct() if distinct else stmt
+
+    def execute(self, conn: sa.Connection, columns: list[sa.ColumnElement[Any]], *, distinct: bool = False,
+                order_by: list[sa.ColumnElement[Any]] | None = None) -> list[tuple[Any, ...]]:
+        """Run the query; spatial candidates from the pixel join are refined by exact overlap."""
+        if not self.refine:
+            stmt = self.select(*columns, distinct=distinct)
+            if order_by:
+                stmt = stmt.order_by(*order_by)
+            return [tuple(r) for r in conn.execute(stmt)]
+        region_cols = [c for pair in self.refine for c in pair]
+        stmt = self.select(*columns, *region_cols, distinct=True)
+        if order_by:
+            stmt = stmt.order_by(*order_by)
+        n = len(columns)
+        pairs = range(n, n + 2 * len(self.refine), 2)
+        out = []
+        seen: set[tuple[Any, ...]] = set()
+        for row in conn.execute(stmt):
+            if all(row[i] is not None and row[i + 1] is not None and regions_overlap(row[i], row[i + 1])
+                   for i in pairs):
+                key = tuple(row[:n])
+                if key not in seen:
+                    seen.add(key)
+                    out.append(key)
+        return out
 
 
 class QueryBuilder:
@@ -86,21 +113,45 @@ class QueryBuilder:
                 self._join(q, universe[ident.name])
         if element is not None:
             self._join(q, element)
+        # Constraints first, so requested implied dimensions (a band) come through the records that
+        # are constrained (the visit's filter) rather than as an unrelated product.
+        wanted = list(data_id or ())
+        wanted += [i.name for i in idents if i.field is None]
+        wanted += list(dimensions.names if with_implied else dimensions.required)
+        referenced = set(wanted) | {d for i in idents if i.field is not None for d in universe[i.name].required}
+        if referenced & {"visit", "exposure"} and referenced & {"tract", "patch"}:
+            self._spatial_join(q, referenced)
+        for d in wanted:
+            self._provide(q, d)
         # Existence: each required dimension of the result comes from its own record table unless
         # a joined table already references it (foreign keys guarantee the record exists).
         for d in reversed(dimensions.required):
-            if d not in q.columns:
+            if d not in q.element_tables and not any(
+                d in e.required and d != e.name for e in map(universe.__getitem__, q.element_tables)
+            ) and not (tags is not None and d in tags[1].required):
                 self._join(q, universe[d])
-        wanted = list(dimensions.names if with_implied else dimensions.required)
-        wanted += [i.name for i in idents if i.field is None]
-        wanted += list(data_id or ())
-        for d in wanted:
-            self._provide(q, d)
         for key, value in (data_id or {}).items():
             q.where.append(q.dimension_column(key) == value)
         if where is not None:
             q.where.append(to_sql(where, lambda ident: self._resolve(q, ident, where_text), bind))
         return q
+
+    def _spatial_join(self, q: BuiltQuery, referenced: set[str]) -> None:
+        """Relate observations (visit, visit+detector) to the skymap (tract, patch) by region."""
+        universe = self.universe
+        if "visit" not in referenced and "visit" not in q.columns:
+            self._join(q, universe["visit_definition"])  # exposures reach regions through their visit
+        obs = universe["visit_detector_region" if "detector" in referenced else "visit"]
+        sky = universe["patch" if "patch" in referenced else "tract"]
+        a = self._join(q, obs)
+        b = self._join(q, sky)
+        ia = self.schema.skypix[obs.name].alias(f"skypix_{obs.name}")
+        ib = self.schema.skypix[sky.name].alias(f"skypix_{sky.name}")
+        q.froms += [ia, ib]
+        q.where += [ia.c[k] == a.c[k] for k in obs.primary_key_columns]
+        q.where += [ib.c[k] == b.c[k] for k in sky.primary_key_columns]
+        q.where.append(ia.c.pix == ib.c.pix)
+        q.refine.append((a.c.region, b.c.region))
 
     # -- joins ------------------------------------------------------------------------------
     def _join(self, q: BuiltQuery, element: DimensionElement) -> sa.Table:

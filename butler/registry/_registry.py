@@ -72,7 +72,7 @@ class Registry:
         try:
             with db.transaction() as conn:
                 t = RegistrySchema.attributes_table(db.namespace)
-                rows = dict(conn.execute(sa.select(t.c.name, t.c.value)).tuples().all())
+                rows = dict(conn.execute(sa.select(t.c.name, t.c.value)).all())
         except RegistryConnectionError:
             raise
         except sa.exc.OperationalError as err:
@@ -100,7 +100,7 @@ class Registry:
     def refresh_attributes(self) -> None:
         t = self.schema.attributes
         with self.db.transaction() as conn:
-            self.attributes = dict(conn.execute(sa.select(t.c.name, t.c.value)).tuples().all())
+            self.attributes = dict(conn.execute(sa.select(t.c.name, t.c.value)).all())
 
     def set_attribute(self, name: str, value: Any) -> None:
         text = value if isinstance(value, str) else json.dumps(value)

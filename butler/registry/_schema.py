@@ -103,6 +103,7 @@ class RegistrySchema:
     dataset: sa.Table = field(init=False)
     file_record: sa.Table = field(init=False)
     elements: dict[str, sa.Table] = field(init=False)
+    skypix: dict[str, sa.Table] = field(init=False)
     _tags: dict[str, sa.Table] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -165,7 +166,20 @@ class RegistrySchema:
         self.elements = {}
         for element in self.universe.elements:
             self.elements[element.name] = self._element_table(element)
+        self.skypix = {e.name: self._skypix_table(e) for e in self.universe.spatial_elements}
         self._tags = {}
+
+    def _skypix_table(self, element: DimensionElement) -> sa.Table:
+        """Spatial index of one element: a row per (record, pixel it touches)."""
+        parent = self.elements[element.name]
+        keys = list(element.primary_key_columns)
+        cols: list[sa.SchemaItem] = [
+            sa.Column(k, parent.c[k].type, primary_key=True, autoincrement=False) for k in keys
+        ]
+        cols.append(sa.Column("pix", sa.BigInteger, primary_key=True, autoincrement=False))
+        cols.append(sa.ForeignKeyConstraint(keys, [parent.c[k] for k in keys], ondelete="CASCADE"))
+        cols.append(sa.Index(f"{element.name}_skypix_pix", "pix"))
+        return sa.Table(f"{element.name}_skypix", self.metadata, *cols)
 
     def _element_table(self, element: DimensionElement) -> sa.Table:
         universe = self.universe
@@ -243,4 +257,4 @@ class RegistrySchema:
 
     def static_tables(self) -> list[sa.Table]:
         return [self.attributes, self.collection, self.collection_chain, self.dataset_type, self.dataset,
-                self.file_record, *self.elements.values()]
+                self.file_record, *self.elements.values(), *self.skypix.values()]

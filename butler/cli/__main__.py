@@ -1,0 +1,5 @@
+"""``python -m butler.cli`` runs the ``butler`` command."""
+
+from ._main import main
+
+main()

@@ -1,0 +1,218 @@
+"""The ``butler`` click group, its error handling and the repository-management commands.
+
+User errors (anything the butler raises as ``ButlerError``, and the ``ValueError``,
+``LookupError`` and ``PermissionError`` families) are printed as ``error: <message>`` on stderr
+with exit code 2; ``butler --debug ...`` re-raises them with the traceback. Commands import the
+butler internals inside their functions so that ``butler --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ._commands_query import (
+    query_collections,
+    query_data_ids,
+    query_dataset_types,
+    query_datasets,
+    query_dimension_records,
+)
+from ._options import collections_option, repo_argument
+
+if TYPE_CHECKING:
+    from .._butler import Butler
+
+__all__ = ["cli", "main"]
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, PermissionError)
+"""Standard exceptions reported as user errors (besides every ``ButlerError``)."""
+
+
+def _is_user_error(err: BaseException) -> bool:
+    from ..errors import ButlerError
+
+    return isinstance(err, (ButlerError, *USER_ERRORS))
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        return str(err.args[0])  # str(KeyError) would add quotes
+    return str(err) or type(err).__name__
+
+
+class ButlerGroup(click.Group):
+    """A group that reports user errors of its commands as ``error: ...`` with exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as err:
+            if ctx.params.get("debug") or not _is_user_error(err):
+                raise
+            click.echo(f"error: {_message(err)}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=ButlerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full traceback of errors instead of a one-line message.")
+def cli(debug: bool) -> None:
+    """Create, query, verify and clean butler data repositories.
+
+    Every command takes the repository root directory (REPO) as its first argument.
+    Run `butler COMMAND --help` for the options and an example of each command.
+    """
+
+
+def main() -> None:
+    """Entry point of the ``butler`` script."""
+    cli(prog_name="butler")
+
+
+# -- repository management -----------------------------------------------------------------
+@cli.command()
+@repo_argument
+@click.option("--db", default=None, metavar="URL",
+              help="SQLAlchemy URL of the registry database (default: SQLite file inside REPO), e.g. "
+                   "postgresql://host/dbname.")
+@click.option("--namespace", default=None, metavar="NS",
+              help="Schema (PostgreSQL) or database (MySQL) holding this repository's tables in a shared server.")
+def create(repo: str, db: str | None, namespace: str | None) -> None:
+    """Create an empty repository at REPO.
+
+    The directory is created if needed; it must not already hold a repository. The registry is
+    an SQLite file inside REPO unless --db names a database server.
+
+    \b
+    Example:
+      butler create /data/repo
+      butler create /data/repo --db postgresql://db.example.org/butler --namespace survey
+    """
+    from .._butler import Butler
+
+    butler = Butler.create(repo, db=db, namespace=namespace)
+    click.echo(f"created repository at {butler.root}")
+
+
+@cli.command("register-instrument")
+@repo_argument
+@click.argument("instrument", metavar="NAME|YAML")
+@click.option("--update", is_flag=True,
+              help="Replace the definition of an instrument already registered with a different one.")
+def register_instrument(repo: str, instrument: str, update: bool) -> None:
+    """Register an instrument (camera) and its detectors and filters in REPO.
+
+    NAME|YAML is a known instrument name (e.g. SimCam), a dotted class path, or the path of a
+    camera definition YAML file. Registering the same definition again does nothing; a changed
+    definition is refused unless --update is given.
+
+    \b
+    Example:
+      butler register-instrument /data/repo SimCam
+      butler register-instrument /data/repo cameras/mycam.yaml --update
+    """
+    from .._butler import Butler
+    from ..instrument import load_instrument
+
+    inst = load_instrument(instrument)
+    Butler(repo, writeable=True).register_instrument(inst, update=update)
+    click.echo(f"registered instrument {inst.name}")
+
+
+@cli.command()
+@repo_argument
+@collections_option("Only verify the files of datasets in these collections (repeatable; globs and chains "
+                    "allowed). Default: every file.")
+def verify(repo: str, collections: Sequence[str]) -> None:
+    """Recompute the checksum and size of dataset files in REPO and report problems.
+
+    Prints one line per problem (path, kind: missing/checksum/size, detail) and exits with
+    status 1 if there is any; prints "N files verified, no problems" and exits 0 otherwise.
+
+    \b
+    Example:
+      butler verify /data/repo
+      butler verify /data/repo --collections u/alice/run1
+    """
+    from .._butler import Butler
+    from ._output import print_rows
+
+    butler = Butler(repo)
+    colls = list(collections) or None
+    n_files = _count_files(butler, colls)
+    problems = butler.verify(collections=colls)
+    if problems:
+        rows = [{"path": p.path, "problem": p.problem, "detail": p.detail} for p in problems]
+        print_rows(rows, ["path", "problem", "detail"], "table")
+        click.echo(f"{len(problems)} problem(s) in {n_files} files", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(f"{n_files} files verified, no problems")
+
+
+def _count_files(butler: Butler, collections: Sequence[str] | None) -> int:
+    """How many file records ``Butler.verify(collections=...)`` checks (same selection)."""
+    import sqlalchemy as sa
+
+    registry = butler.registry
+    f = registry.schema.file_record
+    d = registry.schema.dataset
+    stmt = sa.select(sa.func.count()).select_from(f)
+    if collections is not None:
+        ids = [c.id for c in registry.collections.resolve(collections)]
+        stmt = (sa.select(sa.func.count()).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
+                .where(d.c.run_id.in_(ids)))
+    with registry.db.transaction() as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
+@cli.command("remove-runs")
+@repo_argument
+@click.argument("patterns", metavar="GLOB...", nargs=-1, required=True)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def remove_runs(repo: str, patterns: Sequence[str], yes: bool) -> None:
+    """Delete the RUN collections matching GLOB, with their datasets and files.
+
+    Lists the matching runs and how many datasets each holds, then asks for confirmation
+    (unless --yes). Exits with status 1 when no run matches. A run that is a child of a
+    CHAINED collection must be removed from the chain first.
+
+    \b
+    Example:
+      butler remove-runs /data/repo 'u/alice/test*'
+      butler remove-runs /data/repo u/alice/run1 --yes
+    """
+    from .._butler import Butler
+    from ..registry._collections import CollectionType
+    from ._output import print_rows
+
+    butler = Butler(repo, writeable=True)
+    runs = butler.registry.collections.query(list(patterns), types=[CollectionType.RUN])
+    if not runs:
+        click.echo(f"no RUN collection matches {' '.join(repr(p) for p in patterns)}; nothing removed", err=True)
+        raise click.exceptions.Exit(1)
+    counts = _dataset_counts(butler, [r.id for r in runs])
+    print_rows([{"run": r.name, "datasets": counts.get(r.id, 0)} for r in runs], ["run", "datasets"], "table")
+    total = sum(counts.values())
+    if not yes:
+        click.confirm(f"Remove these {len(runs)} run(s) and their {total} dataset(s)?", abort=True)
+    removed = butler.remove_runs([r.name for r in runs])
+    click.echo(f"removed {len(removed)} run(s) and {total} dataset(s)")
+
+
+def _dataset_counts(butler: Butler, run_ids: Sequence[int]) -> dict[int, int]:
+    import sqlalchemy as sa
+
+    registry = butler.registry
+    d = registry.schema.dataset
+    stmt = sa.select(d.c.run_id, sa.func.count()).where(d.c.run_id.in_(run_ids)).group_by(d.c.run_id)
+    with registry.db.transaction() as conn:
+        return {run_id: int(n) for run_id, n in conn.execute(stmt)}
+
+
+for _command in (query_datasets, query_data_ids, query_dimension_records, query_collections,
+                 query_dataset_types):
+    cli.add_command(_command)
