@@ -626,13 +626,18 @@ class Butler:
 
         registry = self._registry
         f = registry.schema.file_record
-        d = registry.schema.dataset
         stmt = sa.select(f.c.path, f.c.checksum, f.c.file_size)
-        if collections is not None:
-            ids = [c.id for c in registry.collections.resolve(collections)]
-            stmt = stmt.select_from(f.join(d, d.c.dataset_id == f.c.dataset_id)).where(d.c.run_id.in_(ids))
         with registry.db.transaction() as conn:
-            records = conn.execute(stmt).all()
+            if collections is None:
+                records = conn.execute(stmt).all()
+            else:
+                # Datasets of any collection type (RUN, TAGGED...) are found through the tags tables.
+                ids = [c.id for c in registry.collections.resolve(collections)]
+                tags_tables = {r.tags.name: r.tags for r in registry.dataset_types.all()}
+                records = []
+                for tags in tags_tables.values():
+                    member = sa.select(tags.c.dataset_id).where(tags.c.collection_id.in_(ids))
+                    records += conn.execute(stmt.where(f.c.dataset_id.in_(member))).all()
         return self._datastore.verify(records)
 
     def __repr__(self) -> str:

@@ -71,6 +71,7 @@ def query_data_ids(butler: Butler, dimensions: str | Iterable[str], *, where: st
     constraints = butler._constraints(data_id, kwargs)
     tree = parse_expression(where) if where else None
     type_recs = []
+    colls = []
     if datasets is not None:
         names = [datasets] if isinstance(datasets, str) else list(datasets)
         type_recs = [registry.dataset_types.get(n) for n in names]

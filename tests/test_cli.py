@@ -223,12 +223,12 @@ def test_subprocess_end_to_end(repo):
     script = os.path.join(os.path.dirname(sys.executable), "butler")
     command = [script] if os.path.exists(script) else [sys.executable, "-m", "butler.cli"]
     proc = subprocess.run([*command, "query-datasets", repo.root, "metrics", "-d", "visit=14", "-f", "json"],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     (row,) = json.loads(proc.stdout)
     assert (row["visit"], row["detector"], row["run"]) == (14, 0, "u/tester/run1")
 
     proc = subprocess.run([sys.executable, "-m", "butler.cli", "query-datasets", repo.root, "metrics", "-w",
-                           "visit >"], capture_output=True, text=True)
+                           "visit >"], check=False, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "^" in proc.stderr and "Traceback" not in proc.stderr

@@ -61,4 +61,4 @@ def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: s
 
 
 def _line(values: Sequence[str], widths: Sequence[int]) -> str:
-    return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+    return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()

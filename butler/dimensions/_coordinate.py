@@ -19,6 +19,7 @@ from ._universe import DimensionGroup, DimensionUniverse
 __all__ = ["DataCoordinate", "validate_path_value", "coerce_value"]
 
 # Letters, digits and a few separators that are safe inside one path component.
+_INT_STR = re.compile(r"\s*[+-]?[0-9]+\s*")
 _SAFE_STR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-:@=,]*")
 
 
@@ -41,7 +42,7 @@ def coerce_value(key: str, kind: str, value: Any) -> Any:
         if isinstance(value, bool):
             raise DataIdError(f"{key} must be an integer, got the boolean {value!r}")
         if isinstance(value, str):
-            if value.strip().lstrip("-").isdigit():
+            if _INT_STR.fullmatch(value):
                 return int(value)
             raise DataIdError(f"{key} must be an integer, got the string {value!r}")
         try:

@@ -1,0 +1,483 @@
+"""Core butler benchmarks (issue 3): put, get, queries, open, pickled sizes, ingest, import.
+
+All on SQLite on local disk with a small dict payload (`benchmarks._fixtures.PAYLOAD`). Where it
+makes sense each benchmark also measures a *baseline* in the same run: the raw operation
+underneath (json.dump + os.replace, open + json.load, a sqlite3 SELECT of the same rows), so
+the table shows how many times the butler's overhead costs on this machine.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+import sqlite3
+import textwrap
+import time
+
+from ._fixtures import (
+    INSTRUMENT,
+    PAYLOAD,
+    QUERY_DETECTORS,
+    QUERY_RUN,
+    QUERY_VISITS,
+    big_repo,
+    core_repo,
+)
+from ._runner import Context, Result, benchmark, measure, percentile, rate_result, run_python
+
+FORBIDDEN_AT_IMPORT = ("dask", "astropy", "zarr")
+
+
+def _butler(root: str, **kwargs):
+    from butler import Butler
+
+    return Butler(root, **kwargs)
+
+
+# -- put / get ---------------------------------------------------------------------------------
+@benchmark("core.put", unit="ms", target=1.0,
+           description="Butler.put of a small dict (new data ID each call); baseline json.dump to temp + os.replace")
+def bench_put(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    butler = _butler(repo.root, run="bench/put")
+    n, warmup = ctx.size(600, 150), 30
+    ids = [(v, d) for v in range(101, 1201) for d in range(9)]
+    assert len(ids) >= n + warmup
+
+    def put(i: int) -> None:
+        v, d = ids[i]
+        butler.put(PAYLOAD, "metrics", instrument=INSTRUMENT, visit=v, detector=d)
+
+    samples = measure(put, n, warmup=warmup)
+    raw_dir = ctx.scratch("raw-put")
+
+    def raw(i: int) -> None:
+        path = os.path.join(raw_dir, f"metrics_{i}.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(PAYLOAD, f)
+        os.replace(tmp, path)
+
+    base = measure(raw, n, warmup=warmup)
+    return Result.from_samples(samples, "ms", baseline_ns=base, baseline_label="json.dump to temp + os.replace")
+
+
+def _query_files(root: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(root, QUERY_RUN, "**", "*.json"), recursive=True))
+    assert len(files) == len(QUERY_VISITS) * len(QUERY_DETECTORS), len(files)
+    return files
+
+
+def _raw_read(files: list[str]):
+    def raw(i: int) -> None:
+        with open(files[i % len(files)]) as f:
+            json.load(f)
+    return raw
+
+
+@benchmark("core.get_data_id", unit="ms", target=0.5,
+           description="Butler.get(type, instrument=, visit=, detector=) of a small dict; baseline open + json.load")
+def bench_get_data_id(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    butler = _butler(repo.root, collections=QUERY_RUN)
+    ids = [(v, d) for v in QUERY_VISITS for d in QUERY_DETECTORS]
+    n = ctx.size(1000, 200)
+
+    def get(i: int) -> None:
+        v, d = ids[i % len(ids)]
+        butler.get("metrics", instrument=INSTRUMENT, visit=v, detector=d)
+
+    samples = measure(get, n, warmup=50)
+    base = measure(_raw_read(_query_files(repo.root)), n, warmup=50)
+    return Result.from_samples(samples, "ms", baseline_ns=base, baseline_label="open + json.load")
+
+
+@benchmark("core.get_ref", unit="ms", target=0.5,
+           description="Butler.get(ref) of a small dict (target borrowed from get by data ID); baseline open + json.load")
+def bench_get_ref(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    butler = _butler(repo.root, collections=QUERY_RUN)
+    refs = repo.query_refs
+    n = ctx.size(1000, 200)
+    samples = measure(lambda i: butler.get(refs[i % len(refs)]), n, warmup=50)
+    base = measure(_raw_read(_query_files(repo.root)), n, warmup=50)
+    return Result.from_samples(samples, "ms", baseline_ns=base, baseline_label="open + json.load")
+
+
+# -- queries -----------------------------------------------------------------------------------
+def _raw_query(db_path: str, sql: str, params: tuple, expect: int):
+    con = sqlite3.connect(db_path)
+
+    def raw(i: int) -> None:
+        rows = con.execute(sql, params).fetchall()
+        assert len(rows) == expect
+
+    return raw, con
+
+
+def _tags_info(root: str) -> tuple[str, int, int]:
+    butler = _butler(root, collections=QUERY_RUN)
+    registry = butler.registry
+    type_rec = registry.dataset_types.get("metrics")
+    run = registry.collections.get(QUERY_RUN)
+    return type_rec.tags.name, type_rec.id, run.id
+
+
+def _query_bench(ctx: Context, where: str | None, expect: int, raw_sql_where: str, raw_join: str = "",
+                 raw_params: tuple = ()) -> Result:
+    repo = core_repo(ctx)
+    butler = _butler(repo.root, collections=QUERY_RUN)
+    refs = butler.query_datasets("metrics", where=where)
+    if len(refs) != expect:
+        raise RuntimeError(f"query {where!r} returned {len(refs)} refs, expected {expect}")
+    n = ctx.size(300, 60)
+    samples = measure(lambda i: butler.query_datasets("metrics", where=where), n, warmup=20)
+    table, type_id, run_id = _tags_info(repo.root)
+    sql = (f"SELECT t.dataset_id, t.collection_id, t.instrument, t.detector, t.visit FROM {table} AS t {raw_join} "
+           f"WHERE t.dataset_type_id = ? AND t.collection_id = ? {raw_sql_where}")
+    raw, con = _raw_query(repo.sqlite_path, sql, (type_id, run_id, *raw_params), expect)
+    try:
+        base = measure(raw, n, warmup=20)
+    finally:
+        con.close()
+    return Result.from_samples(samples, "ms", baseline_ns=base, baseline_label="sqlite3 SELECT of the same rows",
+                               notes=f"where={where!r}, {expect} refs")
+
+
+@benchmark("core.query_500", unit="ms", target=2.0,
+           description="query_datasets returning 500 refs of one RUN; baseline sqlite3 SELECT of the same rows")
+def bench_query_500(ctx: Context) -> Result:
+    return _query_bench(ctx, None, 500, "")
+
+
+@benchmark("core.query_where_visit", unit="ms", target=1.5,
+           description="query_datasets with where='visit > 80' (100 of 500 refs); baseline sqlite3 SELECT")
+def bench_query_where_visit(ctx: Context) -> Result:
+    return _query_bench(ctx, "visit > 80", 100, "AND t.visit > ?", raw_params=(80,))
+
+
+@benchmark("core.query_where_in", unit="ms", target=1.5,
+           description="query_datasets with where='detector IN (1, 3)' (200 of 500 refs); baseline sqlite3 SELECT")
+def bench_query_where_in(ctx: Context) -> Result:
+    return _query_bench(ctx, "detector IN (1, 3)", 200, "AND t.detector IN (?, ?)", raw_params=(1, 3))
+
+
+@benchmark("core.query_where_band", unit="ms", target=1.5,
+           description="query_datasets with where=\"band = 'g'\" (joins visit, physical_filter; 100 of 500)")
+def bench_query_where_band(ctx: Context) -> Result:
+    join = ("JOIN visit AS v ON v.instrument = t.instrument AND v.id = t.visit "
+            "JOIN physical_filter AS pf ON pf.instrument = v.instrument AND pf.name = v.physical_filter")
+    return _query_bench(ctx, "band = 'g'", 100, "AND pf.band = ?", raw_join=join, raw_params=("g",))
+
+
+# -- open ----------------------------------------------------------------------------------------
+_OPEN_CODE = textwrap.dedent("""
+    import json, os, sys, time
+    root = sys.argv[1]
+    mode = sys.argv[2]
+    if mode == "raw":
+        import sqlite3
+        t0 = time.perf_counter_ns()
+        con = sqlite3.connect(os.path.join(root, "butler.sqlite3"))
+        rows = con.execute("SELECT name, value FROM butler_attributes").fetchall()
+        t1 = time.perf_counter_ns()
+    else:
+        from butler import Butler
+        if mode == "preimported":
+            import sqlalchemy, butler.registry._registry, butler.registry._database  # noqa
+        t0 = time.perf_counter_ns()
+        b = Butler(root)
+        t1 = time.perf_counter_ns()
+    print(json.dumps({"ns": t1 - t0}))
+""")
+
+
+def _open_samples(root: str, mode: str, n: int) -> list[int]:
+    run_python(_OPEN_CODE, args=(), env=None) if False else None  # (keeps signature obvious)
+    out = []
+    for _ in range(n):
+        out.append(_run_open(root, mode))
+    return out
+
+
+def _run_open(root: str, mode: str) -> int:
+    import subprocess
+    import sys
+
+    from ._runner import PROJECT_ROOT
+
+    env = dict(os.environ)
+    env.setdefault("BUTLER_USER", "bench")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _OPEN_CODE, root, mode], capture_output=True, text=True,
+                          env=env, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"open subprocess failed: {proc.stderr.strip()[-2000:]}")
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["ns"])
+
+
+@benchmark("core.open_first", unit="ms", target=50.0,
+           description="first Butler(root) in a fresh process, after `from butler import Butler` "
+                       "(includes lazy imports it triggers); baseline sqlite3.connect + SELECT attributes")
+def bench_open_first(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    n = ctx.size(12, 4)
+    _run_open(repo.root, "butler")  # warm the OS cache and .pyc files
+    samples, base = [], []
+    for _ in range(n):
+        samples.append(_run_open(repo.root, "butler"))
+        base.append(_run_open(repo.root, "raw"))
+    return Result.from_samples(samples, "ms", baseline_ns=base, baseline_label="sqlite3.connect + SELECT attributes",
+                               notes="one sample per fresh interpreter")
+
+
+@benchmark("core.open_first_preimported", unit="ms",
+           description="as core.open_first but with sqlalchemy and the registry modules imported before timing")
+def bench_open_first_preimported(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    n = ctx.size(12, 4)
+    samples, base = [], []
+    for _ in range(n):
+        samples.append(_run_open(repo.root, "preimported"))
+        base.append(_run_open(repo.root, "raw"))
+    return Result.from_samples(samples, "ms", baseline_ns=base, baseline_label="sqlite3.connect + SELECT attributes",
+                               notes="one sample per fresh interpreter; shows how much of the first open is imports")
+
+
+@benchmark("core.open_later", unit="ms", target=5.0,
+           description="Butler(root, collections=...) again in the same process (registry already open)")
+def bench_open_later(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    _butler(repo.root)
+    n = ctx.size(500, 100)
+    samples = measure(lambda i: _butler(repo.root, collections=QUERY_RUN), n, warmup=20)
+    return Result.from_samples(samples, "ms")
+
+
+def _open_scaling(ctx: Context) -> dict:
+    small_n = 10_000
+    big_n = ctx.size(1_000_000, 100_000)
+    small = big_repo(ctx, small_n)
+    big = big_repo(ctx, big_n)
+    n = ctx.size(12, 4)
+    _run_open(small, "butler")
+    _run_open(big, "butler")
+    s_small, s_big = [], []
+    for _ in range(n):  # interleaved so drift hits both alike
+        s_small.append(_run_open(small, "butler"))
+        s_big.append(_run_open(big, "butler"))
+    return {"small_n": small_n, "big_n": big_n, "small": s_small, "big": s_big, "small_root": small, "big_root": big}
+
+
+@benchmark("core.open_10k", unit="ms",
+           description="first Butler(root) in a fresh process on a registry of 10k datasets")
+def bench_open_10k(ctx: Context) -> Result:
+    data = ctx.fixture("open_scaling", _open_scaling)
+    return Result.from_samples(data["small"], "ms", notes=f"{data['small_n']:,} datasets")
+
+
+@benchmark("core.open_big", unit="ms",
+           description="first Butler(root) in a fresh process on a registry of 1M datasets (100k with --quick)")
+def bench_open_big(ctx: Context) -> Result:
+    data = ctx.fixture("open_scaling", _open_scaling)
+    size = os.path.getsize(os.path.join(data["big_root"], "butler.sqlite3"))
+    return Result.from_samples(data["big"], "ms", notes=f"{data['big_n']:,} datasets, sqlite file {size / 1e6:.0f} MB",
+                               extra={"datasets": data["big_n"], "sqlite_bytes": size})
+
+
+@benchmark("core.open_scaling", unit="x", target=1.5,
+           description="first-open time on the 1M registry / on the 10k registry (100k / 10k with --quick)")
+def bench_open_scaling(ctx: Context) -> Result:
+    data = ctx.fixture("open_scaling", _open_scaling)
+    small50, big50 = percentile(data["small"], 50), percentile(data["big"], 50)
+    small90, big90 = percentile(data["small"], 90), percentile(data["big"], 90)
+    return Result(value=big50 / small50, p90=big90 / small90, n=len(data["big"]),
+                  notes=f"{data['big_n']:,} vs {data['small_n']:,} datasets: median {big50 / 1e6:.2f} ms vs "
+                        f"{small50 / 1e6:.2f} ms (p90 column: ratio of the p90s)",
+                  extra={"small_ms": small50 / 1e6, "big_ms": big50 / 1e6})
+
+
+# -- pickled sizes -------------------------------------------------------------------------------
+def _cloudpickle_size(obj) -> int | None:
+    try:
+        import cloudpickle
+    except ImportError:
+        return None
+    return len(cloudpickle.dumps(obj))
+
+
+@benchmark("core.pickle_butler", unit="B", target=1024,
+           description="len(pickle.dumps(Butler(root, run=..., collections=[...]))) (default protocol)")
+def bench_pickle_butler(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    butler = _butler(repo.root, run="u/alice/run1", collections=["u/alice/run1", QUERY_RUN])
+    data = pickle.dumps(butler)
+    clone = pickle.loads(data)
+    if clone.root != butler.root or clone.collections != butler.collections or clone.run != butler.run:
+        raise RuntimeError("unpickled Butler differs from the original")
+    cp = _cloudpickle_size(butler)
+    return Result(value=len(data), n=1, notes=f"root is {len(repo.root)} chars; cloudpickle: {cp} B",
+                  extra={"cloudpickle_bytes": cp, "root_chars": len(repo.root)})
+
+
+@benchmark("core.pickle_ref", unit="B", target=300,
+           description="len(pickle.dumps(ref)) of a metrics ref (instrument, visit, detector)")
+def bench_pickle_ref(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    ref = repo.query_refs[0]
+    data = pickle.dumps(ref)
+    if pickle.loads(data) != ref:
+        raise RuntimeError("unpickled ref differs from the original")
+    per_ref_in_list = len(pickle.dumps(repo.query_refs)) / len(repo.query_refs)
+    cp = _cloudpickle_size(ref)
+    return Result(value=len(data), n=1,
+                  notes=f"cloudpickle: {cp} B; in a pickled list of {len(repo.query_refs)}: {per_ref_in_list:.0f} B/ref",
+                  extra={"cloudpickle_bytes": cp, "bytes_per_ref_in_list": per_ref_in_list})
+
+
+# -- bulk ----------------------------------------------------------------------------------------
+def _ingest_sources(ctx: Context, n: int) -> list[tuple[str, dict]]:
+    def build(ctx: Context) -> list[tuple[str, dict]]:
+        src = ctx.scratch("ingest-src")
+        out = []
+        text = json.dumps(PAYLOAD)
+        ids = [(v, d) for v in range(1, 1201) for d in range(9)][:n]
+        for i, (v, d) in enumerate(ids):
+            path = os.path.join(src, f"m_{v}_{d}.json")
+            with open(path, "w") as f:
+                f.write(text)
+            out.append((path, {"instrument": INSTRUMENT, "visit": v, "detector": d}))
+        return out
+
+    return ctx.fixture(f"ingest_sources_{n}", build)
+
+
+def _ingest_bench(ctx: Context, transfer: str) -> Result:
+    repo = core_repo(ctx)
+    n = ctx.size(10_000, 2_000)
+    reps = ctx.size(3, 2)
+    files = _ingest_sources(ctx, n)
+    butler = _butler(repo.root, writeable=True)
+    butler.ingest("metrics", files[:200], run=f"bench/ingest-{transfer}/warmup", transfer=transfer)
+    seconds = []
+    for r in range(reps):
+        t0 = time.perf_counter_ns()
+        refs = butler.ingest("metrics", files, run=f"bench/ingest-{transfer}/{r}", transfer=transfer)
+        seconds.append((time.perf_counter_ns() - t0) / 1e9)
+        assert len(refs) == n
+    return rate_result(n, seconds, notes=f"{n:,} files of {len(json.dumps(PAYLOAD))} B per ingest, "
+                                         f"transfer={transfer!r}, each into a new run")
+
+
+@benchmark("core.ingest_direct", unit="datasets/s", target=20_000, better="higher",
+           description="Butler.ingest of 10k small files (2k with --quick), transfer='direct'")
+def bench_ingest_direct(ctx: Context) -> Result:
+    return _ingest_bench(ctx, "direct")
+
+
+@benchmark("core.ingest_hardlink", unit="datasets/s", target=20_000, better="higher",
+           description="Butler.ingest of 10k small files (2k with --quick), transfer='hardlink'")
+def bench_ingest_hardlink(ctx: Context) -> Result:
+    return _ingest_bench(ctx, "hardlink")
+
+
+@benchmark("core.put_many", unit="datasets/s", better="higher",
+           description="Butler.put_many of 2k small dicts (500 with --quick) in one call")
+def bench_put_many(ctx: Context) -> Result:
+    repo = core_repo(ctx)
+    n = ctx.size(2_000, 500)
+    reps = ctx.size(3, 2)
+    butler = _butler(repo.root, writeable=True)
+    ids = [(v, d) for v in range(1, 1201) for d in range(9)][:n]
+    items = [(PAYLOAD, "metrics", {"instrument": INSTRUMENT, "visit": v, "detector": d}) for v, d in ids]
+    butler.put_many(items[:100], run="bench/put_many/warmup")
+    seconds = []
+    for r in range(reps):
+        t0 = time.perf_counter_ns()
+        butler.put_many(items, run=f"bench/put_many/{r}")
+        seconds.append((time.perf_counter_ns() - t0) / 1e9)
+    return rate_result(n, seconds, notes=f"{n:,} datasets per call, each call into a new run")
+
+
+# -- import --------------------------------------------------------------------------------------
+_IMPORT_CODE = textwrap.dedent("""
+    import json, sys, time
+    what = sys.argv[1]
+    t0 = time.perf_counter_ns()
+    if what == "import butler":
+        import butler
+    else:
+        from butler import Butler
+    t1 = time.perf_counter_ns()
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & {"dask", "astropy", "zarr", "numpy", "sqlalchemy",
+                                                             "yaml", "pandas", "pyarrow", "lark", "xxhash"})
+    print(json.dumps({"ns": t1 - t0, "modules": heavy, "n_modules": len(sys.modules)}))
+""")
+
+
+def _import_samples(what: str, n: int) -> tuple[list[int], dict]:
+    run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)))  # warm .pyc files
+    samples, last = [], {}
+    for _ in range(n):
+        last = run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)))
+        samples.append(int(last["ns"]))
+    return samples, last
+
+
+def _importtime_top(statement: str, k: int = 8) -> list[tuple[str, float]]:
+    """The modules with the largest cumulative import time under ``python -X importtime``."""
+    import subprocess
+    import sys
+
+    from ._runner import PROJECT_ROOT
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True,
+                          env=env, timeout=60)
+    rows = []
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, self_us, cum_us, name = (part.strip() for part in line.split("|", 3)[0:1][0].split(":", 1)[1:] +
+                                    line.split("|")[1:]) if False else (None, *[p.strip() for p in line[len("import time:"):].split("|")])
+        if name.startswith(" "):
+            pass
+        rows.append((name.strip(), int(cum_us) / 1000.0, len(name) - len(name.lstrip())))
+    # top-level (least indented) heavy hitters: show the biggest cumulative entries of depth <= 2
+    top = sorted(((n, ms) for n, ms, depth in rows), key=lambda x: -x[1])
+    return top[:k]
+
+
+@benchmark("core.import_butler", unit="ms", target=150.0,
+           description="`import butler` in a fresh interpreter (wall clock around the import)")
+def bench_import_butler(ctx: Context) -> Result:
+    samples, last = _import_samples("import butler", ctx.size(10, 4))
+    top = _importtime_top("import butler")
+    return Result.from_samples(samples, "ms", notes=f"modules loaded: {last['n_modules']}; heavy: {last['modules']}",
+                               extra={"heavy_modules": last["modules"], "importtime_top_ms": top})
+
+
+@benchmark("core.import_Butler", unit="ms",
+           description="`from butler import Butler` in a fresh interpreter (triggers the lazy _butler import)")
+def bench_import_Butler(ctx: Context) -> Result:
+    samples, last = _import_samples("from butler import Butler", ctx.size(10, 4))
+    top = _importtime_top("from butler import Butler")
+    return Result.from_samples(samples, "ms", notes=f"modules loaded: {last['n_modules']}; heavy: {last['modules']}",
+                               extra={"heavy_modules": last["modules"], "importtime_top_ms": top})
+
+
+@benchmark("core.import_forbidden", unit="modules", target=0,
+           description="how many of dask/astropy/zarr are in sys.modules after `import butler` "
+                       "and after `from butler import Butler`")
+def bench_import_forbidden(ctx: Context) -> Result:
+    found = set()
+    seen = {}
+    for what in ("import butler", "from butler import Butler"):
+        out = run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)))
+        seen[what] = out["modules"]
+        found |= set(out["modules"]) & set(FORBIDDEN_AT_IMPORT)
+    return Result(value=len(found), n=1, notes=f"forbidden loaded: {sorted(found) or 'none'}; also loaded: {seen}",
+                  extra={"loaded": seen})
