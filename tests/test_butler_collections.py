@@ -121,7 +121,7 @@ def test_chain_cycles_are_refused(simcam_repo):
         butler.set_chain("u/tester/x", ["u/tester/a", "u/tester/x"])
     with pytest.raises(CollectionError, match="does not exist"):
         butler.set_chain("u/tester/x", ["u/tester/a", "u/tester/nothere"])
-    with pytest.raises(CollectionError, match="not CHAINED"):
+    with pytest.raises(ConflictError, match="'u/tester/a' already exists as a RUN collection, not CHAINED"):
         butler.set_chain("u/tester/a", ["u/tester/x"])
     assert snapshot_repo(butler) == before
     assert butler.get_chain("u/tester/x") == ["u/tester/a"]

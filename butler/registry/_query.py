@@ -133,7 +133,8 @@ class QueryBuilder:
         for key, value in (data_id or {}).items():
             q.where.append(q.dimension_column(key) == value)
         if where is not None:
-            q.where.append(to_sql(where, lambda ident: self._resolve(q, ident, where_text), bind))
+            resolve = lambda ident: self._resolve(q, ident, where_text)  # noqa: E731
+            q.where.append(to_sql(where, resolve, bind, text=where_text or None))
         return q
 
     def _spatial_join(self, q: BuiltQuery, referenced: set[str]) -> None:
