@@ -25,7 +25,7 @@ from typing import Any
 
 from ._runner import Context
 
-__all__ = ["CoreRepo", "core_repo", "big_repo", "BIG_REPO_VERSION", "PAYLOAD", "visit_record"]
+__all__ = ["BIG_REPO_VERSION", "PAYLOAD", "CoreRepo", "big_repo", "core_repo", "visit_record"]
 
 BIG_REPO_VERSION = "1"
 """Bump to force the cached big repositories to be rebuilt (also keyed by a schema digest)."""

@@ -34,9 +34,9 @@ from typing import Any
 
 __all__ = [
     "BENCHMARKS",
+    "PROJECT_ROOT",
     "Benchmark",
     "Context",
-    "PROJECT_ROOT",
     "Result",
     "benchmark",
     "measure",
@@ -155,12 +155,17 @@ class Result:
         return res
 
 
-def rate_result(count: int, seconds: Sequence[float], *, notes: str = "",
-                extra: dict[str, Any] | None = None) -> Result:
+def rate_result(count: int, seconds: Sequence[float], *, baseline_seconds: Sequence[float] | None = None,
+                baseline_label: str = "", notes: str = "", extra: dict[str, Any] | None = None) -> Result:
     """Items per second over repeated runs of ``count`` items: median and 10th-percentile rate."""
     rates = [count / s for s in seconds]
-    return Result(value=percentile(rates, 50), p90=percentile(rates, 10), n=len(rates), notes=notes,
-                  extra={"count_per_run": count, "seconds": list(seconds), **(extra or {})})
+    res = Result(value=percentile(rates, 50), p90=percentile(rates, 10), n=len(rates), notes=notes,
+                 baseline_label=baseline_label,
+                 extra={"count_per_run": count, "seconds": list(seconds), **(extra or {})})
+    if baseline_seconds:
+        base = [count / s for s in baseline_seconds]
+        res.baseline, res.baseline_p90 = percentile(base, 50), percentile(base, 10)
+    return res
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -189,8 +194,8 @@ def run_python(code: str, *, env: dict[str, str] | None = None, args: Sequence[s
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), full_env.get("PYTHONPATH", "")]))
     if env:
         full_env.update(env)
-    proc = subprocess.run([sys.executable, *args, "-c", code], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=str(PROJECT_ROOT))
+    proc = subprocess.run([sys.executable, *args, "-c", code], capture_output=True, text=True, check=False,
+                          env=full_env, timeout=timeout, cwd=str(PROJECT_ROOT))
     if proc.returncode != 0:
         raise RuntimeError(f"subprocess failed ({proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
@@ -262,7 +267,7 @@ def run_one(bench: Benchmark, ctx: Context) -> Outcome:
     out = Outcome(bench.name, bench.unit, bench.target, bench.better, "ERROR", description=bench.description)
     try:
         res = bench.func(ctx)
-    except Exception as err:  # report and carry on with the next benchmark
+    except Exception as err:  # noqa: BLE001 - report and carry on with the next benchmark
         out.error = f"{type(err).__name__}: {err}"
         out.extra["traceback"] = traceback.format_exc()
         out.seconds = time.perf_counter() - t0
@@ -329,7 +334,8 @@ def format_table(outcomes: Iterable[Outcome]) -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=str(PROJECT_ROOT), timeout=10)
+        proc = subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                              cwd=str(PROJECT_ROOT), timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None

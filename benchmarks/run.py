@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import _runner  # noqa: E402
+from benchmarks import _runner
 
 
 def discover() -> list[tuple[str, str]]:
@@ -32,7 +32,7 @@ def discover() -> list[tuple[str, str]]:
         name = f"benchmarks.{info.name}"
         try:
             importlib.import_module(name)
-        except Exception as err:  # a broken module must not hide the others
+        except Exception as err:  # noqa: BLE001 - a broken module must not hide the others
             failures.append((name, f"{type(err).__name__}: {err}"))
     return failures
 

@@ -233,7 +233,7 @@ class Butler:
     def _run_record(self, run: str | None, allow_foreign_run: bool) -> tuple[str, CollectionRecord | None]:
         from .registry._collections import CollectionType
 
-        name = run or self.run
+        name = run if run is not None else self.run
         if name is None:
             raise ButlerError("no run to write into: pass run=... to this call or open the Butler with run=...")
         rec = self._checked_runs.get(name)
@@ -478,9 +478,9 @@ class Butler:
         ``transfer`` is "copy", "move", "hardlink", "symlink" or "direct" (keep the file where it
         is; its absolute path is recorded). Checksums and sizes are computed from the files.
         """
-        from .datastore._ingest import ingest_files
-
         self._require_writeable()
+        from ._ingest import ingest_files
+
         return ingest_files(self, dataset_type, files, run=run, transfer=transfer,
                             allow_foreign_run=allow_foreign_run)
 

@@ -41,15 +41,26 @@ def associate(butler: Butler, collection: str, refs: Iterable[DatasetRef]) -> No
     with registry.db.transaction(write=True) as conn:
         for name, group_refs in by_type.items():
             type_rec = registry.dataset_types.get(name)
+            existing = registry.datasets.find_many(conn, type_rec, [r.data_id for r in group_refs], [rec])
             rows = []
             for ref in group_refs:
+                present = existing.get(ref.data_id)
+                if present is not None:
+                    if present.id != ref.id:
+                        raise ConflictError(
+                            f"{collection!r} already holds a different {name!r} for {ref.data_id} "
+                            f"(id {present.id} from run {present.run!r}); disassociate it first"
+                        )
+                    continue
                 row = dict(zip(type_rec.group.required, ref.data_id.values))
                 row.update(dataset_type_id=type_rec.id, dataset_id=ref.id, collection_id=rec.id)
                 rows.append(row)
-            try:
-                conn.execute(registry.db.insert_ignore(type_rec.tags), rows)
-            except sa.exc.IntegrityError as err:
-                raise ConflictError(f"cannot tag {name!r} refs into {collection!r}: {err.orig}") from None
+                existing[ref.data_id] = ref
+            if rows:
+                try:
+                    conn.execute(type_rec.tags.insert(), rows)
+                except sa.exc.IntegrityError as err:
+                    raise ConflictError(f"cannot tag {name!r} refs into {collection!r}: {err.orig}") from None
 
 
 def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | None = None, replace: bool = False,

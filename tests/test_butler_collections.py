@@ -62,16 +62,30 @@ def test_collection_types_and_registration(simcam_repo):
     assert snapshot_repo(butler) == before
 
 
-@pytest.mark.parametrize("name", ["../escape", "u/../../etc", "/abs/run", "u//double", "trailing/", "with space",
-                                  "u/tester/.hidden", ""])
-def test_invalid_collection_names_are_refused(simcam_repo, name):
-    before = snapshot_repo(simcam_repo)
+BAD_NAMES = ["../escape", "u/../../etc", "/abs/run", "u//double", "trailing/", "with space", "u/tester/.hidden",
+             "tab\there", "x" * 300, ""]
+
+
+def test_invalid_collection_names_are_refused(simcam_repo):
+    butler = simcam_repo
+    before = snapshot_repo(butler)
+    for name in BAD_NAMES:
+        for what, call in (
+            ("register_run", lambda name=name: butler.register_run(name)),
+            ("register_collection", lambda name=name: butler.register_collection(name, "TAGGED")),
+            ("put", lambda name=name: butler.put({"a": 1}, "metrics", instrument="SimCam", visit=12, detector=0,
+                                               run=name)),
+        ):
+            try:
+                call()
+            except CollectionError as err:
+                assert "invalid collection name" in str(err), (what, name, str(err))
+            else:
+                raise AssertionError(f"{what} accepted the collection name {name!r}")
     with pytest.raises(CollectionError, match="invalid collection name"):
-        simcam_repo.register_run(name)
-    with pytest.raises(CollectionError, match="invalid collection name"):
-        simcam_repo.put({"a": 1}, "metrics", instrument="SimCam", visit=12, detector=0, run=name)
-    assert snapshot_repo(simcam_repo) == before
-    assert not os.path.exists(os.path.join(simcam_repo.root, "..", "escape"))
+        Butler(butler.root, run="../escape")
+    assert snapshot_repo(butler) == before
+    assert not os.path.exists(os.path.join(butler.root, "..", "escape"))
 
 
 def test_writing_into_a_non_run_collection_is_refused(simcam_repo):
@@ -148,6 +162,14 @@ def test_associate_into_tagged_collection(simcam_repo):
     # A TAGGED collection in a chain is searched like any other.
     butler.set_chain("u/tester/chain", ["u/tester/best", "u/tester/a"])
     assert butler.get("metrics", instrument="SimCam", visit=12, detector=3, collections="u/tester/chain")["tag"] == "b"
+    # Removing a dataset removes it from every collection it was tagged into.
+    gone = picked[0]
+    assert butler.remove([gone]) == 1
+    assert gone.id not in {r.id for r in butler.query_datasets("metrics", collections="u/tester/best")}
+    assert butler.find_dataset("metrics", gone.data_id, collections="u/tester/best") is None
+    # Removing a run removes its datasets from the tagged collection too.
+    butler.remove_runs("u/tester/b")
+    assert {r.run for r in butler.query_datasets("metrics", collections="u/tester/best")} == {"u/tester/a"}
 
 
 def test_associate_conflicts_and_wrong_collection_type(simcam_repo):

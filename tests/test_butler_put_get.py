@@ -209,6 +209,22 @@ def test_put_many_is_all_or_nothing(simcam_repo):
     ]
 
 
+def test_failed_put_into_a_new_run_leaves_nothing_behind(simcam_repo):
+    butler = simcam_repo
+    butler.put({"a": 1}, "metrics", DATA_ID)
+    before = snapshot_repo(butler)
+    entries_before = sorted(os.path.relpath(dp, butler.root) for dp, _, _ in os.walk(butler.root))
+    with pytest.raises(DataIdError, match="detector 99 does not exist"):
+        butler.put({"a": 1}, "metrics", instrument="SimCam", visit=12, detector=99, run="u/tester/fresh")
+    with pytest.raises(DataIdError, match="detector 98 does not exist"):
+        butler.put_many([({"a": d}, "metrics", {"instrument": "SimCam", "visit": 14, "detector": d})
+                         for d in (0, 98)], run="u/tester/fresh")
+    assert snapshot_repo(butler) == before
+    assert butler.query_collections("u/tester/fresh") == []
+    # No empty directories of the failed writes either.
+    assert sorted(os.path.relpath(dp, butler.root) for dp, _, _ in os.walk(butler.root)) == entries_before
+
+
 def test_put_many_with_two_dataset_types(simcam_repo):
     butler = simcam_repo
     butler.register_dataset_type(DatasetType("counts", ("instrument", "visit"), "StructuredData"))

@@ -8,7 +8,7 @@ The repository is built once per backend (queries do not change it) to keep the 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 
 import pytest
 
@@ -136,7 +136,7 @@ def test_query_datasets_bind_parameters(query_repo):
     assert _keys(q("metrics", collections=RUN1, where="band = :band AND detector = 4",
                    bind={"band": "g"})) == [(14, 4)]
     assert _keys(q("metrics", collections=RUN1, where="visit.begin > :t AND detector = 4",
-                   bind={"t": datetime(2026, 11, 25, 4, 0, tzinfo=timezone.utc)})) == [(18, 4)]
+                   bind={"t": datetime(2026, 11, 25, 4, 0, tzinfo=UTC)})) == [(18, 4)]
     assert _keys(q("metrics", collections=RUN1, where="visit IN (:a, :b) AND detector = 0",
                    bind={"a": 12, "b": 18})) == [(12, 0), (18, 0)]
     with pytest.raises(ExpressionError, match="missing_name"):
@@ -266,7 +266,7 @@ def test_query_dimension_records(query_repo):
     for rec in visits:
         pf, _, day, t, begin = VISITS[rec.id]
         assert rec.physical_filter == pf and rec.day_obs == day and rec.exposure_time == t
-        assert rec.begin == datetime.fromisoformat(begin).replace(tzinfo=timezone.utc)
+        assert rec.begin == datetime.fromisoformat(begin).replace(tzinfo=UTC)
         assert rec.data_id == {"instrument": "SimCam", "visit": rec.id}
     detectors = query_repo.query_dimension_records("detector", instrument="SimCam")
     assert [r.id for r in detectors] == list(DETECTORS)
@@ -310,3 +310,33 @@ def test_string_comparisons_are_case_sensitive_on_every_backend(query_repo):
     assert query_repo.query_datasets("metrics", collections=RUN1, instrument="SIMCAM") == []
     assert query_repo.find_dataset("metrics", instrument="simcam", visit=12, detector=0, collections=RUN1) is None
     assert query_repo.query_data_ids("physical_filter", where="physical_filter = 'simcam-r'") == []
+
+
+def test_record_times_in_every_accepted_form(simcam_repo):
+    """begin/end accept astropy Time, datetime (naive = UTC, aware converted) and ISO strings."""
+    from datetime import timedelta
+
+    from astropy.time import Time
+
+    butler = simcam_repo
+    base = {"instrument": "SimCam", "physical_filter": "SimCam-r", "day_obs": 20261126}
+    expected = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+    forms = {
+        30: "2026-11-26T03:00:00",
+        31: "2026-11-26 03:00:00Z",
+        32: "2026-11-26T05:00:00+02:00",
+        33: datetime(2026, 11, 26, 3, 0),
+        34: datetime(2026, 11, 25, 22, 0, tzinfo=timezone(timedelta(hours=-5))),
+        35: Time("2026-11-26T03:00:00", scale="utc"),
+        36: Time("2026-11-26T03:00:37", scale="tai"),  # TAI - UTC = 37 s
+        37: Time(expected.timestamp(), format="unix"),
+    }
+    butler.insert_dimension_records("visit", [{**base, "id": v, "begin": t, "end": expected + timedelta(seconds=30)}
+                                              for v, t in forms.items()])
+    records = butler.query_dimension_records("visit", where="visit >= 30")
+    assert {r.id: r.begin for r in records} == {v: expected for v in forms}
+    assert all(r.end == expected + timedelta(seconds=30) for r in records)
+    assert [r.id for r in butler.query_dimension_records(
+        "visit", where="visit.begin = T'2026-11-26T03:00:00' AND visit.end > T'2026-11-26T03:00:29'")] == sorted(forms)
+    assert [d["visit"] for d in butler.query_data_ids(
+        "visit", where="visit.begin >= :t", bind={"t": Time("2026-11-26T03:00:00", scale="utc")})] == sorted(forms)

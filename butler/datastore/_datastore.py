@@ -96,10 +96,25 @@ class FileDatastore:
                     "write?); `butler verify --orphans` lists such files; remove it or put with replace=True"
                 ) from None
 
-    @staticmethod
-    def discard(prepared: Iterable[PreparedWrite]) -> None:
+    def discard(self, prepared: Iterable[PreparedWrite]) -> None:
+        """Drop staged files and the directories made for them that are now empty."""
+        dirs = set()
         for p in prepared:
             p.staged.discard()
+            dirs.add(os.path.dirname(p.staged.path))
+        self._prune(dirs)
+
+    def _prune(self, dirs: Iterable[str]) -> None:
+        from ._file_io import _known_dirs
+
+        for d in sorted(dirs, key=len, reverse=True):
+            while d.startswith(self.root + os.sep) and d != self.root:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+                _known_dirs.discard(d)
+                d = os.path.dirname(d)
 
     # -- read -----------------------------------------------------------------------------
     def read(self, ref: DatasetRef, files: Sequence[Any], *, component: str | None = None,
@@ -137,14 +152,7 @@ class FileDatastore:
             except FileNotFoundError:
                 pass
             dirs.add(os.path.dirname(full))
-        # Prune directories that became empty, deepest first, never above the root.
-        for d in sorted(dirs, key=len, reverse=True):
-            while d.startswith(self.root + os.sep) and d != self.root:
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
-                d = os.path.dirname(d)
+        self._prune(dirs)  # directories that became empty, deepest first, never above the root
 
     def verify(self, records: Iterable[tuple[str, str | None, int | None]]) -> list[VerifyProblem]:
         """Recompute checksums and sizes of (path, checksum, size) records; list every problem."""

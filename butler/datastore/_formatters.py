@@ -163,6 +163,11 @@ _paths: dict[str, str] = {
     "npy": f"{_BUILTIN}.NpyFormatter",
     "parquet": f"{_TABLES}.ParquetFormatter",
     "fits": f"{_TABLES}.FitsFormatter",
+    # Exposures (zarr directory store or multi-extension FITS) and their standalone components.
+    "zarr": "butler.datastore._formatters_zarr.ZarrExposureFormatter",
+    "exposure_fits": "butler.datastore._formatters_exposure_fits.ExposureFitsFormatter",
+    "wcs_fits": "butler.datastore._formatters_components.WcsFitsFormatter",
+    "scalar_json": "butler.datastore._formatters_components.ScalarJsonFormatter",
 }
 _classes: dict[str, type[Formatter]] = {}
 _bound: dict[tuple[str, StorageClass | None], Formatter] = {}

@@ -250,6 +250,37 @@ _register_builtins(
             alternative_formatters=("fits",),
             parameters=frozenset({"columns"}),
         ),
+        # Exposures and their components (python types in butler.exposure, imported only when used).
+        StorageClass(
+            name="Exposure",
+            pytype="butler.exposure.Exposure",
+            formatter="zarr",
+            alternative_formatters=("exposure_fits",),
+            components={
+                "image": "NumpyArray",
+                "mask": "NumpyArray",
+                "variance": "NumpyArray",
+                "wcs": "Wcs",
+                "psf": "NumpyArray",
+                "photo_calib": "Scalar",
+                "metadata": "StructuredData",
+            },
+            parameters=frozenset({"bbox", "lazy"}),
+        ),
+        StorageClass(name="Wcs", pytype="astropy.wcs.WCS", formatter="wcs_fits"),
+        StorageClass(
+            name="Scalar",
+            pytype="builtins.float",
+            pytype_aliases=("builtins.int", "builtins.str", "builtins.bool"),
+            formatter="scalar_json",
+        ),
+        StorageClass(
+            name="SourceCatalog",
+            pytype="astropy.table.Table",
+            pytype_aliases=("pyarrow.Table",),
+            formatter="parquet",
+            parameters=frozenset({"columns", "filters"}),
+        ),
         StorageClass(
             name="Bytes",
             pytype="builtins.bytes",

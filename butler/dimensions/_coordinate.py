@@ -19,6 +19,8 @@ from ._universe import DimensionGroup, DimensionUniverse
 __all__ = ["DataCoordinate", "validate_path_value", "coerce_value"]
 
 # Letters, digits and a few separators that are safe inside one path component.
+_set = object.__setattr__
+_INT64 = (-(2**63), 2**63 - 1)
 _INT_STR = re.compile(r"\s*[+-]?[0-9]+\s*")
 _SAFE_STR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-:@=,]*")
 
@@ -37,16 +39,18 @@ def validate_path_value(key: str, value: str) -> str:
 def coerce_value(key: str, kind: str, value: Any) -> Any:
     """Convert ``value`` to the Python type of dimension key ``key`` or raise ``DataIdError``."""
     if kind == "int":
-        if type(value) is int:
+        if type(value) is int and _INT64[0] <= value <= _INT64[1]:
             return value
+        if type(value) is int:
+            raise DataIdError(f"{key}={value} is out of range: integer values must fit in 64 bits")
         if isinstance(value, bool):
             raise DataIdError(f"{key} must be an integer, got the boolean {value!r}")
         if isinstance(value, str):
             if _INT_STR.fullmatch(value):
-                return int(value)
+                return coerce_value(key, kind, int(value))
             raise DataIdError(f"{key} must be an integer, got the string {value!r}")
         try:
-            return operator.index(value)
+            return coerce_value(key, kind, operator.index(value))
         except TypeError:
             raise DataIdError(f"{key} must be an integer, got {value!r} ({type(value).__name__})") from None
     if kind == "str":
@@ -72,11 +76,14 @@ class DataCoordinate(Mapping[str, Any]):
     ) -> DataCoordinate:
         """Trusted fast constructor: ``values`` are already validated and in ``group.required`` order."""
         self = object.__new__(cls)
-        self.group = group
-        self.values = values
-        self.implied_values = implied_values
-        self._hash = hash((group.required, values))
+        _set(self, "group", group)
+        _set(self, "values", values)
+        _set(self, "implied_values", implied_values)
+        _set(self, "_hash", hash((group.required, values)))
         return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("DataCoordinate is immutable")
 
     @classmethod
     def standardize(
@@ -101,6 +108,7 @@ class DataCoordinate(Mapping[str, Any]):
         else:
             merged = dict(data) if data else {}
             merged.update(kwargs)
+        given = dict(merged)
         if aliases:
             for alias, target in aliases.items():
                 if alias in merged:
@@ -111,18 +119,19 @@ class DataCoordinate(Mapping[str, Any]):
                             f"is an alias of {target!r}: give one of them"
                         )
                     merged[target] = value
+                    given[target] = value
         universe = group.universe
         values = []
         for name in group.required:
             if name not in merged:
-                missing = [n for n in group.required if n not in merged]
+                missing = [n for n in group.required if n not in merged and n not in given]
                 alias_hint = ""
                 if aliases:
                     alts = [a for a, t in aliases.items() if t in missing]
                     if alts:
                         alias_hint = f" (aliases accepted: {', '.join(sorted(alts))})"
                 raise DataIdError(
-                    f"data ID {_fmt(merged)} is missing {', '.join(repr(m) for m in missing)}; "
+                    f"data ID {_fmt(given)} is missing {', '.join(repr(m) for m in missing)}; "
                     f"required keys are {list(group.required)}{alias_hint}"
                 )
             values.append(coerce_value(name, universe[name].key.type, merged.pop(name)))  # type: ignore[union-attr]

@@ -141,7 +141,10 @@ class CollectionManager:
                 with self._db.transaction(write=True) as c:
                     return self.register(name, type, owner=owner, doc=doc, conn=c)
             stmt = self._db.insert_ignore(self._table).values(name=name, type=int(type), owner=owner, doc=doc)
-            created = conn.execute(stmt).rowcount == 1
+            if self._db.dialect == "mysql":
+                created = conn.execute(stmt).rowcount == 1
+            else:  # rowcount is unreliable with PostgreSQL's implicit RETURNING
+                created = conn.execute(stmt.returning(self._table.c.collection_id)).first() is not None
             row = conn.execute(
                 sa.select(self._table.c.collection_id, self._table.c.type, self._table.c.owner, self._table.c.doc)
                 .where(self._table.c.name == name)

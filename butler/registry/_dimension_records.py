@@ -68,6 +68,7 @@ class DimensionRecordManager:
             )
         row: dict[str, Any] = {}
         nullable = {f.name for f in element.fields if f.nullable} | set(element.implies)
+        lengths = {f.name: f.length for f in element.fields if f.type == "str" and f.length}
         if element.spatial:
             nullable.add("region")
         for name, kind in types.items():
@@ -90,12 +91,19 @@ class DimensionRecordManager:
             elif kind == "float":
                 if isinstance(value, (str, bytes, bool)):
                     raise DataIdError(f"{element.name}.{name} must be a number, got {value!r}")
-                row[name] = float(value)
+                try:
+                    row[name] = float(value)
+                except (TypeError, ValueError):
+                    raise DataIdError(f"{element.name}.{name} must be a number, got {value!r}") from None
             elif kind == "int":
                 row[name] = coerce_value(f"{element.name}.{name}", "int", value)
             elif kind == "str":
                 if not isinstance(value, str):
                     raise DataIdError(f"{element.name}.{name} must be a string, got {value!r}")
+                if name in lengths and len(value) > lengths[name]:
+                    raise DataIdError(
+                        f"{element.name}.{name} is {len(value)} characters long; at most {lengths[name]} fit"
+                    )
                 row[name] = value
             else:
                 row[name] = value
@@ -148,10 +156,10 @@ class DimensionRecordManager:
 
     def _insert_rows(self, element: DimensionElement, rows: list[dict[str, Any]], conflict: str,
                      conn: sa.Connection) -> int:
-        self._ensure_implied(element, rows, conn)
         table = self._schema.elements[element.name]
         pk = element.primary_key_columns
         try:
+            self._ensure_implied(element, rows, conn)
             if conflict == "replace":
                 for row in rows:
                     cond = [table.c[c] == row[c] for c in pk]
@@ -225,8 +233,8 @@ class DimensionRecordManager:
     def _ensure_implied(self, element: DimensionElement, rows: list[dict[str, Any]], conn: sa.Connection) -> None:
         for implied in element.implies:
             target = self.universe[implied]
-            if any(not f.nullable for f in target.fields):
-                continue
+            if target.implies or any(not f.nullable for f in target.fields):
+                continue  # only key-only records (day_obs) are created implicitly
             keys = [d for d in target.required if d != implied]
             values = {tuple(r[k] for k in keys) + (r[implied],) for r in rows if r.get(implied) is not None}
             if values:

@@ -62,11 +62,18 @@ class DatasetIdType(sa.types.TypeDecorator):
         return fast_uuid(value)  # type: ignore[arg-type]
 
 
+def string(length: int) -> sa.types.TypeEngine:
+    """A VARCHAR that compares case-sensitively on every backend (MySQL's default collation does not)."""
+    from sqlalchemy.dialects import mysql
+
+    return sa.String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
 def _column_type(spec: FieldSpec) -> sa.types.TypeEngine:
     if spec.type == "int":
         return sa.BigInteger()
     if spec.type == "str":
-        return sa.String(spec.length or 64)
+        return string(spec.length or 64)
     if spec.type == "float":
         return sa.Float(precision=53)
     if spec.type == "time":
@@ -111,16 +118,16 @@ class RegistrySchema:
         self.attributes = sa.Table(
             "butler_attributes",
             md,
-            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("name", string(64), primary_key=True),
             sa.Column("value", sa.Text, nullable=False),
         )
         self.collection = sa.Table(
             "collection",
             md,
             sa.Column("collection_id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("name", sa.String(NAME_LENGTH), nullable=False, unique=True),
+            sa.Column("name", string(NAME_LENGTH), nullable=False, unique=True),
             sa.Column("type", sa.SmallInteger, nullable=False),
-            sa.Column("owner", sa.String(64), nullable=True),
+            sa.Column("owner", string(64), nullable=True),
             sa.Column("doc", sa.Text, nullable=True),
         )
         self.collection_chain = sa.Table(
@@ -135,11 +142,11 @@ class RegistrySchema:
             "dataset_type",
             md,
             sa.Column("dataset_type_id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("name", sa.String(128), nullable=False, unique=True),
-            sa.Column("dimensions", sa.String(512), nullable=False),
-            sa.Column("storage_class", sa.String(64), nullable=False),
+            sa.Column("name", string(128), nullable=False, unique=True),
+            sa.Column("dimensions", string(512), nullable=False),
+            sa.Column("storage_class", string(64), nullable=False),
             sa.Column("is_calibration", sa.Boolean, nullable=False, default=False),
-            sa.Column("tag_table", sa.String(64), nullable=False),
+            sa.Column("tag_table", string(64), nullable=False),
         )
         self.dataset = sa.Table(
             "dataset",
@@ -156,11 +163,11 @@ class RegistrySchema:
             md,
             sa.Column("dataset_id", DatasetIdType, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
                       primary_key=True),
-            sa.Column("component", sa.String(32), primary_key=True, default=""),
-            sa.Column("path", sa.String(1024), nullable=False),
-            sa.Column("formatter", sa.String(64), nullable=False),
-            sa.Column("storage_class", sa.String(64), nullable=False),
-            sa.Column("checksum", sa.String(64), nullable=True),
+            sa.Column("component", string(32), primary_key=True, default=""),
+            sa.Column("path", string(1024), nullable=False),
+            sa.Column("formatter", string(64), nullable=False),
+            sa.Column("storage_class", string(64), nullable=False),
+            sa.Column("checksum", string(64), nullable=True),
             sa.Column("file_size", sa.BigInteger, nullable=True),
         )
         self.elements = {}
@@ -251,7 +258,7 @@ class RegistrySchema:
         return sa.Table(
             "butler_attributes",
             sa.MetaData(schema=namespace),
-            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("name", string(64), primary_key=True),
             sa.Column("value", sa.Text, nullable=False),
         )
 
