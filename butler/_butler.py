@@ -153,10 +153,7 @@ class Butler:
             from .datastore._datastore import FileDatastore
             from .datastore._templates import TemplateSet
 
-            attrs = self._registry.attributes
-            inst_templates = {
-                k.split(":", 1)[1]: json.loads(v)["templates"] for k, v in attrs.items() if k.startswith("instrument:")
-            }
+            inst_templates = {name: info["templates"] for name, info in self._registry.instruments.items()}
             templates = TemplateSet(self._config.templates, inst_templates)
             store = self._store = FileDatastore(self._config.root, templates, self._config.formatters)
         return store
@@ -181,15 +178,15 @@ class Butler:
             )
 
     def _aliases(self, instrument: Any) -> dict[str, str]:
-        attrs = self._registry.attributes
+        """Alias keys of ``instrument`` (or of all instruments when none is named)."""
+        instruments = self._registry.instruments
         if isinstance(instrument, str):
-            text = attrs.get(f"instrument:{instrument}")
-            return json.loads(text)["aliases"] if text else {}
+            info = instruments.get(instrument)
+            return info["aliases"] if info else {}
         merged: dict[str, str] = {}
-        for key, text in attrs.items():
-            if key.startswith("instrument:"):
-                for alias, target in json.loads(text)["aliases"].items():
-                    merged.setdefault(alias, target)
+        for info in instruments.values():
+            for alias, target in info["aliases"].items():
+                merged.setdefault(alias, target)
         return merged
 
     def _standardize(self, group: DimensionGroup, data_id: Any, kwargs: Mapping[str, Any]) -> DataCoordinate:
@@ -304,6 +301,36 @@ class Butler:
                 self._implied_cache[key] = cached
             out.update(cached)
         return {k: v for k, v in out.items() if k in data_id.group.implied}
+
+    def _prime_implied(self, coords: Sequence[DataCoordinate]) -> None:
+        """Fetch the implied values of many data IDs with one query per implying element."""
+        if not coords:
+            return
+        registry = self._registry
+        universe = self.universe
+        group = coords[0].group
+        for owner in group.required:
+            element = universe[owner]
+            if not element.implies:
+                continue
+            wanted = {tuple(c[d] for d in element.required) for c in coords}
+            wanted = {k for k in wanted if (owner, k) not in self._implied_cache}
+            if not wanted:
+                continue
+            parents = element.required[:-1]
+            by_parent: dict[tuple, list] = {}
+            for key in wanted:
+                by_parent.setdefault(key[:-1], []).append(key[-1])
+            el_group = universe.group(element.required)
+            for parent, ids in by_parent.items():
+                for start in range(0, len(ids), 5000):
+                    built = registry.query_builder.build(dimensions=el_group, data_id=dict(zip(parents, parent)),
+                                                         with_implied=True)
+                    built.where.append(built.dimension_column(owner).in_(ids[start:start + 5000]))
+                    cols = [built.dimension_column(owner)] + [built.dimension_column(n) for n in el_group.implied]
+                    with registry.db.transaction() as conn:
+                        for row in conn.execute(built.select(*cols)):
+                            self._implied_cache[(owner, (*parent, row[0]))] = dict(zip(el_group.implied, row[1:]))
 
     def _missing_dimension_message(self, data_id: DataCoordinate) -> str | None:
         registry = self._registry

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -56,11 +57,19 @@ def ingest_files(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, A
     records: dict[uuid.UUID, list[FileRecord]] = {}
     plan: list[tuple[str, str]] = []  # (source, absolute destination)
     formatter_cache: dict[str, str] = {}
+    items = []
     for source, data_id in files:
         source = os.path.abspath(os.fspath(source))
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"cannot ingest {source}: no such file")
-        coord = butler._standardize(type_rec.group, data_id, {})
+        try:
+            st = os.stat(source)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"cannot ingest {source}: no such file") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(f"cannot ingest {source}: not a regular file")
+        items.append((source, st.st_size, butler._standardize(type_rec.group, data_id, {})))
+    if transfer != "direct":
+        butler._prime_implied([coord for _, _, coord in items])
+    for source, size, coord in items:
         ref = DatasetRef._trusted(type_rec.dataset_type, coord, run_name, uuid.uuid4())
         ext = os.path.splitext(source)[1].lower()
         fmt = formatter_cache.get(ext)
@@ -72,8 +81,7 @@ def ingest_files(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, A
             rel = datastore.relative_path(ref, butler._template_values(ref), get_formatter(fmt).extension)
             dest = datastore.abspath(rel)
         plan.append((source, dest))
-        st = os.stat(source)
-        records[ref.id] = [FileRecord("", rel, fmt, storage_class.name, checksum_file(source), st.st_size)]
+        records[ref.id] = [FileRecord("", rel, fmt, storage_class.name, checksum_file(source), size)]
         refs.append(ref)
     done: list[tuple[str, str]] = []
     try:
@@ -84,9 +92,12 @@ def ingest_files(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, A
                 if d not in made:
                     os.makedirs(d, exist_ok=True)
                     made.add(d)
-                if os.path.lexists(dest):
+                if transfer != "hardlink" and os.path.lexists(dest):
                     raise ConflictError(f"cannot ingest {source}: {dest} already exists")
-                _transfer(source, dest, transfer)
+                try:
+                    _transfer(source, dest, transfer)
+                except FileExistsError:
+                    raise ConflictError(f"cannot ingest {source}: {dest} already exists") from None
                 done.append((source, dest))
         with registry.db.transaction(write=True) as conn:
             try:

@@ -52,7 +52,6 @@ def register_skymap(butler: Butler, skymap: Any) -> bool:
             f"{old.describe_difference(skymap)}; register the new one under another name"
         )
     stored = json.dumps({"class": _class_path(skymap), "config": skymap.config}, sort_keys=True)
-    nx, ny = skymap.patch_grid if hasattr(skymap, "patch_grid") else (None, None)
     db = registry.db
     schema = registry.schema
     spatial = registry.records.spatial
@@ -61,26 +60,39 @@ def register_skymap(butler: Butler, skymap: Any) -> bool:
     tract_index: list[tuple] = []
     patch_rows: list[tuple] = []
     patch_index: list[tuple] = []
-    max_nx = max_ny = 0
     name = skymap.name
     for tract_id, region in skymap.tract_regions():
         tract_rows.append((name, tract_id, bytes(region.encode())))
         tract_index.extend((name, tract_id, p) for p in pixels(region))
-        for patch_id, cell_x, cell_y, patch_region in skymap.patch_regions(tract_id):
-            patch_rows.append((name, tract_id, patch_id, cell_x, cell_y, bytes(patch_region.encode())))
-            patch_index.extend((name, tract_id, patch_id, p) for p in pixels(patch_region))
-            max_nx = max(max_nx, cell_x + 1)
-            max_ny = max(max_ny, cell_y + 1)
+    import numpy as np
+
+    from .skymap._geometry import encode_polygons
+
+    pixelization = spatial.pixelization
+    max_nx, max_ny = skymap.patch_grid
+    patch_ids = np.arange(max_nx * max_ny)
+    for start in range(0, skymap.num_tracts, 256):
+        tracts = np.arange(start, min(start + 256, skymap.num_tracts))
+        vertices = skymap.patch_vertices(tracts).reshape(-1, 4, 3)
+        encoded = encode_polygons(vertices)
+        tract_of = np.repeat(tracts, len(patch_ids)).tolist()
+        patch_of = np.tile(patch_ids, len(tracts)).tolist()
+        patch_rows.extend(
+            (name, t, p, p % max_nx, p // max_nx, e) for t, p, e in zip(tract_of, patch_of, encoded)
+        )
+        poly, pix = pixelization.envelopes(vertices)
+        pt, pp = np.asarray(tract_of)[poly].tolist(), np.asarray(patch_of)[poly].tolist()
+        patch_index.extend(zip([name] * len(pix), pt, pp, pix.tolist()))
     with db.transaction(write=True) as conn:
         conn.execute(schema.elements["skymap"].insert().values(
             name=name, hash=skymap.digest, tract_max=skymap.num_tracts,
-            patch_nx_max=nx or max_nx, patch_ny_max=ny or max_ny, config=stored,
+            patch_nx_max=max_nx, patch_ny_max=max_ny, config=stored,
         ))
         db.bulk_insert(conn, schema.elements["tract"], ["skymap", "id", "region"], tract_rows)
-        db.bulk_insert(conn, schema.skypix["tract"], ["skymap", "tract", "pix"], tract_index)
+        db.bulk_insert(conn, schema.skypix["tract"], ["skymap", "id", "pix"], tract_index)
         db.bulk_insert(conn, schema.elements["patch"], ["skymap", "tract", "id", "cell_x", "cell_y", "region"],
                        patch_rows)
-        db.bulk_insert(conn, schema.skypix["patch"], ["skymap", "tract", "patch", "pix"], patch_index)
+        db.bulk_insert(conn, schema.skypix["patch"], ["skymap", "tract", "id", "pix"], patch_index)
     return True
 
 

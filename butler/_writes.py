@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
-from .errors import ButlerError, CollectionError, ConflictError
+from .errors import CollectionError, ConflictError
 
 if TYPE_CHECKING:
     from ._butler import Butler
@@ -72,7 +72,8 @@ def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | Non
     run_name, run_rec = butler._run_record(run, allow_foreign_run)
     prepared_by_type: dict[str, tuple[Any, list[DatasetRef], dict[uuid.UUID, list]]] = {}
     all_prepared = []
-    refs: list[DatasetRef] = []
+    refs: list[DatasetRef | None] = []
+    component_items: list[tuple[int, Any, str, str, Any, dict]] = []
     from .registry._datasets import FileRecord
 
     try:
@@ -81,8 +82,10 @@ def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | Non
             extra = item[3] if len(item) > 3 else {}
             name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
             parent, component = split_component(name)
-            if component:
-                raise ButlerError(f"cannot put the component {name!r} on its own; put the whole {parent!r}")
+            if component:  # a component of an existing composite, written on its own (see _stage_components)
+                component_items.append((len(refs), obj, parent, component, data_id, extra))
+                refs.append(None)
+                continue
             type_rec = registry.dataset_types.get(name)
             if isinstance(dataset_type, DatasetType) and dataset_type != type_rec.dataset_type:
                 raise ConflictError(
@@ -98,6 +101,11 @@ def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | Non
             entry[2][ref.id] = [FileRecord(p.component, p.path, p.formatter, p.storage_class, p.staged.checksum,
                                            p.staged.size) for p in prepared]
             refs.append(ref)
+        batch_formatters = {rid: fs[0].formatter for _, _, by_id in prepared_by_type.values()
+                            for rid, fs in by_id.items()}
+        component_writes = _stage_components(butler, component_items, refs, run_name, run_rec, replace,
+                                             batch_formatters)
+        all_prepared.extend(w[1] for w in component_writes)
         with registry.db.transaction(write=True) as conn:
             try:
                 run_rec = butler._ensure_run(conn, run_name, run_rec)
@@ -106,6 +114,7 @@ def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | Non
                     if replace:
                         old_paths += _remove_same(butler, conn, type_rec, run_rec, type_refs)
                     registry.datasets.insert(conn, type_rec, run_rec, type_refs, files)
+                old_paths += _insert_components(butler, conn, component_writes, replace)
                 datastore.commit(all_prepared, overwrite=replace)
             except BaseException:
                 butler._checked_runs.pop(run_name, None)
@@ -118,7 +127,80 @@ def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | Non
     if replace:
         stale = set(old_paths) - {p.path for p in all_prepared}
         datastore.remove_files(stale)
-    return refs
+    return refs  # type: ignore[return-value]  # every None was filled by _stage_components
+
+
+def _stage_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, dict]],
+                      refs: list[DatasetRef | None], run_name: str, run_rec: CollectionRecord | None,
+                      replace: bool, batch_formatters: dict[Any, str]) -> list[tuple[DatasetRef, Any, Any]]:
+    """Stage components written on their own (``put(wcs, "calexp.wcs", ...)``).
+
+    The composite must already be in the run (or earlier in the same ``put_many``); the component
+    becomes one more file of that dataset, and reads of the composite use it instead of the copy
+    inside the composite's file. Returns ``(parent ref, prepared write, existing record or None)``.
+    """
+    if not items:
+        return []
+    from .errors import DatasetNotFoundError
+
+    registry = butler._registry
+    datastore = butler._datastore
+    batch = {(r.dataset_type.name, r.data_id): r for r in refs if r is not None}
+    out = []
+    try:
+        for index, obj, parent, component, data_id, extra in items:
+            type_rec = registry.dataset_types.get(parent)
+            coord = butler._standardize(type_rec.group, data_id, extra)
+            ref = batch.get((parent, coord))
+            existing = None
+            if ref is not None:  # the composite is earlier in this put_many
+                parent_formatter = batch_formatters[ref.id]
+            else:
+                with registry.db.transaction() as conn:
+                    found = registry.datasets.find_many(conn, type_rec, [coord], [run_rec]) if run_rec else {}
+                    ref = next(iter(found.values()), None)
+                    files = registry.datasets.files_of(conn, [ref.id]).get(ref.id, []) if ref else []
+                if ref is None:
+                    raise DatasetNotFoundError(
+                        f"cannot write component {component!r} of {parent!r} {coord}: no {parent!r} with that data "
+                        f"ID in run {run_name!r}; put the whole {parent!r} first"
+                    )
+                parent_formatter = next((f.formatter for f in files if not f.component), files[0].formatter)
+                existing = next((f for f in files if f.component == component), None)
+                if existing is not None and not replace:
+                    raise ConflictError(
+                        f"component {component!r} of {parent!r} {coord} in run {run_name!r} was already written on "
+                        "its own; pass replace=True to replace it"
+                    )
+            prepared = datastore.prepare_component(ref, component, obj, butler._template_values(ref),
+                                                   parent_formatter)
+            out.append((ref, prepared, existing))
+            refs[index] = ref
+    except BaseException:
+        datastore.discard(w[1] for w in out)
+        raise
+    return out
+
+
+def _insert_components(butler: Butler, conn: Any, writes: list[tuple[DatasetRef, Any, Any]], replace: bool
+                       ) -> list[str]:
+    """Insert the file records of staged components; return the paths of records they replace."""
+    if not writes:
+        return []
+    f = butler._registry.schema.file_record
+    old_paths = []
+    rows = []
+    for ref, p, existing in writes:
+        if existing is not None and replace:
+            conn.execute(f.delete().where(f.c.dataset_id == ref.id).where(f.c.component == p.component))
+            old_paths.append(existing.path)
+        rows.append({"dataset_id": ref.id, "component": p.component, "path": p.path, "formatter": p.formatter,
+                     "storage_class": p.storage_class, "checksum": p.staged.checksum, "file_size": p.staged.size})
+    try:
+        conn.execute(f.insert(), rows)
+    except sa.exc.IntegrityError as err:
+        raise ConflictError(f"component file records conflict (written twice, or concurrently?): {err.orig}") from None
+    return old_paths
 
 
 def _remove_same(butler: Butler, conn: Any, type_rec: Any, run_rec: CollectionRecord, refs: Sequence[DatasetRef]

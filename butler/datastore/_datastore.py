@@ -15,7 +15,8 @@ from typing import Any
 
 from .._dataset_ref import DatasetRef
 from ..errors import ChecksumError, DatasetNotFoundError
-from ._file_io import StagedFile, stage, verify_file
+from ._directory_io import StagedDirectory, remove_path, verify_path
+from ._file_io import StagedFile, stage
 from ._formatters import formatter_for
 from ._storage_class import StorageClass, get_storage_class
 from ._templates import TemplateSet
@@ -27,7 +28,7 @@ __all__ = ["FileDatastore", "PreparedWrite", "VerifyProblem"]
 class PreparedWrite:
     """A staged file plus the record to insert for it."""
 
-    staged: StagedFile
+    staged: StagedFile | StagedDirectory
     path: str  # relative to the root
     formatter: str
     storage_class: str
@@ -77,10 +78,35 @@ class FileDatastore:
         storage_class = get_storage_class(ref.dataset_type.storage_class)
         storage_class.validate(obj, dataset_type=ref.dataset_type.name)
         formatter = formatter_for(storage_class, self.formatter_name(ref.dataset_type.name, storage_class))
-        data = formatter.to_bytes(obj)
         rel = self.relative_path(ref, values, formatter.extension)
         full = os.path.join(self.root, rel)
-        return [PreparedWrite(stage(full, data), rel, formatter.name, storage_class.name)]
+        return [PreparedWrite(self._stage(formatter, obj, full), rel, formatter.name, storage_class.name)]
+
+    @staticmethod
+    def _stage(formatter: Any, obj: Any, full: str) -> StagedFile | StagedDirectory:
+        # Formatters of directory datasets (zarr) stage themselves; the others give bytes.
+        stage_to = getattr(formatter, "stage_to", None)
+        return stage_to(obj, full) if stage_to is not None else stage(full, formatter.to_bytes(obj))
+
+    def prepare_component(self, ref: DatasetRef, component: str, obj: Any, values: Mapping[str, Any],
+                          parent_formatter: str) -> PreparedWrite:
+        """Stage one component of the existing composite ``ref`` written on its own (e.g. a new WCS)."""
+        from ..errors import StorageClassError
+
+        parent_class = get_storage_class(ref.dataset_type.storage_class)
+        component_class = parent_class.component(component)
+        allowed = getattr(formatter_for(parent_class, parent_formatter), "standalone_components", frozenset())
+        if component not in allowed:
+            raise StorageClassError(
+                f"component {component!r} of {ref.dataset_type.name!r} (storage class {parent_class.name!r}, "
+                f"formatter {parent_formatter!r}) cannot be written on its own; components that can: "
+                f"{sorted(allowed) or 'none'}"
+            )
+        component_class.validate(obj, dataset_type=f"{ref.dataset_type.name}.{component}")
+        formatter = formatter_for(component_class)
+        rel = self.relative_path(ref, values, formatter.extension, component=component)
+        staged = self._stage(formatter, obj, os.path.join(self.root, rel))
+        return PreparedWrite(staged, rel, formatter.name, component_class.name, component)
 
     @staticmethod
     def commit(prepared: Iterable[PreparedWrite], *, overwrite: bool = False) -> None:
@@ -122,19 +148,26 @@ class FileDatastore:
         """Read a dataset (or one component) from its file records."""
         if not files:
             raise DatasetNotFoundError(f"{ref} has no stored file (registered without a file?)")
-        record = files[0]
-        for f in files:
-            if component and f.component == component:
-                record, component = f, None
-                break
+        record = next((f for f in files if not f.component), files[0])
+        # Components written on their own after the composite (e.g. a recalibrated WCS).
+        extras = {f.component: f for f in files if f.component and f is not record}
         path = self.abspath(record.path)
-        if verify and record.checksum:
-            verify_file(path, record.checksum, record.file_size)
+        if verify:
+            for f in (record, *extras.values()):
+                if f.checksum:
+                    verify_path(self.abspath(f.path), f.checksum, f.file_size)
         storage_class = get_storage_class(record.storage_class)
         if component is not None:
             storage_class.component(component)  # unknown component -> StorageClassError naming the known ones
         formatter = formatter_for(storage_class, record.formatter)
         try:
+            if extras:
+                read_composite = getattr(formatter, "read_composite", None)
+                if read_composite is not None:
+                    overrides = {name: (lambda f=f: self._read_record(ref, f)) for name, f in extras.items()}
+                    return read_composite(path, component=component, parameters=parameters, overrides=overrides)
+                if component in extras:
+                    return self._read_record(ref, extras[component], parameters)
             return formatter.read(path, component=component, parameters=parameters)
         except FileNotFoundError:
             raise DatasetNotFoundError(
@@ -142,15 +175,24 @@ class FileDatastore:
                 "(`butler verify` lists every missing or corrupted file)"
             ) from None
 
+    def _read_record(self, ref: DatasetRef, record: Any, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Read the file of one record (a component written on its own) with its own formatter."""
+        formatter = formatter_for(get_storage_class(record.storage_class), record.formatter)
+        path = self.abspath(record.path)
+        try:
+            return formatter.read(path, parameters=parameters)
+        except FileNotFoundError:
+            raise DatasetNotFoundError(
+                f"the {record.component!r} file of {ref.dataset_type.name} {ref.data_id} in run {ref.run!r} "
+                f"is missing: {path}"
+            ) from None
+
     # -- removal and checks -------------------------------------------------------------------
     def remove_files(self, relative_paths: Iterable[str]) -> None:
         dirs = set()
         for rel in relative_paths:
             full = self.abspath(rel)
-            try:
-                os.unlink(full)
-            except FileNotFoundError:
-                pass
+            remove_path(full)  # a file, or a directory dataset (zarr store)
             dirs.add(os.path.dirname(full))
         self._prune(dirs)  # directories that became empty, deepest first, never above the root
 
@@ -161,7 +203,7 @@ class FileDatastore:
             full = self.abspath(rel)
             try:
                 if checksum:
-                    verify_file(full, checksum, size)
+                    verify_path(full, checksum, size)  # files, and directories by their manifest
                 elif not os.path.exists(full):
                     raise FileNotFoundError(full)
             except FileNotFoundError:

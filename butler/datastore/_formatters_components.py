@@ -65,7 +65,7 @@ class ScalarJsonFormatter(Formatter):
     extension: ClassVar[str] = ".json"
 
     def to_bytes(self, obj: Any) -> bytes:
-        if isinstance(obj, bool) or isinstance(obj, (int, str)):
+        if isinstance(obj, (bool, int, str)):
             return json.dumps(obj).encode()
         if isinstance(obj, float):
             if not math.isfinite(obj):

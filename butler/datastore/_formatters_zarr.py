@@ -80,16 +80,25 @@ class ZarrExposureFormatter(ExposureFormatterBase):
             "metadata": json.loads(metadata_to_json(self, exposure.metadata)),
         }
 
-    async def _write_async(self, handle: zio.StoreHandle, exposure: Exposure, attributes: dict[str, Any]) -> None:
+    @staticmethod
+    def _arrays(exposure: Exposure) -> dict[str, np.ndarray]:
+        # Lazy (dask) planes are computed here, in the caller's thread: computing them on zarr's
+        # event loop would deadlock (their chunk reads need that loop).
+        arrays = {name: np.asarray(getattr(exposure, name)) for name in PLANES}
+        if exposure.psf is not None:
+            arrays["psf"] = np.asarray(exposure.psf)
+        return arrays
+
+    async def _write_async(self, handle: zio.StoreHandle, arrays: dict[str, np.ndarray],
+                           attributes: dict[str, Any]) -> None:
         group = await zio.create_group(handle, {"butler": attributes})
         writes = []
-        for name in PLANES:
-            data = np.asarray(getattr(exposure, name))  # computes lazy (dask) planes
-            compressor = zio.COMPRESSORS[self.plane_compressors.get(name, "none")]
-            writes.append(zio.write_plane(handle, group, name, data, self.chunk_shape, compressor))
-        if exposure.psf is not None:
-            psf = np.asarray(exposure.psf)
-            writes.append(zio.write_plane(handle, group, "psf", psf, psf.shape, zio.COMPRESSORS["none"]))
+        for name, data in arrays.items():
+            if name == "psf":
+                chunks, compressor = data.shape, zio.COMPRESSORS["none"]
+            else:
+                chunks, compressor = self.chunk_shape, zio.COMPRESSORS[self.plane_compressors.get(name, "none")]
+            writes.append(zio.write_plane(handle, group, name, data, chunks, compressor))
         await asyncio.gather(*writes)
 
     def write_to(self, obj: Any, location: str, *, storage_options: dict[str, Any] | None = None
@@ -99,18 +108,19 @@ class ZarrExposureFormatter(ExposureFormatterBase):
         attributes = self._attributes(exposure, location)
         written: dict[str, tuple[int, str]] = {}
         handle = zio.open_store(location, read_only=False, storage_options=storage_options, written=written)
-        zio.run(self._write_async(handle, exposure, attributes))
+        zio.run(self._write_async(handle, self._arrays(exposure), attributes))
         return manifest_checksum(written)
 
     def stage_to(self, obj: Any, path: str) -> StagedDirectory:
         """Write the store into a temporary directory next to ``path``; see `StagedDirectory`."""
         exposure = self._check_exposure(obj)
         attributes = self._attributes(exposure, path)
+        arrays = self._arrays(exposure)
         temp = make_staging_dir(path)
         try:
             written: dict[str, tuple[int, str]] = {}
             handle = zio.open_store(temp, read_only=False, written=written)
-            zio.run(self._write_async(handle, exposure, attributes))
+            zio.run(self._write_async(handle, arrays, attributes))
             size, checksum = manifest_checksum(written)
         except BaseException:
             remove_path(temp)

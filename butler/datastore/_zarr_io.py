@@ -170,11 +170,7 @@ class _CountingStore(WrapperStore[Store]):
                   ) -> Buffer | None:
         buf = await self._store.get(key, prototype, byte_range)
         if _active_stats and buf is not None:
-            with _stats_lock:
-                for stats in _active_stats:
-                    stats.requests += 1
-                    stats.bytes_read += len(buf)
-                    stats.keys.append(key)
+            _count(key, len(buf))
         return buf
 
     async def set(self, key: str, value: Buffer) -> None:
@@ -188,6 +184,14 @@ class _CountingStore(WrapperStore[Store]):
         await self._store.set(key, value)
         if self.written is not None:
             self.written[key] = (size, checksum)
+
+
+def _count(key: str, nbytes: int) -> None:
+    with _stats_lock:
+        for stats in _active_stats:
+            stats.requests += 1
+            stats.bytes_read += nbytes
+            stats.keys.append(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +311,18 @@ def _chunk_bytes(buf: Buffer) -> Any:
     return data
 
 
+def _read_local_chunk(path: str, info: PlaneInfo, out: np.ndarray, out_slices: tuple[slice, ...],
+                      chunk_slices: tuple[slice, ...]) -> int:
+    """Read, check and place one chunk of a local store in one worker-thread call; return its size."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        raise ChecksumError(f"chunk {path} is missing (every chunk is written, so the store is damaged)") from None
+    _decode_into(data, info, path, out, out_slices, chunk_slices)
+    return len(data)
+
+
 def _decode_into(data: Any, info: PlaneInfo, where: str, out: np.ndarray, out_slices: tuple[slice, ...],
                  chunk_slices: tuple[slice, ...]) -> None:
     if len(data) < 4 or google_crc32c.value(data) != _CRC32C_RESIDUE:
@@ -347,9 +363,17 @@ async def read_region(handle: StoreHandle, info: PlaneInfo, region: tuple[slice,
             out_slices.append(slice(lo - s.start, hi - s.start))
             chunk_slices.append(slice(lo - i * c, hi - i * c))
         key = info.key(index)
+        where = handle.where(key)
+        if handle.local_root is not None:
+            # Local files: read, check and copy in one worker-thread call (the chunk stays in cache).
+            async with semaphore:
+                nbytes = await asyncio.to_thread(_read_local_chunk, where, info, out, tuple(out_slices),
+                                                 tuple(chunk_slices))
+            if _active_stats:
+                _count(key, nbytes)
+            return
         async with semaphore:
             buf = await handle.store.get(key, prototype)
-        where = handle.where(key)
         if buf is None:
             raise ChecksumError(f"chunk {where} is missing (every chunk is written, so the store is damaged)")
         data = _chunk_bytes(buf)
@@ -429,9 +453,28 @@ async def write_plane(handle: StoreHandle, group: Any, name: str, data: np.ndarr
     prototype = default_buffer_prototype()
     semaphore = asyncio.Semaphore(_CONCURRENCY)
 
+    made: set[str] = set()
+
+    def write_local(key: str, block: np.ndarray) -> None:
+        # Local stores are written straight to files: the whole store is staged in a temporary
+        # directory and renamed into place, so a per-chunk temporary file (LocalStore) is not needed.
+        buf, size, checksum = _encode(block, chunks, codec)
+        path = handle.where(key)
+        directory = os.path.dirname(path)
+        if directory not in made:
+            os.makedirs(directory, exist_ok=True)
+            made.add(directory)
+        with open(path, "wb") as stream:
+            stream.write(memoryview(buf))
+        if handle.store.written is not None:
+            handle.store.written[key] = (size, checksum)
+
     async def one(index: tuple[int, ...]) -> None:
         block = data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, chunks, strict=True))]
         async with semaphore:
+            if handle.local_root is not None:
+                await asyncio.to_thread(write_local, info.key(index), block)
+                return
             if block.nbytes >= _THREAD_MIN:
                 buf, size, checksum = await asyncio.to_thread(_encode, block, chunks, codec)
             else:

@@ -159,7 +159,7 @@ class DimensionUniverse:
 
     def __init__(self, config: Mapping[str, Any], text: str):
         self.namespace: str = config.get("namespace", "butler")
-        spatial = config.get("spatial_index") or {"pixelization": "q3c", "level": 9}
+        spatial = config.get("spatial_index") or {"pixelization": "cubeface", "level": 9}
         self.spatial_index: tuple[str, int] = (str(spatial["pixelization"]), int(spatial["level"]))
         self.version: int = int(config["version"])
         self.text = text
@@ -280,14 +280,13 @@ class DimensionUniverse:
         return tuple(e for e in self._elements.values() if e.spatial)
 
     def pixelization(self) -> Any:
-        """The lsst-sphgeom pixelization of the registry's spatial index (imported lazily)."""
-        import lsst.sphgeom as sg
+        """The pixelization of the registry's spatial index (vectorised; see registry._pixelization)."""
+        from ..registry._pixelization import CubeFacePixelization
 
         name, level = self.spatial_index
-        classes = {"q3c": sg.Q3cPixelization, "mq3c": sg.Mq3cPixelization, "htm": sg.HtmPixelization}
-        if name not in classes:
-            raise ValueError(f"unknown spatial index pixelization {name!r}; use one of {sorted(classes)}")
-        return classes[name](level)
+        if name != "cubeface":
+            raise ValueError(f"unknown spatial index pixelization {name!r}; this version supports 'cubeface'")
+        return CubeFacePixelization(level)
 
     @property
     def empty(self) -> DimensionGroup:

@@ -119,6 +119,8 @@ class QueryBuilder:
         wanted += [i.name for i in idents if i.field is None]
         wanted += list(dimensions.names if with_implied else dimensions.required)
         referenced = set(wanted) | {d for i in idents if i.field is not None for d in universe[i.name].required}
+        if {"visit", "exposure"} <= referenced:
+            self._join(q, universe["visit_definition"])  # which exposures make up which visits
         if referenced & {"visit", "exposure"} and referenced & {"tract", "patch"}:
             self._spatial_join(q, referenced)
         for d in wanted:

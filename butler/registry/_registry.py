@@ -35,6 +35,7 @@ class Registry:
         self.db = db
         self.universe = universe
         self.attributes = dict(attributes)
+        self._instruments: dict[str, dict[str, Any]] | None = None
         self.schema = RegistrySchema(universe, db.namespace)
         self.collections = CollectionManager(db, self.schema)
         self.dataset_types = DatasetTypeManager(db, self.schema)
@@ -101,6 +102,16 @@ class Registry:
         t = self.schema.attributes
         with self.db.transaction() as conn:
             self.attributes = dict(conn.execute(sa.select(t.c.name, t.c.value)).all())
+        self._instruments = None
+
+    @property
+    def instruments(self) -> dict[str, dict[str, Any]]:
+        """Registered instruments' digest, class, aliases and templates (parsed once)."""
+        if self._instruments is None:
+            self._instruments = {
+                k.split(":", 1)[1]: json.loads(v) for k, v in self.attributes.items() if k.startswith("instrument:")
+            }
+        return self._instruments
 
     def set_attribute(self, name: str, value: Any) -> None:
         text = value if isinstance(value, str) else json.dumps(value)
@@ -109,6 +120,7 @@ class Registry:
             conn.execute(t.delete().where(t.c.name == name))
             conn.execute(t.insert().values(name=name, value=text))
         self.attributes[name] = text
+        self._instruments = None
 
     def table_row_counts(self, tables: Iterable[sa.Table]) -> dict[str, int]:
         with self.db.transaction() as conn:

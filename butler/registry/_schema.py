@@ -186,7 +186,9 @@ class RegistrySchema:
         cols.append(sa.Column("pix", sa.BigInteger, primary_key=True, autoincrement=False))
         cols.append(sa.ForeignKeyConstraint(keys, [parent.c[k] for k in keys], ondelete="CASCADE"))
         cols.append(sa.Index(f"{element.name}_skypix_pix", "pix"))
-        return sa.Table(f"{element.name}_skypix", self.metadata, *cols)
+        # SQLite: WITHOUT ROWID keeps one B-tree for the primary key instead of two (millions of rows
+        # for a full-sky skymap).
+        return sa.Table(f"{element.name}_skypix", self.metadata, *cols, sqlite_with_rowid=False)
 
     def _element_table(self, element: DimensionElement) -> sa.Table:
         universe = self.universe

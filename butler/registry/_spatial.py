@@ -1,7 +1,8 @@
 """The registry's spatial index and exact overlap tests.
 
 Every region stored with a record is also stored as the pixels (of the universe's
-pixelization, Q3C level 9 by default: ~0.2 degree cells) that its envelope touches. A spatial
+pixelization, a cube-face grid at level 9 by default: ~0.1-0.2 degree cells) that its
+envelope touches. A spatial
 join matches pixels in SQL, which yields candidates; candidates are then refined here with an
 exact test. Overlap means that the *interiors* intersect: two patches that share an edge, or a
 detector touching a patch at a corner, do not overlap. The test shrinks each polygon by a
@@ -117,10 +118,7 @@ class SpatialIndex:
         return self._pixelization
 
     def pixels(self, region: Any) -> list[int]:
-        out: list[int] = []
-        for begin, end in self.pixelization.envelope(region):
-            out.extend(range(begin, end))
-        return out
+        return self.pixelization.envelope(region)
 
     def index_rows(self, element: DimensionElement, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Index rows for records whose ``region`` is set (regions as encoded bytes)."""
