@@ -638,6 +638,20 @@ class Butler:
     def collection_info(self, name: str) -> CollectionRecord:
         return self._registry.collections.get(name)
 
+    # -- provenance -----------------------------------------------------------------------------
+    def provenance(self, ref: DatasetRef) -> dict[str, Any] | None:
+        """How ``ref`` was made: task, data ID, input ids, config digest, host, times, status."""
+        from ._provenance import provenance_of
+
+        return provenance_of(self, ref)
+
+    def query_provenance(self, *, run: str | None = None, task: str | None = None,
+                         status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Quantum records of pipeline executions (e.g. the failures of a run)."""
+        from ._provenance import query_provenance
+
+        return query_provenance(self, run=run, task=task, status=status)
+
     # -- maintenance ----------------------------------------------------------------------------
     def refresh(self) -> None:
         """See dataset types, collections, instruments and records added by other processes."""

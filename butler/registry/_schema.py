@@ -110,6 +110,8 @@ class RegistrySchema:
     dataset: sa.Table = field(init=False)
     file_record: sa.Table = field(init=False)
     elements: dict[str, sa.Table] = field(init=False)
+    quantum: sa.Table = field(init=False)
+    quantum_output: sa.Table = field(init=False)
     skypix: dict[str, sa.Table] = field(init=False)
     _tags: dict[str, sa.Table] = field(init=False)
 
@@ -169,6 +171,32 @@ class RegistrySchema:
             sa.Column("storage_class", string(64), nullable=False),
             sa.Column("checksum", string(64), nullable=True),
             sa.Column("file_size", sa.BigInteger, nullable=True),
+        )
+        # Provenance of pipeline executions: one row per executed quantum, and which quantum
+        # wrote each dataset (written by executors; queried by Butler.provenance).
+        self.quantum = sa.Table(
+            "quantum",
+            md,
+            sa.Column("quantum_id", DatasetIdType, primary_key=True),
+            sa.Column("run_id", sa.Integer, sa.ForeignKey(self.collection.c.collection_id, ondelete="CASCADE"),
+                      nullable=False, index=True),
+            sa.Column("task", string(128), nullable=False),
+            sa.Column("data_id", sa.Text, nullable=False),
+            sa.Column("config_digest", string(64), nullable=True),
+            sa.Column("host", string(128), nullable=True),
+            sa.Column("start_ns", sa.BigInteger, nullable=True),
+            sa.Column("end_ns", sa.BigInteger, nullable=True),
+            sa.Column("status", string(16), nullable=False),
+            sa.Column("error", sa.Text, nullable=True),
+            sa.Column("inputs", sa.Text, nullable=True),
+        )
+        self.quantum_output = sa.Table(
+            "quantum_output",
+            md,
+            sa.Column("dataset_id", DatasetIdType, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
+                      primary_key=True),
+            sa.Column("quantum_id", DatasetIdType, sa.ForeignKey(self.quantum.c.quantum_id, ondelete="CASCADE"),
+                      nullable=False, index=True),
         )
         self.elements = {}
         for element in self.universe.elements:
@@ -266,4 +294,5 @@ class RegistrySchema:
 
     def static_tables(self) -> list[sa.Table]:
         return [self.attributes, self.collection, self.collection_chain, self.dataset_type, self.dataset,
-                self.file_record, *self.elements.values(), *self.skypix.values()]
+                self.file_record, self.quantum, self.quantum_output, *self.elements.values(),
+                *self.skypix.values()]

@@ -1,0 +1,81 @@
+"""Per-quantum provenance records: which task, data ID, inputs, host and times made a dataset.
+
+Executors insert these rows in the same transactions that register the outputs; users ask
+``Butler.provenance(ref)`` ("what made this?") or ``Butler.query_provenance`` (failures of a run).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from ._butler import Butler
+    from ._dataset_ref import DatasetRef
+
+__all__ = ["insert_provenance", "provenance_of", "query_provenance"]
+
+
+def insert_provenance(butler: Butler, conn: sa.Connection, run_id: int, records: Sequence[Mapping[str, Any]]
+                      ) -> None:
+    """Insert quantum records: each has quantum_id, task, data_id (dict), inputs (ids), outputs (ids),
+    config_digest, host, start_ns, end_ns, status, error."""
+    if not records:
+        return
+    schema = butler.registry.schema
+    rows = []
+    outputs = []
+    for r in records:
+        rows.append({
+            "quantum_id": r["quantum_id"], "run_id": run_id, "task": r["task"],
+            "data_id": json.dumps(r["data_id"], sort_keys=True, default=str),
+            "config_digest": r.get("config_digest"), "host": r.get("host"),
+            "start_ns": r.get("start_ns"), "end_ns": r.get("end_ns"), "status": r["status"],
+            "error": r.get("error"), "inputs": json.dumps([i.hex for i in r.get("inputs", ())]),
+        })
+        outputs.extend({"dataset_id": d, "quantum_id": r["quantum_id"]} for d in r.get("outputs", ()))
+    conn.execute(schema.quantum.insert(), rows)
+    if outputs:
+        conn.execute(schema.quantum_output.insert(), outputs)
+
+
+def _row_to_dict(butler: Butler, row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    d["data_id"] = json.loads(d["data_id"])
+    d["inputs"] = [uuid.UUID(h) for h in json.loads(d["inputs"] or "[]")]
+    d["run"] = butler.registry.collections.by_id(d.pop("run_id")).name
+    return d
+
+
+def provenance_of(butler: Butler, ref: DatasetRef) -> dict[str, Any] | None:
+    """The record of the quantum that wrote ``ref`` (None for datasets not made by a pipeline)."""
+    schema = butler.registry.schema
+    q, o = schema.quantum, schema.quantum_output
+    stmt = sa.select(q).select_from(q.join(o, o.c.quantum_id == q.c.quantum_id)).where(o.c.dataset_id == ref.id)
+    with butler.registry.db.transaction() as conn:
+        row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        record = _row_to_dict(butler, row)
+        record["outputs"] = list(conn.execute(
+            sa.select(o.c.dataset_id).where(o.c.quantum_id == record["quantum_id"])).scalars())
+    return record
+
+
+def query_provenance(butler: Butler, *, run: str | None = None, task: str | None = None,
+                     status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+    schema = butler.registry.schema
+    q = schema.quantum
+    stmt = sa.select(q)
+    if run is not None:
+        stmt = stmt.where(q.c.run_id == butler.registry.collections.get(run).id)
+    if task is not None:
+        stmt = stmt.where(q.c.task == task)
+    if status is not None:
+        stmt = stmt.where(q.c.status.in_([status] if isinstance(status, str) else list(status)))
+    with butler.registry.db.transaction() as conn:
+        return [_row_to_dict(butler, r) for r in conn.execute(stmt.order_by(q.c.start_ns))]

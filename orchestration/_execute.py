@@ -1,0 +1,141 @@
+"""Worker side of execution: run one quantum, write its output files, return what to register.
+
+Workers never write to the registry: they read inputs (files of upstream quanta straight from
+the records those quanta returned, others through the registry), run the task, write output
+files atomically, and return refs + file records. The driver registers them in batches.
+A Butler is opened once per worker process (by its pickled configuration).
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from butler import Butler, DatasetRef
+
+from ._context import QuantumContext
+from ._pipeline import TaskDef
+from ._plan import Quantum
+
+__all__ = ["ButlerConfig", "QuantumResult", "QuantumFailure", "execute_quantum", "worker_butler"]
+
+_BUTLERS: dict[Any, Butler] = {}
+_TASKS: dict[int, Any] = {}
+
+
+@dataclass
+class QuantumResult:
+    index: int
+    quantum_id: uuid.UUID
+    outputs: list[tuple[DatasetRef, list[Any]]] = field(default_factory=list)
+    start_ns: int = 0
+    end_ns: int = 0
+    host: str = ""
+
+
+class QuantumFailure(Exception):
+    """A task raised; carries the quantum and the formatted traceback to the driver."""
+
+    def __init__(self, index: int, task: str, data_id: str, error: str, tb: str):
+        super().__init__(index, task, data_id, error, tb)
+        self.index, self.task, self.data_id, self.error, self.tb = index, task, data_id, error, tb
+
+    def __str__(self) -> str:
+        return f"{self.task} {self.data_id} failed: {self.error}"
+
+
+@dataclass(frozen=True)
+class ButlerConfig:
+    """What a worker needs to open the repository (hashable, tiny when pickled)."""
+
+    root: str
+    collections: tuple[str, ...]
+
+
+def worker_butler(config: ButlerConfig) -> Butler:
+    """The process-wide Butler for a configuration: opened once per worker process."""
+    butler = _BUTLERS.get(config)
+    if butler is None:
+        butler = _BUTLERS[config] = Butler(config.root, collections=list(config.collections), writeable=True)
+    return butler
+
+
+def _task_instance(task_def: TaskDef) -> Any:
+    key = id(task_def)
+    task = _TASKS.get(key)
+    if task is None or task[0] is not task_def:
+        task = _TASKS[key] = (task_def, task_def.make_task())
+    return task[1]
+
+
+def _read(butler: Butler, ref: DatasetRef, known: Mapping[uuid.UUID, list[Any]]) -> Any:
+    files = known.get(ref.id)
+    if files is not None:
+        return butler._datastore.read(ref, files)
+    return butler.get(ref)
+
+
+def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *upstream: QuantumResult
+                    ) -> QuantumResult:
+    """Run one quantum; raise QuantumFailure (with the traceback) if the task fails."""
+    start = time.time_ns()
+    butler = worker_butler(config)
+    known = {ref.id: files for result in upstream if result is not None for ref, files in result.outputs}
+    try:
+        inputs: dict[str, Any] = {}
+        for name, refs in quantum.inputs.items():
+            conn = task_def.task_class.connections[name]
+            if getattr(conn, "multiple", False):
+                inputs[name] = {ref.data_id: _read(butler, ref, known) for ref in refs}
+            else:
+                inputs[name] = _read(butler, refs[0], known)
+        task = _task_instance(task_def)
+        if _accepts_context(task):
+            context = QuantumContext(quantum.data_id, quantum.context.get("records", {}), butler)
+            produced = task.run(context=context, **inputs)
+        else:
+            produced = task.run(**inputs)
+        missing = set(quantum.outputs) - set(produced or {})
+        if missing:
+            raise RuntimeError(f"run() returned no {sorted(missing)}; it must return every output connection")
+        result = QuantumResult(quantum.index, uuid.uuid4(), start_ns=start, host=socket.gethostname())
+        datastore = butler._datastore
+        written = []
+        try:
+            for name, ref in quantum.outputs.items():
+                prepared = datastore.prepare(ref, produced[name], butler._template_values(ref))
+                written.append(prepared)
+                datastore.commit(prepared)
+                from butler.registry._datasets import FileRecord
+
+                result.outputs.append((ref, [FileRecord(p.component, p.path, p.formatter, p.storage_class,
+                                                        p.staged.checksum, p.staged.size) for p in prepared]))
+        except BaseException:
+            for prepared in written:
+                datastore.remove_files(p.path for p in prepared if p.staged.state == "committed")
+                datastore.discard(prepared)
+            raise
+        result.end_ns = time.time_ns()
+        return result
+    except QuantumFailure:
+        raise
+    except Exception as err:
+        raise QuantumFailure(quantum.index, quantum.task, str(quantum.data_id), f"{type(err).__name__}: {err}",
+                             traceback.format_exc()) from None
+
+
+_ACCEPTS: dict[type, bool] = {}
+
+
+def _accepts_context(task: Any) -> bool:
+    cls = type(task)
+    accepts = _ACCEPTS.get(cls)
+    if accepts is None:
+        accepts = _ACCEPTS[cls] = "context" in inspect.signature(task.run).parameters
+    return accepts

@@ -1,0 +1,238 @@
+"""The Dask executor: one graph for the whole plan, outputs registered in batches by the driver.
+
+The plan becomes a single dict graph (one task per quantum whose arguments are its upstream
+quanta's keys) submitted with one ``Client.get``; the driver consumes results with
+``as_completed`` and registers outputs and provenance in batches, so workers never write to the
+registry (SQLite works with many workers; PostgreSQL sees few transactions). A failing quantum
+errs its downstream quanta ("blocked") while unrelated work continues; the report lists the
+failures with their tracebacks and the command that resumes the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from butler import Butler
+from butler._provenance import insert_provenance
+
+from ._execute import ButlerConfig, QuantumFailure, QuantumResult, execute_quantum
+from ._plan import RUN, Plan
+from ._provenance import write_init_outputs
+
+__all__ = ["DaskExecutor", "ExecutionReport", "prepare_run"]
+
+
+@dataclass
+class ExecutionReport:
+    succeeded: int = 0
+    skipped: int = 0
+    failed: list[QuantumFailure] = field(default_factory=list)
+    blocked: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    resume_command: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked
+
+    def summary(self) -> str:
+        lines = [f"{self.succeeded} quanta succeeded, {self.skipped} skipped, {len(self.failed)} failed, "
+                 f"{len(self.blocked)} blocked by failures, in {self.seconds:.1f} s"]
+        for f in self.failed:
+            lines.append(f"FAILED {f.task} {f.data_id}: {f.error}")
+            lines.append("  " + f.tb.strip().replace("\n", "\n  "))
+        if not self.ok and self.resume_command:
+            lines.append(f"to retry what failed: {self.resume_command}")
+        return "\n".join(lines)
+
+
+def prepare_run(plan: Plan, butler: Butler) -> None:
+    """Register output dataset types, create the run, write init-outputs, clean up leftovers."""
+    run = plan.output_run
+    for d in plan.tasks:
+        for conn in d.task_class.outputs().values():
+            butler.register_dataset_type(conn.to_dataset_type())
+    butler.register_run(run)
+    butler._run_record(run, False)  # ownership check
+    write_init_outputs(plan, butler)
+    clobber = [ref for q in plan.quanta if q.status == RUN for ref in q.context.get("clobber", ())]
+    if clobber:
+        butler.remove(clobber)
+    remove_orphans(butler, run)
+
+
+def remove_orphans(butler: Butler, run: str) -> list[str]:
+    """Delete files under the run's directory that the registry does not know (a killed driver's
+    unregistered outputs, temporary files of interrupted writes)."""
+    import sqlalchemy as sa
+
+    registry = butler.registry
+    run_dir = os.path.join(butler.root, run)
+    if not os.path.isdir(run_dir):
+        return []
+    f, d = registry.schema.file_record, registry.schema.dataset
+    run_id = registry.collections.get(run).id
+    with registry.db.transaction() as conn:
+        known = set(conn.execute(sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
+                                 .where(d.c.run_id == run_id)).scalars())
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(run_dir):
+        rel_dir = os.path.relpath(dirpath, butler.root)
+        for name in list(dirnames):
+            rel = os.path.join(rel_dir, name)
+            if rel in known:  # a directory dataset (zarr store)
+                dirnames.remove(name)
+            elif name.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+                dirnames.remove(name)
+                removed.append(rel)
+        for name in filenames:
+            rel = os.path.join(rel_dir, name)
+            if rel not in known:
+                os.unlink(os.path.join(dirpath, name))
+                removed.append(rel)
+    return removed
+
+
+class DaskExecutor:
+    """Runs plans on a ``distributed.Client`` (LocalCluster, a scheduler address, dask-jobqueue...)."""
+
+    def __init__(self, client: Any, *, retries: int = 0, batch_size: int = 500, flush_seconds: float = 1.0,
+                 progress: bool | None = None, resume_command: str = "") -> None:
+        self.client = client
+        self.retries = retries
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.resume_command = resume_command
+
+    def graph(self, plan: Plan, config: ButlerConfig) -> tuple[dict[str, Any], list[str]]:
+        """The dict graph: ``q-<index>`` -> (execute_quantum, config, task def, quantum, *upstream keys)."""
+        defs = {d.label: d for d in plan.tasks}
+        runs = {q.index for q in plan.quanta if q.status == RUN}
+        dsk: dict[str, Any] = {}
+        for q in plan.quanta:
+            if q.index not in runs:
+                continue
+            deps = [f"q-{u}" for u in q.upstream if u in runs]
+            dsk[f"q-{q.index}"] = (execute_quantum, config, defs[q.task], q, *deps)
+        return dsk, list(dsk)
+
+    def run(self, plan: Plan, butler: Butler) -> ExecutionReport:
+        from distributed import as_completed
+
+        start = time.perf_counter()
+        prepare_run(plan, butler)
+        config = ButlerConfig(butler.root, (plan.output_run, *plan.input_collections))
+        dsk, keys = self.graph(plan, config)
+        report = ExecutionReport(skipped=len(plan.quanta) - len(keys), resume_command=self.resume_command)
+        if not keys:
+            report.seconds = time.perf_counter() - start
+            return report
+        futures = self.client.get(dsk, keys, sync=False, retries=self.retries)
+        index_of = {f.key: int(f.key[2:]) for f in futures}
+        failed_index: set[int] = set()
+        pending: list[QuantumResult] = []
+        failed_records: list[dict[str, Any]] = []
+        last_flush = time.monotonic()
+        bar = _progress(len(keys)) if self.progress else None
+        registrar = _Registrar(butler, plan)
+        try:
+            for future in as_completed(futures):
+                index = index_of[future.key]
+                if future.status == "finished":
+                    pending.append(future.result())
+                    report.succeeded += 1
+                else:
+                    exc = future.exception()
+                    if isinstance(exc, QuantumFailure) and exc.index != index:
+                        report.blocked.append(index)
+                    elif isinstance(exc, QuantumFailure):
+                        report.failed.append(exc)
+                        failed_index.add(index)
+                        failed_records.append(registrar.failure_record(index, exc.error))
+                    else:
+                        q = plan.quanta[index]
+                        failure = QuantumFailure(index, q.task, str(q.data_id), f"{type(exc).__name__}: {exc}",
+                                                 "".join(_format_tb(future)))
+                        if any(u in failed_index for u in q.upstream):
+                            report.blocked.append(index)
+                        else:
+                            report.failed.append(failure)
+                            failed_index.add(index)
+                            failed_records.append(registrar.failure_record(index, failure.error))
+                future.release()
+                if bar is not None:
+                    bar.update(1)
+                if len(pending) >= self.batch_size or time.monotonic() - last_flush > self.flush_seconds:
+                    registrar.register(pending, failed_records)
+                    pending, failed_records = [], []
+                    last_flush = time.monotonic()
+        finally:
+            registrar.register(pending, failed_records)
+            if bar is not None:
+                bar.close()
+        report.seconds = time.perf_counter() - start
+        return report
+
+
+class _Registrar:
+    """Registers batches of outputs and provenance in one transaction each."""
+
+    def __init__(self, butler: Butler, plan: Plan):
+        self.butler = butler
+        self.plan = plan
+        self.registry = butler.registry
+        self.run_rec = self.registry.collections.get(plan.output_run)
+        self.digests = {d.label: d.config_digest for d in plan.tasks}
+
+    def failure_record(self, index: int, error: str) -> dict[str, Any]:
+        import uuid
+
+        q = self.plan.quanta[index]
+        return {"quantum_id": uuid.uuid4(), "task": q.task, "data_id": q.data_id.to_dict(),
+                "config_digest": self.digests[q.task], "status": "failed", "error": error,
+                "inputs": [r.id for refs in q.inputs.values() for r in refs], "outputs": []}
+
+    def register(self, results: Sequence[QuantumResult], failures: Sequence[dict[str, Any]]) -> None:
+        if not results and not failures:
+            return
+        registry = self.registry
+        by_type: dict[str, tuple[Any, list, dict]] = {}
+        records = list(failures)
+        for result in results:
+            q = self.plan.quanta[result.index]
+            for ref, files in result.outputs:
+                entry = by_type.setdefault(ref.dataset_type.name, (None, [], {}))
+                entry[1].append(ref)
+                entry[2][ref.id] = files
+            records.append({
+                "quantum_id": result.quantum_id, "task": q.task, "data_id": q.data_id.to_dict(),
+                "config_digest": self.digests[q.task], "host": result.host, "start_ns": result.start_ns,
+                "end_ns": result.end_ns, "status": "succeeded",
+                "inputs": [r.id for refs in q.inputs.values() for r in refs],
+                "outputs": [ref.id for ref, _ in result.outputs],
+            })
+        with registry.db.transaction(write=True) as conn:
+            for name, (_, refs, files) in by_type.items():
+                registry.datasets.insert(conn, registry.dataset_types.get(name), self.run_rec, refs, files)
+            insert_provenance(self.butler, conn, self.run_rec.id, records)
+
+
+def _progress(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="quanta", desc="executing")
+
+
+def _format_tb(future: Any) -> list[str]:
+    import traceback
+
+    tb = future.traceback()
+    return traceback.format_tb(tb) if tb is not None else []
