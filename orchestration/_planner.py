@@ -81,7 +81,8 @@ class Planner:
         )
         if not rows:
             raise PlanningError(
-                f"the data query selects nothing: where={where!r}, data ID {constraints}, inputs {inputs}"
+                f"the data query selects nothing: where={where!r} with {dict(bind or {})}, data ID {constraints}, "
+                f"inputs {inputs}"
                 + (f" (with datasets of {constrain_types} required)" if constrain_types else "")
             )
         row_dicts = [r.to_dict(implied=True) for r in rows]

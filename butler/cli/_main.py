@@ -44,7 +44,27 @@ def _message(err: BaseException) -> str:
 
 
 class ButlerGroup(click.Group):
-    """A group that reports user errors of its commands as ``error: ...`` with exit code 2."""
+    """A group that reports user errors of its commands as ``error: ...`` with exit code 2.
+
+    Other packages add commands through the ``butler.cli`` entry-point group (orchestration
+    adds ``butler run``); they are imported only when their command is invoked.
+    """
+
+    def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group="butler.cli")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None:
+            ep = self._plugins().get(name)
+            if ep is not None:
+                command = ep.load()
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -1,0 +1,168 @@
+"""``butler run``: plan a pipeline over a data query and execute it on Dask.
+
+Loaded through the ``butler.cli`` entry point, so the ``butler`` command does not import
+orchestration (or Dask) unless ``run`` is used.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+__all__ = ["run", "parse_id", "make_client"]
+
+_TERM = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_.]*)=(?P<value>.+)$")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?::(\d+))?$")
+_INT = re.compile(r"^-?\d+$")
+
+
+def parse_id(text: str, aliases: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+    """Turn ``"tract=9000 patch=44..46 band=g^r"`` into a where-expression with bind values.
+
+    Terms are ``key=value`` separated by spaces; ``a..b`` (optionally ``a..b:step``) is an
+    inclusive range and ``x^y`` lists alternatives. Instrument aliases (``ccd``) are accepted.
+    Values are bound as parameters, never pasted into the expression.
+    """
+    aliases = aliases or {}
+    terms = []
+    bind: dict[str, Any] = {}
+    for i, item in enumerate(shlex.split(text)):
+        m = _TERM.match(item)
+        if m is None:
+            raise click.BadParameter(f"{item!r} is not key=value (e.g. visit=12, patch=44..46, band=g^r)",
+                                     param_hint="'--id'")
+        key = aliases.get(m["key"], m["key"])
+        alternatives = m["value"].split("^")
+        parts = []
+        for j, alt in enumerate(alternatives):
+            name = f"id{i}_{j}"
+            r = _RANGE.match(alt)
+            if r:
+                start, stop, step = int(r[1]), int(r[2]), int(r[3] or 1)
+                if stop < start or step <= 0:
+                    raise click.BadParameter(f"bad range {alt!r} in {item!r}: need start <= stop and step > 0",
+                                             param_hint="'--id'")
+                bind[name] = list(range(start, stop + 1, step))
+                parts.append(f"{key} IN (:{name})")
+            else:
+                bind[name] = int(alt) if _INT.match(alt) else alt
+                parts.append(f"{key} = :{name}")
+        terms.append(parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")")
+    return " AND ".join(terms), bind
+
+
+def make_client(spec: str) -> Any:
+    """A distributed Client for ``local[:N]``, ``threads[:N]``, a scheduler address, ``slurm`` or ``pbs``."""
+    import os
+
+    from distributed import Client, LocalCluster
+
+    name, _, arg = spec.partition(":") if not spec.startswith(("tcp://", "tls://", "ucx://")) else (spec, "", "")
+    if name == "local":
+        n = int(arg) if arg else min(os.cpu_count() or 1, 8)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+        return Client(cluster)
+    if name == "threads":
+        n = int(arg) if arg else (os.cpu_count() or 1)
+        return Client(processes=False, n_workers=1, threads_per_worker=n, dashboard_address=":0")
+    if name in ("slurm", "pbs"):
+        try:
+            import dask_jobqueue
+        except ImportError:
+            raise click.UsageError(f"--cluster {name} needs dask-jobqueue: pip install dask-jobqueue") from None
+        cluster_cls = dask_jobqueue.SLURMCluster if name == "slurm" else dask_jobqueue.PBSCluster
+        cluster = cluster_cls()
+        cluster.scale(int(arg) if arg else 1)
+        return Client(cluster)
+    if spec.startswith(("tcp://", "tls://", "ucx://")):
+        return Client(spec)
+    raise click.BadParameter(f"unknown cluster {spec!r}; use local[:N], threads[:N], tcp://host:port, slurm or pbs",
+                             param_hint="'--cluster'")
+
+
+@click.command("run")
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="COLLECTION",
+              help="Input collections, searched in order (repeat or comma-separate).")
+@click.option("-o", "--output-run", required=True, metavar="RUN", help="The RUN collection that receives outputs.")
+@click.option("--id", "id_text", default="", metavar="TERMS",
+              help="Data ID terms: \"tract=9000 patch=44..46 band=g^r\" (ranges a..b, alternatives x^y).")
+@click.option("--where", "-w", default="", metavar="EXPR", help="A where-expression (combined with --id by AND).")
+@click.option("--config", "-c", "overrides", multiple=True, metavar="LABEL:FIELD=VALUE",
+              help="Config override, e.g. calibrate:threshold=5.0 (repeatable).")
+@click.option("--tasks", default=None, metavar="LABELS|SUBSET", help="Run only these task labels or this subset.")
+@click.option("--cluster", default="local", show_default=True,
+              help="local[:N] (LocalCluster of N processes), threads[:N] (in-process, for debugging), "
+                   "tcp://scheduler:8786 (an existing cluster), slurm or pbs (dask-jobqueue).")
+@click.option("--retries", default=0, show_default=True, help="Times to retry a failing quantum.")
+@click.option("--resume", is_flag=True, help="Finish an existing run: skip quanta whose outputs all exist.")
+@click.option("--extend-run", is_flag=True, help="Add to an existing output run (existing outputs are an error).")
+@click.option("--clobber-outputs", is_flag=True,
+              help="Redo quanta whose outputs exist partially (or fully, without --resume): remove them first.")
+@click.option("--skip-existing-in", multiple=True, metavar="COLLECTION",
+              help="Skip quanta whose outputs exist in these collections, and use those outputs downstream.")
+@click.option("--replace-run", is_flag=True, help="Remove the existing output run (yours) and start it again.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (quanta to run and skip, and why) and stop.")
+@click.option("--explain", default=None, metavar="TASK[:k=v,...]", help="With --dry-run: explain quanta of a task.")
+@click.option("--save-plan", default=None, type=click.Path(dir_okay=False), help="Write the plan (gzip pickle).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_text: str, where: str,
+        overrides: Sequence[str], tasks: str | None, cluster: str, retries: int, resume: bool, extend_run: bool,
+        clobber_outputs: bool, skip_existing_in: Sequence[str], replace_run: bool, dry_run: bool,
+        explain: str | None, save_plan: str | None, progress: bool | None) -> None:
+    """Plan PIPELINE (a YAML file) over REPO and execute it on Dask.
+
+    \b
+    Example:
+      butler run repo pipelines/coadd.yaml -i SimCam/raw/all -o u/alice/coadd \\
+          --id "tract=9000 patch=44..46 band=g^r" --cluster local:2 --retries 2
+      butler run ... --resume        # after a crash: only what is missing runs
+      butler run ... --dry-run       # per task: quanta to run / skip, and why
+    """
+    from butler import Butler
+
+    from ._executor import DaskExecutor
+    from ._pipeline import Pipeline
+    from ._planner import Planner
+
+    collections = [c for item in inputs for c in item.split(",") if c]
+    butler = Butler(repo, writeable=True, collections=collections)
+    pipe = Pipeline.from_yaml(pipeline).apply_overrides(overrides)
+    if tasks:
+        pipe = pipe.subset(tasks if tasks in pipe.subsets else tasks.split(","))
+    id_where, bind = parse_id(id_text, butler._aliases(None)) if id_text else ("", {})
+    full_where = " AND ".join(f"({w})" for w in (where, id_where) if w)
+    if replace_run and butler.query_collections(output_run):
+        butler._run_record(output_run, False)  # refuse to remove somebody else's run
+        if not dry_run:
+            butler.remove_runs(output_run)
+    plan = Planner(butler).build(pipe, inputs=collections, output_run=output_run, where=full_where, bind=bind,
+                                 extend_run=extend_run, resume=resume, clobber_outputs=clobber_outputs,
+                                 skip_existing_in=list(skip_existing_in) or None)
+    if save_plan:
+        plan.save(save_plan)
+    click.echo(plan.summary())
+    if dry_run:
+        if explain:
+            label, _, terms = explain.partition(":")
+            data_id = dict(t.split("=", 1) for t in terms.split(",") if t)
+            data_id = {k: int(v) if _INT.match(v) else v for k, v in data_id.items()}
+            click.echo(plan.explain(label, data_id))
+        return
+    resume_cmd = "butler " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--replace-run",))
+    if "--resume" not in resume_cmd:
+        resume_cmd += " --resume"
+    with make_client(cluster) as client:
+        link = getattr(client, "dashboard_link", None)
+        if link:
+            click.echo(f"dashboard: {link}", err=True)
+        report = DaskExecutor(client, retries=retries, progress=progress, resume_command=resume_cmd).run(plan, butler)
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
