@@ -6,22 +6,28 @@ Gaussian noise and a few hundred stars, the variance follows it, the mask flags 
 noise-dominated like real exposures, so compression ratios are realistic rather than flattering.
 
 * ``composites.cutout_bytes``: bytes read for 256 x 256 cutouts of the image (counted by the
-  store wrapper of `butler.datastore._zarr_io.io_stats`, metadata included) divided by the size
-  of the chunk files the cutout intersects.
+  store wrapper of `butler.datastore._zarr_io.io_stats`, metadata and shard index included)
+  divided by the size of the chunks the cutout intersects (from the shard index).
 * ``composites.cutout_speedup``: time of ``numpy.load`` of the whole image plane from ``.npy``
   divided by the time of ``Butler.get(component="image", parameters={"bbox": ...})``.
 * ``composites.wcs_component``: ``Butler.get(component="wcs")`` (registry lookup included).
 * ``composites.read_throughput`` / ``write_throughput``: ``Butler.get``/``put`` of the whole
   exposure against ``numpy.load``/``numpy.save`` of the same three planes (page cache, no
-  fsync on either side); the value is the ratio of the rates.
-* ``composites.compressors``: informational; size ratio and read/write rates of each candidate
-  compressor (and of zarr-python's own sharded and unsharded paths) for the image plane, which
-  is how the formatter's compressors were chosen.
+  fsync on either side). The two are timed in alternation, one pair after the other, and the
+  value is the median of the per-pair ratios of the rates, so load from other processes on the
+  machine hits both sides of a pair alike.
+* ``composites.layouts``: informational; for the image plane (and the mask), the size and the
+  write/read rates of each candidate layout (row strips or square tiles, in one shard file or one
+  file per chunk) and compressor, and of zarr-python's own paths, each against
+  ``numpy.save``/``numpy.load`` of the same plane timed alongside: how the formatter's layout and
+  compressors were chosen.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -95,28 +101,50 @@ def _box(x: int, y: int) -> Any:
     return Box(x0=x, y0=y, width=CUTOUT, height=CUTOUT)
 
 
+def _chunk_sizes(store: str, plane: str) -> tuple[tuple[int, int], dict[tuple[int, int], int]]:
+    """Chunk shape and ``{chunk index: stored size}`` of a plane, from the indexes of its shard files."""
+    with open(os.path.join(store, plane, "zarr.json")) as f:
+        meta = json.load(f)
+    (codec,) = meta["codecs"]
+    chunks = tuple(codec["configuration"]["chunk_shape"])
+    shard = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    per = (shard[0] // chunks[0], shard[1] // chunks[1])
+    sizes = {}
+    for si in range(-(-meta["shape"][0] // shard[0])):
+        for sj in range(-(-meta["shape"][1] // shard[1])):
+            with open(os.path.join(store, plane, "c", str(si), str(sj)), "rb") as f:
+                f.seek(-(16 * per[0] * per[1] + 4), os.SEEK_END)
+                index = np.frombuffer(f.read()[:-4], "<u8").reshape(per[0], per[1], 2)
+            for i in range(per[0]):
+                for j in range(per[1]):
+                    sizes[(si * per[0] + i, sj * per[1] + j)] = int(index[i, j, 1])
+    return chunks, sizes
+
+
 @benchmark("composites.cutout_bytes", unit="x", target=2.0, better="lower",
            description="bytes read by a 256x256 cutout of one 4096^2 plane / bytes of the chunks it intersects")
 def bench_cutout_bytes(ctx: Context) -> Result:
     from butler.datastore._zarr_io import io_stats
 
     fx = _fixture(ctx)
-    chunk = 512
+    (rows, cols), sizes = _chunk_sizes(fx.path, "image")
     ratios, read = [], []
     for x, y in fx.boxes:
         with io_stats() as stats:
             fx.butler.get("calexp", DATA_ID, component="image", parameters={"bbox": _box(x, y)})
         chunk_bytes = sum(
-            os.path.getsize(os.path.join(fx.path, "image", "c", str(i), str(j)))
-            for i in range(y // chunk, (y + CUTOUT - 1) // chunk + 1)
-            for j in range(x // chunk, (x + CUTOUT - 1) // chunk + 1)
+            sizes[(i, j)]
+            for i in range(y // rows, (y + CUTOUT - 1) // rows + 1)
+            for j in range(x // cols, (x + CUTOUT - 1) // cols + 1)
         )
         ratios.append(stats.bytes_read / chunk_bytes)
         read.append(stats.bytes_read)
     return Result(value=percentile(ratios, 50), p90=percentile(ratios, 90), n=len(ratios),
-                  notes=f"median {percentile(read, 50) / 2**20:.2f} MiB read per cutout "
-                        f"(raw cutout {CUTOUT * CUTOUT * 4 / 2**20:.2f} MiB; chunks 512x512, compressed)",
-                  extra={"bytes_read_median": percentile(read, 50), "ratio_max": max(ratios)})
+                  notes=f"median {percentile(read, 50) / 2**20:.2f} MiB read per cutout, metadata and shard index "
+                        f"included (raw cutout {CUTOUT * CUTOUT * 4 / 2**20:.2f} MiB; chunks {rows}x{cols}, "
+                        "uncompressed)",
+                  extra={"bytes_read_median": percentile(read, 50), "ratio_max": max(ratios),
+                         "chunk_shape": [rows, cols]})
 
 
 @benchmark("composites.cutout_speedup", unit="x", target=5.0, better="higher",
@@ -155,19 +183,36 @@ def _rates(fn: Any, nbytes: int, n: int) -> list[float]:
     return out
 
 
+def _paired(ours: Any, raw: Any, nbytes: int, n: int) -> tuple[list[float], list[float], list[float]]:
+    """Time ``raw()`` then ``ours()`` ``n`` times -> (our rates, raw rates, per-pair rate ratios)."""
+    mine, theirs = [], []
+    for _ in range(n):
+        theirs.extend(_rates(raw, nbytes, 1))
+        mine.extend(_rates(ours, nbytes, 1))
+    return mine, theirs, [m / t for m, t in zip(mine, theirs, strict=True)]
+
+
+def _throughput(ours: list[float], raw: list[float], ratios: list[float], label: str) -> Result:
+    return Result(value=percentile(ratios, 50), p90=percentile(ratios, 10), n=len(ratios),
+                  notes=f"butler {percentile(ours, 50) / 1e9:.2f} GB/s, {label} {percentile(raw, 50) / 1e9:.2f} GB/s "
+                        f"(medians; ratio = median of {len(ratios)} pairs timed in alternation)",
+                  extra={"butler_GBps": percentile(ours, 50) / 1e9, "numpy_GBps": percentile(raw, 50) / 1e9,
+                         "ratios": ratios})
+
+
+PLANES = ("image", "mask", "variance")
+
+
 @benchmark("composites.read_throughput", unit="x", target=0.7, better="higher",
            description="Butler.get of the whole exposure / numpy.load of its 3 planes (rate ratio)")
 def bench_read(ctx: Context) -> Result:
     fx = _fixture(ctx)
-    nbytes = sum(getattr(fx.exposure, p).nbytes for p in ("image", "mask", "variance"))
-    n = ctx.size(7, 3)
+    nbytes = sum(getattr(fx.exposure, p).nbytes for p in PLANES)
     fx.butler.get("calexp", DATA_ID)
-    ours = _rates(lambda: fx.butler.get("calexp", DATA_ID), nbytes, n)
-    raw = _rates(lambda: [np.load(p) for p in fx.npy.values()], nbytes, n)
-    ratio = percentile(ours, 50) / percentile(raw, 50)
-    return Result(value=ratio, p90=percentile(ours, 10) / percentile(raw, 90), n=n,
-                  notes=f"butler {percentile(ours, 50) / 1e9:.2f} GB/s, numpy.load {percentile(raw, 50) / 1e9:.2f} GB/s",
-                  extra={"butler_GBps": percentile(ours, 50) / 1e9, "numpy_GBps": percentile(raw, 50) / 1e9})
+    [np.load(p) for p in fx.npy.values()]
+    ours, raw, ratios = _paired(lambda: fx.butler.get("calexp", DATA_ID),
+                                lambda: [np.load(p) for p in fx.npy.values()], nbytes, ctx.size(15, 5))
+    return _throughput(ours, raw, ratios, "numpy.load")
 
 
 @benchmark("composites.write_throughput", unit="x", target=0.7, better="higher",
@@ -177,74 +222,107 @@ def bench_write(ctx: Context) -> Result:
     from butler import Butler
 
     butler = Butler(fx.root, run=RUN)
-    nbytes = sum(getattr(fx.exposure, p).nbytes for p in ("image", "mask", "variance"))
-    n = ctx.size(6, 3)
+    nbytes = sum(getattr(fx.exposure, p).nbytes for p in PLANES)
     visits = iter(range(2, 40))
-    ours = _rates(lambda: butler.put(fx.exposure, "calexp", DATA_ID | {"visit": next(visits)}), nbytes, n)
     out = ctx.scratch("composites-save")
-    raw = _rates(lambda: [np.save(os.path.join(out, f"{p}.npy"), getattr(fx.exposure, p))
-                          for p in ("image", "mask", "variance")], nbytes, n)
-    ratio = percentile(ours, 50) / percentile(raw, 50)
-    return Result(value=ratio, p90=percentile(ours, 10) / percentile(raw, 90), n=n,
-                  notes=f"butler {percentile(ours, 50) / 1e9:.2f} GB/s, numpy.save {percentile(raw, 50) / 1e9:.2f} GB/s",
-                  extra={"butler_GBps": percentile(ours, 50) / 1e9, "numpy_GBps": percentile(raw, 50) / 1e9})
+
+    def save() -> None:
+        for p in PLANES:
+            np.save(os.path.join(out, f"{p}.npy"), getattr(fx.exposure, p))
+
+    save()
+    ours, raw, ratios = _paired(lambda: butler.put(fx.exposure, "calexp", DATA_ID | {"visit": next(visits)}),
+                                save, nbytes, ctx.size(15, 5))
+    return _throughput(ours, raw, ratios, "numpy.save")
 
 
-@benchmark("composites.compressors", unit="x",
-           description="informational: size ratio and read/write rates per compressor for the image plane")
-def bench_compressors(ctx: Context) -> Result:
-    import shutil
+# Candidate layouts of one plane: (label, plane, chunk shape or "strips", shards?, compressor).
+_LAYOUTS = [
+    ("strips 1 MiB, shard, none (chosen)", "image", "strips", True, "none"),
+    ("strips 1 MiB, shard, blosc-lz4+shuffle", "image", "strips", True, "lz4"),
+    ("strips 1 MiB, shard, zstd-1", "image", "strips", True, "zstd"),
+    ("strips 1 MiB, file per chunk, none", "image", "strips", False, "none"),
+    ("tiles 512^2, shard, none", "image", (512, 512), True, "none"),
+    ("tiles 1024^2, shard, none", "image", (1024, 1024), True, "none"),
+    ("tiles 512^2, file per chunk, none", "image", (512, 512), False, "none"),
+    ("tiles 512^2, file per chunk, blosc-lz4 (before)", "image", (512, 512), False, "lz4"),
+    ("mask: strips, shard, none", "mask", "strips", True, "none"),
+    ("mask: strips, shard, blosc-lz4 (chosen)", "mask", "strips", True, "lz4-noshuffle"),
+    ("mask: strips, shard, blosc-lz4+shuffle", "mask", "strips", True, "lz4"),
+    ("mask: strips, shard, zstd-1", "mask", "strips", True, "zstd"),
+]
 
+
+@benchmark("composites.layouts", unit="x",
+           description="informational: write/read rate / numpy.save/load of one plane, per layout and compressor "
+                       "(value: the chosen image layout's read ratio)")
+def bench_layouts(ctx: Context) -> Result:
     import zarr
     from zarr.codecs import Crc32cCodec
 
     from butler.datastore import _zarr_io as zio
 
     fx = _fixture(ctx)
-    image = fx.exposure.image
-    n = ctx.size(3, 1)
+    n = ctx.size(5, 2)
     rows: dict[str, dict[str, float]] = {}
-    base = ctx.scratch("composites-compressors")
+    base = ctx.scratch("composites-layouts")
+    npy = os.path.join(base, "plane.npy")
 
-    def measure_case(name: str, write: Any, read: Any, path: str) -> None:
-        w = _rates(lambda: (shutil.rmtree(path, ignore_errors=True), write(path)), image.nbytes, n)
-        r = _rates(lambda: read(path), image.nbytes, n)
+    def measure_case(name: str, data: np.ndarray, write: Any, read: Any, path: str) -> None:
+        def fresh_write() -> None:
+            shutil.rmtree(path, ignore_errors=True)
+            write(path)
+
+        fresh_write()
+        np.save(npy, data)
+        w, w_raw, w_ratio = _paired(fresh_write, lambda: np.save(npy, data), data.nbytes, n)
+        r, r_raw, r_ratio = _paired(lambda: read(path), lambda: np.load(npy), data.nbytes, n)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-        rows[name] = {"size_ratio": size / image.nbytes, "write_GBps": percentile(w, 50) / 1e9,
-                      "read_GBps": percentile(r, 50) / 1e9}
+        files = sum(len(fs) for _, _, fs in os.walk(path))
+        rows[name] = {"size_ratio": size / data.nbytes, "files": files,
+                      "write_GBps": percentile(w, 50) / 1e9, "read_GBps": percentile(r, 50) / 1e9,
+                      "write_x_numpy": percentile(w_ratio, 50), "read_x_numpy": percentile(r_ratio, 50)}
 
-    for key, compressor in zio.COMPRESSORS.items():
-        def write(path: str, compressor: Any = compressor) -> None:
+    for label, plane, chunking, sharded, key in _LAYOUTS:
+        data = getattr(fx.exposure, plane)
+        if chunking == "strips":
+            chunks, shards = zio.plane_layout(data.shape, data.dtype.itemsize)
+        else:
+            chunks, shards = chunking, tuple(-(-n // c) * c for n, c in zip(data.shape, chunking))
+
+        def write(path: str, data: Any = data, chunks: Any = chunks, shards: Any = shards if sharded else None,
+                  compressor: Any = zio.COMPRESSORS[key]) -> None:
             handle = zio.open_store(path, read_only=False)
 
             async def go() -> None:
                 group = await zio.create_group(handle, {})
-                await zio.write_plane(handle, group, "image", image, (512, 512), compressor)
+                await zio.write_plane(handle, group, "plane", data, chunks, compressor, shards=shards)
 
             zio.run(go())
 
-        def read(path: str) -> None:
+        def read(path: str, shape: Any = data.shape) -> None:
             handle = zio.open_store(path)
 
             async def go() -> Any:
-                info, array = await zio.open_plane(handle, "image")
-                return await zio.read_region(handle, info, (slice(0, image.shape[0]), slice(0, image.shape[1])),
-                                             array)
+                info, array = await zio.open_plane(handle, "plane")
+                return await zio.read_region(handle, info, (slice(0, shape[0]), slice(0, shape[1])), array)
 
             zio.run(go())
 
-        measure_case(f"butler {key}", write, read, os.path.join(base, key))
-    for label, kwargs in {"zarr-python none 512": {}, "zarr-python none shard": {"shards": (4096, 4096)}}.items():
+        measure_case(label, data, write, read, os.path.join(base, "case"))
+    image = fx.exposure.image
+    for label, kwargs in {"zarr-python: tiles 512^2, file per chunk, none": {},
+                          "zarr-python: tiles 512^2, one shard, none": {"shards": image.shape}}.items():
         def zwrite(path: str, kwargs: Any = kwargs) -> None:
-            shards = kwargs.get("shards")
             a = zarr.create_array(path, shape=image.shape, dtype=image.dtype, chunks=(512, 512), zarr_format=3,
-                                  shards=None if shards is None else tuple(min(s, n) for s, n in zip(shards, image.shape)),
-                                  compressors=[Crc32cCodec()], config={"write_empty_chunks": True})
+                                  shards=kwargs.get("shards"), compressors=[Crc32cCodec()],
+                                  config={"write_empty_chunks": True})
             a[...] = image
 
-        measure_case(label, zwrite, lambda path: zarr.open_array(path, mode="r", zarr_format=3)[...],
-                     os.path.join(base, label.replace(" ", "-")))
-    lines = [f"{k:24s} size x{v['size_ratio']:.3f}  write {v['write_GBps']:.2f} GB/s  read {v['read_GBps']:.2f} GB/s"
-             for k, v in rows.items()]
-    chosen = rows["butler lz4"]
-    return Result(value=chosen["size_ratio"], n=n, notes="\n".join(lines), extra=rows)
+        measure_case(label, image, zwrite, lambda path: zarr.open_array(path, mode="r", zarr_format=3)[...],
+                     os.path.join(base, "case"))
+    lines = [f"{k:50s} size x{v['size_ratio']:.3f} {v['files']:3d} files  write {v['write_GBps']:.2f} GB/s "
+             f"(x{v['write_x_numpy']:.2f} numpy.save)  read {v['read_GBps']:.2f} GB/s (x{v['read_x_numpy']:.2f} "
+             "numpy.load)" for k, v in rows.items()]
+    chosen = rows[_LAYOUTS[0][0]]
+    return Result(value=chosen["read_x_numpy"], n=n, notes="\n".join(lines), extra=rows)

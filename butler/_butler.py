@@ -14,6 +14,9 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+# Opening a repository needs the registry (SQLAlchemy and its SQLite dialect): import it with
+# the class, so `from butler import Butler` carries that cost and the first open does not
+# (`import butler` alone stays cheap: ``Butler`` is one of its lazy attributes).
 from ._config import CONFIG_NAME, DEFAULT_SQLITE, RepoConfig
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
@@ -27,17 +30,19 @@ from .errors import (
     ReadOnlyError,
     RunOwnershipError,
 )
+from .registry._database import Database
+from .registry._registry import Registry
 
 if TYPE_CHECKING:
     from .datastore._datastore import FileDatastore, VerifyProblem
     from .dimensions import DimensionRecord
     from .registry._collections import CollectionRecord, CollectionType
     from .registry._datasets import FoundDataset
-    from .registry._registry import Registry
 
 __all__ = ["Butler", "DeferredDatasetHandle", "current_user"]
 
 _REGISTRIES: dict[tuple[str, str | None], Registry] = {}
+_IMPLIED_PLANS: dict[tuple[DimensionUniverse, DimensionGroup], tuple[tuple[str, Any, tuple[int, ...]], ...]] = {}
 
 
 def current_user() -> str:
@@ -49,9 +54,6 @@ def _open_registry(config: RepoConfig) -> Registry:
     key = (config.db_url, config.namespace)
     registry = _REGISTRIES.get(key)
     if registry is None:
-        from .registry._database import Database
-        from .registry._registry import Registry
-
         registry = Registry.open(Database(config.db_url, config.namespace))
         _REGISTRIES[key] = registry
     return registry
@@ -110,8 +112,6 @@ class Butler:
     ) -> Butler:
         """Create a repository at ``root`` (SQLite inside it unless ``db`` is a server URL)."""
         from .datastore._templates import TemplateSet
-        from .registry._database import Database
-        from .registry._registry import Registry
 
         root = os.path.abspath(os.fspath(root))
         if os.path.exists(os.path.join(root, CONFIG_NAME)):
@@ -280,14 +280,17 @@ class Butler:
         visit share one lookup.
         """
         registry = self._registry
-        universe = self.universe
-        values = data_id.to_dict()
+        group = data_id.group
+        plan = _IMPLIED_PLANS.get((group.universe, group))
+        if plan is None:  # per group: the elements that imply values, and where their keys are
+            universe = group.universe
+            plan = _IMPLIED_PLANS[(group.universe, group)] = tuple(
+                (owner, universe[owner], tuple(group.index[d] for d in universe[owner].required))
+                for owner in group.required if universe[owner].implies)
+        values = data_id.values
         out: dict[str, Any] = {}
-        for owner in data_id.group.required:
-            element = universe[owner]
-            if not element.implies:
-                continue
-            key = (owner, tuple(values[d] for d in element.required))
+        for owner, element, where in plan:
+            key = (owner, tuple([values[i] for i in where]))
             cached = self._implied_cache.get(key)
             if cached is None:
                 stmt = registry.records.implied_statement(element, registry.query_builder)
@@ -343,8 +346,11 @@ class Butler:
         return None
 
     # -- registration -------------------------------------------------------------------------
-    def register_instrument(self, instrument: Any, *, update: bool = False) -> None:
-        """Register a camera (an ``Instrument``, its name, class path or YAML path) and its records."""
+    def register_instrument(self, instrument: Any, *, update: bool = False, calibs: bool = True) -> None:
+        """Register a camera (an ``Instrument``, its name, class path or YAML path) and its records.
+
+        With ``calibs`` (default) also create the ``<instrument>/calib`` chain and certify the camera
+        there (see docs/calibrations.md)."""
         self._require_writeable()
         from .instrument import load_instrument
 
@@ -373,6 +379,10 @@ class Butler:
                         "templates": dict(inst.file_templates)}),
         )
         self._store = None
+        from ._calibs import setup_instrument_calibs
+
+        if calibs and existing is None:  # first registration only: re-registering is a no-op
+            setup_instrument_calibs(self, inst)  # <instrument>/calib chain and the camera (issue 7)
 
     def insert_dimension_records(self, element: str, records: Iterable[Mapping[str, Any]], *,
                                  conflict: str = "error") -> int:
@@ -399,11 +409,19 @@ class Butler:
         return created
 
     # -- skymaps and regions -------------------------------------------------------------------
-    def register_skymap(self, skymap: Any) -> bool:
-        """Register a skymap's tracts and patches (with regions and spatial index); False if present."""
+    def register_skymap(self, skymap: Any, tracts: Iterable[int] | int | None = None) -> int:
+        """Register a skymap's tracts and patches (with regions and spatial index), or only ``tracts``
+        and their patches; returns how many tracts were added (0: all were registered already)."""
         from ._skymaps import register_skymap
 
-        return register_skymap(self, skymap)
+        return register_skymap(self, skymap, tracts)
+
+    def register_flavors(self, flavors: Iterable[str | Mapping[str, Any]]) -> int:
+        """Register coadd flavors (records or strings such as "deep", "nightly-20261124"; see
+        ``butler.flavors``); returns how many were new."""
+        from .flavors import register_flavors
+
+        return register_flavors(self, flavors)
 
     def get_skymap(self, name: str) -> Any:
         """The registered skymap ``name``, rebuilt from its stored configuration."""
@@ -425,21 +443,15 @@ class Butler:
 
     def packer(self, kind: str, **data_id: Any) -> Any:
         """A data ID packer: "tract_patch" / "tract_patch_band" (give skymap=, and bands= for the
-        latter) or "visit_detector" / "exposure_detector" (give instrument=)."""
-        from .dimensions._packers import packer_for_instrument
+        latter) or "visit_detector" / "exposure_detector" (give instrument=), or the joint
+        "instrument_visit_detector" / "instrument_exposure_detector" (all instruments; issue 7)."""
+        if kind.startswith("instrument_"):
+            from ._multi_instrument import joint_packer
 
-        if kind in ("tract_patch", "tract_patch_band"):
-            skymap = self.get_skymap(data_id.pop("skymap"))
-            bands = data_id.pop("bands", None)
-            if kind == "tract_patch_band" and not bands:
-                bands = sorted(r.name for r in self.query_dimension_records("band"))
-            return skymap.packer(bands=bands if kind == "tract_patch_band" else None)
-        instrument = data_id.pop("instrument")
-        records = self.query_dimension_records("instrument", instrument=instrument)
-        if not records:
-            raise DataIdError(f"instrument {instrument!r} is not registered")
-        rec = records[0]
-        return packer_for_instrument(rec.visit_max, rec.detector_max, rec.exposure_max, kind)
+            return joint_packer(self, kind, data_id.pop("instruments", None))
+        from ._skymaps import data_id_packer
+
+        return data_id_packer(self, kind, **data_id)
 
     def get_dataset_type(self, name: str) -> DatasetType:
         return self._registry.dataset_types.get(name).dataset_type
@@ -478,6 +490,45 @@ class Butler:
         from ._writes import associate
 
         associate(self, collection, refs)
+
+    # -- calibrations (issue 7; see butler/_calibs.py) ------------------------------------------
+    def certify(self, collection: str, refs: Iterable[DatasetRef], valid_from: Any = None, valid_to: Any = None,
+                *, split: bool = False) -> int:
+        """Certify calibration refs into a CALIBRATION collection (created if absent) for the
+        half-open range [valid_from, valid_to) (None: unbounded). An overlap with a range already
+        certified for the same type and data ID is a ConflictError unless ``split=True``."""
+        from ._calibs import certify
+
+        return certify(self, collection, refs, valid_from, valid_to, split=split)
+
+    def decertify(self, collection: str, dataset_type: str, valid_from: Any = None, valid_to: Any = None, *,
+                  data_id: Any = None, **kwargs: Any) -> int:
+        """Remove [valid_from, valid_to) from the validity ranges of a type (of one data ID if given)."""
+        from ._calibs import decertify
+
+        return decertify(self, collection, dataset_type, valid_from, valid_to, data_id=data_id, **kwargs)
+
+    def find_calibs(self, dataset_type: str, pairs: Sequence[tuple[Any, Any]], collections: Any = None
+                    ) -> dict[tuple[DataCoordinate, int], DatasetRef]:
+        """Set-based lookup: {(data ID, time ns): ref} of the calibs valid at each (data ID, time)."""
+        from ._calibs import find_calibs
+
+        return find_calibs(self, dataset_type, pairs, collections)
+
+    def query_calibrations(self, collections: Any, dataset_type: str, *, data_id: Any = None, time: Any = None,
+                           **kwargs: Any) -> list[dict[str, Any]]:
+        """Certified validity ranges of a type in CALIBRATION collections."""
+        from ._calibs import query_calibrations
+
+        return query_calibrations(self, collections, dataset_type, data_id=data_id, time=time, **kwargs)
+
+    def certify_camera(self, instrument: Any, valid_from: Any, valid_to: Any = None, *,
+                       collection: str | None = None) -> DatasetRef:
+        """Store a camera version and certify it for [valid_from, valid_to) (default collection
+        ``<instrument>/calib/unbounded``), cutting earlier versions where it applies."""
+        from ._calibs import certify_camera
+
+        return certify_camera(self, instrument, valid_from, valid_to, collection=collection)
 
     # -- writes -------------------------------------------------------------------------------
     def put(self, obj: Any, dataset_type: str | DatasetType, data_id: Any = None, *, run: str | None = None,
@@ -546,6 +597,10 @@ class Butler:
         name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
         parent, _ = split_component(name)
         type_rec = registry.dataset_types.get(parent)
+        if type_rec.dataset_type.is_calibration:  # found by validity time (issue 7)
+            from ._calibs import find_calib
+
+            return find_calib(self, type_rec, data_id, kwargs, collections, required=required)
         coord = self._standardize(type_rec.group, data_id, kwargs)
         colls = self._resolve_collections(collections)
         with registry.db.transaction() as conn:

@@ -20,7 +20,7 @@ from .errors import ConflictError, DataIdError
 if TYPE_CHECKING:
     from ._butler import Butler
 
-__all__ = ["register_skymap", "load_skymap", "define_visits", "detector_corners"]
+__all__ = ["define_visits", "detector_corners", "load_skymap", "register_skymap", "sky_vectors"]
 
 PIXEL_SIZE_MM = 0.010  # focal-plane pixel pitch assumed by camera YAML offsets (10 um)
 
@@ -34,66 +34,106 @@ def _skymap_record(butler: Butler, name: str) -> Any | None:
     return records[0] if records else None
 
 
-def register_skymap(butler: Butler, skymap: Any) -> bool:
-    """Register ``skymap``'s tracts and patches; return False if it is already registered.
+def _conflict(butler: Butler, skymap: Any) -> ConflictError:
+    old = load_skymap(butler, skymap.name)
+    return ConflictError(
+        f"skymap {skymap.name!r} is already registered with a different configuration: "
+        f"{old.describe_difference(skymap)}; register the new one under another name"
+    )
 
-    Registering a different configuration under an existing name is a ``ConflictError`` that
-    says what differs.
+
+BATCH_TRACTS = 256  # tracts whose rows are computed and inserted together (bounded memory)
+
+
+def register_skymap(butler: Butler, skymap: Any, tracts: Iterable[int] | int | None = None) -> int:
+    """Register ``skymap``'s tracts and patches; return how many tracts were added.
+
+    ``tracts`` (tract ids) limits the registration to those tracts and their patches; tracts
+    already registered are skipped, so registering more tracts later, or the whole skymap
+    after a few tracts, adds only what is missing (0 when there is nothing to add). A tract id
+    outside the skymap is an error naming the valid range; registering a different
+    configuration under an existing name is a ``ConflictError`` that says what differs. Either
+    way nothing is written.
     """
+    import sqlalchemy as sa
+
     butler._require_writeable()
-    registry = butler._registry
+    wanted = skymap.check_tracts(tracts) if tracts is not None else None
     existing = _skymap_record(butler, skymap.name)
-    if existing is not None:
-        if existing.hash == skymap.digest:
-            return False
-        old = load_skymap(butler, skymap.name)
-        raise ConflictError(
-            f"skymap {skymap.name!r} is already registered with a different configuration: "
-            f"{old.describe_difference(skymap)}; register the new one under another name"
-        )
-    stored = json.dumps({"class": _class_path(skymap), "config": skymap.config}, sort_keys=True)
-    db = registry.db
+    if existing is not None and existing.hash != skymap.digest:
+        raise _conflict(butler, skymap)
+    registry = butler._registry
+    for attempt in range(3):
+        try:
+            with registry.db.transaction(write=True) as conn:
+                return _register_tracts(butler, conn, skymap, wanted)
+        except sa.exc.IntegrityError:
+            # Another process registered the same skymap or tracts meanwhile (PostgreSQL and
+            # MySQL; SQLite write transactions are serialised): what it added is skipped now.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _register_tracts(butler: Butler, conn: Any, skymap: Any, wanted: Any) -> int:
+    import numpy as np
+    import sqlalchemy as sa
+
+    registry = butler._registry
     schema = registry.schema
-    spatial = registry.records.spatial
-    pixels = spatial.pixels
-    tract_rows: list[tuple] = []
-    tract_index: list[tuple] = []
-    patch_rows: list[tuple] = []
-    patch_index: list[tuple] = []
     name = skymap.name
-    for tract_id, region in skymap.tract_regions():
-        tract_rows.append((name, tract_id, bytes(region.encode())))
-        tract_index.extend((name, tract_id, p) for p in pixels(region))
+    sk, tract_table = schema.elements["skymap"], schema.elements["tract"]
+    row = conn.execute(sa.select(sk.c.hash).where(sk.c.name == name)).first()
+    if row is None:
+        stored = json.dumps({"class": _class_path(skymap), "config": skymap.config}, sort_keys=True)
+        max_nx, max_ny = skymap.patch_grid
+        conn.execute(sk.insert().values(name=name, hash=skymap.digest, tract_max=skymap.num_tracts,
+                                        patch_nx_max=max_nx, patch_ny_max=max_ny, config=stored))
+        registered = np.zeros(0, dtype=np.int64)
+    elif row[0] != skymap.digest:
+        raise _conflict(butler, skymap)
+    else:
+        ids = conn.execute(sa.select(tract_table.c.id).where(tract_table.c.skymap == name)).scalars().all()
+        registered = np.asarray(ids, dtype=np.int64)
+    todo = np.arange(skymap.num_tracts, dtype=np.int64) if wanted is None else wanted
+    if len(registered):
+        todo = todo[~np.isin(todo, registered)]
+    for start in range(0, len(todo), BATCH_TRACTS):
+        _insert_tract_batch(butler, conn, skymap, todo[start:start + BATCH_TRACTS])
+    return len(todo)
+
+
+def _insert_tract_batch(butler: Butler, conn: Any, skymap: Any, tracts: Any) -> None:
+    """Tract and patch records of ``tracts`` with their regions and spatial index (bulk inserts)."""
+    from itertools import repeat
+
     import numpy as np
 
     from .skymap._geometry import encode_polygons
 
-    pixelization = spatial.pixelization
-    max_nx, max_ny = skymap.patch_grid
-    patch_ids = np.arange(max_nx * max_ny)
-    for start in range(0, skymap.num_tracts, 256):
-        tracts = np.arange(start, min(start + 256, skymap.num_tracts))
-        vertices = skymap.patch_vertices(tracts).reshape(-1, 4, 3)
-        encoded = encode_polygons(vertices)
-        tract_of = np.repeat(tracts, len(patch_ids)).tolist()
-        patch_of = np.tile(patch_ids, len(tracts)).tolist()
-        patch_rows.extend(
-            (name, t, p, p % max_nx, p // max_nx, e) for t, p, e in zip(tract_of, patch_of, encoded)
-        )
-        poly, pix = pixelization.envelopes(vertices)
-        pt, pp = np.asarray(tract_of)[poly].tolist(), np.asarray(patch_of)[poly].tolist()
-        patch_index.extend(zip([name] * len(pix), pt, pp, pix.tolist()))
-    with db.transaction(write=True) as conn:
-        conn.execute(schema.elements["skymap"].insert().values(
-            name=name, hash=skymap.digest, tract_max=skymap.num_tracts,
-            patch_nx_max=max_nx, patch_ny_max=max_ny, config=stored,
-        ))
-        db.bulk_insert(conn, schema.elements["tract"], ["skymap", "id", "region"], tract_rows)
-        db.bulk_insert(conn, schema.skypix["tract"], ["skymap", "id", "pix"], tract_index)
-        db.bulk_insert(conn, schema.elements["patch"], ["skymap", "tract", "id", "cell_x", "cell_y", "region"],
-                       patch_rows)
-        db.bulk_insert(conn, schema.skypix["patch"], ["skymap", "tract", "id", "pix"], patch_index)
-    return True
+    registry = butler._registry
+    db, schema = registry.db, registry.schema
+    pixelization = registry.records.spatial.pixelization
+    name = skymap.name
+    nx, ny = skymap.patch_grid
+    patch_ids = np.arange(nx * ny, dtype=np.int64)
+
+    vertices = skymap.tract_vertices(tracts)
+    db.bulk_insert(conn, schema.elements["tract"], ["skymap", "id", "region"],
+                   list(zip(repeat(name), tracts.tolist(), encode_polygons(vertices))))
+    poly, pix = pixelization.envelopes(vertices)
+    db.bulk_insert(conn, schema.skypix["tract"], ["skymap", "id", "pix"],
+                   list(zip(repeat(name), tracts[poly].tolist(), pix.tolist())))
+
+    vertices = skymap.patch_vertices(tracts).reshape(-1, 4, 3)
+    tract_of = np.repeat(tracts, len(patch_ids))
+    patch_of = np.tile(patch_ids, len(tracts))
+    db.bulk_insert(conn, schema.elements["patch"], ["skymap", "tract", "id", "cell_x", "cell_y", "region"],
+                   list(zip(repeat(name), tract_of.tolist(), patch_of.tolist(), (patch_of % nx).tolist(),
+                            (patch_of // nx).tolist(), encode_polygons(vertices))))
+    poly, pix = pixelization.envelopes(vertices)
+    db.bulk_insert(conn, schema.skypix["patch"], ["skymap", "tract", "id", "pix"],
+                   list(zip(repeat(name), tract_of[poly].tolist(), patch_of[poly].tolist(), pix.tolist())))
 
 
 _SKYMAPS: dict[tuple[str, str], Any] = {}
@@ -114,6 +154,61 @@ def load_skymap(butler: Butler, name: str) -> Any:
         skymap = cls.from_config(stored["config"])
         _SKYMAPS[key] = skymap
     return skymap
+
+
+# -- packers ----------------------------------------------------------------------------------
+SKYMAP_PACKERS = ("tract_patch", "tract_patch_band")
+INSTRUMENT_PACKERS = ("visit_detector", "exposure_detector")
+
+
+def data_id_packer(butler: Butler, kind: str, **data_id: Any) -> Any:
+    """The packer ``Butler.packer`` returns (see there); arguments are checked, errors say what is expected."""
+    if kind in SKYMAP_PACKERS:
+        allowed = {"skymap", "bands"} if kind == "tract_patch_band" else {"skymap"}
+        _check_packer_args(kind, data_id, "skymap", allowed)
+        skymap = load_skymap(butler, data_id["skymap"])
+        if kind == "tract_patch":
+            return skymap.packer()
+        bands = data_id.get("bands") or sorted(r.name for r in butler.query_dimension_records("band"))
+        if not bands:
+            raise DataIdError("no bands are registered; pass bands=[...] for a tract_patch_band packer")
+        return skymap.packer(bands=bands)
+    if kind in INSTRUMENT_PACKERS:
+        _check_packer_args(kind, data_id, "instrument", {"instrument"})
+        name = data_id["instrument"]
+        records = butler.query_dimension_records("instrument", instrument=name)
+        if not records:
+            known = [r.name for r in butler.query_dimension_records("instrument")]
+            raise DataIdError(f"instrument {name!r} is not registered; registered instruments: {known}")
+        record = records[0]
+        instrument = _registered_instrument(record)
+        if instrument is not None:  # the camera class's packer (it may override the default)
+            return instrument.packer(kind)
+        from .dimensions._packers import packer_for_instrument
+
+        return packer_for_instrument(record.visit_max, record.detector_max, record.exposure_max, kind)
+    raise ValueError(f"unknown packer kind {kind!r}; kinds: {[*SKYMAP_PACKERS, *INSTRUMENT_PACKERS]}")
+
+
+def _check_packer_args(kind: str, given: Mapping[str, Any], needed: str, allowed: set[str]) -> None:
+    if needed not in given:
+        raise DataIdError(f"a {kind!r} packer needs {needed}=...")
+    extra = sorted(set(given) - allowed)
+    if extra:
+        raise DataIdError(f"a {kind!r} packer takes {sorted(allowed)}, not {extra}")
+
+
+def _registered_instrument(record: Any) -> Any | None:
+    """The instrument class of a registered instrument record, when it loads with the same definition."""
+    from .instrument import load_instrument
+
+    try:
+        instrument = load_instrument(record.class_name)
+    except Exception:  # noqa: BLE001 - a YAML-only camera or a class not importable here: use the record
+        return None
+    if instrument.name != record.name or instrument.definition_digest() != record.definition_digest:
+        return None
+    return instrument
 
 
 # -- visit regions -----------------------------------------------------------------------------
@@ -152,62 +247,141 @@ def _sky_polygon(ra: float, dec: float, sky_angle: float, offsets: Iterable[tupl
     return sg.ConvexPolygon.convexHull(points) if hasattr(sg.ConvexPolygon, "convexHull") else sg.ConvexPolygon(points)
 
 
+def sky_vectors(ra: Any, dec: Any, sky_angle: Any, offsets: Any) -> Any:
+    """Unit vectors (E, ..., 3) of focal-plane offsets (arcsec, x east, y north; shape (..., 2))
+    around E boresights (degrees), by the same gnomonic projection as ``_sky_polygon``."""
+    import numpy as np
+
+    from .skymap._geometry import tangent_basis
+
+    ra, dec = np.atleast_1d(np.asarray(ra, dtype=float)), np.atleast_1d(np.asarray(dec, dtype=float))
+    rot = np.radians(np.atleast_1d(np.asarray(sky_angle, dtype=float)))
+    offsets = np.radians(np.asarray(offsets, dtype=float) / 3600.0)
+    p, e, n = tangent_basis(ra, dec)
+    extra = (None,) * (offsets.ndim - 1)
+    cos, sin = np.cos(rot)[(slice(None), *extra)], np.sin(rot)[(slice(None), *extra)]
+    x, y = offsets[..., 0][None], offsets[..., 1][None]
+    xr, yr = x * cos - y * sin, x * sin + y * cos
+    basis = (slice(None), *extra, slice(None))
+    v = p[basis] + xr[..., None] * e[basis] + yr[..., None] * n[basis]
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _check_orientation(vertices: Any, what: Any) -> Any:
+    """Polygons (N, K, 3) as counter-clockwise vertices; a degenerate one is a RegionError."""
+    import numpy as np
+
+    from .registry._spatial import RegionError
+
+    a, b, c = vertices, np.roll(vertices, -1, axis=1), np.roll(vertices, -2, axis=1)
+    turns = np.einsum("...i,...i->...", np.cross(a, b), c)  # sign of sphgeom's orientation(a, b, c)
+    scale = np.abs(turns).max(axis=1, keepdims=True)
+    ok = (turns > 1e-9 * scale).all(axis=1) & (scale[:, 0] > 0)
+    flipped = (turns < -1e-9 * scale).all(axis=1)
+    vertices = np.where(flipped[:, None, None], vertices[:, ::-1], vertices)
+    bad = ~(ok | flipped)
+    if bad.any():
+        raise RegionError(f"{what(int(np.flatnonzero(bad)[0]))}: the detector polygon is degenerate "
+                          "(zero width or height, or collinear corners)")
+    return vertices
+
+
 def define_visits(butler: Butler, instrument: str, *, where: str | None = None, update: bool = False,
                   exposures: Iterable[int] | None = None) -> int:
     """Define one visit per exposure (same id) with regions from the boresight and camera geometry.
 
-    Exposures need ``tracking_ra``, ``tracking_dec`` (and ``sky_angle``) in their records. With
-    ``update=True``, existing visits get recomputed regions (the spatial index follows at once).
-    Returns the number of visits defined or updated.
+    Exposures need ``tracking_ra``, ``tracking_dec`` (and ``sky_angle``) in their records. Exposures
+    that already have a visit are left alone unless ``update=True``, which recomputes their
+    records and regions from the exposure records (the spatial index follows in the same
+    transaction: no stale index rows). Returns the number of visits defined or updated.
     """
+    import lsst.sphgeom as sg
+    import numpy as np
+
+    from .skymap._geometry import encode_polygons
+
     butler._require_writeable()
     registry = butler._registry
-    data_id: dict[str, Any] = {"instrument": instrument}
-    records = butler.query_dimension_records("exposure", where=where, data_id=data_id)
+    if not butler.query_dimension_records("instrument", instrument=instrument):
+        known = [r.name for r in butler.query_dimension_records("instrument")]
+        raise DataIdError(f"instrument {instrument!r} is not registered; registered instruments: {known}")
+    records = butler.query_dimension_records("exposure", where=where, data_id={"instrument": instrument})
     if exposures is not None:
         wanted = set(exposures)
         records = [r for r in records if r.id in wanted]
     if not records:
-        raise DataIdError(f"no exposures of {instrument!r} match {where or 'the request'}; ingest raws first")
-    detectors = [d.to_dict() for d in butler.query_dimension_records("detector", instrument=instrument)]
-    detectors = [d for d in detectors if d.get("pixel_scale_arcsec") and d.get("bbox_width")]
+        what = f"where {where!r}" if where else "the request"
+        raise DataIdError(f"no exposures of {instrument!r} match {what}; ingest raws first")
     missing = [r.id for r in records if r.tracking_ra is None or r.tracking_dec is None]
     if missing:
-        raise DataIdError(f"exposures {missing[:10]} have no tracking_ra/tracking_dec; cannot compute regions")
+        raise DataIdError(f"exposures {missing[:10]} of {instrument!r} have no tracking_ra/tracking_dec; "
+                          "cannot compute regions")
+    detectors = [d.to_dict() for d in butler.query_dimension_records("detector", instrument=instrument)]
+    detectors = [d for d in detectors if d.get("pixel_scale_arcsec") and d.get("bbox_width")
+                 and d.get("bbox_height")]
+    if not detectors:
+        raise DataIdError(f"no detector of {instrument!r} has a geometry (pixel_scale_arcsec, bbox_width, "
+                          "bbox_height); cannot compute regions")
+    existing = {v.id for v in butler.query_dimension_records("visit", instrument=instrument)}
+    if not update:
+        records = [r for r in records if r.id not in existing]
+        if not records:
+            return 0
+    # Detector polygons of every exposure at once: (exposures, detectors, 4 corners, xyz).
+    offsets = np.array([detector_corners(d) for d in detectors])
+    vectors = sky_vectors([r.tracking_ra for r in records], [r.tracking_dec for r in records],
+                          [r.sky_angle or 0.0 for r in records], offsets)
+    n_det = len(detectors)
+    flat = _check_orientation(
+        vectors.reshape(-1, 4, 3),
+        lambda i: f"exposure {records[i // n_det].id}, detector {detectors[i % n_det]['id']}")
+    detector_regions = encode_polygons(flat)
     visit_rows = []
-    definition_rows = []
     region_rows = []
-    for r in records:
-        angle = r.sky_angle or 0.0
-        all_corners = []
-        for det in detectors:
-            corners = detector_corners(det)
-            all_corners.extend(corners)
-            region_rows.append({"instrument": instrument, "visit": r.id, "detector": det["id"],
-                                "region": _sky_polygon(r.tracking_ra, r.tracking_dec, angle, corners)})
-        visit_region = _sky_polygon(r.tracking_ra, r.tracking_dec, angle, all_corners)
+    for k, r in enumerate(records):
+        points = [sg.UnitVector3d(*v) for v in vectors[k].reshape(-1, 3).tolist()]
         visit_rows.append({
             "instrument": instrument, "id": r.id, "physical_filter": r.physical_filter, "day_obs": r.day_obs,
             "name": r.obs_id, "exposure_time": r.exposure_time, "begin": r.begin, "end": r.end,
             "tracking_ra": r.tracking_ra, "tracking_dec": r.tracking_dec, "sky_angle": r.sky_angle,
-            "region": visit_region,
+            "region": bytes(sg.ConvexPolygon.convexHull(points).encode()),
         })
-        definition_rows.append({"instrument": instrument, "exposure": r.id, "visit": r.id})
+        region_rows.extend({"instrument": instrument, "visit": r.id, "detector": d["id"],
+                            "region": detector_regions[k * n_det + j]} for j, d in enumerate(detectors))
+    definition_rows = [{"instrument": instrument, "exposure": r.id, "visit": r.id} for r in records]
     records_mgr = registry.records
-    if update:
-        existing = {v.id for v in butler.query_dimension_records("visit", instrument=instrument)}
-        new = [v for v in visit_rows if v["id"] not in existing]
-        with registry.db.transaction(write=True) as conn:
-            if new:
-                records_mgr.insert("visit", new, conn=conn)
-            records_mgr.insert("visit_definition", definition_rows, conflict="skip", conn=conn)
-            records_mgr.insert("visit_detector_region", region_rows, conflict="replace", conn=conn)
-            records_mgr.update_regions("visit", [{"instrument": instrument, "id": v["id"], "region": v["region"]}
-                                                 for v in visit_rows if v["id"] in existing], conn=conn)
-        return len(visit_rows)
+    schema = registry.schema
+    new_visits = [v for v in visit_rows if v["id"] not in existing]
+    old_visits = [v for v in visit_rows if v["id"] in existing]
     with registry.db.transaction(write=True) as conn:
-        records_mgr.insert("visit", visit_rows, conn=conn)
-        records_mgr.insert("visit_definition", definition_rows, conn=conn)
+        if old_visits:
+            ids = [v["id"] for v in old_visits]
+            vdr, vdr_index = schema.elements["visit_detector_region"], schema.skypix["visit_detector_region"]
+            for start in range(0, len(ids), 500):  # regions (and their index rows) are recomputed
+                chunk = ids[start:start + 500]
+                for table in (vdr_index, vdr):
+                    conn.execute(table.delete().where(table.c.instrument == instrument, table.c.visit.in_(chunk)))
+            _update_visits(registry, conn, old_visits)
+        if new_visits:
+            records_mgr.insert("visit", new_visits, conn=conn)
+        records_mgr.insert("visit_definition", definition_rows, conflict="skip", conn=conn)
         records_mgr.insert("visit_detector_region", region_rows, conn=conn)
     return len(visit_rows)
 
+
+def _update_visits(registry: Any, conn: Any, rows: list[dict[str, Any]]) -> None:
+    """Rewrite existing visit records (fields and region) and their spatial index."""
+    import sqlalchemy as sa
+
+    element = registry.universe["visit"]
+    table = registry.schema.elements["visit"]
+    converted = [registry.records.to_row(element, row) for row in rows]
+    registry.records._ensure_implied(element, converted, conn)  # a new day_obs record if needed
+    fields = [c for c in converted[0] if c not in ("instrument", "id")]
+    stmt = (table.update()
+            .where(table.c.instrument == sa.bindparam("key_instrument"), table.c.id == sa.bindparam("key_id"))
+            .values({f: sa.bindparam(f"new_{f}") for f in fields}))
+    conn.execute(stmt, [{"key_instrument": r["instrument"], "key_id": r["id"],
+                         **{f"new_{f}": r[f] for f in fields}} for r in converted])
+    registry.records.spatial.delete(conn, element, converted)
+    registry.records.spatial.insert(conn, element, converted)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
 from .errors import CollectionError, ConflictError
+from .registry._datasets import FileRecord
 
 if TYPE_CHECKING:
     from ._butler import Butler
@@ -74,7 +75,6 @@ def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | Non
     all_prepared = []
     refs: list[DatasetRef | None] = []
     component_items: list[tuple[int, Any, str, str, Any, dict]] = []
-    from .registry._datasets import FileRecord
 
     try:
         for item in items:

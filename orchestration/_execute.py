@@ -9,6 +9,7 @@ A Butler is opened once per worker process (by its pickled configuration).
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 import time
 import traceback
@@ -111,11 +112,7 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
             for name, ref in quantum.outputs.items():
                 prepared = datastore.prepare(ref, produced[name], butler._template_values(ref))
                 written.append(prepared)
-                datastore.commit(prepared)
-                from butler.registry._datasets import FileRecord
-
-                result.outputs.append((ref, [FileRecord(p.component, p.path, p.formatter, p.storage_class,
-                                                        p.staged.checksum, p.staged.size) for p in prepared]))
+                result.outputs.append((ref, [_commit_or_adopt(p) for p in prepared]))
         except BaseException:
             for prepared in written:
                 datastore.remove_files(p.path for p in prepared if p.staged.state == "committed")
@@ -128,6 +125,31 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
     except Exception as err:
         raise QuantumFailure(quantum.index, quantum.task, str(quantum.data_id), f"{type(err).__name__}: {err}",
                              traceback.format_exc()) from None
+
+
+def _commit_or_adopt(p: Any) -> Any:
+    """Move a staged output into place and return its file record.
+
+    The file may already be there when Dask re-executes a quantum whose result was lost with a
+    worker (its dependents still needed it): orphans of earlier runs are removed before execution,
+    so a file at this run's predicted path is this quantum's own earlier output, possibly already
+    registered. It is kept (never replaced under a registered checksum) and described as it is.
+    """
+    from butler.registry._datasets import FileRecord
+
+    try:
+        p.staged.commit()
+        checksum, size = p.staged.checksum, p.staged.size
+    except FileExistsError:
+        if os.path.isdir(p.staged.path):
+            p.staged.commit(overwrite=True)  # directory datasets carry per-chunk checksums of their own
+            checksum, size = p.staged.checksum, p.staged.size
+        else:
+            from butler.datastore._file_io import checksum_file
+
+            p.staged.discard()
+            checksum, size = checksum_file(p.staged.path), os.path.getsize(p.staged.path)
+    return FileRecord(p.component, p.path, p.formatter, p.storage_class, checksum, size)
 
 
 _ACCEPTS: dict[type, bool] = {}

@@ -25,7 +25,7 @@ from ._execute import ButlerConfig, QuantumFailure, QuantumResult, execute_quant
 from ._plan import RUN, Plan
 from ._provenance import write_init_outputs
 
-__all__ = ["DaskExecutor", "ExecutionReport", "prepare_run"]
+__all__ = ["DaskExecutor", "ExecutionReport", "check_picklable", "prepare_run"]
 
 
 @dataclass
@@ -52,14 +52,32 @@ class ExecutionReport:
         return "\n".join(lines)
 
 
+def check_picklable(plan: Plan) -> None:
+    """Every task (class and config) must travel to workers: fail before anything is written."""
+    import cloudpickle
+
+    from ._pipeline import PipelineError
+
+    for d in plan.tasks:
+        try:
+            cloudpickle.dumps(d)
+        except Exception as err:  # noqa: BLE001 - pickling raises anything (TypeError, PicklingError...)
+            raise PipelineError(
+                f"{d.label}: the task {d.class_path} with its config cannot be pickled to send it to Dask "
+                f"workers ({type(err).__name__}: {err}); config fields must be plain values"
+            ) from None
+
+
 def prepare_run(plan: Plan, butler: Butler) -> None:
-    """Register output dataset types, create the run, write init-outputs, clean up leftovers."""
+    """Check the tasks pickle, register output dataset types, create the run, write init-outputs,
+    clean up leftovers (partial outputs to clobber, orphan files of a killed run)."""
+    check_picklable(plan)
     run = plan.output_run
+    butler._run_record(run, False)  # ownership check (an existing run must be ours), before any write
     for d in plan.tasks:
         for conn in d.task_class.outputs().values():
             butler.register_dataset_type(conn.to_dataset_type())
     butler.register_run(run)
-    butler._run_record(run, False)  # ownership check
     write_init_outputs(plan, butler)
     clobber = [ref for q in plan.quanta if q.status == RUN for ref in q.context.get("clobber", ())]
     if clobber:

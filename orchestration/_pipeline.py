@@ -167,6 +167,8 @@ def _coerce(field: dataclasses.Field, value: Any, where: str) -> Any:
     kind = field.type if isinstance(field.type, type) else {"float": float, "int": int, "str": str,
                                                               "bool": bool}.get(str(field.type))
     if kind in (float, int) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind is int and not float(value).is_integer():
+            raise PipelineError(f"{where} must be int, got {value!r}")
         return kind(value)
     if kind is not None and not isinstance(value, kind):
         raise PipelineError(f"{where} must be {kind.__name__}, got {value!r}")

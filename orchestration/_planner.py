@@ -17,10 +17,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from butler import Butler, DataCoordinate, DatasetRef
+from butler import Butler, DataCoordinate, DatasetRef, DatasetType
 from butler.errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
 
-from ._connections import Connection, Input
+from ._connections import Connection, Input, PrerequisiteInput
 from ._pipeline import Pipeline, PipelineError, TaskDef
 from ._plan import RUN, SKIP, Plan, Quantum
 from ._provenance import init_output_types
@@ -51,8 +51,12 @@ class Planner:
         resume: bool = False,
         clobber_outputs: bool = False,
         skip_existing_in: Sequence[str] | None = None,
+        calibs: Mapping[str, str | Sequence[str]] | None = None,
     ) -> Plan:
+        """... ``calibs`` picks the calibration collections per dataset type of prerequisite
+        calibrations (default: ``butler.calibs``, else ``<instrument>/calib``)."""
         butler = self.butler
+        self._calibs = dict(calibs or {})
         universe = butler.universe
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         defs = pipeline.task_defs()
@@ -150,6 +154,8 @@ class Planner:
                         ) from None
                     continue
                 wanted = conn.to_dataset_type()
+                if registered.is_calibration and isinstance(conn, PrerequisiteInput):  # issue 7
+                    wanted = DatasetType(wanted.name, wanted.dimensions, wanted.storage_class, is_calibration=True)
                 if registered != wanted:
                     raise PipelineError(
                         f"{d.label}: connection {conn.name!r} declares {conn.dataset_type!r} as "
@@ -253,7 +259,13 @@ class Planner:
         q_group = quanta[0].data_id.group
         subset = set(cg.required) <= set(q_group.names)
         upstream_of = produced.get(c.dataset_type) if c.dataset_type in producers else None
-        if upstream_of is None:
+        calib = None  # prerequisite calibrations: by validity at the exposure/visit time (issue 7)
+        if upstream_of is None and isinstance(c, PrerequisiteInput):
+            from ._calib_lookup import resolve_calibs
+
+            calib = resolve_calibs(self.butler, c.dataset_type, cg, quanta,
+                                   lambda q: self._connection_keys(q, cg, subset, related), getattr(self, "_calibs", {}))
+        if upstream_of is None and calib is None:
             wanted: dict[tuple, DataCoordinate] = {}
             for q in quanta:
                 for ckey, imp in self._connection_keys(q, cg, subset, related).items():
@@ -269,7 +281,7 @@ class Planner:
                         upstream.add(hit[0])
                         refs.append(hit[1])
                 else:
-                    ref = found.get(ckey)
+                    ref = calib.get((q.index, ckey)) if calib is not None else found.get(ckey)
                     if ref is not None:
                         refs.append(ref)
             q.inputs[name] = tuple(refs)

@@ -87,7 +87,7 @@ def make_client(spec: str) -> Any:
 
 @click.command("run")
 @click.argument("repo", type=click.Path(file_okay=False))
-@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("pipeline", type=click.Path(dir_okay=False, exists=True))
 @click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="COLLECTION",
               help="Input collections, searched in order (repeat or comma-separate).")
 @click.option("-o", "--output-run", required=True, metavar="RUN", help="The RUN collection that receives outputs.")
@@ -111,11 +111,14 @@ def make_client(spec: str) -> Any:
 @click.option("--dry-run", is_flag=True, help="Print the plan (quanta to run and skip, and why) and stop.")
 @click.option("--explain", default=None, metavar="TASK[:k=v,...]", help="With --dry-run: explain quanta of a task.")
 @click.option("--save-plan", default=None, type=click.Path(dir_okay=False), help="Write the plan (gzip pickle).")
+@click.option("--calibs", "calibs", multiple=True, metavar="TYPE=COLLECTION",
+              help="Calibration collection of a dataset type, e.g. --calibs flat=SimCam/calib/flats-v2 (repeatable; "
+                   "default: <instrument>/calib).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_text: str, where: str,
         overrides: Sequence[str], tasks: str | None, cluster: str, retries: int, resume: bool, extend_run: bool,
         clobber_outputs: bool, skip_existing_in: Sequence[str], replace_run: bool, dry_run: bool,
-        explain: str | None, save_plan: str | None, progress: bool | None) -> None:
+        explain: str | None, save_plan: str | None, progress: bool | None, calibs: Sequence[str] = ()) -> None:
     """Plan PIPELINE (a YAML file) over REPO and execute it on Dask.
 
     \b
@@ -132,7 +135,13 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
     from ._planner import Planner
 
     collections = [c for item in inputs for c in item.split(",") if c]
-    butler = Butler(repo, writeable=True, collections=collections)
+    calib_map = {}
+    for item in calibs:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise click.BadParameter(f"{item!r} is not TYPE=COLLECTION", param_hint="'--calibs'")
+        calib_map[key.strip()] = value.strip()
+    butler = Butler(repo, writeable=True, collections=collections, calibs=calib_map)
     pipe = Pipeline.from_yaml(pipeline).apply_overrides(overrides)
     if tasks:
         pipe = pipe.subset(tasks if tasks in pipe.subsets else tasks.split(","))
@@ -144,7 +153,7 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
             butler.remove_runs(output_run)
     plan = Planner(butler).build(pipe, inputs=collections, output_run=output_run, where=full_where, bind=bind,
                                  extend_run=extend_run, resume=resume, clobber_outputs=clobber_outputs,
-                                 skip_existing_in=list(skip_existing_in) or None)
+                                 skip_existing_in=list(skip_existing_in) or None, calibs=calib_map)
     if save_plan:
         plan.save(save_plan)
     click.echo(plan.summary())

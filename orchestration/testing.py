@@ -1,19 +1,37 @@
-"""Small tasks for tests and benchmarks of the framework (importable by Dask workers)."""
+"""Small tasks and repositories for tests and benchmarks of the framework.
+
+Everything here is importable by Dask workers (tasks must be importable by class path).
+
+* ``AddTask`` -> ``SumTask``: metrics_in (visit, detector) -> added (visit, detector) -> visit_sum (visit).
+* ``NoOpTask``, ``FailingTask``, ``FlakyTask`` (fails once per quantum, then succeeds: for retries),
+  ``SplitTask`` (two outputs per quantum: for partial-output restarts), ``UnpicklableConfigTask``.
+* ``CalibrateTask`` -> ``WarpTask`` -> ``CoaddTask``: no-op tasks with the demo pipeline's
+  connection shapes (raw -> calexp (visit, detector) -> warp (visit, patch) -> coadd (patch, band)),
+  for planning benchmarks.
+* ``make_metrics_repo``: SimCam, visit records and ``metrics_in`` datasets in one run.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ._connections import Input, Output
 from ._task import Task
 
-__all__ = ["AddTask", "SumTask", "NoOpTask", "FailingTask"]
+__all__ = ["AddTask", "CalibrateTask", "CoaddTask", "FailingTask", "FlakyTask", "NoOpTask", "SplitTask",
+           "SumTask", "UnpicklableConfigTask", "WarpTask", "make_metrics_repo"]
 
 
 class AddTask(Task):
-    """metrics_in (visit, detector) -> added (visit, detector): value + offset."""
+    """metrics_in (visit, detector) -> added (visit, detector): value + offset.
+
+    ``sleep`` makes each quantum slow; ``fail_on_detector`` makes one detector fail; ``log`` is a
+    file to which each execution appends ``"<input value> <pid>"`` (to count executions).
+    """
 
     dimensions = ("instrument", "visit", "detector")
 
@@ -22,6 +40,7 @@ class AddTask(Task):
         offset: float = 1.0
         fail_on_detector: int = -1
         sleep: float = 0.0
+        log: str = ""
 
     source = Input(dataset_type="metrics_in", dimensions=("instrument", "visit", "detector"))
     added = Output(dataset_type="added", dimensions=("instrument", "visit", "detector"))
@@ -31,6 +50,9 @@ class AddTask(Task):
             time.sleep(self.config.sleep)
         if source.get("detector") == self.config.fail_on_detector:
             raise ValueError(f"detector {self.config.fail_on_detector} is configured to fail")
+        if self.config.log:
+            with open(self.config.log, "a") as f:  # one short O_APPEND write per line: atomic
+                f.write(f"{source['value']} {os.getpid()}\n")
         return {"added": {**source, "value": source["value"] + self.config.offset, "pid": os.getpid()}}
 
 
@@ -72,3 +94,121 @@ class FailingTask(AddTask):
 
     def run(self, source):
         raise RuntimeError("this task always fails")
+
+
+class FlakyTask(Task):
+    """Fails the first time it runs each quantum, succeeds after (a marker file per data ID)."""
+
+    dimensions = ("instrument", "visit", "detector")
+
+    @dataclass
+    class Config:
+        marker_dir: str = ""
+
+    source = Input(dataset_type="metrics_in", dimensions=("instrument", "visit", "detector"))
+    out = Output(dataset_type="flaky_out", dimensions=("instrument", "visit", "detector"))
+
+    def run(self, source, context):
+        marker = os.path.join(self.config.marker_dir, f"v{context.data_id['visit']}-d{context.data_id['detector']}")
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return {"out": {"value": source["value"], "attempt": 2}}
+        os.close(fd)
+        raise RuntimeError(f"flaky failure (first attempt; marker {marker})")
+
+
+class SplitTask(Task):
+    """Two outputs per quantum (for partial-output restarts): metrics_in -> low, high."""
+
+    dimensions = ("instrument", "visit", "detector")
+
+    @dataclass
+    class Config:
+        threshold: float = 20.0
+
+    source = Input(dataset_type="metrics_in", dimensions=("instrument", "visit", "detector"))
+    low = Output(dataset_type="split_low", dimensions=("instrument", "visit", "detector"))
+    high = Output(dataset_type="split_high", dimensions=("instrument", "visit", "detector"))
+
+    def run(self, source):
+        v = source["value"]
+        return {"low": {"value": min(v, self.config.threshold)}, "high": {"value": max(v, self.config.threshold)}}
+
+
+class UnpicklableConfigTask(AddTask):
+    """AddTask whose config holds a lock: it cannot be sent to workers."""
+
+    @dataclass
+    class Config:
+        offset: float = 1.0
+        fail_on_detector: int = -1
+        sleep: float = 0.0
+        log: str = ""
+        lock: Any = field(default_factory=threading.Lock)
+
+
+# -- the demo's connection shapes, doing nothing (planning benchmarks) ----------------------------
+class CalibrateTask(Task):
+    """raw (exposure, detector) -> calexp (visit, detector)."""
+
+    dimensions = ("instrument", "visit", "detector")
+
+    @dataclass
+    class Config:
+        pass
+
+    raw = Input(dataset_type="raw", dimensions=("instrument", "exposure", "detector"))
+    calexp = Output(dataset_type="calexp", dimensions=("instrument", "visit", "detector"))
+
+    def run(self, raw):
+        return {"calexp": {"raw": raw}}
+
+
+class WarpTask(Task):
+    """calexps of the detectors of a visit that overlap a patch -> warp (visit, patch)."""
+
+    dimensions = ("instrument", "visit", "skymap", "tract", "patch")
+
+    @dataclass
+    class Config:
+        pass
+
+    calexp = Input(dataset_type="calexp", dimensions=("instrument", "visit", "detector"), multiple=True)
+    warp = Output(dataset_type="warp", dimensions=("instrument", "visit", "skymap", "tract", "patch"))
+
+    def run(self, calexp):
+        return {"warp": {"n": len(calexp)}}
+
+
+class CoaddTask(Task):
+    """warps of all visits of a band that overlap a patch -> coadd (patch, band)."""
+
+    dimensions = ("skymap", "tract", "patch", "band")
+
+    @dataclass
+    class Config:
+        pass
+
+    warp = Input(dataset_type="warp", dimensions=("instrument", "visit", "skymap", "tract", "patch"), multiple=True)
+    coadd = Output(dataset_type="coadd", dimensions=("skymap", "tract", "patch", "band"))
+
+    def run(self, warp):
+        return {"coadd": {"n": len(warp)}}
+
+
+# -- repositories --------------------------------------------------------------------------------
+def make_metrics_repo(butler: Any, *, visits: int = 5, detectors: int = 9, run: str = "in") -> list[Any]:
+    """Register SimCam, ``visits`` visit records and ``metrics_in`` datasets
+    (``{"value": 10 * visit + detector, "detector": detector}``) in ``run``; return the refs."""
+    from butler import DatasetType
+    from butler.instrument import SimCam
+
+    butler.register_instrument(SimCam())
+    butler.insert_dimension_records("visit", [
+        {"instrument": "SimCam", "id": v, "physical_filter": "SimCam-r", "day_obs": 20261124} for v in range(visits)
+    ])
+    butler.register_dataset_type(DatasetType("metrics_in", ("instrument", "visit", "detector"), "StructuredData"))
+    return butler.put_many([({"value": v * 10 + d, "detector": d}, "metrics_in",
+                             {"instrument": "SimCam", "visit": v, "detector": d})
+                            for v in range(visits) for d in range(detectors)], run=run)

@@ -35,7 +35,7 @@ def simcam_repo(repo_factory):
 
     repo = repo_factory()
     butler = Butler(repo.root, run="u/tester/run1")
-    butler.register_instrument(SimCam())
+    butler.register_instrument(SimCam(), calibs=False)  # no <instrument>/calib chain nor camera dataset
     butler.insert_dimension_records("visit", [
         {"instrument": "SimCam", "id": 12, "physical_filter": "SimCam-r", "day_obs": 20261124,
          "exposure_time": 30.0, "begin": "2026-11-24T03:00:00", "end": "2026-11-24T03:00:30"},

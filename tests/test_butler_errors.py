@@ -42,7 +42,7 @@ def repo(request, tmp_path_factory):
     factory = RepoFactory(str(tmp_path_factory.mktemp(f"errors-{backend}")), backend)
     try:
         butler = Butler(factory().root, run=RUN)
-        butler.register_instrument(SimCam())
+        butler.register_instrument(SimCam(), calibs=False)
         butler.insert_dimension_records("visit", [
             {"instrument": "SimCam", "id": 12, "physical_filter": "SimCam-r", "day_obs": 20261124,
              "exposure_time": 30.0, "begin": "2026-11-24T03:00:00", "end": "2026-11-24T03:00:30"},

@@ -155,7 +155,7 @@ def test_refresh_sees_what_another_process_registered(simcam_repo):
         butler.register_collection("u/tester/child_tagged", "TAGGED")
         butler.insert_dimension_records("visit", [{"instrument": "SimCam", "id": 16, "physical_filter": "SimCam-i",
                                                    "day_obs": 20261125, "exposure_time": 12.0}])
-        butler.register_instrument(HexCam())
+        butler.register_instrument(HexCam(), calibs=False)
         butler.insert_dimension_records("visit", [{"instrument": "HexCam", "id": 1, "physical_filter": "HX-N921",
                                                    "day_obs": 20261125}])
         butler.put({"child": 1}, "metrics", instrument="SimCam", visit=16, ccd=4)

@@ -38,7 +38,7 @@ def query_repo(request, tmp_path_factory):
     factory = RepoFactory(str(tmp_path_factory.mktemp(f"queries-{backend}")), backend)
     try:
         butler = Butler(factory().root, writeable=True)
-        butler.register_instrument(SimCam())
+        butler.register_instrument(SimCam(), calibs=False)
         records = [
             {"instrument": "SimCam", "id": v, "physical_filter": pf, "day_obs": day, "exposure_time": t,
              "begin": begin, "end": begin[:-2] + "30"}

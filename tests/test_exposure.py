@@ -23,9 +23,9 @@ from butler.datastore._formatters import formatter_for
 from butler.errors import ChecksumError, StorageClassError
 from butler.exposure import Box, Exposure, WcsError
 
-SHAPE = (600, 700)  # not a multiple of the 512 x 512 chunks: edge chunks are exercised
+SHAPE = (600, 700)  # not a multiple of the chunks (zarr: 374-row strips): edge chunks are exercised
 CUT = Box(x0=100, y0=200, width=256, height=256)
-CROSS = Box(x0=400, y0=400, width=256, height=150)  # crosses the 4 chunks around (512, 512)
+CROSS = Box(x0=400, y0=400, width=256, height=150)  # crosses row and column 512 (tile edges)
 FORMATS = ["zarr", "exposure_fits"]
 
 
@@ -234,6 +234,33 @@ def zarr_formatter():
     return formatter_for(get_storage_class("Exposure"), "zarr")
 
 
+def _plane_meta(path: str, plane: str) -> dict:
+    with open(os.path.join(path, plane, "zarr.json")) as f:
+        return json.load(f)
+
+
+def shard_index(path: str, plane: str = "image") -> list[tuple[int, int]]:
+    """(offset, size) of each chunk of the plane's shard file c/0/0 (index at the end, crc-checked)."""
+    config = _plane_meta(path, plane)["codecs"][0]["configuration"]
+    shard_shape = _plane_meta(path, plane)["chunk_grid"]["configuration"]["chunk_shape"]
+    n = int(np.prod([s // c for s, c in zip(shard_shape, config["chunk_shape"])]))
+    with open(os.path.join(path, plane, "c", "0", "0"), "rb") as f:
+        f.seek(-(16 * n + 4), os.SEEK_END)
+        raw = f.read()
+    import google_crc32c
+
+    assert google_crc32c.value(raw[:-4]) == int.from_bytes(raw[-4:], "little")
+    return [tuple(map(int, row)) for row in np.frombuffer(raw[:-4], "<u8").reshape(n, 2)]
+
+
+def strip_rows(path: str, plane: str = "image") -> int:
+    return _plane_meta(path, plane)["codecs"][0]["configuration"]["chunk_shape"][0]
+
+
+def shard_reads(stats, key="image/c/0/0"):
+    return [n for k, n in stats.reads if k == key]
+
+
 def test_zarr_layout_and_partial_reads(zarr_formatter, tmp_path):
     from butler.datastore._zarr_io import io_stats
 
@@ -242,25 +269,135 @@ def test_zarr_layout_and_partial_reads(zarr_formatter, tmp_path):
     with open(os.path.join(path, "zarr.json")) as f:
         root = json.load(f)
     assert root["zarr_format"] == 3 and root["attributes"]["butler"]["layout"] == 1
-    with open(os.path.join(path, "image", "zarr.json")) as f:
-        codecs = [c["name"] for c in json.load(f)["codecs"]]
-    assert codecs[0] == "bytes" and codecs[-1] == "crc32c"
+    files = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, names in os.walk(path) for n in names)
+    assert files == ["image/c/0/0", "image/zarr.json", "mask/c/0/0", "mask/zarr.json", "psf/c/0/0", "psf/zarr.json",
+                     "variance/c/0/0", "variance/zarr.json", "zarr.json"]  # one shard file per plane
+    for plane, inner in [("image", ["bytes", "crc32c"]), ("variance", ["bytes", "crc32c"]),
+                         ("mask", ["bytes", "blosc", "crc32c"])]:
+        (codec,) = _plane_meta(path, plane)["codecs"]
+        assert codec["name"] == "sharding_indexed"
+        config = codec["configuration"]
+        assert [c["name"] for c in config["codecs"]] == inner  # a crc32c per chunk
+        assert [c["name"] for c in config["index_codecs"]] == ["bytes", "crc32c"] and config["index_location"] == "end"
+        rows, columns = config["chunk_shape"]
+        assert columns == SHAPE[1] and rows * columns * 4 <= 1 << 20 < (rows + 1) * columns * 4  # ~1 MiB strips
+    rows = strip_rows(path)
+    index = shard_index(path)
+    assert len(index) == 2 and index[0] == (0, rows * 700 * 4 + 4)  # uncompressed: chunk + crc32c, in order
     with io_stats() as stats:
         zarr_formatter.read(path, component="wcs")
     assert stats.keys == ["zarr.json"]  # no probing of other keys, no pixels
     with io_stats() as stats:
         zarr_formatter.read(path, component="image", parameters={"bbox": Box(x0=10, y0=10, width=20, height=20)})
-    assert sorted(stats.keys) == ["image/c/0/0", "image/zarr.json", "zarr.json"]  # root: origin and shape
+    assert sorted(set(stats.keys)) == ["image/c/0/0", "image/zarr.json", "zarr.json"]  # root: origin and shape
+    assert shard_reads(stats) == [16 * 2 + 4, index[0][1]]  # the shard's index, then the one chunk hit
+    crossing = Box(x0=100, y0=rows - 50, width=300, height=100)
     with io_stats() as stats:
-        zarr_formatter.read(path, component="image", parameters={"bbox": CROSS})
-    assert sorted(stats.keys) == ["image/c/0/0", "image/c/0/1", "image/c/1/0", "image/c/1/1", "image/zarr.json",
-                                  "zarr.json"]
+        cut = zarr_formatter.read(path, component="image", parameters={"bbox": crossing})
+    np.testing.assert_array_equal(cut, exp.image[rows - 50:rows + 50, 100:400])
+    assert shard_reads(stats) == [16 * 2 + 4, index[0][1], index[1][1]]
     with io_stats() as stats:
         lazy = zarr_formatter.read(path, parameters={"lazy": True})
     assert not any(k.startswith(("image/c", "mask/c", "variance/c")) for k in stats.keys)  # no pixels yet (psf is)
     with io_stats() as stats:
         lazy.image[0:10, 600:610].compute()
-    assert stats.keys == ["image/c/0/1"]
+    assert stats.reads == [("image/c/0/0", 16 * 2 + 4), ("image/c/0/0", index[0][1])]
+
+
+def test_zarr_compressors_are_an_option(tmp_path):
+    from butler.datastore._formatters_zarr import ZarrExposureFormatter
+
+    exp = make_exposure()
+    formatter = ZarrExposureFormatter(get_storage_class("Exposure"), compressors={"image": "lz4", "mask": "zstd"})
+    path = write(formatter, exp, tmp_path)
+    inner = {p: [c["name"] for c in _plane_meta(path, p)["codecs"][0]["configuration"]["codecs"]]
+             for p in ("image", "mask", "variance")}
+    assert inner == {"image": ["bytes", "blosc", "crc32c"], "mask": ["bytes", "zstd", "crc32c"],
+                     "variance": ["bytes", "crc32c"]}
+    got = formatter_for(get_storage_class("Exposure"), "zarr").read(path)  # reads need no option
+    for plane in ("image", "mask", "variance"):
+        np.testing.assert_array_equal(getattr(got, plane), getattr(exp, plane))
+    with pytest.raises(ValueError, match=r"unknown compressor 'snappy' for 'image'; known: \['lz4', "):
+        ZarrExposureFormatter(compressors={"image": "snappy"})
+    with pytest.raises(ValueError, match="unknown plane 'sky'"):
+        ZarrExposureFormatter(compressors={"sky": "lz4"})
+
+
+def test_plane_layout():
+    from butler.datastore._zarr_io import plane_layout
+
+    assert plane_layout((4096, 4096), 4) == ((64, 4096), (4096, 4096))  # 1 MiB strips, one shard
+    assert plane_layout((16384, 16384), 4) == ((16, 16384), (1024, 16384))  # 64 MiB shards
+    assert plane_layout((3, 4), 8) == ((3, 4), (3, 4))
+    assert plane_layout((10, 1 << 20), 4) == ((10, 512), (10, 1 << 20))  # rows over 1 MiB: tiles
+
+
+def test_zarr_many_shards_and_tiles(tmp_path):
+    """Smaller strips and shards (as for planes bigger than 64 MiB): several shard files, read by both readers."""
+    import zarr
+
+    from butler.datastore._formatters_zarr import ZarrExposureFormatter
+    from butler.datastore._zarr_io import io_stats
+
+    class Small(ZarrExposureFormatter):
+        __slots__ = ()
+        chunk_bytes = 50 * 700 * 4
+        shard_bytes = 4 * 50 * 700 * 4
+
+    exp = make_exposure()
+    path = write(Small(get_storage_class("Exposure")), exp, tmp_path)
+    assert sorted(os.listdir(os.path.join(path, "image", "c"))) == ["0", "1", "2"]  # 200-row shards
+    formatter = formatter_for(get_storage_class("Exposure"), "zarr")
+    got = formatter.read(path)
+    for plane in ("image", "mask", "variance"):
+        np.testing.assert_array_equal(getattr(got, plane), getattr(exp, plane))
+        np.testing.assert_array_equal(zarr.open_array(path, path=plane, mode="r", zarr_format=3)[...],
+                                      getattr(exp, plane))
+    with io_stats() as stats:
+        cut = formatter.read(path, component="variance", parameters={"bbox": Box(x0=5, y0=190, width=30, height=20)})
+    np.testing.assert_array_equal(cut, exp.variance[190:210, 5:35])
+    assert sorted(k for k in stats.keys if "/c/" in k) == ["variance/c/0/0"] * 2 + ["variance/c/1/0"] * 2
+    # zarr-python writes tiles in shards (its chunk order, index at the start too): read by the fast path.
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
+    new = np.random.default_rng(3).normal(size=SHAPE).astype(np.float32)
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    del root["image"]
+    root.create_array("image", shape=SHAPE, dtype="f4", chunks=(100, 100), shards=(200, 300),
+                      compressors=[Crc32cCodec()])[...] = new
+    np.testing.assert_array_equal(formatter.read(path, component="image", parameters={"bbox": CROSS}),
+                                  new[400:550, 400:656])
+    del root["variance"]
+    root.create_array("variance", shape=SHAPE, dtype="f4", chunks=(300, 350), compressors=None,
+                      serializer=ShardingCodec(chunk_shape=(100, 350), codecs=[BytesCodec(), Crc32cCodec()],
+                                               index_location="start"))[...] = new
+    np.testing.assert_array_equal(formatter.read(path).variance, new)
+
+
+def test_zarr_reads_the_unsharded_layout(zarr_formatter, tmp_path):
+    """Stores of the first layout (one file per 512 x 512 chunk, blosc-lz4) are still read by the fast path."""
+    import zarr
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    exp = make_exposure()
+    path = write(zarr_formatter, exp, tmp_path)
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    del root["image"]
+    root.create_array("image", shape=SHAPE, dtype="f4", chunks=(512, 512),
+                      compressors=[BloscCodec(cname="lz4", shuffle="shuffle"), Crc32cCodec()])[...] = exp.image
+    np.testing.assert_array_equal(zarr_formatter.read(path).image, exp.image)
+    np.testing.assert_array_equal(zarr_formatter.read(path, component="image", parameters={"bbox": CROSS}),
+                                  exp.image[400:550, 400:656])
+    chunk = os.path.join(path, "image", "c", "1", "1")
+    with open(chunk, "r+b") as f:
+        f.seek(10)
+        byte = f.read(1)
+        f.seek(10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ChecksumError, match=__import__("re").escape(chunk)):
+        zarr_formatter.read(path, component="image", parameters={"bbox": CROSS})
+    np.testing.assert_array_equal(zarr_formatter.read(path, component="image", parameters={"bbox": CUT}),
+                                  exp.image[200:456, 100:356])
 
 
 def test_zarr_python_reads_what_we_write_and_we_read_what_it_writes(zarr_formatter, tmp_path):
@@ -272,11 +409,12 @@ def test_zarr_python_reads_what_we_write_and_we_read_what_it_writes(zarr_formatt
     for plane in ("image", "mask", "variance", "psf"):
         expected = exp.psf if plane == "psf" else getattr(exp, plane)
         np.testing.assert_array_equal(group[plane][...], expected)
+    np.testing.assert_array_equal(group["image"][400:550, 400:656], exp.image[400:550, 400:656])
     # zarr-python rewrites the image with the same codecs: we read its chunks.
     new = np.random.default_rng(1).normal(size=SHAPE).astype(np.float32)
     zarr.open_array(path, path="image", mode="r+", zarr_format=3)[...] = new
     np.testing.assert_array_equal(zarr_formatter.read(path, component="image"), new)
-    # A sharded array (codecs this module does not decode itself) is read through zarr-python.
+    # An array with codecs this module does not decode itself (no crc32c) is read through zarr-python.
     import shutil
 
     shutil.rmtree(os.path.join(path, "image"))
@@ -288,43 +426,48 @@ def test_zarr_python_reads_what_we_write_and_we_read_what_it_writes(zarr_formatt
 
 
 def _damage(path: str, how: str) -> str:
-    chunk = os.path.join(path, "image", "c", "0", "1")
-    if how == "flip":
-        with open(chunk, "r+b") as f:
-            f.seek(1000)
+    """Damage the image shard: a byte of its second chunk, its index, or the whole file."""
+    shard = os.path.join(path, "image", "c", "0", "0")
+    if how in ("flip", "index"):
+        offset = shard_index(path)[1][0] + 1000 if how == "flip" else os.path.getsize(shard) - 10
+        with open(shard, "r+b") as f:
+            f.seek(offset)
             byte = f.read(1)
-            f.seek(1000)
+            f.seek(offset)
             f.write(bytes([byte[0] ^ 0xFF]))
     elif how == "truncate":
-        os.truncate(chunk, os.path.getsize(chunk) // 2)
+        os.truncate(shard, os.path.getsize(shard) // 2)
     elif how == "empty":
-        os.truncate(chunk, 0)
+        os.truncate(shard, 0)
     else:
-        os.unlink(chunk)
-    return chunk
+        os.unlink(shard)
+    return shard
 
 
-@pytest.mark.parametrize("how", ["flip", "truncate", "empty", "missing"])
+@pytest.mark.parametrize("how", ["flip", "index", "truncate", "empty", "missing"])
 def test_zarr_damaged_chunk_raises_checksum_error_on_every_read_path(zarr_formatter, tmp_path, how):
     exp = make_exposure()
     path = write(zarr_formatter, exp, tmp_path)
-    chunk = _damage(path, how)
-    touching = Box(x0=600, y0=0, width=50, height=50)  # inside chunk (0, 1)
+    rows = strip_rows(path)
+    shard = _damage(path, how)
+    touching = Box(x0=600, y0=rows + 10, width=50, height=50)  # inside the second chunk
     reads = {
         "full": lambda: zarr_formatter.read(path),
         "component": lambda: zarr_formatter.read(path, component="image"),
         "cutout": lambda: zarr_formatter.read(path, parameters={"bbox": touching}),
         "component cutout": lambda: zarr_formatter.read(path, component="image", parameters={"bbox": touching}),
         "lazy": lambda: zarr_formatter.read(path, parameters={"lazy": True}).image.compute(),
-        "lazy cutout": lambda: zarr_formatter.read(path, parameters={"lazy": True}).image[0:10, 600:610].compute(),
+        "lazy cutout": lambda: zarr_formatter.read(path, parameters={"lazy": True}).image[
+            rows + 10:rows + 20, 600:610].compute(),
     }
-    for read in reads.values():
-        with pytest.raises(ChecksumError, match=__import__("re").escape(chunk)):
+    for name, read in reads.items():
+        with pytest.raises(ChecksumError, match=__import__("re").escape(shard)):
             read()
-    # Reads that do not touch the damaged chunk still work.
-    np.testing.assert_array_equal(
-        zarr_formatter.read(path, component="image", parameters={"bbox": Box(x0=0, y0=0, width=10, height=10)}),
-        exp.image[:10, :10])
+    if how == "flip":  # reads that do not touch the damaged chunk still work
+        np.testing.assert_array_equal(
+            zarr_formatter.read(path, component="image", parameters={"bbox": Box(x0=0, y0=0, width=10, height=10)}),
+            exp.image[:10, :10])
+    np.testing.assert_array_equal(zarr_formatter.read(path, component="variance"), exp.variance)  # other planes
     assert zarr_formatter.read(path, component="photo_calib") == 1.7
 
 
@@ -366,18 +509,46 @@ def test_zarr_memory_store(zarr_formatter):
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """python's static file server, which ignores ``Range`` headers (sends whole files)."""
+
     def log_message(self, format, *args):
         pass
 
 
-@pytest.fixture
-def http_root(tmp_path):
-    """A real HTTP server (python's http.server, in a thread) serving ``tmp_path``."""
-    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+class _RangeHandler(_QuietHandler):
+    """The same with single ``Range: bytes=a-b`` / ``bytes=-n`` requests, as real servers and object stores."""
+
+    def send_head(self):
+        spec = self.headers.get("Range", "")
+        path = self.translate_path(self.path)
+        if not spec.startswith("bytes=") or "," in spec or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        first, _, last = spec[len("bytes="):].partition("-")
+        start, stop = (max(0, size - int(last)), size) if not first else (int(first), min(size, int(last or size - 1) + 1))
+        stream = open(path, "rb")
+        stream.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        self.send_header("Content-Length", str(stop - start))
+        self.end_headers()
+        import io
+
+        data = stream.read(stop - start)
+        stream.close()
+        return io.BytesIO(data)
+
+
+@pytest.fixture(params=["ranges", "no-ranges"])
+def http_root(request, tmp_path):
+    """A real HTTP server (python's http.server, in a thread) serving ``tmp_path``, with or without ranges."""
+    handler = functools.partial(_RangeHandler if request.param == "ranges" else _QuietHandler,
+                                directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://127.0.0.1:{server.server_address[1]}", request.param == "ranges"
     server.shutdown()
     server.server_close()
     thread.join(5)
@@ -386,22 +557,31 @@ def http_root(tmp_path):
 def test_zarr_http_store(zarr_formatter, tmp_path, http_root):
     from butler.datastore._zarr_io import io_stats
 
+    root, ranges = http_root
     exp = make_exposure()
-    write(zarr_formatter, exp, tmp_path)
-    url = f"{http_root}/calexp.zarr"
+    path = write(zarr_formatter, exp, tmp_path)
+    rows, index = strip_rows(path), shard_index(path)
+    url = f"{root}/calexp.zarr"
+    crossing = Box(x0=400, y0=rows - 50, width=256, height=150)  # both chunks: one range request
     with io_stats() as stats:
-        cut = zarr_formatter.read_location(url, component="image", parameters={"bbox": CROSS})
-    np.testing.assert_array_equal(cut, exp.image[400:550, 400:656])
-    assert len(stats.keys) == 6  # zarr.json, image/zarr.json and the 4 chunks the box touches
+        cut = zarr_formatter.read_location(url, component="image", parameters={"bbox": crossing})
+    np.testing.assert_array_equal(cut, exp.image[rows - 50:rows + 100, 400:656])
+    assert [k for k, _ in stats.reads] == ["zarr.json", "image/zarr.json", "image/c/0/0", "image/c/0/0"]
+    if ranges:  # the index, then both chunks in one request; without ranges the whole file, cut here
+        assert shard_reads(stats) == [16 * 2 + 4, index[0][1] + index[1][1]]
     got = zarr_formatter.read_location(url, parameters={"bbox": CUT})
     np.testing.assert_array_equal(got.mask, exp.mask[200:456, 100:356])
+    np.testing.assert_array_equal(zarr_formatter.read_location(url).variance, exp.variance)
     assert_same_wcs(zarr_formatter.read_location(url, component="wcs"), exp.wcs)
-    chunk = _damage(str(tmp_path / "calexp.zarr"), "flip")
-    with pytest.raises(ChecksumError, match=f"{url}/image/c/0/1"):
+    shard = _damage(path, "flip")
+    with pytest.raises(ChecksumError, match=f"{url}/image/c/0/0"):
         zarr_formatter.read_location(url, component="image")
-    assert os.path.exists(chunk)
+    first = Box(x0=0, y0=0, width=700, height=rows)  # the first chunk is intact
+    np.testing.assert_array_equal(zarr_formatter.read_location(url, component="image", parameters={"bbox": first}),
+                                  exp.image[:rows])
+    assert os.path.exists(shard)
     with pytest.raises(FileNotFoundError):
-        zarr_formatter.read_location(f"{http_root}/missing.zarr")
+        zarr_formatter.read_location(f"{root}/missing.zarr")
 
 
 # -- FITS only --------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ BAD_CASES = [
     pytest.param(["detectors"], [], "detectors: expected at least one detector", id="no-detectors"),
     pytest.param(["file_templates"], {"raw": ""}, "file_templates.raw: expected a non-empty template", id="tmpl"),
     pytest.param(["class_name"], "NotDotted", "class_name: expected a dotted Python class path", id="class"),
-    pytest.param(["inherits"], "SimCam", "inherits: expected no 'inherits' key", id="inherits"),
+    pytest.param(["inherits"], "NoSuchCam", "inherits: parent camera 'NoSuchCam' does not exist", id="inherits"),
     pytest.param(["detector_maxx"], 3, "detector_maxx: unknown key; expected one of", id="typo"),
 ]
 

@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from ._options import collections_option, data_id_option, format_option, repo_argument, where_option
+from ._options import (
+    collections_option,
+    data_id_option,
+    format_option,
+    merge_shorthand,
+    repo_argument,
+    shorthand_options,
+    where_option,
+)
 
 __all__ = [
     "query_collections",
@@ -27,12 +35,14 @@ _GLOB_CHARS = "*?["
                     "collections ('*').")
 @where_option
 @data_id_option
+@shorthand_options
 @click.option("--find-all", is_flag=True,
               help="List every matching dataset in every collection searched, not only the first found per "
                    "data ID (the default when no collection is a glob).")
 @format_option
 def query_datasets(repo: str, dataset_type: str, collections: Sequence[str], where: str | None,
-                   data_id: dict[str, Any], find_all: bool, fmt: str) -> None:
+                   data_id: dict[str, Any], instrument: str | None, skymap: str | None, tract: int | None,
+                   patch: int | None, find_all: bool, fmt: str) -> None:
     """List the datasets of TYPE (a name or a glob of names) in REPO.
 
     Prints the dataset type, run, data ID values and id of each dataset found.
@@ -41,8 +51,11 @@ def query_datasets(repo: str, dataset_type: str, collections: Sequence[str], whe
     Example:
       butler query-datasets /data/repo calexp -c u/alice/run1 -w "visit > 10 AND band = 'r'"
       butler query-datasets /data/repo 'calexp*' -d instrument=SimCam -d visit=12 --format json
+      butler query-datasets /data/repo raw --skymap rings120 --tract 9000 --patch 45
     """
     from .._butler import Butler
+
+    data_id = merge_shorthand(data_id, instrument=instrument, skymap=skymap, tract=tract, patch=patch)
 
     butler = Butler(repo)
     if any(ch in dataset_type for ch in _GLOB_CHARS):
@@ -76,12 +89,14 @@ def query_datasets(repo: str, dataset_type: str, collections: Sequence[str], whe
 @click.argument("dimensions", metavar="DIMENSION...", nargs=-1, required=True)
 @where_option
 @data_id_option
+@shorthand_options
 @click.option("--datasets", multiple=True, metavar="TYPE",
               help="Only data IDs for which a dataset of this type exists in --collections (repeatable).")
 @collections_option("Collections searched for --datasets (repeatable; globs and chains allowed). Default: all "
                     "collections ('*').")
 @format_option
 def query_data_ids(repo: str, dimensions: Sequence[str], where: str | None, data_id: dict[str, Any],
+                   instrument: str | None, skymap: str | None, tract: int | None, patch: int | None,
                    datasets: Sequence[str], collections: Sequence[str], fmt: str) -> None:
     """List the data IDs of DIMENSION... that exist in REPO.
 
@@ -91,9 +106,12 @@ def query_data_ids(repo: str, dimensions: Sequence[str], where: str | None, data
     Example:
       butler query-data-ids /data/repo visit detector -d instrument=SimCam -w "band = 'r'"
       butler query-data-ids /data/repo visit --datasets calexp -c u/alice/run1
+      butler query-data-ids /data/repo visit detector --skymap rings120 --tract 9000 --patch 45
     """
     from .._butler import Butler
     from ._output import print_rows
+
+    data_id = merge_shorthand(data_id, instrument=instrument, skymap=skymap, tract=tract, patch=patch)
 
     butler = Butler(repo)
     if datasets and not collections and not butler.query_collections():

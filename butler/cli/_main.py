@@ -58,6 +58,21 @@ class ButlerGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List commands without importing plugins (``butler --help`` stays fast)."""
+        rows = []
+        plugins = self._plugins()
+        for name in self.list_commands(ctx):
+            if name in plugins:
+                rows.append((name, f"Provided by {plugins[name].value.split(':')[0]}; see `butler {name} --help`."))
+            else:
+                command = super().get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
         if command is None:
@@ -236,3 +251,13 @@ def _dataset_counts(butler: Butler, run_ids: Sequence[int]) -> dict[int, int]:
 for _command in (query_datasets, query_data_ids, query_dimension_records, query_collections,
                  query_dataset_types):
     cli.add_command(_command)
+
+from ._commands_calibs import certify_calibrations, query_calibrations  # noqa: E402  (issue 7)
+
+cli.add_command(certify_calibrations)
+cli.add_command(query_calibrations)
+
+from ._commands_skymap import define_visits, register_skymap  # (issue 4)
+
+cli.add_command(register_skymap)
+cli.add_command(define_visits)

@@ -12,8 +12,10 @@ __all__ = [
     "collections_option",
     "data_id_option",
     "format_option",
+    "merge_shorthand",
     "parse_data_id",
     "repo_argument",
+    "shorthand_options",
     "where_option",
 ]
 
@@ -75,3 +77,28 @@ def format_option(f: F) -> F:
         "--format", "-f", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
         help="Output format.",
     )(f)
+
+
+SHORTHAND_KEYS = ("instrument", "skymap", "tract", "patch")
+
+
+def shorthand_options(f: F) -> F:
+    """``--instrument``, ``--skymap``, ``--tract``, ``--patch``: shorthands for ``--data-id KEY=VALUE``."""
+    f = click.option("--patch", type=int, default=None, metavar="ID", help="Shorthand for -d patch=ID.")(f)
+    f = click.option("--tract", type=int, default=None, metavar="ID", help="Shorthand for -d tract=ID.")(f)
+    f = click.option("--skymap", default=None, metavar="NAME", help="Shorthand for -d skymap=NAME.")(f)
+    return click.option("--instrument", "-i", default=None, metavar="NAME",
+                        help="Shorthand for -d instrument=NAME.")(f)
+
+
+def merge_shorthand(data_id: dict[str, Any], **shorthand: Any) -> dict[str, Any]:
+    """``data_id`` plus the shorthand options that were given; the same key given twice must agree."""
+    out = dict(data_id)
+    for key, value in shorthand.items():
+        if value is None:
+            continue
+        if key in out and out[key] != value:
+            raise click.BadParameter(f"--{key} {value} disagrees with --data-id {key}={out[key]}",
+                                     param_hint=f"'--{key}'")
+        out[key] = value
+    return out

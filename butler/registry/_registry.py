@@ -3,15 +3,26 @@
 Opening a registry reads one small table (``butler_attributes``); collections and dataset
 types are loaded on first use and cached; datasets and dimension records are always queried,
 so datasets written by other processes are visible at once.
+
+Import cost belongs to ``from butler import Butler``, not to the first open: importing this
+module imports SQLAlchemy and the SQLite dialect (the default backend). The query builder and
+its where-expression parser are imported by the first query, which is the first to need them.
+The universe is stored twice at creation, as its YAML text (the identity of the universe) and as
+JSON (``universe_json``, with the digest of that text), so that opening parses it with ``json``
+instead of importing PyYAML.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3  # noqa: F401 - the default backend's driver, imported by the first open otherwise
+import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.sqlite  # noqa: F401 - the default backend; create_engine would import it at open
 
 from ..dimensions import DimensionUniverse
 from ..errors import ButlerError, RegistryConnectionError, RepositoryNotFoundError
@@ -20,28 +31,71 @@ from ._database import Database
 from ._dataset_types import DatasetTypeManager
 from ._datasets import DatasetManager
 from ._dimension_records import DimensionRecordManager
-from ._query import QueryBuilder
 from ._schema import SCHEMA_VERSION, RegistrySchema
 
+if TYPE_CHECKING:
+    from ._query import QueryBuilder
+
 __all__ = ["Registry"]
+
+_PARTS = frozenset({"schema", "collections", "dataset_types", "records", "datasets"})
 
 _OPENED: dict[tuple[str, str | None], tuple[str, dict[str, str]]] = {}
 
 
 class Registry:
-    """Managers for collections, dataset types, dimension records and datasets over one database."""
+    """Managers for collections, dataset types, dimension records and datasets over one database.
 
-    def __init__(self, db: Database, universe: DimensionUniverse, attributes: Mapping[str, str]):
+    The table definitions (``schema``) and the managers are built on first use, together and
+    under a lock, so opening a registry costs one small query and no schema construction (a few
+    ms, with the MySQL type variants' import); the query builder is built by the first query.
+    """
+
+    schema: RegistrySchema
+    collections: CollectionManager
+    dataset_types: DatasetTypeManager
+    records: DimensionRecordManager
+    datasets: DatasetManager
+    query_builder: QueryBuilder
+
+    def __init__(self, db: Database, universe: DimensionUniverse, attributes: Mapping[str, str],
+                 schema: RegistrySchema | None = None):
         self.db = db
         self.universe = universe
         self.attributes = dict(attributes)
         self._instruments: dict[str, dict[str, Any]] | None = None
-        self.schema = RegistrySchema(universe, db.namespace)
-        self.collections = CollectionManager(db, self.schema)
-        self.dataset_types = DatasetTypeManager(db, self.schema)
-        self.records = DimensionRecordManager(db, self.schema)
-        self.datasets = DatasetManager(db, self.schema, self.dataset_types, self.collections, self.records)
-        self.query_builder = QueryBuilder(self.schema)
+        self._lock = threading.Lock()
+        if schema is not None:
+            self._build(schema)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for attributes not set yet: the lazily built parts.
+        if name in _PARTS:
+            self._build()
+        elif name == "query_builder":
+            from ._query import QueryBuilder
+
+            with self._lock:
+                if "query_builder" not in self.__dict__:
+                    self.__dict__["query_builder"] = QueryBuilder(self.schema)
+        else:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.__dict__[name]
+
+    def _build(self, schema: RegistrySchema | None = None) -> None:
+        with self._lock:
+            if "datasets" in self.__dict__:
+                return
+            db = self.db
+            schema = schema or RegistrySchema(self.universe, db.namespace)
+            collections = CollectionManager(db, schema)
+            dataset_types = DatasetTypeManager(db, schema)
+            records = DimensionRecordManager(db, schema)
+            datasets = DatasetManager(db, schema, dataset_types, collections, records)
+            # "datasets" last: its presence says that every part is there.
+            self.__dict__.update(schema=schema, collections=collections, dataset_types=dataset_types,
+                                 records=records)
+            self.__dict__["datasets"] = datasets
 
     @classmethod
     def create(cls, db: Database, universe: DimensionUniverse, extra: Mapping[str, str] | None = None) -> Registry:
@@ -52,6 +106,7 @@ class Registry:
             "schema_version": str(SCHEMA_VERSION),
             "universe": universe.text,
             "universe_version": str(universe.version),
+            **_universe_json(universe),
             **(extra or {}),
         }
         with db.transaction(write=True) as conn:
@@ -64,7 +119,7 @@ class Registry:
         schema.metadata.create_all(db.engine, tables=schema.static_tables())
         with db.transaction(write=True) as conn:
             conn.execute(schema.attributes.insert(), [{"name": k, "value": v} for k, v in attributes.items()])
-        return cls(db, universe, attributes)
+        return cls(db, universe, attributes, schema)
 
     @classmethod
     def open(cls, db: Database) -> Registry:
@@ -72,7 +127,7 @@ class Registry:
         key = (db.url, db.namespace)
         try:
             with db.transaction() as conn:
-                t = RegistrySchema.attributes_table(db.namespace)
+                t = _attributes_table(db.namespace)
                 rows = dict(conn.execute(sa.select(t.c.name, t.c.value)).all())
         except RegistryConnectionError:
             raise
@@ -89,7 +144,7 @@ class Registry:
                 f"registry schema version {rows.get('schema_version')} is not supported by this butler "
                 f"(version {SCHEMA_VERSION})"
             )
-        universe = DimensionUniverse.from_text(rows["universe"])
+        universe = _universe_from_attributes(rows)
         _OPENED[key] = (rows["universe"], rows)
         return cls(db, universe, rows)
 
@@ -125,3 +180,55 @@ class Registry:
     def table_row_counts(self, tables: Iterable[sa.Table]) -> dict[str, int]:
         with self.db.transaction() as conn:
             return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for t in tables}
+
+
+def _universe_json(universe: DimensionUniverse) -> dict[str, str]:
+    """The ``universe_json`` attribute: the universe's parsed YAML as JSON, with the text's digest."""
+    import yaml
+
+    config = yaml.load(universe.text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    text = json.dumps({"digest": _digest(universe.text), "config": config}, separators=(",", ":"))
+    if json.loads(text)["config"] != config:  # not plain JSON data: opening will parse the YAML
+        return {}
+    return {"universe_json": text}
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _universe_from_attributes(rows: Mapping[str, str]) -> DimensionUniverse:
+    """The registry's universe, from ``universe_json`` when it matches the stored text (no PyYAML).
+
+    The universe is registered in ``DimensionUniverse``'s caches exactly as ``from_text`` would,
+    so the text stays its identity (pickles, ``from_version``, ``default()`` give the same object).
+    """
+    text = rows["universe"]
+    stored = rows.get("universe_json")
+    by_digest = getattr(DimensionUniverse, "_by_digest", None)
+    by_version = getattr(DimensionUniverse, "_by_version", None)
+    if stored is None or not isinstance(by_digest, dict) or not isinstance(by_version, dict):
+        return DimensionUniverse.from_text(text)
+    digest = _digest(text)
+    universe = by_digest.get(digest)
+    if universe is not None:
+        return universe
+    try:
+        data = json.loads(stored)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or data.get("digest") != digest or not isinstance(data.get("config"), dict):
+        return DimensionUniverse.from_text(text)
+    universe = DimensionUniverse(data["config"], text)
+    if universe.digest != digest:  # a universe that digests its text differently: use the public path
+        return DimensionUniverse.from_text(text)
+    by_digest[digest] = universe
+    by_version.setdefault(universe.version, universe)
+    return universe
+
+
+def _attributes_table(namespace: str | None) -> sa.Table:
+    """``butler_attributes`` for reading at open, with generic column types: the schema's
+    case-sensitive string type would import SQLAlchemy's MySQL dialect whatever the backend."""
+    return sa.Table("butler_attributes", sa.MetaData(schema=namespace),
+                    sa.Column("name", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False))

@@ -113,6 +113,7 @@ class RegistrySchema:
     quantum: sa.Table = field(init=False)
     quantum_output: sa.Table = field(init=False)
     skypix: dict[str, sa.Table] = field(init=False)
+    calibs: sa.Table = field(init=False)
     _tags: dict[str, sa.Table] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -197,6 +198,23 @@ class RegistrySchema:
                       primary_key=True),
             sa.Column("quantum_id", DatasetIdType, sa.ForeignKey(self.quantum.c.quantum_id, ondelete="CASCADE"),
                       nullable=False, index=True),
+        )
+        # CALIBRATION collections (issue 7): one generic table; a calib's data ID is the one of
+        # its RUN tags row (see butler/registry/_calibrations.py). Validity is [begin, end) in ns.
+        self.calibs = sa.Table(
+            "dataset_calibs",
+            md,
+            sa.Column("calib_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                      autoincrement=True),
+            sa.Column("collection_id", sa.Integer,
+                      sa.ForeignKey(self.collection.c.collection_id, ondelete="CASCADE"), nullable=False),
+            sa.Column("dataset_type_id", sa.Integer, sa.ForeignKey(self.dataset_type.c.dataset_type_id),
+                      nullable=False),
+            sa.Column("dataset_id", DatasetIdType, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
+                      nullable=False, index=True),
+            sa.Column("begin_ns", sa.BigInteger, nullable=False),
+            sa.Column("end_ns", sa.BigInteger, nullable=False),
+            sa.Index("dataset_calibs_lookup", "collection_id", "dataset_type_id", "begin_ns"),
         )
         self.elements = {}
         for element in self.universe.elements:
@@ -295,4 +313,4 @@ class RegistrySchema:
     def static_tables(self) -> list[sa.Table]:
         return [self.attributes, self.collection, self.collection_chain, self.dataset_type, self.dataset,
                 self.file_record, self.quantum, self.quantum_output, *self.elements.values(),
-                *self.skypix.values()]
+                *self.skypix.values(), self.calibs]

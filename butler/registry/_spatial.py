@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from ..dimensions import DimensionElement, DimensionUniverse
 from ..errors import DataIdError
 
-__all__ = ["SpatialIndex", "regions_overlap", "validate_region", "RegionError"]
+__all__ = ["RegionError", "SpatialIndex", "encoded_vertices", "regions_overlap", "validate_region"]
 
 _SHRINK = 1e-7
 
@@ -121,18 +121,26 @@ class SpatialIndex:
         return self.pixelization.envelope(region)
 
     def index_rows(self, element: DimensionElement, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Index rows for records whose ``region`` is set (regions as encoded bytes)."""
-        import lsst.sphgeom as sg
+        """Index rows for records whose ``region`` is set (regions as encoded bytes).
+
+        Vectorised: polygons with the same number of vertices go through one ``envelopes`` call.
+        """
+        import numpy as np
 
         keys = element.primary_key_columns
+        with_region = [row for row in rows if row.get("region") is not None]
+        groups: dict[int, list[int]] = {}
+        vertices = []
+        for i, row in enumerate(with_region):
+            v = encoded_vertices(row["region"])
+            vertices.append(v)
+            groups.setdefault(len(v), []).append(i)
         out = []
-        for row in rows:
-            data = row.get("region")
-            if data is None:
-                continue
-            key = {k: row[k] for k in keys}
-            for pix in self.pixels(sg.Region.decode(data)):
-                out.append({**key, "pix": pix})
+        for members in groups.values():
+            poly, pix = self.pixelization.envelopes(np.stack([vertices[i] for i in members]))
+            for p, px in zip(poly.tolist(), pix.tolist()):
+                row = with_region[members[p]]
+                out.append({**{k: row[k] for k in keys}, "pix": px})
         return out
 
     def insert(self, conn: sa.Connection, element: DimensionElement, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -141,6 +149,25 @@ class SpatialIndex:
             conn.execute(self.tables[element.name].insert(), index_rows)
 
     def delete(self, conn: sa.Connection, element: DimensionElement, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Delete the index rows of records (one executemany)."""
+        if not rows:
+            return
         table = self.tables[element.name]
-        for row in rows:
-            conn.execute(table.delete().where(*[table.c[k] == row[k] for k in element.primary_key_columns]))
+        keys = element.primary_key_columns
+        stmt = table.delete().where(*[table.c[k] == sa.bindparam(f"key_{k}") for k in keys])
+        conn.execute(stmt, [{f"key_{k}": row[k] for k in keys} for row in rows])
+
+
+def encoded_vertices(data: bytes) -> Any:
+    """Vertices (K, 3) of a convex polygon holding an encoded region (read straight from the bytes
+    for ConvexPolygons: a type byte then three little-endian doubles per vertex)."""
+    import numpy as np
+
+    data = bytes(data)
+    if data[:1] == b"p" and (len(data) - 1) % 24 == 0:
+        return np.frombuffer(data, dtype="<f8", offset=1).reshape(-1, 3)
+    import lsst.sphgeom as sg
+
+    from ._pixelization import region_vertices
+
+    return region_vertices(sg.Region.decode(data))

@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -215,10 +215,36 @@ class SkyMap(ABC):
     # -- regions for the registry ----------------------------------------------------------
     def tract_regions(self) -> Iterator[tuple[int, ConvexPolygon]]:
         """(tract id, outer region) of every tract: the region the registry stores."""
-        t = self._table
-        corners = geo.box_corners(np.zeros_like(t.width), np.zeros_like(t.height), t.width, t.height)
-        polygons = geo.polygons_from_vertices(self._pixels_to_vectors(np.arange(self.num_tracts), corners))
+        polygons = geo.polygons_from_vertices(self.tract_vertices(np.arange(self.num_tracts)))
         return iter(enumerate(polygons))
+
+    def tract_vertices(self, tracts: Any) -> np.ndarray:
+        """Counter-clockwise corner unit vectors (len(tracts), 4, 3) of tracts' outer boxes."""
+        tracts = np.atleast_1d(np.asarray(tracts, dtype=np.int64))
+        t = self._table
+        zeros = np.zeros(len(tracts), dtype=np.int64)
+        corners = geo.box_corners(zeros, zeros, t.width[tracts], t.height[tracts])
+        return self._pixels_to_vectors(tracts, corners)
+
+    def check_tracts(self, tracts: Any) -> np.ndarray:
+        """Sorted distinct tract ids (int64 array) of an int or an iterable of ints, all in the skymap.
+
+        Anything else (an id outside ``0 .. num_tracts - 1``, a non-integer, an empty selection)
+        is an error naming the first offending value and the valid range.
+        """
+        if _is_int(tracts):
+            tracts = [tracts]
+        if isinstance(tracts, (str, bytes)) or not isinstance(tracts, Iterable):
+            raise SkyMapIndexError(f"tracts must be an iterable of tract ids of skymap {self.name!r}, got {tracts!r}")
+        values = list(tracts)
+        if not values:
+            raise SkyMapIndexError(f"no tracts given for skymap {self.name!r} (pass None for all tracts); "
+                                   f"valid tract ids are 0 to {self.num_tracts - 1}")
+        for i, value in enumerate(values):
+            if not _is_int(value) or not 0 <= value < self.num_tracts:
+                raise SkyMapIndexError(f"skymap {self.name!r} has no tract {value!r} (tracts[{i}]); "
+                                       f"valid tract ids are 0 to {self.num_tracts - 1}")
+        return np.unique(np.asarray(values, dtype=np.int64))
 
     def patch_regions(self, tract_id: int) -> list[tuple[int, int, int, ConvexPolygon]]:
         """(patch id, x, y, outer region) of every patch of one tract, in patch-id order."""

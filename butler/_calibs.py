@@ -1,0 +1,492 @@
+"""Calibrations for the Butler: certify/decertify, validity lookups, per-type calib collections,
+camera versions (see docs/calibrations.md).
+
+A calibration dataset type (``DatasetType(..., is_calibration=True)``) is looked up by validity
+time: ``butler.get("flat", instrument=..., detector=..., exposure=1234)`` takes the begin time
+of exposure 1234 (or of a visit, or an explicit ``time=``) and finds the dataset certified for
+that time. The collections searched are, in order of precedence: ``collections=`` of the call,
+``Butler(calibs={"flat": ...})`` for that type, else ``<instrument>/calib``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from ._dataset_ref import DatasetRef
+from ._dataset_type import DatasetType
+from .dimensions import DataCoordinate
+from .errors import ButlerError, CollectionError, DataIdError, DatasetNotFoundError, DatasetTypeError
+from .registry._calibrations import MAX_NS, MIN_NS, CalibRow, calibrations_of, format_ns, format_range
+
+if TYPE_CHECKING:
+    from ._butler import Butler
+    from .registry._collections import CollectionRecord
+    from .registry._dataset_types import DatasetTypeRecord
+    from .registry._datasets import FoundDataset
+
+__all__ = [
+    "CAMERA_DATASET_TYPE",
+    "ValidityRangeError",
+    "calib_search_path",
+    "certify",
+    "certify_camera",
+    "decertify",
+    "find_calib",
+    "find_calibs",
+    "observation_times",
+    "query_calibrations",
+    "setup_instrument_calibs",
+    "time_range",
+]
+
+CAMERA_DATASET_TYPE = DatasetType("camera", ("instrument",), "StructuredData", is_calibration=True)
+"""The camera description of an instrument (its canonical definition), certified by validity."""
+
+_OBSERVATION_KEYS = ("exposure", "visit")
+
+
+class ValidityRangeError(ValueError, ButlerError):
+    """A validity range is empty or reversed, or a time cannot be read."""
+
+
+# -- times ---------------------------------------------------------------------------------------
+def _ns(value: Any, default: int) -> int:
+    from ._time import to_nsec
+
+    if value is None:
+        return default
+    try:
+        return to_nsec(value)
+    except ValueError as err:
+        raise ValidityRangeError(str(err)) from None
+
+
+def time_range(valid_from: Any, valid_to: Any) -> tuple[int, int]:
+    """[begin, end) in ns from user times (None: unbounded); end must be after begin."""
+    begin = _ns(valid_from, MIN_NS)
+    end = _ns(valid_to, MAX_NS)
+    if end <= begin:
+        raise ValidityRangeError(
+            f"validity range ends before it begins: valid_from={valid_from!r} ({format_ns(begin)}) is not "
+            f"before valid_to={valid_to!r} ({format_ns(end)}); ranges are half-open [begin, end)"
+        )
+    return begin, end
+
+
+# -- certify / decertify ---------------------------------------------------------------------------
+def _calibration_collection(butler: Butler, name: str, *, create: bool) -> tuple[CollectionRecord | None, bool]:
+    from .registry._collections import CollectionType, validate_collection_name
+
+    rec = butler._registry.collections.find(name)
+    if rec is None:
+        if not create:
+            butler._registry.collections.get(name)  # raises CollectionError with close matches
+        validate_collection_name(name)
+        return None, True
+    if rec.type != CollectionType.CALIBRATION:
+        raise CollectionError(
+            f"{name!r} is a {rec.type.name} collection, not a CALIBRATION collection; certify into (and "
+            "decertify from) CALIBRATION collections only"
+        )
+    return rec, False
+
+
+def _calibration_type(butler: Butler, name: str) -> DatasetTypeRecord:
+    type_rec = butler._registry.dataset_types.get(name)
+    if not type_rec.dataset_type.is_calibration:
+        raise DatasetTypeError(
+            f"dataset type {name!r} is not a calibration type; register it with "
+            f"DatasetType({name!r}, ..., is_calibration=True) to certify it"
+        )
+    return type_rec
+
+
+def certify(butler: Butler, collection: str, refs: Iterable[DatasetRef], valid_from: Any, valid_to: Any, *,
+            split: bool = False) -> int:
+    """Certify ``refs`` into the CALIBRATION ``collection`` (created if absent) for [from, to).
+
+    Returns the number of ranges inserted (already identical certifications are skipped).
+    """
+    butler._require_writeable()
+    begin, end = time_range(valid_from, valid_to)
+    registry = butler._registry
+    manager = calibrations_of(registry)
+    rec, create = _calibration_collection(butler, collection, create=True)
+    by_type: dict[str, list[DatasetRef]] = {}
+    for ref in refs:
+        by_type.setdefault(ref.dataset_type.name, []).append(ref)
+    type_recs = {name: _calibration_type(butler, name) for name in by_type}
+    manager.ensure_table()
+    n = 0
+    with registry.db.transaction(write=True) as conn:
+        try:
+            if create:
+                from .registry._collections import CollectionType
+
+                rec, _ = registry.collections.register(collection, CollectionType.CALIBRATION, conn=conn)
+            assert rec is not None
+            _check_refs_exist(butler, conn, [r for refs_ in by_type.values() for r in refs_])
+            for name, type_refs in by_type.items():
+                type_rec = type_recs[name]
+                items = []
+                for ref in type_refs:
+                    data_id = ref.data_id
+                    if data_id.group is not type_rec.group:
+                        data_id = DataCoordinate.standardize(data_id, type_rec.group)
+                    items.append((data_id.values, ref.id, data_id))
+                n += manager.certify(conn, type_rec, rec, items, begin, end, split=split)
+        except BaseException:
+            if create:
+                registry.collections.forget(collection)
+            raise
+    return n
+
+
+def _check_refs_exist(butler: Butler, conn: Any, refs: Sequence[DatasetRef]) -> None:
+    d = butler._registry.schema.dataset
+    ids = list({r.id for r in refs})
+    present: set[uuid.UUID] = set()
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start:start + 5000]
+        present.update(conn.execute(sa.select(d.c.dataset_id).where(d.c.dataset_id.in_(chunk))).scalars())
+    for ref in refs:
+        if ref.id not in present:
+            raise DatasetNotFoundError(f"cannot certify {ref}: it is not in the repository {butler.root} (removed?)")
+
+
+def decertify(butler: Butler, collection: str, dataset_type: str, valid_from: Any, valid_to: Any, *,
+              data_id: Any = None, **kwargs: Any) -> int:
+    """Remove [from, to) from the validity of ``dataset_type`` in ``collection`` (of one data ID
+    when given): ranges inside are removed, ranges across an end are trimmed or split."""
+    butler._require_writeable()
+    begin, end = time_range(valid_from, valid_to)
+    registry = butler._registry
+    rec, _ = _calibration_collection(butler, collection, create=False)
+    assert rec is not None
+    type_rec = _calibration_type(butler, dataset_type)
+    keys = None
+    if data_id is not None or kwargs:
+        keys = [butler._standardize(type_rec.group, data_id, kwargs).values]
+    manager = calibrations_of(registry)
+    if not manager.has_table():
+        return 0
+    with registry.db.transaction(write=True) as conn:
+        return manager.decertify(conn, type_rec, rec, begin, end, keys=keys)
+
+
+# -- search paths and observation times ------------------------------------------------------------
+def calib_search_path(butler: Butler, dataset_type: str, instrument: str | None, collections: Any = None
+                      ) -> list[str]:
+    """Collections searched for a calibration type: ``collections`` if given, else
+    ``butler.calibs[dataset_type]``, else ``<instrument>/calib``."""
+    if collections is not None:
+        return [collections] if isinstance(collections, str) else list(collections)
+    chosen = butler.calibs.get(dataset_type)
+    if chosen:
+        return [chosen] if isinstance(chosen, str) else list(chosen)
+    if instrument is None:
+        raise CollectionError(
+            f"no collections to search for the calibration {dataset_type!r}: give instrument= (to search "
+            f"'<instrument>/calib'), collections=..., or Butler(calibs={{{dataset_type!r}: ...}})"
+        )
+    return [f"{instrument}/calib"]
+
+
+def observation_times(butler: Butler, element: str, keys: Iterable[tuple[str, int]], conn: Any = None
+                      ) -> dict[tuple[str, int], dict[str, Any]]:
+    """Records (begin time and implied values) of exposures or visits ``(instrument, id)``, set-based."""
+    registry = butler._registry
+    t = registry.schema.elements[element]
+    by_inst: dict[str, list[int]] = {}
+    for inst, id_ in set(keys):
+        by_inst.setdefault(inst, []).append(id_)
+    cols = [t.c.instrument, t.c.id, t.c.begin, t.c.physical_filter, t.c.day_obs]
+    band = registry.schema.elements["physical_filter"]
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def run(c: Any) -> None:
+        for inst, ids in by_inst.items():
+            for start in range(0, len(ids), 5000):
+                stmt = (sa.select(*cols, band.c.band)
+                        .select_from(t.outerjoin(band, sa.and_(band.c.instrument == t.c.instrument,
+                                                               band.c.name == t.c.physical_filter)))
+                        .where(t.c.instrument == inst, t.c.id.in_(ids[start:start + 5000])))
+                for row in c.execute(stmt):
+                    out[(row[0], row[1])] = {"begin": row[2], "physical_filter": row[3], "day_obs": row[4],
+                                             "band": row[5]}
+
+    if conn is not None:
+        run(conn)
+    else:
+        with registry.db.transaction() as c:
+            run(c)
+    return out
+
+
+def _observation(butler: Butler, constraints: Mapping[str, Any]) -> tuple[int | None, dict[str, Any], str]:
+    """Time (ns), implied values and a description of the observation named in a data ID."""
+    for element in _OBSERVATION_KEYS:
+        if element in constraints:
+            inst = constraints.get("instrument")
+            if inst is None:
+                raise DataIdError(f"{element}={constraints[element]} needs instrument= to pick a calibration")
+            rec = observation_times(butler, element, [(inst, constraints[element])]).get((inst, constraints[element]))
+            if rec is None:
+                raise DataIdError(f"no {element} {constraints[element]} of instrument {inst!r} in the repository")
+            if rec["begin"] is None:
+                raise DataIdError(
+                    f"{element} {constraints[element]} of {inst!r} has no begin time in its record; cannot pick "
+                    "a calibration by validity (give time=...)"
+                )
+            implied = {k: v for k, v in rec.items() if k != "begin" and v is not None}
+            return rec["begin"], implied, f"{element} {constraints[element]} ({format_ns(rec['begin'])})"
+    return None, {}, ""
+
+
+# -- single lookup -------------------------------------------------------------------------------
+def find_calib(butler: Butler, type_rec: DatasetTypeRecord, data_id: Any, kwargs: Mapping[str, Any],
+               collections: Any, *, required: bool = True) -> FoundDataset | None:
+    """The dataset of a calibration type valid at the observation (exposure/visit) or ``time=``."""
+    from .registry._collections import CollectionType
+    from .registry._datasets import FoundDataset
+
+    registry = butler._registry
+    merged = dict(data_id) if data_id else {}
+    merged.update(kwargs)
+    time_value = merged.pop("time", None)
+    constraints = butler._constraints(merged, {})
+    t, implied, what = _observation(butler, constraints)
+    if time_value is not None:
+        t, what = _ns(time_value, 0), f"time {format_ns(_ns(time_value, 0))}"
+    group = type_rec.group
+    values = {k: v for k, v in constraints.items() if k in group}
+    for k, v in implied.items():
+        values.setdefault(k, v) if k in group else None
+    extra = [k for k in constraints if k not in group and k not in (*_OBSERVATION_KEYS, "physical_filter", "band",
+                                                                    "day_obs")]
+    if extra:
+        raise DataIdError(f"unknown data ID key(s) {extra} for calibration {type_rec.dataset_type.name!r} "
+                          f"(dimensions {list(group.required)}; exposure=, visit= or time= pick the validity time)")
+    coord = DataCoordinate.standardize(values, group)
+    names = calib_search_path(butler, type_rec.dataset_type.name, constraints.get("instrument"), collections)
+    colls = registry.collections.resolve(names)
+    calib_colls = [c for c in colls if c.type == CollectionType.CALIBRATION]
+    plain_colls = [c for c in colls if c.type != CollectionType.CALIBRATION]
+    manager = calibrations_of(registry)
+    name = type_rec.dataset_type.name
+    with registry.db.transaction() as conn:
+        row: CalibRow | None = None
+        if calib_colls:
+            if t is not None:
+                row = manager.find_many(conn, type_rec, [(coord.values, t)], calib_colls).get((coord.values, t))
+            else:
+                rows = manager.rows(conn, type_rec, [c.id for c in calib_colls], keys=[coord.values])
+                rank = {c.id: i for i, c in enumerate(calib_colls)}
+                if rows:
+                    best = min(rank[r.collection_id] for r in rows)
+                    first = [r for r in rows if rank[r.collection_id] == best]
+                    if len(first) > 1:
+                        ranges = ", ".join(format_range(r.begin, r.end) for r in sorted(first, key=lambda r: r.begin))
+                        raise DataIdError(
+                            f"{name!r} {coord} has {len(first)} validity ranges in "
+                            f"{calib_colls[best].name!r} ({ranges}); give exposure=, visit= or "
+                            "time= to pick one"
+                        )
+                    row = first[0]
+        if row is not None:
+            run = registry.collections.by_id(row.run_id).name
+            ref = DatasetRef._trusted(type_rec.dataset_type, coord, run, row.dataset_id)
+            files = registry.datasets.files_of(conn, [row.dataset_id]).get(row.dataset_id, [])
+            return FoundDataset(ref, tuple(files))
+        if plain_colls:
+            found = registry.datasets.find(conn, type_rec, coord, plain_colls)
+            if found is not None:
+                return found
+        if not required:
+            return None
+        raise _calib_not_found(butler, conn, type_rec, coord, colls, calib_colls, t, what)
+
+
+def _calib_not_found(butler: Butler, conn: Any, type_rec: DatasetTypeRecord, coord: DataCoordinate,
+                     colls: Sequence[CollectionRecord], calib_colls: Sequence[CollectionRecord], t: int | None,
+                     what: str) -> DatasetNotFoundError:
+    from .registry._collections import CollectionType
+
+    registry = butler._registry
+    manager = calibrations_of(registry)
+    name = type_rec.dataset_type.name
+    when = f" valid at {what}" if what else ""
+    message = f"no {name!r} for {coord}{when} in collections {[c.name for c in colls]}"
+    rows = manager.rows(conn, type_rec, [c.id for c in calib_colls], keys=[coord.values])
+    where_else = ""
+    if not rows:
+        others = [c for c in registry.collections.query("*", [CollectionType.CALIBRATION]) if c not in calib_colls]
+        rows = manager.rows(conn, type_rec, [c.id for c in others], keys=[coord.values])
+        if rows:
+            where_else = " (outside the search path)"
+    if rows:
+        def distance(r: CalibRow) -> int:
+            if t is None:
+                return 0
+            return r.begin - t if t < r.begin else t - r.end + 1
+
+        near = min(rows, key=distance)
+        coll = registry.collections.by_id(near.collection_id).name
+        message += (f"; nearest in time: {format_range(near.begin, near.end)} in {coll!r}{where_else} "
+                    f"(dataset {near.dataset_id})")
+    else:
+        message += f"; no {name!r} is certified for this data ID in any CALIBRATION collection"
+        if not calib_colls:
+            message += " (the search path has no CALIBRATION collection)"
+    return DatasetNotFoundError(message)
+
+
+# -- set-based lookup (the planner) --------------------------------------------------------------
+def find_calibs(butler: Butler, dataset_type: str, pairs: Sequence[tuple[Any, Any]], collections: Any = None
+                ) -> dict[tuple[DataCoordinate, int], DatasetRef]:
+    """The calibration valid at each (data ID, time) pair, in one query per search path.
+
+    ``pairs`` are (data ID of the calibration type, time: ns or any `to_nsec` form). The result
+    maps ``(data ID, time ns)`` to the ref (absent when nothing is valid then). The search path
+    is ``collections``, else ``butler.calibs[dataset_type]``, else ``<instrument>/calib`` per
+    instrument of the data IDs.
+    """
+    from .registry._collections import CollectionType
+
+    registry = butler._registry
+    type_rec = _calibration_type(butler, dataset_type)
+    group = type_rec.group
+    by_path: dict[tuple[str, ...], list[tuple[DataCoordinate, int]]] = {}
+    paths: dict[Any, tuple[str, ...]] = {}
+    for data_id, when in pairs:
+        coord = data_id if isinstance(data_id, DataCoordinate) and data_id.group is group else \
+            DataCoordinate.standardize(data_id, group)
+        t = when if isinstance(when, int) else _ns(when, 0)
+        inst = coord.values[group.index["instrument"]] if "instrument" in group.index else None
+        path = paths.get(inst)
+        if path is None:
+            path = paths[inst] = tuple(calib_search_path(butler, dataset_type, inst, collections))
+        by_path.setdefault(path, []).append((coord, t))
+    out: dict[tuple[DataCoordinate, int], DatasetRef] = {}
+    manager = calibrations_of(registry)
+    dt = type_rec.dataset_type
+    run_names: dict[int, str] = {}
+    with registry.db.transaction() as conn:
+        for path, items in by_path.items():
+            colls = [c for c in registry.collections.resolve(list(path)) if c.type == CollectionType.CALIBRATION]
+            coords = {c.values: c for c, _ in items}
+            found = manager.find_many(conn, type_rec, [(c.values, t) for c, t in items], colls)
+            for (key, t), row in found.items():
+                run = run_names.get(row.run_id)
+                if run is None:
+                    run = run_names[row.run_id] = registry.collections.by_id(row.run_id).name
+                out[(coords[key], t)] = DatasetRef._trusted(dt, coords[key], run, row.dataset_id)
+    return out
+
+
+# -- listing ------------------------------------------------------------------------------------
+def query_calibrations(butler: Butler, collections: Any, dataset_type: str, *, data_id: Any = None,
+                       time: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Certified ranges of a type in collections (chains expanded), optionally of one data ID
+    (partial data IDs filter on the keys given) and valid at an exposure/visit or ``time``."""
+    from .registry._collections import CollectionType
+
+    registry = butler._registry
+    type_rec = _calibration_type(butler, dataset_type)
+    constraints = butler._constraints(data_id, kwargs)
+    t, implied, _ = _observation(butler, constraints)
+    if time is not None:
+        t = _ns(time, 0)
+    group = type_rec.group
+    filters = {k: v for k, v in constraints.items() if k in group.required}
+    for k, v in implied.items():
+        if k in group.required:
+            filters.setdefault(k, v)
+    colls = registry.collections.resolve([collections] if isinstance(collections, str) else list(collections))
+    bad = [c.name for c in colls if c.type != CollectionType.CALIBRATION]
+    if bad:
+        raise CollectionError(f"{bad} {'is not a' if len(bad) == 1 else 'are not'} CALIBRATION collection(s)")
+    manager = calibrations_of(registry)
+    with registry.db.transaction() as conn:
+        rows = manager.rows(conn, type_rec, [c.id for c in colls],
+                            begin=t if t is not None else None, end=t + 1 if t is not None else None)
+    index = {n: i for i, n in enumerate(group.required)}
+    rank = {c.id: i for i, c in enumerate(colls)}
+    out = []
+    for r in sorted(rows, key=lambda r: (rank[r.collection_id], r.key, r.begin)):
+        if any(r.key[index[k]] != v for k, v in filters.items()):
+            continue
+        out.append({
+            "dataset_type": dataset_type,
+            "data_id": DataCoordinate.from_values(group, r.key),
+            "collection": registry.collections.by_id(r.collection_id).name,
+            "run": registry.collections.by_id(r.run_id).name,
+            "id": r.dataset_id,
+            "begin": r.begin,
+            "end": r.end,
+            "valid": format_range(r.begin, r.end),
+        })
+    return out
+
+
+# -- instruments: the calib chain and the camera ------------------------------------------------
+def unbounded_collection(instrument: str) -> str:
+    return f"{instrument}/calib/unbounded"
+
+
+def setup_instrument_calibs(butler: Butler, inst: Any) -> None:
+    """At register_instrument: ``<inst>/calib`` (CHAINED, created if absent) -> ``<inst>/calib/unbounded``
+    (CALIBRATION), the ``camera`` dataset type, and the camera certified there for all time unless
+    a camera is already certified there (later versions: `certify_camera`)."""
+    from .registry._collections import CollectionType
+
+    registry = butler._registry
+    name = inst.name
+    chain = f"{name}/calib"
+    unbounded = unbounded_collection(name)
+    butler._registry.dataset_types.register(CAMERA_DATASET_TYPE)
+    registry.collections.register(unbounded, CollectionType.CALIBRATION)
+    if registry.collections.find(chain) is None:
+        with registry.db.transaction(write=True) as conn:
+            registry.collections.register(chain, CollectionType.CHAINED, conn=conn)
+            registry.collections.set_chain(chain, [unbounded], conn)
+    type_rec = registry.dataset_types.get(CAMERA_DATASET_TYPE.name)
+    manager = calibrations_of(registry)
+    manager.ensure_table()
+    rec = registry.collections.get(unbounded)
+    with registry.db.transaction() as conn:
+        present = manager.rows(conn, type_rec, [rec.id], keys=[(name,)])
+    if not present:
+        certify_camera(butler, inst, None, None)
+
+
+def certify_camera(butler: Butler, instrument: Any, valid_from: Any, valid_to: Any = None, *,
+                   collection: str | None = None) -> DatasetRef:
+    """Store a camera version (an Instrument, name, class path or camera YAML whose name is a
+    registered instrument) and certify it for [from, to) in ``collection`` (default
+    ``<instrument>/calib/unbounded``), cutting the ranges of earlier versions it overlaps."""
+    from .instrument import load_instrument
+
+    butler._require_writeable()
+    inst = load_instrument(instrument)
+    if f"instrument:{inst.name}" not in butler._registry.attributes:
+        butler._registry.refresh_attributes()
+        if f"instrument:{inst.name}" not in butler._registry.attributes:
+            raise DataIdError(f"instrument {inst.name!r} is not registered; register it first")
+    begin, end = time_range(valid_from, valid_to)  # validate before anything is written
+    run = f"{inst.name}/calib/camera/{inst.definition_digest()[:16]}"
+    ref = butler.find_dataset(CAMERA_DATASET_TYPE.name, instrument=inst.name, collections=[run]) \
+        if butler._registry.collections.find(run) is not None else None
+    if ref is None:
+        from ._butler import current_user
+        from .registry._collections import CollectionType
+
+        butler._registry.collections.register(run, CollectionType.RUN, owner=current_user())
+        ref = butler.put(inst.definition(), CAMERA_DATASET_TYPE.name, instrument=inst.name, run=run,
+                         allow_foreign_run=True)
+    certify(butler, collection or unbounded_collection(inst.name), [ref], begin, end, split=True)
+    return ref

@@ -1,0 +1,169 @@
+"""The Dask executor on a real LocalCluster of worker processes: failures, blocked quanta, retries,
+a worker killed mid-run, orphan clean-up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from butler import Butler
+from orchestration import DaskExecutor, Pipeline, Planner, remove_orphans
+from orchestration.testing import AddTask, FlakyTask, SumTask, make_metrics_repo
+
+OUT = "u/tester/out"
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    """Two single-threaded worker processes (spawned), shared by the tests of this module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+@pytest.fixture
+def repo(tmp_path):
+    butler = Butler.create(tmp_path / "repo")
+    make_metrics_repo(butler, visits=5, detectors=9)
+    return Butler(butler.root, writeable=True)
+
+
+def add_sum(**add_config) -> Pipeline:
+    return Pipeline().add_task("add", AddTask, **add_config).add_task("sum", SumTask)
+
+
+def registered_files(butler, run):
+    import sqlalchemy as sa
+
+    registry = butler.registry
+    f, d = registry.schema.file_record, registry.schema.dataset
+    with registry.db.transaction() as conn:
+        return set(conn.execute(sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
+                                .where(d.c.run_id == registry.collections.get(run).id)).scalars())
+
+
+def files_on_disk(butler, run):
+    out = set()
+    for dirpath, _, names in os.walk(os.path.join(butler.root, run)):
+        out.update(os.path.relpath(os.path.join(dirpath, n), butler.root) for n in names)
+    return out
+
+
+def test_run_on_local_cluster(repo, cluster_client):
+    plan = Planner(repo).build(add_sum(offset=0.5), inputs=["in"], output_run=OUT, where="visit < 4")
+    report = DaskExecutor(cluster_client, progress=False).run(plan, repo)
+    assert report.ok and (report.succeeded, report.skipped) == (40, 0)
+    assert report.summary().startswith("40 quanta succeeded, 0 skipped, 0 failed, 0 blocked by failures")
+    pids = {repo.get(r)["pid"] for r in repo.query_datasets("added", collections=OUT)}
+    assert os.getpid() not in pids and len(pids) >= 1  # executed in the worker processes
+    for visit in range(4):
+        total = repo.get("visit_sum", instrument="SimCam", visit=visit, collections=OUT)
+        assert total == {"value": sum(10 * visit + d + 0.5 for d in range(9)), "n": 9, "detectors": list(range(9))}
+    assert repo.verify() == []
+    assert files_on_disk(repo, OUT) == registered_files(repo, OUT)
+
+
+def test_failing_quantum_blocks_downstream_only(repo, cluster_client):
+    plan = Planner(repo).build(add_sum(fail_on_detector=4), inputs=["in"], output_run=OUT, where="visit < 4")
+    resume = "butler run repo p.yaml -i in -o u/tester/out --resume"
+    report = DaskExecutor(cluster_client, progress=False, resume_command=resume).run(plan, repo)
+    assert not report.ok
+    assert report.succeeded == 32 and len(report.failed) == 4
+    blocked = {plan.quanta[i].data_id["visit"] for i in report.blocked}
+    assert blocked == {0, 1, 2, 3} and all(plan.quanta[i].task == "sum" for i in report.blocked)
+    for failure in report.failed:
+        assert failure.task == "add" and "detector: 4" in failure.data_id
+        assert failure.error == "ValueError: detector 4 is configured to fail"
+        assert "Traceback (most recent call last)" in failure.tb and "testing.py" in failure.tb
+    summary = report.summary()
+    assert "32 quanta succeeded, 0 skipped, 4 failed, 4 blocked by failures" in summary
+    assert summary.count("FAILED add {instrument: 'SimCam'") == 4
+    assert 'raise ValueError(f"detector {self.config.fail_on_detector} is configured to fail")' in summary
+    assert summary.rstrip().endswith(f"to retry what failed: {resume}")
+    # Unrelated quanta succeeded and are registered; nothing of the failures or blocked quanta is.
+    added = repo.query_datasets("added", collections=OUT)
+    assert sorted({r.data_id["detector"] for r in added}) == [0, 1, 2, 3, 5, 6, 7, 8] and len(added) == 32
+    assert repo.query_datasets("visit_sum", collections=OUT) == []
+    assert len(repo.query_provenance(run=OUT, status="failed")) == 4
+    assert repo.verify() == [] and files_on_disk(repo, OUT) == registered_files(repo, OUT)
+
+
+def test_retries(repo, cluster_client, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    pipe = Pipeline().add_task("flaky", FlakyTask, marker_dir=str(markers))
+    plan = Planner(repo).build(pipe, inputs=["in"], output_run=OUT, where="visit = 0")
+    report = DaskExecutor(cluster_client, retries=1, progress=False).run(plan, repo)
+    assert report.ok, report.summary()
+    assert report.succeeded == 9 and len(os.listdir(markers)) == 9  # each quantum failed once
+    assert {repo.get(r)["attempt"] for r in repo.query_datasets("flaky_out", collections=OUT)} == {2}
+    # Without retries the first attempt's failure is final.
+    plan = Planner(repo).build(pipe, inputs=["in"], output_run="u/tester/noretry", where="visit = 1")
+    report = DaskExecutor(cluster_client, retries=0, progress=False).run(plan, repo)
+    assert len(report.failed) == 9 and "flaky failure (first attempt" in report.failed[0].error
+
+
+def test_orphans_of_a_killed_run_are_removed(repo, cluster_client):
+    plan = Planner(repo).build(add_sum(), inputs=["in"], output_run=OUT, where="visit = 0")
+    DaskExecutor(cluster_client, progress=False).run(plan, repo)
+    run_dir = os.path.join(repo.root, OUT)
+    orphan = os.path.join(run_dir, "added", "orphan.json")
+    tmp_dir = os.path.join(run_dir, "added", ".tmp-abc")
+    os.makedirs(tmp_dir)
+    with open(orphan, "w") as f:
+        f.write("{}")
+    with open(os.path.join(run_dir, ".tmp-xyz.json"), "w") as f:
+        f.write("{")
+    before = registered_files(repo, OUT)
+    removed = remove_orphans(repo, OUT)
+    assert sorted(removed) == sorted([os.path.relpath(p, repo.root) for p in
+                                      (orphan, tmp_dir, os.path.join(run_dir, ".tmp-xyz.json"))])
+    assert files_on_disk(repo, OUT) == before == registered_files(repo, OUT)
+    assert remove_orphans(repo, "u/tester/never-ran") == []
+
+
+def test_worker_killed_mid_run(repo, cluster_client):
+    """Dask re-runs what the dead worker held (also finished quanta whose results dependents still
+    needed); the executor keeps already-written outputs, so the run completes and verifies."""
+    plan = Planner(repo).build(add_sum(sleep=0.05), inputs=["in"], output_run=OUT)
+    assert len(plan.to_run()) == 50
+    run_dir = os.path.join(repo.root, OUT, "added")
+    result = {}
+
+    def execute():
+        try:
+            result["report"] = DaskExecutor(cluster_client, retries=1, progress=False).run(plan, repo)
+        except BaseException as err:  # noqa: BLE001
+            result["error"] = err
+
+    thread = threading.Thread(target=execute)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = sum(len(files) for _, _, files in os.walk(run_dir)) if os.path.isdir(run_dir) else 0
+        if done >= 12:
+            break
+        time.sleep(0.01)
+    pids = cluster_client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert "error" not in result, result.get("error")
+    report = result["report"]
+    assert report.ok, report.summary()
+    assert report.succeeded == 50
+    assert victim not in cluster_client.run(os.getpid).values()  # the nanny started a new worker
+    added = repo.query_datasets("added", collections=OUT)
+    assert len(added) == 45 and len({r.data_id for r in added}) == 45
+    assert len(repo.query_datasets("visit_sum", collections=OUT)) == 5
+    assert repo.verify() == []
+    assert files_on_disk(repo, OUT) == registered_files(repo, OUT)
+    for visit in range(5):
+        assert repo.get("visit_sum", instrument="SimCam", visit=visit, collections=OUT)["n"] == 9
