@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m butler.demo --repo $(DEMO_REPO)
+	$(PY) -m orchestration.demo_build --repo $(DEMO_REPO)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)

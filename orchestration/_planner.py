@@ -239,9 +239,10 @@ class Planner:
                                      existing_inputs)
         # Outputs: predicted refs, then existing ones (one lookup per output type).
         outputs = cls.outputs()
+        output_types = {name: c.to_dataset_type() for name, c in outputs.items()}
         for q in quanta:
-            for name, c in outputs.items():
-                q.outputs[name] = DatasetRef._trusted(c.to_dataset_type(), q.data_id, output_run, uuid.uuid4())
+            for name, dt in output_types.items():
+                q.outputs[name] = DatasetRef._trusted(dt, q.data_id, output_run, uuid.uuid4())
         self._apply_existing(d, quanta, outputs, output_lookup, skip_colls, resume=resume, extend_run=extend_run,
                              clobber_outputs=clobber_outputs)
         for q in quanta:
@@ -306,54 +307,60 @@ class Planner:
 
     def _find_existing(self, dataset_type: str, coords: list[DataCoordinate], collections: list[str]
                        ) -> dict[tuple, DatasetRef]:
-        butler = self.butler
-        registry = butler.registry
+        return {k.values: v for k, v in self._find_refs(dataset_type, coords, collections).items()}
+
+    def _find_refs(self, dataset_type: str, coords: list[DataCoordinate], collections: list[str]
+                   ) -> dict[DataCoordinate, DatasetRef]:
+        """One set-based lookup: the refs of ``dataset_type`` found for ``coords`` (keyed by those
+        coordinate objects), first collection wins."""
+        registry = self.butler.registry
         type_rec = registry.dataset_types.get(dataset_type)
         colls = registry.collections.resolve(collections)
         with registry.db.transaction() as conn:
-            found = registry.datasets.find_many(conn, type_rec, coords, colls)
-        return {k.values: v for k, v in found.items()}
+            return registry.datasets.find_many(conn, type_rec, coords, colls)
 
     def _apply_existing(self, d: TaskDef, quanta: list[Quantum], outputs: Mapping[str, Any],
                         output_lookup: list[str], skip_colls: list[str], *, resume: bool, extend_run: bool,
                         clobber_outputs: bool) -> None:
+        """Decide skips from existing outputs: one lookup per output type and collection list."""
         if not outputs or not (output_lookup or skip_colls):
             return
         butler = self.butler
         coords = [q.data_id for q in quanta]
-        in_run: dict[str, dict[tuple, DatasetRef]] = {}
-        elsewhere: dict[str, dict[tuple, DatasetRef]] = {}
+        names = list(outputs)
+        in_run: dict[str, dict[DataCoordinate, DatasetRef]] = {}
+        elsewhere: dict[str, dict[DataCoordinate, DatasetRef]] = {}
         for name, c in outputs.items():
             try:
                 butler.get_dataset_type(c.dataset_type)
             except LookupError:
                 return  # never registered: nothing can exist
-            in_run[name] = self._find_existing(c.dataset_type, coords, output_lookup) if output_lookup else {}
-            elsewhere[name] = self._find_existing(c.dataset_type, coords, skip_colls) if skip_colls else {}
+            in_run[name] = self._find_refs(c.dataset_type, coords, output_lookup) if output_lookup else {}
+            elsewhere[name] = self._find_refs(c.dataset_type, coords, skip_colls) if skip_colls else {}
+        n_outputs = len(names)
         for q in quanta:
-            key = q.data_id.values
-            have = {n: in_run[n][key] for n in outputs if key in in_run[n]}
-            if len(have) == len(outputs):
+            did = q.data_id
+            have = {n: ref for n in names if (ref := in_run[n].get(did)) is not None}
+            if len(have) == n_outputs:
                 if resume:
                     q.status, q.reason = SKIP, "outputs exist (resume)"
                     q.outputs.update(have)
                     continue
                 if not clobber_outputs:
                     raise ConflictError(
-                        f"{d.label} {q.data_id}: outputs already exist in {q.outputs[next(iter(outputs))].run!r}; "
+                        f"{d.label} {q.data_id}: outputs already exist in {q.outputs[names[0]].run!r}; "
                         "use --resume to skip such quanta or --clobber-outputs to redo them"
                     )
-            if have and len(have) < len(outputs):
-                if not clobber_outputs:
-                    raise ConflictError(
-                        f"{d.label} {q.data_id}: only some outputs exist ({sorted(have)} of {sorted(outputs)}), "
-                        "left by an interrupted run; pass --clobber-outputs to remove them and run it again"
-                    )
+            elif have and not clobber_outputs:
+                raise ConflictError(
+                    f"{d.label} {q.data_id}: only some outputs exist ({sorted(have)} of {sorted(outputs)}), "
+                    "left by an interrupted run; pass --clobber-outputs to remove them and run it again"
+                )
             if have:
                 q.context["clobber"] = list(have.values())
                 continue
-            found = {n: elsewhere[n][key] for n in outputs if key in elsewhere[n]}
-            if found and len(found) == len(outputs):
-                q.status, q.reason = SKIP, "outputs exist in --skip-existing-in collections"
-                q.outputs.update(found)
-
+            if skip_colls:
+                found = {n: ref for n in names if (ref := elsewhere[n].get(did)) is not None}
+                if len(found) == n_outputs:
+                    q.status, q.reason = SKIP, "outputs exist in --skip-existing-in collections"
+                    q.outputs.update(found)

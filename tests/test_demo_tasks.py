@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -51,7 +52,7 @@ def truth(skymap, patch_centre):
 
 
 def _plan(patch_centre, *, seeing=0.8, calib=1.1, shift=(0.0, 0.0), visit=1000, day_obs=20261124):
-    return VisitPlan(id=visit, band="r", day_obs=day_obs, begin=datetime(2026, 11, 25, 1, tzinfo=timezone.utc),
+    return VisitPlan(id=visit, band="r", day_obs=day_obs, begin=datetime(2026, 11, 25, 1, tzinfo=UTC),
                      ra=patch_centre[0], dec=patch_centre[1], seeing=seeing, calib=calib, sky=1000.0,
                      shift_pixels=shift)
 
@@ -103,7 +104,7 @@ def test_truth_star_lands_on_an_image_peak(patch_centre, truth) -> None:
     x, y = raw.wcs.wcs_world2pix(np.array(ref["ra"])[order], np.array(ref["dec"])[order], 0)
     checked = 0
     for xi, yi in zip(x, y):
-        ix, iy = int(round(xi)), int(round(yi))
+        ix, iy = round(xi), round(yi)
         if not (5 <= ix < 1019 and 5 <= iy < 1019):
             continue
         window = raw.image[iy - 3 : iy + 4, ix - 3 : ix + 4]
@@ -188,7 +189,7 @@ def test_warp_puts_a_star_at_its_sky_position_with_its_flux(skymap, patch_centre
     warp = WarpTask().run(calexp={"c": calexp}, context=ctx)["warp"]
     ra, dec = calexp.wcs.wcs_pix2world([star_x], [star_y], 0)
     ex, ey = warp.wcs.wcs_world2pix(ra, dec, 0)
-    ix, iy = int(round(ex[0])), int(round(ey[0]))
+    ix, iy = round(ex[0]), round(ey[0])
     window = warp.image[iy - 8 : iy + 9, ix - 8 : ix + 9].astype(float)
     ys, xs = np.mgrid[iy - 8 : iy + 9, ix - 8 : ix + 9]
     assert window.sum() == pytest.approx(flux * 1.5, rel=0.005)
@@ -239,10 +240,13 @@ def test_flavor_selection() -> None:
     assert select_warps(warps, {"kind": "bestSeeing"}, best_seeing_fraction=0.2) == [2]
     assert select_warps(warps, {"kind": "nightly", "day_obs": 20261125}) == [3, 4, 5]
     assert select_warps(warps, {"kind": "nightly", "day_obs": 20261126}) == []
+    assert select_warps(warps, {"kind": "goodSeeing"}, good_seeing_max=0.85) == [2, 4]
+    with pytest.raises(NoInputs, match="chi2"):
+        select_warps(warps, {"kind": "chi2", "name": "chi2"})
     with pytest.raises(ValueError, match="unknown coadd flavor kind 'chi3'"):
         select_warps(warps, {"kind": "chi3"})
-    ctx = QuantumContext({"flavor": "nightly20261126", "band": "r"},
-                         {"flavor": {"name": "nightly20261126", "kind": "nightly", "day_obs": 20261126}})
+    ctx = QuantumContext({"flavor": "nightly-20261126", "band": "r"},
+                         {"flavor": {"name": "nightly-20261126", "kind": "nightly", "day_obs": 20261126}})
     with pytest.raises(NoInputs, match="selects none of the 5 warps"):
         CoaddTask().run(warp=warps, context=ctx)
     ctx = QuantumContext({"flavor": "bestSeeing"}, {"flavor": {"name": "bestSeeing", "kind": "bestSeeing"}})
@@ -252,7 +256,8 @@ def test_flavor_selection() -> None:
 
 # -- preview -------------------------------------------------------------------------------------
 def _read_png(path):
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, chunks = 8, []
     while pos < len(data):
@@ -285,7 +290,7 @@ def test_png_writer(tmp_path) -> None:
 
 
 def test_pipeline_yaml_declares_the_demo_tasks() -> None:
-    pipeline = Pipeline.from_yaml("pipelines/coadd.yaml")
+    pipeline = Pipeline.from_yaml(Path(__file__).resolve().parents[1] / "pipelines" / "coadd.yaml")
     defs = {d.label: d for d in pipeline.task_defs()}
     assert list(defs) == ["calibrate", "warp", "coadd"]
     assert pipeline.subset("single_frame").labels == ["calibrate"]
@@ -294,3 +299,47 @@ def test_pipeline_yaml_declares_the_demo_tasks() -> None:
     assert conns["calexp"].storage_class == "Exposure" and conns["src"].storage_class == "SourceCatalog"
     assert set(conns["coadd"].dimensions) == {"skymap", "tract", "patch", "band", "flavor"}
     assert conns["warp"].multiple and defs["calibrate"].config.threshold == 5.0
+
+
+# -- simulate into a repository ------------------------------------------------------------------
+def test_simulate_raws_into_a_repository(tmp_path, patch_centre) -> None:
+    from butler import Butler
+    from butler.skymap import DiscreteSkyMap
+    from orchestration.demo import simulate_raws
+
+    Butler.create(str(tmp_path / "repo"))
+    butler = Butler(str(tmp_path / "repo"), writeable=True)
+    butler.register_instrument(SimCam())
+    # One small tract (fast to register) with 1 arcsec pixels, like the demo skymap's.
+    sky = DiscreteSkyMap("tiny", [patch_centre], radius_deg=0.2, patch_grid=(3, 3), pixel_scale_arcsec=1.0,
+                         patch_border_pixels=20)
+    butler.register_skymap(sky)
+    summary = simulate_raws(butler, skymap_name="tiny", tract=0, patches=[4], bands=("r",), visits_per_band=2)
+    assert summary["raws_written"] == 18 and summary["visits"] == [1000, 1001]
+    visits = {v.id: v for v in butler.query_dimension_records("visit", instrument="SimCam")}
+    assert sorted(visits) == [1000, 1001] and {v.day_obs for v in visits.values()} == {20261124, 20261125}
+    assert butler.query_datasets("truth_catalog", collections="SimCam/raw/all")
+    # Registry regions agree with the pixels: a detector overlaps the patch iff its WCS puts pixels there.
+    outer = sky[0].patch(4).outer_bbox
+    related = {(d["visit"], d["detector"]) for d in butler.query_data_ids(
+        ["visit", "detector"], where="skymap = 'tiny' AND tract = 0 AND patch = 4 AND instrument = 'SimCam'")}
+    for ref in butler.query_datasets("raw", collections="SimCam/raw/all"):
+        wcs = butler.get(ref, component="wcs")
+        xs, ys = np.meshgrid(np.linspace(-0.5, 1023.5, 33), np.linspace(-0.5, 1023.5, 33))
+        ra, dec = wcs.wcs_pix2world(xs.ravel(), ys.ravel(), 0)
+        tx, ty = sky[0].sky_to_pixel(ra, dec)
+        hits = ((tx >= outer.x_min - 0.5) & (tx < outer.x_max - 0.5) & (ty >= outer.y_min - 0.5)
+                & (ty < outer.y_max - 0.5)).any()
+        assert hits == ((ref.data_id["exposure"], ref.data_id["detector"]) in related), ref.data_id
+    # A second call keeps what exists.
+    again = simulate_raws(butler, skymap_name="tiny", tract=0, patches=[4], bands=("r",), visits_per_band=2)
+    assert again["raws_written"] == 0 and again["raws_skipped"] == 18
+
+
+def test_calibrate_without_reference_stars_is_a_clear_error(patch_centre, truth) -> None:
+    from orchestration.demo.tasks import CalibrationError
+
+    raw = simulate_raw(_plan(patch_centre), DETECTORS[4], truth)
+    raw.metadata["truth"] = {"id": [], "ra": [], "dec": [], "flux": []}
+    with pytest.raises(CalibrationError, match=r"0 reference stars .* at least 3 bright"):
+        CalibrateTask().run(raw=raw)

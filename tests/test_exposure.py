@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import os
 import threading
@@ -460,7 +461,7 @@ def test_zarr_damaged_chunk_raises_checksum_error_on_every_read_path(zarr_format
         "lazy cutout": lambda: zarr_formatter.read(path, parameters={"lazy": True}).image[
             rows + 10:rows + 20, 600:610].compute(),
     }
-    for name, read in reads.items():
+    for read in reads.values():
         with pytest.raises(ChecksumError, match=__import__("re").escape(shard)):
             read()
     if how == "flip":  # reads that do not touch the damaged chunk still work
@@ -525,18 +526,18 @@ class _RangeHandler(_QuietHandler):
             return super().send_head()
         size = os.path.getsize(path)
         first, _, last = spec[len("bytes="):].partition("-")
-        start, stop = (max(0, size - int(last)), size) if not first else (int(first), min(size, int(last or size - 1) + 1))
-        stream = open(path, "rb")
-        stream.seek(start)
+        if first:
+            start, stop = int(first), min(size, int(last or size - 1) + 1)
+        else:
+            start, stop = max(0, size - int(last)), size
+        with open(path, "rb") as stream:
+            stream.seek(start)
+            data = stream.read(stop - start)
         self.send_response(206)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
-        self.send_header("Content-Length", str(stop - start))
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        import io
-
-        data = stream.read(stop - start)
-        stream.close()
         return io.BytesIO(data)
 
 

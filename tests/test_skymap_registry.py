@@ -127,6 +127,70 @@ def test_partial_then_full_registration_adds_the_rest(repo):
     assert len(repo.query_data_ids(["patch"], skymap="deep4")) == 16
 
 
+def test_big_registrations_rebuild_the_pixel_indexes_once(repo, monkeypatch):
+    """(SQLite) big loads drop the pix indexes and rebuild them in the same transaction; a failure
+    in the middle leaves everything, indexes included, as it was."""
+    import butler._skymaps as skymaps
+
+    monkeypatch.setattr(skymaps, "DEFER_INDEXES_PATCHES", 1)
+    sm = DiscreteSkyMap("deep3", centers=[(10.0, 0.0), (11.0, 0.0), (12.0, 0.0)], radius_deg=0.3, patch_grid=(3, 3))
+
+    def indexes() -> set[str]:
+        with repo.registry.db.transaction() as conn:
+            inspector = sa.inspect(conn)
+            return {i["name"] for t in ("tract_skypix", "patch_skypix")
+                    for i in inspector.get_indexes(t, schema=repo.registry.db.namespace)}
+
+    expected = indexes()
+    assert {"tract_skypix_pix", "patch_skypix_pix"} <= expected
+    before = snapshot_repo(repo)
+    original = skymaps._insert_tract_batch
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return original(*args)
+
+    monkeypatch.setattr(skymaps, "BATCH_TRACTS", 1)
+    monkeypatch.setattr(skymaps, "_insert_tract_batch", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        repo.register_skymap(sm)
+    assert snapshot_repo(repo) == before and indexes() == expected
+    monkeypatch.setattr(skymaps, "_insert_tract_batch", original)
+    assert repo.register_skymap(sm) == 3
+    assert indexes() == expected
+    square = polygon_from_lonlat([(10.9, -0.1), (11.1, -0.1), (11.1, 0.1), (10.9, 0.1)])
+    repo.insert_dimension_records("visit", [{"instrument": "SimCam", "id": 1, "physical_filter": "SimCam-r",
+                                             "day_obs": 20261124, "region": square}])
+    assert {d["tract"] for d in repo.query_data_ids(["tract"], instrument="SimCam", visit=1)} == {1}
+
+
+def test_a_concurrent_registration_is_retried(repo, rings, monkeypatch):
+    """When another process registers the same tracts between our read and our insert, the insert
+    fails on a unique key (raised by the driver's cursor of the bulk insert): the transaction rolls
+    back and the registration starts again from a fresh read of what is registered."""
+    import butler._skymaps as skymaps
+
+    original = skymaps._register_tracts
+    dbapi = repo.registry.db.engine.dialect.loaded_dbapi
+    calls = []
+
+    def racing(butler, conn, skymap, wanted):
+        calls.append(1)
+        if len(calls) == 1:
+            other = Butler(repo.root, writeable=True)
+            assert original(other, conn, skymap, np.array([NEIGHBOUR])) == 1  # "the other process"
+            raise dbapi.IntegrityError("UNIQUE constraint failed: tract.skymap, tract.id")
+        return original(butler, conn, skymap, wanted)
+
+    monkeypatch.setattr(skymaps, "_register_tracts", racing)
+    assert repo.register_skymap(rings, tracts=[TRACT, NEIGHBOUR]) == 2  # the failed attempt was rolled back
+    assert len(calls) == 2
+    assert [d["tract"] for d in repo.query_data_ids(["tract"], skymap="rings12")] == [TRACT, NEIGHBOUR]
+
+
 def test_a_different_config_under_the_same_name_is_a_conflict(repo, rings):
     repo.register_skymap(rings, tracts=[TRACT])
     before = snapshot_repo(repo)

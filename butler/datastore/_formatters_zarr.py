@@ -30,7 +30,6 @@ the size and manifest checksum of its files recorded for ``butler verify``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Mapping
@@ -50,6 +49,8 @@ __all__ = ["LAYOUT_VERSION", "ZarrExposureFormatter"]
 
 LAYOUT_VERSION = 1
 """Version of the attribute layout; readers refuse versions they do not know."""
+_IN_ROOT = frozenset({"wcs", "photo_calib", "metadata"})
+"""Components held in the root group's attributes (read with the root ``zarr.json`` only)."""
 
 
 class ZarrExposureFormatter(ExposureFormatterBase):
@@ -127,6 +128,7 @@ class ZarrExposureFormatter(ExposureFormatterBase):
             compressor = zio.COMPRESSORS[self._compressors.get(name, "none")]
             writes.append(zio.write_plane(handle, group, name, data, chunks, compressor, shards=shards))
         await zio.gather_all(writes)
+        await zio.write_metadata(handle, group)
 
     def write_to(self, obj: Any, location: str, *, storage_options: dict[str, Any] | None = None
                  ) -> tuple[int, str]:
@@ -176,7 +178,7 @@ class ZarrExposureFormatter(ExposureFormatterBase):
 
     def _bounds(self, path: str) -> Box:
         handle = zio.open_store(path)
-        layout = self._layout(zio.run(zio.read_group_attributes(handle)), path)
+        layout = self._layout(zio.read_group_attributes_local(handle), path)
         return Box.from_shape(tuple(layout["shape"]), tuple(layout["origin"]))
 
     def _read(self, path: str, component: str | None, parameters: Mapping[str, Any]) -> Any:
@@ -189,35 +191,49 @@ class ZarrExposureFormatter(ExposureFormatterBase):
         checked = (parameters or {}) if _checked else self.check_request(component, parameters)
         request = ReadRequest.parse(component, checked, location)
         handle = zio.open_store(location, storage_options=storage_options)
-        result = zio.run(self._read_async(handle, request))
+        if handle.local_root is not None:
+            # The root metadata of a local store is read here: components held in it (wcs, metadata,
+            # photo_calib) then need no round trip to zarr's event loop at all.
+            layout = self._layout(zio.read_group_attributes_local(handle), handle.where())
+            if request.component in _IN_ROOT:
+                return self._from_root(handle, request, layout)
+            result = zio.run(self._read_async(handle, request, layout))
+        else:
+            result = zio.run(self._read_async(handle, request, None))
         if not request.lazy or not isinstance(result, _LazyResult):
             return result
         return result.build(location, storage_options)
 
-    async def _read_async(self, handle: zio.StoreHandle, request: ReadRequest) -> Any:
+    def _from_root(self, handle: zio.StoreHandle, request: ReadRequest, layout: Mapping[str, Any]) -> Any:
+        """A component held in the root attributes."""
+        bounds = Box.from_shape(tuple(layout["shape"]), tuple(layout["origin"]))
+        _, rows, columns = request.region(bounds, handle.where())
+        if request.component == "wcs":
+            return self._wcs(layout, handle, rows, columns, request.bbox is not None)
+        if request.component == "photo_calib":
+            return layout["photo_calib"]
+        return dict(layout["metadata"])
+
+    async def _read_async(self, handle: zio.StoreHandle, request: ReadRequest, layout: Mapping[str, Any] | None
+                          ) -> Any:
         where = handle.where()
-        layout = self._layout(await zio.read_group_attributes(handle), where)
+        if layout is None:
+            layout = self._layout(await zio.read_group_attributes(handle), where)
         bounds = Box.from_shape(tuple(layout["shape"]), tuple(layout["origin"]))
         box, rows, columns = request.region(bounds, where)
         component = request.component
-        if component == "wcs":
-            return self._wcs(layout, handle, rows, columns, request.bbox is not None)
-        if component == "photo_calib":
-            return layout["photo_calib"]
-        if component == "metadata":
-            return dict(layout["metadata"])
+        if component in _IN_ROOT:
+            return self._from_root(handle, request, layout)
         if component == "psf":
             return await self._psf(handle, layout)
         names = (component,) if component is not None else PLANES
-        opened = await asyncio.gather(*(zio.open_plane(handle, name) for name in names))
+        opened = await zio.gather_all([zio.open_plane(handle, name) for name in names])
         if request.lazy:
-            lazy = _LazyResult({info.name: info for info, _ in opened}, rows, columns)
+            lazy = _LazyResult({info.name: info for info in opened}, rows, columns)
             if component is not None:
                 return lazy
         else:
-            planes = await zio.gather_all(
-                [zio.read_region(handle, info, (rows, columns), array) for info, array in opened]
-            )
+            planes = await zio.gather_all([zio.read_region(handle, info, (rows, columns)) for info in opened])
             if component is not None:
                 return planes[0]
         psf = await self._psf(handle, layout)
@@ -240,8 +256,8 @@ class ZarrExposureFormatter(ExposureFormatterBase):
     async def _psf(self, handle: zio.StoreHandle, layout: Mapping[str, Any]) -> np.ndarray | None:
         if not layout.get("psf"):
             return None
-        info, array = await zio.open_plane(handle, "psf")
-        return await zio.read_region(handle, info, tuple(slice(0, n) for n in info.shape), array)
+        info = await zio.open_plane(handle, "psf")
+        return await zio.read_region(handle, info, tuple(slice(0, n) for n in info.shape))
 
 
 class _LazyResult:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import os
 import struct
@@ -80,8 +81,10 @@ __all__ = [
     "open_store",
     "plane_layout",
     "read_group_attributes",
+    "read_group_attributes_local",
     "read_region",
     "run",
+    "write_metadata",
     "write_plane",
 ]
 
@@ -95,6 +98,8 @@ SHARD_BYTES = 64 << 20
 """Largest uncompressed shard: a 4096 x 4096 float32 plane is one file."""
 _TASK_BYTES = 8 << 20
 """Local I/O: chunks handed to a worker thread at a time (amortises the dispatch)."""
+_INLINE_BYTES = 256 << 10
+"""Local reads of at most this many bytes run in the event-loop thread (no hop to a worker)."""
 _THREAD_MIN = 64 << 10
 """Remote reads: chunks at least this large are checked and decoded in a worker thread."""
 _CONCURRENCY = 16
@@ -383,8 +388,8 @@ class PlaneInfo:
     index_at_end: bool = True
 
     @classmethod
-    def from_array(cls, name: str, array: Any) -> PlaneInfo:
-        meta = array.metadata
+    def from_metadata(cls, name: str, meta: Any) -> PlaneInfo:
+        """From zarr-python's parsed metadata of the array (`ArrayV3Metadata`)."""
         codecs = list(meta.codecs)
         regular = isinstance(meta.chunk_grid, RegularChunkGrid)
         grid = tuple(meta.chunk_grid.chunk_shape) if regular else ()
@@ -411,7 +416,8 @@ class PlaneInfo:
             and index_ok
             and codec is not False
         )
-        return cls(name, tuple(array.shape), np.dtype(array.dtype).str, chunks, codec or None, fast, shards, at_end)
+        dtype = meta.dtype.to_native_dtype() if hasattr(meta.dtype, "to_native_dtype") else meta.dtype
+        return cls(name, tuple(meta.shape), np.dtype(dtype).str, chunks, codec or None, fast, shards, at_end)
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -434,19 +440,36 @@ class PlaneInfo:
         return 16 * math.prod(self.per_shard) + 4
 
 
-async def open_plane(handle: StoreHandle, name: str) -> tuple[PlaneInfo, Any]:
-    """Read the metadata of array ``name`` (one request) -> (info, zarr AsyncArray)."""
-    from zarr.api.asynchronous import open_array
-
+def _read_small_local(handle: StoreHandle, key: str) -> bytes | None:
+    """A small file of a local store (metadata), read in place; None if missing; counted by `io_stats`."""
     try:
-        array = await open_array(store=handle.store, path=name, mode="r", zarr_format=3)
+        with open(handle.where(key), "rb") as stream:
+            data = stream.read()
     except FileNotFoundError:
-        raise
-    except Exception as err:  # zarr raises its own NodeNotFound/metadata errors
-        if type(err).__name__ in ("ArrayNotFoundError", "NodeNotFoundError", "GroupNotFoundError"):
-            raise FileNotFoundError(f"array {name!r} is missing from {handle.where()}: {err}") from None
-        raise ChecksumError(f"cannot read the metadata of {handle.where(name + '/zarr.json')}: {err}") from err
-    return PlaneInfo.from_array(name, array), array
+        return None
+    if _active_stats:
+        _count(key, len(data))
+    return data
+
+
+async def open_plane(handle: StoreHandle, name: str) -> PlaneInfo:
+    """Read the metadata of array ``name`` (one request; parsed by zarr-python's metadata classes)."""
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    key = f"{name}/zarr.json"
+    data = _read_small_local(handle, key) if handle.local_root is not None else None
+    if handle.local_root is None:
+        buf = await handle.store.get(key, default_buffer_prototype())
+        data = None if buf is None else buf.to_bytes()
+    if data is None:
+        raise FileNotFoundError(f"array {name!r} is missing from {handle.where()} (no {key})")
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "array":
+            raise ValueError("not the metadata of a zarr v3 array")
+        return PlaneInfo.from_metadata(name, ArrayV3Metadata.from_dict(doc))
+    except Exception as err:  # json, zarr-python's validation errors
+        raise ChecksumError(f"cannot read the metadata of {handle.where(key)}: {err}") from err
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -559,7 +582,7 @@ def _read_local_shard(path: str, info: PlaneInfo, jobs: list[_Job], out: np.ndar
 
 
 def _load_index_local(path: str, info: PlaneInfo) -> tuple[np.ndarray, int]:
-    """Worker thread: read and check the index of a local shard -> (offsets and sizes, file size)."""
+    """Read and check the index of a local shard -> (offsets and sizes, file size)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -608,11 +631,10 @@ def _shard_of(info: PlaneInfo, job: _Job) -> tuple[int, ...]:
     return tuple(i // p for i, p in zip(job.index, info.per_shard, strict=True))
 
 
-async def read_region(handle: StoreHandle, info: PlaneInfo, region: tuple[slice, ...], array: Any = None
-                      ) -> np.ndarray:
+async def read_region(handle: StoreHandle, info: PlaneInfo, region: tuple[slice, ...]) -> np.ndarray:
     """Read ``array[region]`` (slices with explicit start/stop), verifying every chunk it touches."""
     if not info.fast:
-        return await _read_region_zarr(handle, info, region, array)
+        return await _read_region_zarr(handle, info, region)
     out = np.empty(tuple(s.stop - s.start for s in region), dtype=info.numpy_dtype)
     if out.size == 0:
         return out
@@ -635,12 +657,16 @@ async def read_region(handle: StoreHandle, info: PlaneInfo, region: tuple[slice,
 async def _read_local(handle: StoreHandle, info: PlaneInfo, jobs: list[_Job], out: np.ndarray,
                       key: str | None) -> None:
     """Read local chunks in the worker threads (``key``: the shard holding them; None: a file per chunk)."""
-    batches = _batches(jobs, info)
+    small = info.chunk_nbytes * len(jobs) <= _INLINE_BYTES
+    batches = [jobs] if small else _batches(jobs, info)
     if key is None:
-        calls = [_in_pool(_read_local_files, info, batch, out) for batch in batches]
+        calls = [(_read_local_files, info, batch, out) for batch in batches]
     else:
-        calls = [_in_pool(_read_local_shard, handle.where(key), info, batch, out) for batch in batches]
-    sizes = await gather_all(calls)
+        calls = [(_read_local_shard, handle.where(key), info, batch, out) for batch in batches]
+    if small:  # not worth a hop to a worker thread
+        sizes = [fn(*args) for fn, *args in calls]
+    else:
+        sizes = await gather_all([_in_pool(*call) for call in calls])
     if _active_stats:
         for batch, batch_sizes in zip(batches, sizes, strict=True):
             for job, size in zip(batch, batch_sizes, strict=True):
@@ -652,7 +678,7 @@ async def _read_shard(handle: StoreHandle, info: PlaneInfo, shard: tuple[int, ..
     key = info.key(shard)
     where = handle.where(key)
     if handle.local_root is not None:
-        index, _ = await _in_pool(_load_index_local, where, info)
+        index, _ = _load_index_local(where, info)  # a few bytes from a local file: read in place
         if _active_stats:
             _count(key, info.index_nbytes)
         _locate(jobs, info, index, where)
@@ -712,10 +738,11 @@ async def _read_remote_file(handle: StoreHandle, info: PlaneInfo, job: _Job, out
         _place(data, info, job, out)
 
 
-async def _read_region_zarr(handle: StoreHandle, info: PlaneInfo, region: tuple[slice, ...], array: Any
-                            ) -> np.ndarray:
-    if array is None:
-        _, array = await open_plane(handle, info.name)
+async def _read_region_zarr(handle: StoreHandle, info: PlaneInfo, region: tuple[slice, ...]) -> np.ndarray:
+    """Arrays with other codecs: zarr-python reads (and checks) them."""
+    from zarr.api.asynchronous import open_array
+
+    array = await open_array(store=handle.store, path=info.name, mode="r", zarr_format=3)
     try:
         return np.asarray(await array.getitem(region))
     except (ValueError, RuntimeError) as err:
@@ -843,6 +870,33 @@ def _write_files(root: str | None, data: np.ndarray, info: PlaneInfo, indices: S
     return written
 
 
+_METADATA: dict[tuple[Any, ...], tuple[PlaneInfo, bytes]] = {}
+
+
+async def _array_metadata(name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
+                          shards: tuple[int, ...] | None, compressor: Compressor) -> tuple[PlaneInfo, bytes]:
+    """The ``zarr.json`` of an array, as zarr-python writes it (cached: it depends on these arguments only)."""
+    key = (name, shape, dtype, chunks, shards, compressor)
+    cached = _METADATA.get(key)
+    if cached is None:
+        from zarr.api.asynchronous import create_group as zarr_create_group
+        from zarr.storage import MemoryStore
+
+        scratch = await zarr_create_group(store=MemoryStore(), zarr_format=3)
+        array = await scratch.create_array(
+            name, shape=shape, dtype=np.dtype(dtype), chunks=chunks, shards=shards,
+            compressors=compressor.zarr_codecs(np.dtype(dtype)), fill_value=0, write_data=False,
+        )
+        info = PlaneInfo.from_metadata(name, array.metadata)
+        assert info.fast, f"array {name} was created with codecs this module cannot write: {array.metadata.codecs}"
+        document = await scratch.store_path.store.get(f"{name}/zarr.json", default_buffer_prototype())
+        cached = (info, document.to_bytes())
+        if len(_METADATA) > 256:
+            _METADATA.clear()
+        _METADATA[key] = cached
+    return cached
+
+
 async def write_plane(handle: StoreHandle, group: Any, name: str, data: np.ndarray, chunks: tuple[int, ...],
                       compressor: Compressor, shards: tuple[int, ...] | None = None) -> None:
     """Create array ``name`` in ``group`` (metadata by zarr) and write every chunk (by this module).
@@ -855,12 +909,8 @@ async def write_plane(handle: StoreHandle, group: Any, name: str, data: np.ndarr
     chunks = tuple(max(1, min(c, n) if n else c) for c, n in zip(chunks, data.shape, strict=True))
     if shards is not None:
         shards = tuple(max(c, -(-s // c) * c) for s, c in zip(shards, chunks, strict=True))
-    array = await group.create_array(
-        name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-        compressors=compressor.zarr_codecs(data.dtype), fill_value=0, write_data=False,
-    )
-    info = PlaneInfo.from_array(name, array)
-    assert info.fast, f"array {name} was created with codecs this module cannot write: {array.metadata.codecs}"
+    info, document = await _array_metadata(name, data.shape, data.dtype.str, chunks, shards, compressor)
+    await group.store_path.store.set(f"{name}/zarr.json", default_buffer_prototype().buffer.from_bytes(document))
     codec = compressor.numcodecs_codec()
     root = handle.local_root
     store = handle.store
@@ -894,21 +944,72 @@ async def write_plane(handle: StoreHandle, group: Any, name: str, data: np.ndarr
 
 
 async def create_group(handle: StoreHandle, attributes: dict[str, Any]) -> Any:
-    from zarr.api.asynchronous import create_group as zarr_create_group
+    """Start a new store: its root group, laid out by zarr-python in memory.
 
-    return await zarr_create_group(store=handle.store, zarr_format=3, attributes=attributes)
+    Arrays are created in it with `write_plane` (their chunks go to ``handle``
+    straight away); `write_metadata` then writes every ``zarr.json`` into the
+    store. zarr-python writing them itself would probe the store for existing
+    nodes and hop to a thread per file.
+    """
+    from zarr.api.asynchronous import create_group as zarr_create_group
+    from zarr.storage import MemoryStore
+
+    return await zarr_create_group(store=MemoryStore(), zarr_format=3, attributes=attributes)
+
+
+def _write_files_local(root: str, documents: dict[str, bytes]) -> dict[str, tuple[int, str]]:
+    written = {}
+    for key, data in documents.items():
+        fd = _open_new(os.path.join(root, *key.split("/")))
+        try:
+            sink = _Sink(fd)
+            sink.write(data)
+        finally:
+            os.close(fd)
+        written[key] = (sink.size, sink.checksum)
+    return written
+
+
+async def write_metadata(handle: StoreHandle, group: Any) -> None:
+    """Write the ``zarr.json`` documents of a store made by `create_group` and `write_plane`."""
+    memory = group.store_path.store
+    prototype = default_buffer_prototype()
+    documents = {}
+    async for key in memory.list():
+        buf = await memory.get(key, prototype)
+        if buf is not None:
+            documents[key] = buf.to_bytes()
+    store = handle.store
+    if handle.local_root is None:
+        for key, data in documents.items():
+            await store.set(key, prototype.buffer.from_bytes(data))
+        return
+    written = _write_files_local(handle.local_root, documents)  # a few small files: written in place
+    if store.written is not None:
+        store.written.update(written)
+
+
+def _group_attributes(data: bytes | None, handle: StoreHandle) -> dict[str, Any]:
+    from zarr.core.group import GroupMetadata
+
+    if data is None:
+        raise FileNotFoundError(f"no zarr group at {handle.where()}")
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+            raise ValueError("not the metadata of a zarr v3 group")
+        return dict(GroupMetadata.from_dict(doc).attributes)
+    except Exception as err:  # json, zarr-python's validation errors
+        raise ChecksumError(f"cannot read the metadata {handle.where('zarr.json')}: {err}") from err
 
 
 async def read_group_attributes(handle: StoreHandle) -> dict[str, Any]:
-    """The attributes of the root group (one request, format fixed to v3, no consolidation probe)."""
-    from zarr.api.asynchronous import open_group
+    """The attributes of the root group (one request for ``zarr.json``; no probing, no consolidated metadata)."""
+    buf = await handle.store.get("zarr.json", default_buffer_prototype())
+    return _group_attributes(None if buf is None else buf.to_bytes(), handle)
 
-    try:
-        group = await open_group(store=handle.store, mode="r", zarr_format=3, use_consolidated=False)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        if type(err).__name__ in ("GroupNotFoundError", "NodeNotFoundError"):
-            raise FileNotFoundError(f"no zarr group at {handle.where()}") from None
-        raise ChecksumError(f"cannot read the metadata {handle.where('zarr.json')}: {err}") from err
-    return dict(group.attrs)
+
+def read_group_attributes_local(handle: StoreHandle) -> dict[str, Any]:
+    """`read_group_attributes` of a local store, in the calling thread (no round trip to zarr's event loop)."""
+    assert handle.local_root is not None
+    return _group_attributes(_read_small_local(handle, "zarr.json"), handle)

@@ -64,7 +64,7 @@ class Registry:
         self.universe = universe
         self.attributes = dict(attributes)
         self._instruments: dict[str, dict[str, Any]] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         if schema is not None:
             self._build(schema)
 
@@ -75,9 +75,10 @@ class Registry:
         elif name == "query_builder":
             from ._query import QueryBuilder
 
+            schema = self.schema  # built first: _build takes the lock too
             with self._lock:
                 if "query_builder" not in self.__dict__:
-                    self.__dict__["query_builder"] = QueryBuilder(self.schema)
+                    self.__dict__["query_builder"] = QueryBuilder(schema)
         else:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return self.__dict__[name]

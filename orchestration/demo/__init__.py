@@ -8,7 +8,8 @@ Importing this package imports numpy, not astropy (the tasks import it when they
 from ._common import DETECTED, MASK_BITS, NO_DATA, NoInputs
 from .preview import asinh_stretch, write_png, write_preview
 from .simulate import DEMO_NIGHTS, demo_flavor_records, demo_skymap, simulate_raws
-from .tasks import CalibrateTask, CoaddTask, WarpTask, coadd_warps, select_warps
+from .tasks import CalibrateTask, CalibrationError, CoaddTask, WarpTask, coadd_warps, select_warps
+from .validate import coadd_photometry
 
 __all__ = [
     "DEMO_NIGHTS",
@@ -16,10 +17,12 @@ __all__ = [
     "MASK_BITS",
     "NO_DATA",
     "CalibrateTask",
+    "CalibrationError",
     "CoaddTask",
     "NoInputs",
     "WarpTask",
     "asinh_stretch",
+    "coadd_photometry",
     "coadd_warps",
     "demo_flavor_records",
     "demo_skymap",

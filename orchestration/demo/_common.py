@@ -36,7 +36,7 @@ def normal_cdf(z: np.ndarray) -> np.ndarray:
 
 def gaussian_kernel(sigma: float, radius: int | None = None) -> np.ndarray:
     """A normalised, centred 2-D Gaussian kernel (pixel-integrated), shape (2r+1, 2r+1)."""
-    r = int(math.ceil(4.0 * sigma)) if radius is None else radius
+    r = math.ceil(4.0 * sigma) if radius is None else radius
     edges = np.arange(-r, r + 2) - 0.5
     profile = np.diff(normal_cdf(edges / sigma))
     kernel = np.outer(profile, profile)

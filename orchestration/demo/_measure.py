@@ -78,7 +78,7 @@ def estimate_background(image: np.ndarray, mesh: int) -> np.ndarray:
 
 
 def _gauss1d(sigma: float) -> np.ndarray:
-    r = max(1, int(math.ceil(3.0 * sigma)))
+    r = max(1, math.ceil(3.0 * sigma))
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
     return k / k.sum()
 
@@ -167,7 +167,7 @@ def measure_psf_sigma(image: np.ndarray, y: np.ndarray, x: np.ndarray, snr: np.n
     fx, fy = x.astype(float), y.astype(float)
     d2 = (fx[:, None] - fx[None, :]) ** 2 + (fy[:, None] - fy[None, :]) ** 2
     np.fill_diagonal(d2, np.inf)
-    r = int(math.ceil(4.0 * max(guess, 1.0))) + 2
+    r = math.ceil(4.0 * max(guess, 1.0)) + 2
     isolated = d2.min(axis=1) > (2 * r) ** 2
     h, w = image.shape
     inside = (y >= r) & (y < h - r) & (x >= r) & (x < w - r)
@@ -196,7 +196,7 @@ def measure_sources(image: np.ndarray, variance: np.ndarray, y: np.ndarray, x: n
                     significance: np.ndarray, sigma: float, aperture_sigma: float) -> Sources:
     """Centroids and aperture fluxes of sources at integer peaks (y, x) (stamps must fit)."""
     radius = max(aperture_sigma * sigma, 2.5)
-    r = int(math.ceil(radius)) + 1
+    r = math.ceil(radius) + 1
     h, w = image.shape
     inside = (y >= r) & (y < h - r) & (x >= r) & (x < w - r)
     y, x, significance = y[inside], x[inside], significance[inside]

@@ -24,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from astropy.wcs import WCS
 
-__all__ = ["bin_planes", "pixel_scale_arcsec", "Resampled", "resample", "target_to_source"]
+__all__ = ["Resampled", "bin_planes", "pixel_scale_arcsec", "resample", "target_to_source"]
 
 
 def pixel_scale_arcsec(wcs: WCS) -> float:
@@ -34,17 +34,29 @@ def pixel_scale_arcsec(wcs: WCS) -> float:
     return float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs))) * 3600.0)
 
 
+def _block_reduce(plane: np.ndarray, factor: int, dtype: Any, op: Any) -> np.ndarray:
+    """Reduce ``factor`` x ``factor`` blocks with ``op`` (np.add, np.bitwise_or) by strided views.
+
+    Adding the ``factor`` strided views of each axis in turn avoids the copy and the slow
+    multi-axis reduction of ``reshape(...).sum(axis=(1, 3))`` (3-5x faster).
+    """
+    h, w = (plane.shape[0] // factor) * factor, (plane.shape[1] // factor) * factor
+    cols = plane[:h, 0:w:factor].astype(dtype)
+    for k in range(1, factor):
+        op(cols, plane[:h, k:w:factor], out=cols)
+    out = cols[0::factor].copy()
+    for k in range(1, factor):
+        op(out, cols[k::factor], out=out)
+    return out
+
+
 def bin_planes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, factor: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sum image and variance, OR the mask, over ``factor`` x ``factor`` blocks (remainders dropped)."""
     if factor == 1:
         return image, variance, mask
-    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    shape = (h // factor, factor, w // factor, factor)
-    img = image[:h, :w].reshape(shape).sum(axis=(1, 3), dtype=np.float64)
-    var = variance[:h, :w].reshape(shape).sum(axis=(1, 3), dtype=np.float64)
-    msk = np.bitwise_or.reduce(np.bitwise_or.reduce(mask[:h, :w].reshape(shape), axis=3), axis=1)
-    return img, var, msk
+    return (_block_reduce(image, factor, np.float64, np.add), _block_reduce(variance, factor, np.float64, np.add),
+            _block_reduce(mask, factor, mask.dtype, np.bitwise_or))
 
 
 def _grid_nodes(n: int, step: int) -> np.ndarray:
@@ -66,14 +78,24 @@ def _interp_rows(n: int, nodes: np.ndarray) -> np.ndarray:
     return out
 
 
-def target_to_source(target_wcs: WCS, shape: tuple[int, int], source_wcs: WCS, grid_step: int = 32
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Source-pixel (x, y) of every target pixel centre, (shape) arrays, via a coarse grid."""
+def target_to_source(target_wcs: WCS, shape: tuple[int, int], source_wcs: WCS, grid_step: int = 32,
+                     source_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Source-pixel (x, y) of every target pixel centre, (shape) arrays, via a coarse grid.
+
+    With ``source_shape``, returns None when the coarse grid shows that no target pixel can land
+    on the source (the full-resolution maps are then never computed).
+    """
     h, w = shape
     ny, nx = _grid_nodes(h, grid_step), _grid_nodes(w, grid_step)
     gx, gy = np.meshgrid(nx, ny)
     ra, dec = target_wcs.wcs_pix2world(gx, gy, 0)
     sx, sy = source_wcs.wcs_world2pix(ra, dec, 0)
+    if source_shape is not None:
+        margin = 2.0 * grid_step  # the map is smooth: the coarse cells bound it within this
+        sh, sw = source_shape
+        if (np.nanmax(sx) < -margin or np.nanmin(sx) > sw + margin
+                or np.nanmax(sy) < -margin or np.nanmin(sy) > sh + margin):
+            return None
     ay, ax = _interp_rows(h, ny), _interp_rows(w, nx)
     return ay @ sx @ ax.T, ay @ sy @ ax.T
 
@@ -98,9 +120,12 @@ def resample(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, source_w
     """
     source_scale = pixel_scale_arcsec(source_wcs)
     target_scale = pixel_scale_arcsec(target_wcs)
-    f = bin_factor if bin_factor is not None else max(1, int(round(target_scale / source_scale)))
+    f = bin_factor if bin_factor is not None else max(1, round(target_scale / source_scale))
     area_ratio = (target_scale / (source_scale * f)) ** 2
-    sx, sy = target_to_source(target_wcs, shape, source_wcs, grid_step)
+    maps = target_to_source(target_wcs, shape, source_wcs, grid_step, source_shape=image.shape)
+    if maps is None:
+        return None
+    sx, sy = maps
     # Source pixels the target can touch, rounded out to whole bins.
     bh, bw = image.shape[0] // f, image.shape[1] // f
     with np.errstate(invalid="ignore"):

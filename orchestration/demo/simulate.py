@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +68,8 @@ def demo_skymap(name: str = "demo") -> Any:
     """The demo skymap: LSST's 120-ring tracts at 1 arcsec pixels, 10x10 patches (~550 px each).
 
     Tract 9000 is at (ra, dec) ~ (23.80, -2.23); patches 44..46 are a strip ~0.46 x 0.15 degrees.
+    Registering the whole skymap writes ~1.9 million patches: register only the tracts in use
+    (``butler.register_skymap(demo_skymap(), tracts=[9000])``).
     """
     from butler.skymap import RingsSkyMap
 
@@ -76,15 +78,10 @@ def demo_skymap(name: str = "demo") -> Any:
 
 
 def demo_flavor_records(nights: Sequence[int] = DEMO_NIGHTS) -> list[dict[str, Any]]:
-    """``flavor`` dimension records: deep, bestSeeing and one nightly flavor per night."""
-    records = [
-        {"name": "deep", "kind": "deep", "day_obs": None, "description": "every warp"},
-        {"name": "bestSeeing", "kind": "bestSeeing", "day_obs": None,
-         "description": "the best-seeing half of the warps"},
-    ]
-    records += [{"name": f"nightly{night}", "kind": "nightly", "day_obs": int(night),
-                 "description": f"the warps of the night {night}"} for night in nights]
-    return records
+    """``flavor`` records of the demo: deep, bestSeeing and ``nightly-YYYYMMDD`` for each night."""
+    from butler.flavors import default_flavors
+
+    return default_flavors(nights)
 
 
 # -- geometry ------------------------------------------------------------------------------------
@@ -141,7 +138,7 @@ def render_stars(shape: tuple[int, int], x: Any, y: Any, flux: Any, sigma: float
     height, width = shape
     out = np.zeros(shape, np.float64) if out is None else out
     x, y, flux = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (x, y, flux))
-    r = int(math.ceil(5.0 * sigma)) + 1
+    r = math.ceil(5.0 * sigma) + 1
     keep = (x > -r) & (x < width - 1 + r) & (y > -r) & (y < height - 1 + r) & (flux != 0)
     x, y, flux = x[keep], y[keep], flux[keep]
     if not len(x):
@@ -247,7 +244,7 @@ def plan_visits(skymap: Any, tract: int, patches: Sequence[int], *, bands: Seque
         day_obs = int(nights[d["night"]])
         seq = seq_in_night.get(day_obs, 0)
         seq_in_night[day_obs] = seq + 1
-        date = datetime.strptime(str(day_obs), "%Y%m%d").replace(tzinfo=timezone.utc)
+        date = datetime.strptime(str(day_obs), "%Y%m%d").replace(tzinfo=UTC)
         begin = date + timedelta(days=1, hours=1, seconds=45 * seq)
         plans.append(VisitPlan(id=first_id + i, band=d["band"], day_obs=day_obs, begin=begin, ra=d["ra"],
                                dec=d["dec"], seeing=d["seeing"], calib=d["calib"], sky=d["sky"],
@@ -371,7 +368,7 @@ def simulate_raws(butler: Any, *, skymap_name: str, tract: int, patches: Sequenc
 
 def _write_raws(butler: Any, todo: list[tuple[VisitPlan, dict[str, Any]]], truth: Table, raw_type: Any, *,
                 seed: int, instrument: str, run: str, workers: int) -> int:
-    """Render in a thread pool (numpy releases the GIL) and put in batches of one visit's detectors."""
+    """Render in a thread pool (numpy releases the GIL) while the previous batch is being put."""
     from concurrent.futures import ThreadPoolExecutor
 
     def make(item: tuple[VisitPlan, dict[str, Any]]) -> tuple[Any, ...]:
@@ -382,8 +379,11 @@ def _write_raws(butler: Any, todo: list[tuple[VisitPlan, dict[str, Any]]], truth
     batch = 9
     written = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for start in range(0, len(todo), batch):
-            items = list(pool.map(make, todo[start : start + batch]))
+        batches = [todo[i : i + batch] for i in range(0, len(todo), batch)]
+        pending = [pool.submit(make, item) for item in batches[0]] if batches else []
+        for k in range(len(batches)):
+            items = [f.result() for f in pending]
+            pending = [pool.submit(make, item) for item in batches[k + 1]] if k + 1 < len(batches) else []
             butler.put_many(items, run=run)
             written += len(items)
     return written

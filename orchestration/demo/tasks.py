@@ -8,8 +8,9 @@
     pixel grid, calibrated to nJy per pixel; NO_DATA (image and variance NaN) where no detector is.
 ``coadd`` (skymap, tract, patch, band, flavor)
     the patch's warps in the band -> their weighted mean over the warps the flavor selects:
-    ``deep`` all, ``bestSeeing`` the best ``best_seeing_fraction`` by seeing, ``nightly`` those of the
-    flavor's ``day_obs``. A flavor that selects nothing raises `NoInputs`.
+    ``deep`` all, ``bestSeeing`` the best ``best_seeing_fraction`` by seeing, ``goodSeeing`` those with
+    seeing <= ``good_seeing_max``, ``nightly`` those of the flavor's ``day_obs``. A flavor that
+    selects nothing raises `NoInputs`.
 
 See ``docs/demo.md`` for the algorithms and ``orchestration/demo/simulate.py`` for the data.
 """
@@ -29,7 +30,7 @@ from . import _measure as meas
 from ._common import DETECTED, FWHM_PER_SIGMA, NO_DATA, NoInputs, gaussian_kernel
 from ._resample import pixel_scale_arcsec, resample
 
-__all__ = ["CalibrateTask", "CoaddTask", "WarpTask", "SRC_COLUMNS"]
+__all__ = ["SRC_COLUMNS", "CalibrateTask", "CalibrationError", "CoaddTask", "WarpTask"]
 
 SRC_COLUMNS = {
     "id": ("int64", "source id, unique in the detector"),
@@ -56,6 +57,10 @@ def _meta_or_id(metadata: Mapping[str, Any], data_id: Any, key: str) -> Any:
 
 
 # -- calibrate -----------------------------------------------------------------------------------
+class CalibrationError(RuntimeError):
+    """A raw has too few reference-star matches (or no WCS) for a photometric calibration."""
+
+
 class CalibrateTask(Task):
     """Background, detection, measurement, astrometric shift and photometric zero point."""
 
@@ -107,7 +112,7 @@ class CalibrateTask(Task):
         smoothed, sum_sq = meas.smooth(image, cfg.psf_sigma_guess)
         significance = smoothed / np.sqrt(noise_var * sum_sq)
         del smoothed
-        border = int(math.ceil(cfg.aperture_sigma * 2.0 * max(cfg.psf_sigma_guess, 1.0))) + 2
+        border = math.ceil(cfg.aperture_sigma * 2.0 * max(cfg.psf_sigma_guess, 1.0)) + 2
         py, px = meas.detect_peaks(significance, significance, cfg.threshold, border)
         sigma = meas.measure_psf_sigma(image, py, px, significance[py, px], cfg.psf_sigma_guess)
         mask = np.asarray(raw.mask).copy()
@@ -117,6 +122,14 @@ class CalibrateTask(Task):
 
         # Astrometric shift and zero point from the reference stars (the simulated truth).
         shift, calib, calib_err, truth_idx, rms = self._calibrate(sources, snr, truth, wcs, sigma)
+        if calib is None:
+            where = f" of {dict(context.data_id)}" if context is not None else ""
+            raise CalibrationError(
+                f"cannot calibrate the raw{where}: {len(sources)} sources detected, "
+                f"{len(truth.get('ra', []))} reference stars in its metadata, "
+                f"{'no WCS' if wcs is None else f'{int((truth_idx >= 0).sum())} matched'}; "
+                f"at least 3 bright (S/N > {self.config.calib_snr}) matches are needed"
+            )
         if wcs is not None and shift is not None:
             wcs.wcs.crpix = (np.asarray(wcs.wcs.crpix) + shift).tolist()
             wcs.wcs.set()
@@ -277,28 +290,34 @@ def _exposure(*args: Any, **kwargs: Any) -> Any:
 
 
 # -- coadd ---------------------------------------------------------------------------------------
-def select_warps(warps: Mapping[Any, Any], flavor: Mapping[str, Any], *, best_seeing_fraction: float = 0.5
-                 ) -> list[Any]:
+def select_warps(warps: Mapping[Any, Any], flavor: Mapping[str, Any], *, best_seeing_fraction: float = 0.5,
+                 good_seeing_max: float = 0.9) -> list[Any]:
     """The keys of ``warps`` that a flavor record (``kind``, ``day_obs``) selects, in sorted order.
 
     ``deep``: all; ``bestSeeing``: the ``ceil(n * fraction)`` with the smallest ``metadata['seeing']``
-    (ties by key); ``nightly``: those whose ``day_obs`` (metadata, else the data ID) is the flavor's.
-    Warps without any data (coverage 0) are never selected.
+    (ties by key); ``goodSeeing``: seeing <= ``good_seeing_max`` arcsec; ``nightly``: those whose
+    ``day_obs`` (metadata, else the data ID) is the flavor's. Warps without any data (coverage 0)
+    are never selected. ``chi2`` combines bands, which a per-band coadd cannot: `NoInputs`.
     """
     kind = flavor.get("kind")
     keys = sorted((k for k, w in warps.items() if w.metadata.get("coverage", 1.0) > 0), key=str)
+    rated = [k for k in keys if warps[k].metadata.get("seeing") is not None]
     if kind == "deep":
         return keys
     if kind == "bestSeeing":
-        rated = [k for k in keys if warps[k].metadata.get("seeing") is not None]
         rated.sort(key=lambda k: (float(warps[k].metadata["seeing"]), str(k)))
         return sorted(rated[: math.ceil(len(rated) * best_seeing_fraction)], key=str)
+    if kind == "goodSeeing":
+        return [k for k in rated if float(warps[k].metadata["seeing"]) <= good_seeing_max]
     if kind == "nightly":
         night = flavor.get("day_obs")
         if night is None:
             raise ValueError(f"nightly flavor {flavor.get('name', '')!r} has no day_obs in its record")
         return [k for k in keys if _meta_or_id(warps[k].metadata, k, "day_obs") == int(night)]
-    raise ValueError(f"unknown coadd flavor kind {kind!r}; known kinds: deep, bestSeeing, nightly")
+    if kind == "chi2":
+        raise NoInputs(f"flavor {flavor.get('name', kind)!r} is a chi2 (multi-band) detection image; "
+                       "the per-band coadd task does not make those")
+    raise ValueError(f"unknown coadd flavor kind {kind!r}; known kinds: deep, bestSeeing, goodSeeing, nightly")
 
 
 class CoaddTask(Task):
@@ -310,6 +329,8 @@ class CoaddTask(Task):
     class Config:
         best_seeing_fraction: float = 0.5
         """Fraction of the warps (best seeing first) that a bestSeeing coadd keeps (rounded up)."""
+        good_seeing_max: float = 0.9
+        """Largest seeing (FWHM, arcsec) of the warps of a goodSeeing coadd."""
 
     warp = Input(dataset_type="warp", dimensions=("instrument", "visit", "skymap", "tract", "patch"),
                  storage_class="Exposure", multiple=True, doc="all warps of the patch in the band")
@@ -318,8 +339,9 @@ class CoaddTask(Task):
 
     def run(self, *, warp: Mapping[Any, Any], context: Any) -> dict[str, Any]:
         flavor = dict(context.record("flavor"))
-        flavor.setdefault("name", context.data_id["flavor"] if "flavor" in context.data_id else None)
-        chosen = select_warps(warp, flavor, best_seeing_fraction=self.config.best_seeing_fraction)
+        flavor.setdefault("name", context.data_id.get("flavor", None))
+        chosen = select_warps(warp, flavor, best_seeing_fraction=self.config.best_seeing_fraction,
+                              good_seeing_max=self.config.good_seeing_max)
         if not chosen:
             raise NoInputs(f"coadd flavor {flavor.get('name')!r} ({flavor.get('kind')}"
                            f"{', day_obs ' + str(flavor.get('day_obs')) if flavor.get('day_obs') else ''}) selects "
@@ -327,7 +349,7 @@ class CoaddTask(Task):
         coadd = coadd_warps([warp[k] for k in chosen])
         coadd.metadata.update({"flavor": flavor.get("name"), "flavor_kind": flavor.get("kind"),
                                "flavor_day_obs": flavor.get("day_obs"),
-                               "band": context.data_id["band"] if "band" in context.data_id else None,
+                               "band": context.data_id.get("band", None),
                                "inputs_available": len(warp)})
         return {"coadd": coadd}
 
