@@ -48,6 +48,8 @@ class SpatialRepo:
     patches: list[tuple[int, int]] = field(default_factory=list)  # (tract, patch) holding detectors
     tracts: list[int] = field(default_factory=list)  # the tracts holding the visits
     registered: list[int] = field(default_factory=list)  # every registered tract
+    register_cpu: float = 0.0
+    load: float = 0.0  # 1-minute load average after the registration
 
     @property
     def sqlite_path(self) -> str:
@@ -104,16 +106,18 @@ def _build(ctx: Context) -> SpatialRepo:
         selection = sorted(chosen)
     count = skymap.num_tracts if selection is None else len(selection)
     ctx.log(f"registering {count:,} tracts of {skymap} ({count * skymap.num_patches:,} patches)")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     butler.register_skymap(skymap, tracts=selection)
     register_seconds = time.perf_counter() - t0
+    register_cpu = time.process_time() - c0  # SQLite works in this process: CPU time is most of the work
     ctx.log(f"registered in {register_seconds:.1f} s; defining {N_EXPOSURES} visits")
     butler.insert_dimension_records("exposure", records)
     t0 = time.perf_counter()
     butler.define_visits("SimCam")
     define_seconds = time.perf_counter() - t0
     repo = SpatialRepo(root, skymap, register_seconds, define_seconds, tracts=tracts,
-                       registered=selection or list(range(skymap.num_tracts)))
+                       registered=selection or list(range(skymap.num_tracts)), register_cpu=register_cpu,
+                       load=os.getloadavg()[0])
     con = sqlite3.connect(repo.sqlite_path)
     try:
         for table in ("tract", "tract_skypix", "patch", "patch_skypix", "visit", "visit_detector_region",
@@ -322,16 +326,19 @@ def bench_define_visits(ctx: Context) -> Result:
 
     skymap = RingsSkyMap("rings120", num_rings=120)
     records, _ = _exposure_records(skymap, N_EXPOSURES)
-    samples = []
+    samples, cpu = [], []
     for rep in range(ctx.size(3, 2)):
         butler = _new_repo(ctx.scratch(f"define-visits-{rep}"))
         butler.insert_dimension_records("exposure", records)
-        t0 = time.perf_counter_ns()
+        t0, c0 = time.perf_counter_ns(), time.process_time()
         count = butler.define_visits("SimCam")
         samples.append(time.perf_counter_ns() - t0)
+        cpu.append(time.process_time() - c0)
         assert count == N_EXPOSURES
     return Result.from_samples(samples, "s", notes=f"{N_EXPOSURES} visits x 9 detectors; regions, index rows and "
-                                                   "visit_definition rows written in one transaction")
+                                                   "visit_definition rows written in one transaction; CPU time "
+                                                   f"{percentile(cpu, 50):.2f} s",
+                               extra={"cpu_seconds": cpu})
 
 
 @benchmark("spatial.register_skymap", unit="s", target=60.0,
@@ -342,5 +349,7 @@ def bench_register_skymap(ctx: Context) -> Result:
     c = repo.counts
     return Result(value=repo.register_seconds, n=1,
                   notes=f"{repo.skymap.name}: {c['tract']:,} tracts + {c['tract_skypix']:,} index rows, "
-                        f"{c['patch']:,} patches + {c['patch_skypix']:,} index rows",
-                  extra=dict(c))
+                        f"{c['patch']:,} patches + {c['patch_skypix']:,} index rows; CPU time of this process "
+                        f"{repo.register_cpu:.1f} s (SQLite included); load average {repo.load:.1f} on "
+                        f"{os.cpu_count()} CPUs",
+                  extra={**c, "cpu_seconds": repo.register_cpu, "load_average": repo.load})

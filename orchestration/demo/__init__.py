@@ -7,7 +7,7 @@ Importing this package imports numpy, not astropy (the tasks import it when they
 
 from ._common import DETECTED, MASK_BITS, NO_DATA, NoInputs
 from .preview import asinh_stretch, write_png, write_preview
-from .simulate import DEMO_NIGHTS, demo_flavor_records, demo_skymap, simulate_raws
+from .simulate import DEMO_NIGHTS, demo_flavor_records, demo_skymap, prepare_demo_repo, simulate_raws
 from .tasks import CalibrateTask, CalibrationError, CoaddTask, WarpTask, coadd_warps, select_warps
 from .validate import coadd_photometry
 
@@ -26,6 +26,7 @@ __all__ = [
     "coadd_warps",
     "demo_flavor_records",
     "demo_skymap",
+    "prepare_demo_repo",
     "select_warps",
     "simulate_raws",
     "write_png",

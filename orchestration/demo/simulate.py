@@ -51,6 +51,7 @@ __all__ = [
     "detector_wcs",
     "make_truth_catalog",
     "plan_visits",
+    "prepare_demo_repo",
     "render_stars",
     "simulate_raw",
     "simulate_raws",
@@ -364,6 +365,22 @@ def simulate_raws(butler: Any, *, skymap_name: str, tract: int, patches: Sequenc
     written = _write_raws(butler, todo, truth, raw_type, seed=seed, instrument=instrument, run=run, workers=workers)
     return {"visits": ids, "raws_written": written, "raws_skipped": len(plans) * len(detectors) - written,
             "truth_stars": len(truth), "run": run, "plans": plans}
+
+
+def prepare_demo_repo(butler: Any, *, skymap_name: str = "demo", tract: int = 9000,
+                      patches: Sequence[int] = (44, 45, 46), bands: Sequence[str] = ("g", "r"),
+                      nights: Sequence[int] = DEMO_NIGHTS, **kwargs: Any) -> dict[str, Any]:
+    """Everything the demo pipeline needs, idempotently: SimCam, the demo skymap's ``tract`` (only
+    that tract: registering all 18,938 would take a minute), the flavors (deep, bestSeeing,
+    nightly-YYYYMMDD per night) and the simulated raws (``simulate_raws`` with ``kwargs``)."""
+    from butler.instrument import SimCam
+
+    if not butler.query_dimension_records("instrument", instrument="SimCam"):
+        butler.register_instrument(SimCam())
+    butler.register_skymap(demo_skymap(skymap_name), tracts=[tract])
+    butler.register_flavors(demo_flavor_records(nights))
+    return simulate_raws(butler, skymap_name=skymap_name, tract=tract, patches=patches, bands=bands, nights=nights,
+                         **kwargs)
 
 
 def _write_raws(butler: Any, todo: list[tuple[VisitPlan, dict[str, Any]]], truth: Table, raw_type: Any, *,
