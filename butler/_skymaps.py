@@ -218,7 +218,8 @@ def data_id_packer(butler: Butler, kind: str, **data_id: Any) -> Any:
         from .dimensions._packers import packer_for_instrument
 
         return packer_for_instrument(record.visit_max, record.detector_max, record.exposure_max, kind)
-    raise ValueError(f"unknown packer kind {kind!r}; kinds: {[*SKYMAP_PACKERS, *INSTRUMENT_PACKERS]}")
+    joint = ["instrument_visit_detector", "instrument_exposure_detector"]  # butler._multi_instrument
+    raise ValueError(f"unknown packer kind {kind!r}; kinds: {[*SKYMAP_PACKERS, *INSTRUMENT_PACKERS, *joint]}")
 
 
 def _check_packer_args(kind: str, given: Mapping[str, Any], needed: str, allowed: set[str]) -> None:
@@ -405,14 +406,15 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
 
 
 def _update_visits(registry: Any, conn: Any, rows: list[dict[str, Any]]) -> None:
-    """Rewrite existing visit records (fields and region) and their spatial index."""
+    """Rewrite the fields of existing visit records that come from the exposure (and the region),
+    and their spatial index."""
     import sqlalchemy as sa
 
     element = registry.universe["visit"]
     table = registry.schema.elements["visit"]
     converted = [registry.records.to_row(element, row) for row in rows]
     registry.records._ensure_implied(element, converted, conn)  # a new day_obs record if needed
-    fields = [c for c in converted[0] if c not in ("instrument", "id")]
+    fields = [c for c in rows[0] if c not in ("instrument", "id")]  # others (seeing...) are kept
     stmt = (table.update()
             .where(table.c.instrument == sa.bindparam("key_instrument"), table.c.id == sa.bindparam("key_id"))
             .values({f: sa.bindparam(f"new_{f}") for f in fields}))

@@ -7,13 +7,14 @@ from ._pipeline import Pipeline, PipelineError, TaskDef
 from ._plan import Plan, Quantum
 from ._planner import Planner, PlanningError
 from ._provenance import ProvenanceMismatchError
-from ._task import Task
+from ._task import NoWorkFound, Task
 
 __all__ = [
     "Connection",
     "DaskExecutor",
     "ExecutionReport",
     "InitOutput",
+    "NoWorkFound",
     "Input",
     "Output",
     "Pipeline",

@@ -23,6 +23,7 @@ from butler import Butler, DatasetRef
 from ._context import QuantumContext
 from ._pipeline import TaskDef
 from ._plan import Quantum
+from ._task import NoWorkFound
 
 __all__ = ["ButlerConfig", "QuantumResult", "QuantumFailure", "execute_quantum", "worker_butler"]
 
@@ -38,6 +39,7 @@ class QuantumResult:
     start_ns: int = 0
     end_ns: int = 0
     host: str = ""
+    no_work: str = ""  # why run() found nothing to do (NoWorkFound); then there are no outputs
 
 
 class QuantumFailure(Exception):
@@ -88,6 +90,7 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
     start = time.time_ns()
     butler = worker_butler(config)
     known = {ref.id: files for result in upstream if result is not None for ref, files in result.outputs}
+    upstream_no_work = [r.no_work for r in upstream if r is not None and r.no_work]
     try:
         inputs: dict[str, Any] = {}
         for name, refs in quantum.inputs.items():
@@ -97,11 +100,19 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
             else:
                 inputs[name] = _read(butler, refs[0], known)
         task = _task_instance(task_def)
-        if _accepts_context(task):
-            context = QuantumContext(quantum.data_id, quantum.context.get("records", {}), butler)
-            produced = task.run(context=context, **inputs)
-        else:
-            produced = task.run(**inputs)
+        try:
+            out_run = next((r.run for r in quantum.outputs.values()), None)
+            if upstream_no_work and any(ref.id not in known for refs in quantum.inputs.values() for ref in refs
+                                        if ref.run == out_run):
+                raise NoWorkFound(f"an upstream quantum had nothing to do ({upstream_no_work[0]})")
+            if _accepts_context(task):
+                context = QuantumContext(quantum.data_id, quantum.context.get("records", {}), butler)
+                produced = task.run(context=context, **inputs)
+            else:
+                produced = task.run(**inputs)
+        except NoWorkFound as why:
+            return QuantumResult(quantum.index, uuid.uuid4(), start_ns=start, end_ns=time.time_ns(),
+                                 host=socket.gethostname(), no_work=str(why) or type(why).__name__)
         missing = set(quantum.outputs) - set(produced or {})
         if missing:
             raise RuntimeError(f"run() returned no {sorted(missing)}; it must return every output connection")

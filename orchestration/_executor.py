@@ -31,6 +31,7 @@ __all__ = ["DaskExecutor", "ExecutionReport", "check_picklable", "prepare_run"]
 @dataclass
 class ExecutionReport:
     succeeded: int = 0
+    no_work: int = 0
     skipped: int = 0
     failed: list[QuantumFailure] = field(default_factory=list)
     blocked: list[int] = field(default_factory=list)
@@ -42,8 +43,8 @@ class ExecutionReport:
         return not self.failed and not self.blocked
 
     def summary(self) -> str:
-        lines = [f"{self.succeeded} quanta succeeded, {self.skipped} skipped, {len(self.failed)} failed, "
-                 f"{len(self.blocked)} blocked by failures, in {self.seconds:.1f} s"]
+        lines = [f"{self.succeeded} quanta succeeded ({self.no_work} with nothing to do), {self.skipped} skipped, "
+                 f"{len(self.failed)} failed, {len(self.blocked)} blocked by failures, in {self.seconds:.1f} s"]
         for f in self.failed:
             lines.append(f"FAILED {f.task} {f.data_id}: {f.error}")
             lines.append("  " + f.tb.strip().replace("\n", "\n  "))
@@ -165,8 +166,10 @@ class DaskExecutor:
             for future in as_completed(futures):
                 index = index_of[future.key]
                 if future.status == "finished":
-                    pending.append(future.result())
+                    result = future.result()
+                    pending.append(result)
                     report.succeeded += 1
+                    report.no_work += bool(result.no_work)
                 else:
                     exc = future.exception()
                     if isinstance(exc, QuantumFailure) and exc.index != index:
@@ -233,7 +236,8 @@ class _Registrar:
             records.append({
                 "quantum_id": result.quantum_id, "task": q.task, "data_id": q.data_id.to_dict(),
                 "config_digest": self.digests[q.task], "host": result.host, "start_ns": result.start_ns,
-                "end_ns": result.end_ns, "status": "succeeded",
+                "end_ns": result.end_ns, "status": "no-work" if result.no_work else "succeeded",
+                "error": result.no_work or None,
                 "inputs": [r.id for refs in q.inputs.values() for r in refs],
                 "outputs": [ref.id for ref, _ in result.outputs],
             })

@@ -14,7 +14,15 @@ from typing import Any, ClassVar
 
 from ._connections import Connection, InitOutput, Input, Output, PrerequisiteInput
 
-__all__ = ["Task", "config_digest", "config_to_dict"]
+__all__ = ["NoWorkFound", "Task", "config_digest", "config_to_dict"]
+
+
+class NoWorkFound(LookupError):
+    """Raised by ``run`` when a quantum has nothing to do (e.g. a coadd flavor selects no input).
+
+    The executor records the quantum as done with no outputs (not as a failure); downstream
+    quanta that needed its outputs are blocked.
+    """
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -282,13 +282,16 @@ def test_update_after_moving_a_boresight_changes_queries_at_once(sky, rings):
     assert before == {44, 45, 54, 55}  # the tract centre is the corner of these four patches
     old_region = detector_regions(sky)[(1, 4)]
     sky.insert_dimension_records("exposure", [exposure_record(1, ra, dec, band="g")], conflict="replace")
+    table = sky.registry.schema.elements["visit"]
+    with sky.registry.db.transaction(write=True) as conn:  # a field define_visits does not own
+        conn.execute(table.update().where(table.c.id == 1).values(seeing=0.7))
     assert sky.define_visits("SimCam", update=True) == 8
     after = {d["patch"] for d in sky.query_data_ids(["patch"], instrument="SimCam", visit=1, detector=4)}
     assert after == {77}
     ids = sky.query_data_ids(["visit", "detector"], skymap="rings12", tract=TRACT, patch=77)
     assert {d["detector"] for d in ids if d["visit"] == 1} == set(range(9))
     (visit,) = sky.query_dimension_records("visit", instrument="SimCam", visit=1)
-    assert (visit.tracking_ra, visit.tracking_dec) == (ra, dec)
+    assert (visit.tracking_ra, visit.tracking_dec, visit.seeing) == (ra, dec, 0.7)
     # No stale index rows: the index holds exactly the pixels of the new regions.
     spatial = sky.registry.records.spatial
     new_region = detector_regions(sky)[(1, 4)]

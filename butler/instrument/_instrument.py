@@ -221,8 +221,9 @@ class Instrument(ABC):
         The default packs the fields in the bits their maxima need (``visit_max``, ``exposure_max``,
         ``detector_max`` of the camera definition); a camera class may override this method.
         IDs of different instruments may collide: they are unique only within one instrument.
-        (Joint processing of several instruments will need the instrument in the ID, e.g. a few
-        high bits with a per-repository instrument index; not done yet.)
+        For joint processing of several instruments use a repository's joint packers, which put
+        the instrument's per-repository index in the high bits:
+        ``butler.packer("instrument_visit_detector")`` (see ``butler._multi_instrument``).
         """
         from ..dimensions._packers import packer_for_instrument
 

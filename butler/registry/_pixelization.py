@@ -32,9 +32,62 @@ class CubeFacePixelization:
     def envelopes(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cells touched by convex polygons given as unit vectors (M, K, 3).
 
-        Returns ``(polygon_index, pixel)`` arrays: one entry per (polygon, cell) pair.
+        Returns ``(polygon_index, pixel)`` arrays: one entry per (polygon, cell) pair, sorted.
+
+        Most polygons (patches, detectors) lie strictly inside one face: those take a fast path
+        that projects them on that face only (the other faces' tests would reject them anyway,
+        so the result is the same); the others go through every face.
         """
         vertices = np.asarray(vertices, dtype=np.float64)
+        if vertices.ndim != 3 or len(vertices) == 0:
+            return self._envelopes_all_faces(vertices)
+        absolute = np.abs(vertices)
+        axis = absolute[:, 0, :].argmax(axis=1)  # dominant axis of each polygon's first vertex
+        rows = np.arange(len(vertices))
+        dominant = absolute[rows, :, axis]  # (M, K)
+        others = np.maximum(absolute[rows, :, (axis + 1) % 3], absolute[rows, :, (axis + 2) % 3])
+        signed = vertices[rows, :, axis]
+        inside = ((dominant - others) > 1e-9).all(axis=1) & ((signed > 0).all(axis=1) | (signed < 0).all(axis=1))
+        if inside.all():
+            return self._envelopes_one_face(vertices, axis + 3 * (signed[:, 0] < 0))
+        if not inside.any():
+            return self._envelopes_all_faces(vertices)
+        fast, slow = np.flatnonzero(inside), np.flatnonzero(~inside)
+        p1, x1 = self._envelopes_one_face(vertices[fast], (axis + 3 * (signed[:, 0] < 0))[fast])
+        p2, x2 = self._envelopes_all_faces(vertices[slow])
+        poly = np.concatenate([fast[p1], slow[p2]])
+        pix = np.concatenate([x1, x2])
+        order = np.lexsort((pix, poly))
+        return poly[order], pix[order]
+
+    def _envelopes_one_face(self, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cells of polygons that lie strictly inside their face ``faces`` (M,) (face = axis + 3 * negative)."""
+        n = self.n
+        eps = 1e-9
+        k = faces % 3
+        sign = np.where(faces < 3, 1.0, -1.0)
+        rows, cols = np.arange(len(vertices))[:, None], np.arange(vertices.shape[1])[None, :]
+        d = sign[:, None] * vertices[rows, cols, k[:, None]]
+        a = vertices[rows, cols, ((k + 1) % 3)[:, None]]
+        b = vertices[rows, cols, ((k + 2) % 3)[:, None]]
+        u, v = a / d, b / d
+        i0 = np.clip(np.floor((u.min(axis=1) + 1) * 0.5 * n - eps), 0, n - 1).astype(np.int64)
+        i1 = np.clip(np.floor((u.max(axis=1) + 1) * 0.5 * n + eps), 0, n - 1).astype(np.int64)
+        j0 = np.clip(np.floor((v.min(axis=1) + 1) * 0.5 * n - eps), 0, n - 1).astype(np.int64)
+        j1 = np.clip(np.floor((v.max(axis=1) + 1) * 0.5 * n + eps), 0, n - 1).astype(np.int64)
+        ni = i1 - i0 + 1
+        counts = ni * (j1 - j0 + 1)
+        total = int(counts.sum())
+        poly = np.repeat(np.arange(len(vertices)), counts)
+        offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        ni_r = np.repeat(ni, counts)
+        ii = np.repeat(i0, counts) + offset % ni_r
+        jj = np.repeat(j0, counts) + offset // ni_r
+        pix = np.repeat(faces.astype(np.int64), counts) * n * n + jj * n + ii
+        return poly, pix  # already sorted: by polygon, then row-major within one face
+
+    def _envelopes_all_faces(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cells of any convex polygons: every face is tested (the general path)."""
         n = self.n
         out_poly = []
         out_pix = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .._task import NoWorkFound
+
 import math
 
 import numpy as np
@@ -17,7 +19,7 @@ MASK_BITS = {"DETECTED": DETECTED, "NO_DATA": NO_DATA}
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
-class NoInputs(LookupError):
+class NoInputs(NoWorkFound):
     """A quantum has nothing to do: e.g. a coadd flavor selects none of the warps it was given.
 
     Raised from ``run``; an executor should record the quantum as having no outputs (like

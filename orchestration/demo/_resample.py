@@ -160,9 +160,3 @@ def resample(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, source_w
         out_msk[valid] = msk[np.clip(np.rint(vv).astype(np.int64), 0, ch - 1),
                              np.clip(np.rint(uu).astype(np.int64), 0, cw - 1)]
     return Resampled(out_img, out_var, out_msk, valid)
-
-
-def sample_wcs_shift(source_wcs: Any, target_wcs: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Target-pixel positions of source-pixel positions (for tests and diagnostics)."""
-    ra, dec = source_wcs.wcs_pix2world(x, y, 0)
-    return target_wcs.wcs_world2pix(ra, dec, 0)
