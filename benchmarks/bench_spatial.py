@@ -264,18 +264,19 @@ def _pack_data(ctx: Context) -> dict[str, Any]:
                 "band": np.array(BANDS)[rng.integers(0, len(BANDS), N_PACKED)]}
         reps = ctx.size(7, 3)
         packer.unpack(packer.pack(data))  # warm-up (page faults of the output arrays)
-        seconds, base = [], []
+        seconds, base, cpu = [], [], []
         for _ in range(reps):  # interleaved so drift hits both alike
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = packer.unpack(packer.pack(data))
             seconds.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             t0 = time.perf_counter()
             bare = _bare_numpy(data, packer)
             base.append(time.perf_counter() - t0)
         for key, value in data.items():
             if not np.array_equal(out[key], value) or not np.array_equal(bare[key], value):
                 raise RuntimeError(f"{key} does not round-trip")
-        return {"seconds": seconds, "base": base, "n_bits": packer.n_bits}
+        return {"seconds": seconds, "base": base, "cpu": cpu, "n_bits": packer.n_bits}
 
     return ctx.fixture("pack_data", build)
 
@@ -304,7 +305,10 @@ def bench_pack_unpack(ctx: Context) -> Result:
                                baseline_ns=[int(s * 1e9) for s in data["base"]],
                                baseline_label="bare numpy shifts/ORs/masks + band lookup table",
                                notes=f"{N_PACKED:,} IDs of {data['n_bits']} bits, int64 tract/patch and <U1 band "
-                                     "arrays in, the same out")
+                                     f"arrays in, the same out; CPU time median {percentile(data['cpu'], 50):.3f} s, "
+                                     f"min {min(data['cpu']):.3f} s; load average {os.getloadavg()[0]:.1f} on "
+                                     f"{os.cpu_count()} CPUs",
+                               extra={"cpu_seconds": data["cpu"]})
 
 
 @benchmark("spatial.pack_unpack_ratio", unit="x", target=1.5,

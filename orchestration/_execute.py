@@ -28,7 +28,7 @@ from ._task import NoWorkFound
 __all__ = ["ButlerConfig", "QuantumResult", "QuantumFailure", "execute_quantum", "worker_butler"]
 
 _BUTLERS: dict[Any, Butler] = {}
-_TASKS: dict[int, Any] = {}
+_TASKS: dict[tuple, Any] = {}
 
 
 @dataclass
@@ -60,6 +60,9 @@ class ButlerConfig:
     root: str
     collections: tuple[str, ...]
 
+    def __dask_tokenize__(self) -> tuple:
+        return ("ButlerConfig", self.root, self.collections)
+
 
 def worker_butler(config: ButlerConfig) -> Butler:
     """The process-wide Butler for a configuration: opened once per worker process."""
@@ -70,11 +73,13 @@ def worker_butler(config: ButlerConfig) -> Butler:
 
 
 def _task_instance(task_def: TaskDef) -> Any:
-    key = id(task_def)
+    # By value (label, class, config digest): every task sent to a worker unpickles its own copy of
+    # the TaskDef, so keying by identity would make (and keep) one task instance per quantum.
+    key = task_def._dask_token
     task = _TASKS.get(key)
-    if task is None or task[0] is not task_def:
-        task = _TASKS[key] = (task_def, task_def.make_task())
-    return task[1]
+    if task is None:
+        task = _TASKS[key] = task_def.make_task()
+    return task
 
 
 def _read(butler: Butler, ref: DatasetRef, known: Mapping[uuid.UUID, list[Any]]) -> Any:

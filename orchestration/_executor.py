@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,16 +132,16 @@ class DaskExecutor:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.resume_command = resume_command
 
-    def graph(self, plan: Plan, config: ButlerConfig) -> tuple[dict[str, Any], list[str]]:
-        """The dict graph: ``q-<index>`` -> (execute_quantum, config, task def, quantum, *upstream keys)."""
+    def graph(self, plan: Plan, config: ButlerConfig, prefix: str = "q") -> tuple[dict[str, Any], list[str]]:
+        """The dict graph: ``<prefix>-<index>`` -> (execute_quantum, config, task def, quantum, *upstream keys)."""
         defs = {d.label: d for d in plan.tasks}
         runs = {q.index for q in plan.quanta if q.status == RUN}
         dsk: dict[str, Any] = {}
         for q in plan.quanta:
             if q.index not in runs:
                 continue
-            deps = [f"q-{u}" for u in q.upstream if u in runs]
-            dsk[f"q-{q.index}"] = (execute_quantum, config, defs[q.task], q, *deps)
+            deps = [f"{prefix}-{u}" for u in q.upstream if u in runs]
+            dsk[f"{prefix}-{q.index}"] = (execute_quantum, config, defs[q.task], q, *deps)
         return dsk, list(dsk)
 
     def run(self, plan: Plan, butler: Butler) -> ExecutionReport:
@@ -149,13 +150,16 @@ class DaskExecutor:
         start = time.perf_counter()
         prepare_run(plan, butler)
         config = ButlerConfig(butler.root, (plan.output_run, *plan.input_collections))
-        dsk, keys = self.graph(plan, config)
+        # Keys unique to this execution: a later run on the same client must never be answered
+        # with results of an earlier one that the scheduler has not forgotten yet.
+        prefix = f"q{uuid.uuid4().hex[:12]}"
+        dsk, keys = self.graph(plan, config, prefix)
         report = ExecutionReport(skipped=len(plan.quanta) - len(keys), resume_command=self.resume_command)
         if not keys:
             report.seconds = time.perf_counter() - start
             return report
         futures = self.client.get(dsk, keys, sync=False, retries=self.retries)
-        index_of = {f.key: int(f.key[2:]) for f in futures}
+        index_of = {f.key: int(f.key.rpartition("-")[2]) for f in futures}
         failed_index: set[int] = set()
         pending: list[QuantumResult] = []
         failed_records: list[dict[str, Any]] = []
@@ -163,34 +167,17 @@ class DaskExecutor:
         bar = _progress(len(keys)) if self.progress else None
         registrar = _Registrar(butler, plan)
         try:
-            for future in as_completed(futures):
-                index = index_of[future.key]
-                if future.status == "finished":
-                    result = future.result()
-                    pending.append(result)
-                    report.succeeded += 1
-                    report.no_work += bool(result.no_work)
-                else:
-                    exc = future.exception()
-                    if isinstance(exc, QuantumFailure) and exc.index != index:
-                        report.blocked.append(index)
-                    elif isinstance(exc, QuantumFailure):
-                        report.failed.append(exc)
-                        failed_index.add(index)
-                        failed_records.append(registrar.failure_record(index, exc.error))
-                    else:
-                        q = plan.quanta[index]
-                        failure = QuantumFailure(index, q.task, str(q.data_id), f"{type(exc).__name__}: {exc}",
-                                                 "".join(_format_tb(future)))
-                        if any(u in failed_index for u in q.upstream):
-                            report.blocked.append(index)
-                        else:
-                            report.failed.append(failure)
-                            failed_index.add(index)
-                            failed_records.append(registrar.failure_record(index, failure.error))
-                future.release()
+            # Results arrive in batches of whatever has finished: one gather per batch, not a round
+            # trip to a worker per quantum.
+            for batch in as_completed(futures).batches():
+                done = [f for f in batch if f.status == "finished"]
+                results = dict(zip([f.key for f in done], self.client.gather(done))) if done else {}
+                for future in batch:
+                    self._consume(future, results, index_of[future.key], plan, report, pending, failed_index,
+                                  failed_records, registrar)
+                    future.release()
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(len(batch))
                 if len(pending) >= self.batch_size or time.monotonic() - last_flush > self.flush_seconds:
                     registrar.register(pending, failed_records)
                     pending, failed_records = [], []
@@ -201,6 +188,35 @@ class DaskExecutor:
                 bar.close()
         report.seconds = time.perf_counter() - start
         return report
+
+    @staticmethod
+    def _consume(future: Any, results: dict[Any, QuantumResult], index: int, plan: Plan, report: ExecutionReport,
+                 pending: list[QuantumResult], failed_index: set[int], failed_records: list[dict[str, Any]],
+                 registrar: _Registrar) -> None:
+        """Account for one finished future: a result to register, a failure, or a blocked quantum."""
+        if future.key in results:
+            result = results[future.key]
+            pending.append(result)
+            report.succeeded += 1
+            report.no_work += bool(result.no_work)
+        else:
+            exc = future.exception()
+            if isinstance(exc, QuantumFailure) and exc.index != index:
+                report.blocked.append(index)
+            elif isinstance(exc, QuantumFailure):
+                report.failed.append(exc)
+                failed_index.add(index)
+                failed_records.append(registrar.failure_record(index, exc.error))
+            else:
+                q = plan.quanta[index]
+                failure = QuantumFailure(index, q.task, str(q.data_id), f"{type(exc).__name__}: {exc}",
+                                         "".join(_format_tb(future)))
+                if any(u in failed_index for u in q.upstream):
+                    report.blocked.append(index)
+                else:
+                    report.failed.append(failure)
+                    failed_index.add(index)
+                    failed_records.append(registrar.failure_record(index, failure.error))
 
 
 class _Registrar:

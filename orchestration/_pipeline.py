@@ -8,6 +8,7 @@ graph has no cycle. Tasks are kept in dependency order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 from collections.abc import Iterable, Mapping
@@ -52,6 +53,13 @@ class TaskDef:
     @property
     def config_digest(self) -> str:
         return config_digest(self.config)
+
+    @functools.cached_property
+    def _dask_token(self) -> tuple:
+        return ("TaskDef", self.label, self.class_path, self.config_digest)
+
+    def __dask_tokenize__(self) -> tuple:
+        return self._dask_token
 
     def make_task(self) -> Task:
         return self.task_class(self.config)

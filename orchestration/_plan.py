@@ -37,6 +37,12 @@ class Quantum:
     reason: str = ""
     context: dict[str, Any] = field(default_factory=dict)
 
+    def __dask_tokenize__(self) -> tuple:
+        # Cheap and unique: the predicted output ids are fresh UUIDs (dask would otherwise pickle
+        # every quantum to name the graph, about 1 ms each).
+        return ("Quantum", self.index, self.task, self.data_id.values,
+                tuple(ref.id.hex for ref in self.outputs.values()))
+
     def describe(self) -> str:
         ins = ", ".join(f"{k}: {len(v)}" for k, v in self.inputs.items())
         outs = ", ".join(f"{k}: {r.dataset_type.name}" for k, r in self.outputs.items())

@@ -151,6 +151,8 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
         butler._run_record(output_run, False)  # refuse to remove somebody else's run
         if not dry_run:
             butler.remove_runs(output_run)
+        else:  # plan as the replacement will run: every quantum, whatever the old run holds
+            extend_run, clobber_outputs, resume = True, True, False
     plan = Planner(butler).build(pipe, inputs=collections, output_run=output_run, where=full_where, bind=bind,
                                  extend_run=extend_run, resume=resume, clobber_outputs=clobber_outputs,
                                  skip_existing_in=list(skip_existing_in) or None, calibs=calib_map)

@@ -333,6 +333,20 @@ def test_plane_layout():
     assert plane_layout((10, 1 << 20), 4) == ((10, 512), (10, 1 << 20))  # rows over 1 MiB: tiles
 
 
+def test_crc32c_implementations_agree():
+    """The optional fast ``crc32c`` package (when installed) and the ``google_crc32c`` fallback agree."""
+    import google_crc32c
+
+    from butler.datastore import _zarr_io as zio
+
+    data = np.random.default_rng(0).integers(0, 255, 100_003, dtype=np.uint8)
+    expected = google_crc32c.value(data.tobytes())
+    for crc in (zio._crc32c, zio._crc32c_google):
+        assert crc(data) == crc(memoryview(data)) == crc(data.tobytes()) == expected
+        assert crc(b"tail", crc(data)) == google_crc32c.value(data.tobytes() + b"tail")
+        assert crc(data.tobytes() + zio._crc(data)) == zio._CRC32C_RESIDUE
+
+
 def test_zarr_many_shards_and_tiles(tmp_path):
     """Smaller strips and shards (as for planes bigger than 64 MiB): several shard files, read by both readers."""
     import zarr

@@ -241,9 +241,8 @@ def test_unpicklable_config_fails_before_anything_is_written(repo):
     plan = Planner(repo).build(Pipeline().add_task("locked", UnpicklableConfigTask), inputs="in",
                                output_run="u/tester/locked")
     assert len(plan.to_run()) == 6
-    with Client(processes=False, dashboard_address=":0") as client:
-        with pytest.raises(PipelineError) as info:
-            DaskExecutor(client).run(plan, repo)
+    with Client(processes=False, dashboard_address=":0") as client, pytest.raises(PipelineError) as info:
+        DaskExecutor(client).run(plan, repo)
     message = str(info.value)
     assert message.startswith("locked: the task orchestration.testing.UnpicklableConfigTask with its config "
                               "cannot be pickled")

@@ -458,3 +458,28 @@ def test_flavor_helpers():
     assert flavor_record("nightly-20261124") == {"name": "nightly-20261124", "kind": "nightly",
                                                  "day_obs": 20261124, "description": "visits of the night 20261124"}
     assert {"deep", "bestSeeing", "nightly", "chi2"} <= set(FLAVOR_KINDS)
+
+
+def test_envelope_fast_path_equals_the_general_path():
+    """Polygons strictly inside one cube face take a one-face path; its cells are the same."""
+    from butler.registry._pixelization import CubeFacePixelization
+
+    pixelization = CubeFacePixelization(9)
+    rng = np.random.default_rng(0)
+    batches = [RingsSkyMap("rings120", 120).patch_vertices(np.arange(0, 18938, 97)).reshape(-1, 4, 3)]
+    for size, count in ((1e-4, 5000), (1e-2, 2000), (0.05, 200)):  # squares anywhere, edges and corners included
+        centre = rng.normal(size=(count, 3))
+        centre /= np.linalg.norm(centre, axis=1)[:, None]
+        east = np.cross(centre, [0.0, 0.0, 1.0])
+        east /= np.linalg.norm(east, axis=1)[:, None]
+        north = np.cross(centre, east)
+        angle = np.arange(4) * np.pi / 2 + rng.uniform(0, 2 * np.pi, (count, 1))
+        v = centre[:, None, :] + size * (np.cos(angle)[..., None] * east[:, None, :]
+                                         + np.sin(angle)[..., None] * north[:, None, :])
+        batches.append(v / np.linalg.norm(v, axis=2)[..., None])
+    edge = np.array([[[1.0, 1.0, 0.1], [1.0, 1.0, 0.2], [0.9, 1.0, 0.2]]])  # a vertex on a face boundary
+    batches.append(edge / np.linalg.norm(edge, axis=2)[..., None])
+    for vertices in batches:
+        fast = pixelization.envelopes(vertices)
+        general = pixelization._envelopes_all_faces(vertices)
+        assert all(np.array_equal(x, y) for x, y in zip(fast, general))

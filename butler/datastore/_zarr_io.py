@@ -157,8 +157,29 @@ def _scratch(nbytes: int, slot: str = "a") -> np.ndarray:
     return buf[:nbytes]
 
 
+def _crc32c_google(data: Any, value: int = 0) -> int:
+    if not isinstance(data, (bytes, np.ndarray)):
+        data = np.frombuffer(data, np.uint8)  # google_crc32c takes bytes and arrays, not memoryviews
+    return google_crc32c.extend(value, data) if value else google_crc32c.value(data)
+
+
+def _pick_crc32c() -> Callable[..., int]:
+    """The fastest crc32c at hand: the ``crc32c`` package when installed and hardware-based (~30 GB/s
+    here with the CPU's crc32 instruction, and it releases the GIL), else ``google_crc32c`` (~7.5
+    GB/s, zarr-python's own dependency; it holds the GIL for anything but ``bytes``)."""
+    try:
+        import crc32c
+    except ImportError:
+        return _crc32c_google
+    return crc32c.crc32c if getattr(crc32c, "hardware_based", False) else _crc32c_google
+
+
+_crc32c = _pick_crc32c()
+"""``_crc32c(data, value=0)``: the crc32c of a buffer (continuing from ``value``)."""
+
+
 def _crc(data: Any) -> bytes:
-    return struct.pack("<I", google_crc32c.value(data))
+    return struct.pack("<I", _crc32c(data))
 
 
 # -- compressors ------------------------------------------------------------------------------
@@ -508,9 +529,7 @@ def _direct(info: PlaneInfo, job: _Job, out: np.ndarray) -> np.ndarray | None:
 
 def _place(data: Any, info: PlaneInfo, job: _Job, out: np.ndarray) -> None:
     """Check the crc32c of an encoded chunk, decode it and copy its part into ``out``."""
-    if not isinstance(data, (bytes, np.ndarray)):
-        data = np.frombuffer(data, np.uint8)  # google_crc32c takes bytes and arrays, not memoryviews
-    if len(data) < 4 or google_crc32c.value(data) != _CRC32C_RESIDUE:
+    if len(data) < 4 or _crc32c(data) != _CRC32C_RESIDUE:
         raise ChecksumError(
             f"checksum mismatch in {job.where} ({len(data)} bytes): the chunk is corrupted or truncated"
         )
@@ -540,7 +559,7 @@ def _read_chunk_at(fd: int, info: PlaneInfo, job: _Job, out: np.ndarray, size: i
         # In place: the kernel copies the chunk into the output, the crc32c reads it from the cache.
         tail = bytearray(4)
         got = os.preadv(fd, [dst, tail], job.offset)
-        if got != size or google_crc32c.extend(google_crc32c.value(dst), bytes(tail)) != _CRC32C_RESIDUE:
+        if got != size or _crc32c(bytes(tail), _crc32c(dst)) != _CRC32C_RESIDUE:
             raise ChecksumError(
                 f"checksum mismatch in {job.where} ({got} of {size} bytes read): the chunk is corrupted or truncated"
             )
@@ -597,7 +616,7 @@ def _load_index_local(path: str, info: PlaneInfo) -> tuple[np.ndarray, int]:
 
 
 def _parse_index(data: bytes, info: PlaneInfo, where: str, file_size: int | None) -> np.ndarray:
-    if len(data) != info.index_nbytes or google_crc32c.value(data) != _CRC32C_RESIDUE:
+    if len(data) != info.index_nbytes or _crc32c(data) != _CRC32C_RESIDUE:
         raise ChecksumError(
             f"checksum mismatch in the chunk index of shard {where}: the file is corrupted or truncated"
         )
