@@ -29,6 +29,12 @@ from ._runner import Context, Result, benchmark, measure, percentile, rate_resul
 
 FORBIDDEN_AT_IMPORT = ("dask", "astropy", "zarr")
 
+BYTECODE_ENV = {"PYTHONDONTWRITEBYTECODE": ""}
+"""Environment of the fresh interpreters that time imports and first opens: bytecode caching on,
+as for an installed package, even where the caller's environment turns it off (with
+``PYTHONDONTWRITEBYTECODE=1`` every butler module would be compiled from source at each import:
+about 25 ms more for ``from butler import Butler``). The warm-up run writes the ``.pyc`` files."""
+
 
 def _butler(root: str, **kwargs):
     from butler import Butler
@@ -205,7 +211,7 @@ def _run_open(root: str, mode: str, info: dict | None = None) -> int:
 
     from ._runner import PROJECT_ROOT
 
-    env = dict(os.environ)
+    env = dict(os.environ, **BYTECODE_ENV)
     env.setdefault("BUTLER_USER", "bench")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", _OPEN_CODE, root, mode], capture_output=True, text=True, check=False,
@@ -267,7 +273,8 @@ def _open_scaling(ctx: Context) -> dict:
     big_n = ctx.size(1_000_000, 100_000)
     small = big_repo(ctx, small_n)
     big = big_repo(ctx, big_n)
-    n = ctx.size(12, 4)
+    # 20 samples each: a first open costs a few ms, so one stalled sample moves a median of 12.
+    n = ctx.size(20, 4)
     _run_open(small, "butler")
     _run_open(big, "butler")
     s_small, s_big = [], []
@@ -441,6 +448,8 @@ _IMPORT_CODE = textwrap.dedent("""
     t0 = time.perf_counter_ns()
     if what == "import butler":
         import butler
+    elif what == "import sqlalchemy":
+        import sqlalchemy
     else:
         from butler import Butler
     t1 = time.perf_counter_ns()
@@ -450,11 +459,12 @@ _IMPORT_CODE = textwrap.dedent("""
 """)
 
 
-def _import_samples(what: str, n: int) -> tuple[list[int], dict]:
-    run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)))  # warm .pyc files
+def _import_samples(what: str, n: int, *, warm: bool = True) -> tuple[list[int], dict]:
+    if warm:
+        run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)), env=BYTECODE_ENV)  # write the .pyc files
     samples, last = [], {}
     for _ in range(n):
-        last = run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)))
+        last = run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)), env=BYTECODE_ENV)
         samples.append(int(last["ns"]))
     return samples, last
 
@@ -466,7 +476,7 @@ def _importtime(statement: str) -> list[tuple[str, float, int]]:
 
     from ._runner import PROJECT_ROOT
 
-    env = dict(os.environ)
+    env = dict(os.environ, **BYTECODE_ENV)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True,
                           check=False, env=env, timeout=60)
@@ -509,10 +519,18 @@ def bench_import_butler(ctx: Context) -> Result:
                        "SQLAlchemy and the registry modules that opening a repository needs (target borrowed "
                        "from `import butler`)")
 def bench_import_Butler(ctx: Context) -> Result:
-    samples, last = _import_samples("from butler import Butler", ctx.size(10, 4))
+    n = ctx.size(10, 4)
+    _import_samples("from butler import Butler", 0)
+    samples, base, last = [], [], {}
+    for _ in range(n):  # interleaved with the baseline, so the machine's load hits both alike
+        s, last = _import_samples("from butler import Butler", 1, warm=False)
+        b, _ = _import_samples("import sqlalchemy", 1, warm=False)
+        samples += s
+        base += b
     top = _importtime_top("from butler import Butler")
-    return Result.from_samples(samples, "ms", notes=f"modules loaded: {last['n_modules']}; heavy: {last['modules']}; "
-                                                    f"biggest imports (-X importtime, ms): {top[:5]}",
+    return Result.from_samples(samples, "ms", baseline_ns=base, baseline_label="`import sqlalchemy` alone",
+                               notes=f"modules loaded: {last['n_modules']}; heavy: {last['modules']}; "
+                                     f"biggest imports (-X importtime, ms): {top[:5]}",
                                extra={"heavy_modules": last["modules"], "importtime_top_ms": top})
 
 
@@ -523,7 +541,7 @@ def bench_import_forbidden(ctx: Context) -> Result:
     found = set()
     seen = {}
     for what in ("import butler", "from butler import Butler"):
-        out = run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)))
+        out = run_python(_IMPORT_CODE.replace("sys.argv[1]", repr(what)), env=BYTECODE_ENV)
         seen[what] = out["modules"]
         found |= set(out["modules"]) & set(FORBIDDEN_AT_IMPORT)
     return Result(value=len(found), n=1, notes=f"forbidden loaded: {sorted(found) or 'none'}; also loaded: {seen}",

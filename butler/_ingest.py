@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._dataset_ref import DatasetRef
+from .dimensions import DataCoordinate
 from .datastore import checksum_bytes, checksum_file, get_storage_class
 from .datastore._formatters import get_formatter
 from .errors import ConflictError, StorageClassError
@@ -89,6 +90,86 @@ def _uuid4s(n: int) -> list[uuid.UUID]:
     return out
 
 
+def _coordinate_maker(butler: Butler, group: Any) -> Any:
+    """``standardize(data_id)`` for the data IDs of one ingest, like ``Butler._standardize``.
+
+    A plain dict of exactly the group's required keys, with 64-bit ints for integer keys and,
+    for string keys, values that the general path has already accepted in this ingest (the
+    instrument name, typically), is made into a data ID directly; anything else (aliases,
+    implied keys, values to convert, a string not seen yet) takes the general path, whose
+    checks and errors therefore apply to every data ID.
+    """
+    general = butler._standardize
+    no_kwargs: dict[str, Any] = {}
+    required = group.required
+    universe = group.universe
+    kinds = tuple(universe[name].key.type for name in required)
+    if any(kind not in ("int", "str") for kind in kinds):
+        return lambda data_id: general(group, data_id, no_kwargs)
+    accepted: set[tuple[str, str]] = set()  # (key, string value) the general path accepted
+    lo, hi = -(2**63), 2**63 - 1
+    from_values = DataCoordinate.from_values
+    n = len(required)
+    str_keys = [(i, name) for i, (name, kind) in enumerate(zip(required, kinds)) if kind == "str"]
+    # Aliases that are also dimension names would make a plain dict mean something else.
+    clash = bool(set(butler._aliases(None)) & set(required))
+
+    def standardize(data_id: Any) -> DataCoordinate:
+        if type(data_id) is dict and len(data_id) == n and not clash:
+            try:
+                values = tuple([data_id[name] for name in required])
+            except KeyError:
+                values = None
+            if values is not None:
+                for value, kind, name in zip(values, kinds, required):
+                    if type(value) is int:
+                        if kind != "int" or not lo <= value <= hi:
+                            break
+                    elif type(value) is not str or kind != "str" or (name, value) not in accepted:
+                        break
+                else:
+                    return from_values(group, values)
+        coord = general(group, data_id, no_kwargs)
+        values = coord.values
+        for i, name in str_keys:
+            accepted.add((name, values[i]))
+        return coord
+
+    return standardize
+
+
+def _path_maker(butler: Butler, datastore: Any, dataset_type: str, group: Any, run: str) -> Any:
+    """``path(ref, extension)``: ``datastore.relative_path(ref, butler._template_values(ref), extension)``
+    for the refs of one ingest (one dataset type and run, no component), with the template of
+    each instrument looked up once, and the values dictionary built once per ref instead of three
+    times."""
+    templates = datastore.templates
+    by_instrument: dict[Any, tuple[Any, tuple[str, ...], bool]] = {}
+    required = group.required
+    implied = group.implied
+    expand_implied = butler._expand_implied
+
+    def path(ref: DatasetRef, extension: str) -> str:
+        coord = ref.data_id
+        values = coord.to_dict(implied=True)
+        instrument = values.get("instrument")
+        entry = by_instrument.get(instrument)
+        if entry is None:
+            template = templates.lookup(dataset_type, instrument)[0]
+            entry = by_instrument[instrument] = (
+                template, tuple(n for n in implied if n in template.names), "id" in template.names)
+        template, implied_used, uses_id = entry
+        if implied_used and any(n not in values for n in implied_used):
+            values.update(expand_implied(coord))
+        values["run"] = run
+        values["dataset_type"] = dataset_type
+        if uses_id:
+            values["id"] = ref.id.hex
+        return template.format(values, required) + extension
+
+    return path
+
+
 def ingest_files(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]], *, run: str | None,
                  transfer: str, allow_foreign_run: bool) -> list[DatasetRef]:
     if transfer not in TRANSFER_MODES:
@@ -117,8 +198,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
 
     # Pass 1: validate every source and data ID before anything is transferred.
     items: list[tuple[str, int, Any]] = []
-    standardize = butler._standardize
-    no_kwargs: dict[str, Any] = {}
+    standardize = _coordinate_maker(butler, group)
     for source, data_id in files:
         source = os.path.abspath(os.fspath(source))
         try:
@@ -127,7 +207,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
             raise FileNotFoundError(f"cannot ingest {source}: no such file") from None
         if not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(f"cannot ingest {source}: not a regular file")
-        items.append((source, st.st_size, standardize(group, data_id, no_kwargs)))
+        items.append((source, st.st_size, standardize(data_id)))
     if transfer != "direct":
         butler._prime_implied([coord for _, _, coord in items])
 
@@ -137,10 +217,8 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
     plan: list[tuple[str, str]] = []  # (source, absolute destination)
     formatter_cache: dict[str, tuple[str, str]] = {}  # source extension -> (formatter, its extension)
     trusted = DatasetRef._trusted
-    template_values = butler._template_values
-    relative_path = datastore.relative_path
-    root = datastore.root
-    join = os.path.join
+    relative_path = _path_maker(butler, datastore, dt.name, group, run_name)
+    prefix = datastore.root.rstrip("/") + "/"
     splitext = os.path.splitext
     sc_name = storage_class.name
     for (source, size, coord), id_ in zip(items, _uuid4s(len(items))):
@@ -153,8 +231,8 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
         if transfer == "direct":
             rel = dest = source
         else:
-            rel = relative_path(ref, template_values(ref), fmt[1])
-            dest = rel if rel.startswith("/") else join(root, rel)
+            rel = relative_path(ref, fmt[1])
+            dest = prefix + rel  # templates are relative and '..'-free (checked when parsed)
         plan.append((source, dest))
         checksum, size = _checksum_and_size(source, size)
         records[id_] = [FileRecord("", rel, fmt[0], sc_name, checksum, size)]

@@ -67,7 +67,12 @@ def register_skymap(butler: Butler, skymap: Any, tracts: Iterable[int] | int | N
     for attempt in range(3):
         try:
             with registry.db.transaction(write=True) as conn:
-                return _register_tracts(butler, conn, skymap, wanted)
+                added = _register_tracts(butler, conn, skymap, wanted)
+            if added:
+                schema = registry.schema
+                registry.db.analyze([schema.elements["tract"], schema.elements["patch"], schema.skypix["tract"],
+                                     schema.skypix["patch"]])
+            return added
         except (sa.exc.IntegrityError, dbapi.IntegrityError):
             # Another process registered the same skymap or tracts meanwhile (PostgreSQL and
             # MySQL; SQLite write transactions are serialised): what it added is skipped now.
@@ -402,6 +407,9 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
             records_mgr.insert("visit", new_visits, conn=conn)
         records_mgr.insert("visit_definition", definition_rows, conflict="skip", conn=conn)
         records_mgr.insert("visit_detector_region", region_rows, conn=conn)
+    schema = registry.schema
+    registry.db.analyze([schema.elements["visit"], schema.elements["visit_detector_region"],
+                         schema.skypix["visit"], schema.skypix["visit_detector_region"]])
     return len(visit_rows)
 
 

@@ -123,7 +123,7 @@ def remove_orphans(butler: Butler, run: str) -> list[str]:
 class DaskExecutor:
     """Runs plans on a ``distributed.Client`` (LocalCluster, a scheduler address, dask-jobqueue...)."""
 
-    def __init__(self, client: Any, *, retries: int = 0, batch_size: int = 500, flush_seconds: float = 1.0,
+    def __init__(self, client: Any, *, retries: int = 0, batch_size: int = 500, flush_seconds: float = 0.25,
                  progress: bool | None = None, resume_command: str = "") -> None:
         self.client = client
         self.retries = retries

@@ -46,7 +46,11 @@ class Quantum:
     def describe(self) -> str:
         ins = ", ".join(f"{k}: {len(v)}" for k, v in self.inputs.items())
         outs = ", ".join(f"{k}: {r.dataset_type.name}" for k, r in self.outputs.items())
-        return (f"{self.task} {self.data_id}: {self.status.upper()} ({self.reason}); inputs [{ins}]; "
+        reason = self.reason
+        if not reason and self.context.get("clobber"):
+            reason = f"removes {len(self.context['clobber'])} existing output(s) first: --clobber-outputs"
+        why = f" ({reason})" if reason else ""
+        return (f"{self.task} {self.data_id}: {self.status.upper()}{why}; inputs [{ins}]; "
                 f"outputs [{outs}]; upstream quanta {list(self.upstream)}")
 
 

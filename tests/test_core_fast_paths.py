@@ -187,3 +187,28 @@ def test_query_refs_over_several_collections(simcam_repo):
     for ref in everything:
         assert hash(ref.data_id) == hash(type(ref.data_id).from_values(ref.data_id.group, ref.data_id.values))
         assert ref.component is None and ref in (first, second, other)
+
+
+@pytest.mark.parametrize("templates,instrument_templates", [
+    ({}, {}),
+    ({"metrics": "{run}/{dataset_type}/{band}/{day_obs}/{visit:06d}_{detector:03d}"}, {}),
+    ({"default": "{run}/{id}"}, {}),
+    ({}, {"SimCam": {"metrics": "{run}/sim/{physical_filter?}/{dataset_type}_{dims}"}}),
+    ({}, {"SimCam": {"default": "{run}/{instrument}/{dataset_type}/{id}"}}),
+])
+def test_ingest_paths_are_the_datastore_paths(simcam_repo, templates, instrument_templates):
+    from butler._ingest import _path_maker
+    from butler._dataset_ref import DatasetRef
+    from butler.datastore._datastore import FileDatastore
+    from butler.datastore._templates import TemplateSet
+
+    butler = simcam_repo
+    datastore = FileDatastore(butler.root, TemplateSet(templates, instrument_templates))
+    type_rec = butler.registry.dataset_types.get("metrics")
+    path = _path_maker(butler, datastore, "metrics", type_rec.group, "u/tester/run1")
+    for visit, detector in [(12, 0), (14, 8)]:
+        for data_id in ({"instrument": "SimCam", "visit": visit, "detector": detector},
+                        {"instrument": "SimCam", "visit": visit, "detector": detector, "band": "zz"}):
+            coord = butler._standardize(type_rec.group, data_id, {})
+            ref = DatasetRef(type_rec.dataset_type, coord, "u/tester/run1")
+            assert path(ref, ".json") == datastore.relative_path(ref, butler._template_values(ref), ".json")

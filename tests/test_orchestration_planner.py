@@ -115,7 +115,7 @@ def test_plan_save_load_summary_explain(repo, tmp_path):
 
     text = plan.explain("sum", visit=1)
     assert text.startswith("sum {instrument: 'SimCam', visit: 1")
-    assert "RUN" in text and "inputs [added: 9]" in text and "outputs [total: visit_sum]" in text
+    assert ": RUN; inputs [added: 9]" in text and "outputs [total: visit_sum]" in text
     assert len(plan.explain("add", {"visit": 0})) > 0 and plan.explain("add", visit=0).count("\n") == 8
     assert "no quantum of 'add' matches {'visit': 9}" in plan.explain("add", visit=9)
     (tmp_path / "junk.gz").write_bytes(__import__("gzip").compress(__import__("pickle").dumps([1, 2])))
@@ -230,6 +230,7 @@ def test_partial_outputs_need_clobber(repo, client):
     assert (counts["run"], counts["skip"]) == (1, 8)
     (q,) = plan.to_run()
     assert q.data_id["detector"] == 4 and [r.id for r in q.context["clobber"]] == [low.id]
+    assert "RUN (removes 1 existing output(s) first: --clobber-outputs)" in plan.explain("split", detector=4)
     execute(client, repo, plan)
     new_low = repo.query_datasets("split_low", collections=OUT, where="detector = 4")
     assert len(new_low) == 1 and new_low[0].id != low.id

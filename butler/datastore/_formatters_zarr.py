@@ -15,10 +15,12 @@ default and masks use blosc-lz4 (the fastest choice measured by
 ``benchmarks/bench_composites.py``, see docs/composites.md); the
 ``compressors`` option of `ZarrExposureFormatter` picks others.
 
-Reads open the store with the format fixed (``zarr_format=3``, no consolidated
-metadata), so ``component="wcs"``/``"metadata"``/``"photo_calib"`` cost one
-request (the root ``zarr.json``); a plane adds its own ``zarr.json``, its shard
-index and then only the chunks its ``bbox`` intersects. ``lazy=True`` returns
+Reads fetch only the documents they need (format fixed to zarr v3, parsed by
+zarr-python's metadata classes; no probing, no consolidated metadata), so
+``component="wcs"``/``"metadata"``/``"photo_calib"`` cost one request (the root
+``zarr.json``, read in the caller's thread for local stores); a plane adds its
+own ``zarr.json``, its shard index and then only the chunks its ``bbox``
+intersects. ``lazy=True`` returns
 dask arrays whose tasks read one chunk each. Paths and fsspec URLs
 (``memory://``, ``http://``...) go through the same code
 (`butler.datastore._zarr_io`).

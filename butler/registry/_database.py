@@ -131,6 +131,21 @@ class Database:
             else:
                 conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{self.namespace}`"))
 
+    def analyze(self, tables: Sequence[sa.Table]) -> None:
+        """Refresh the query planner's statistics after a bulk load (SQLite otherwise picks bad join
+        orders for spatial queries over freshly loaded millions of rows)."""
+        prep = self.engine.dialect.identifier_preparer
+        with self.engine.connect() as conn:
+            for table in tables:
+                name = prep.format_table(table)
+                if self.dialect == "sqlite":
+                    conn.exec_driver_sql(f"ANALYZE {name}")
+                elif self.dialect == "postgresql":
+                    conn.exec_driver_sql(f"ANALYZE {name}")
+                else:
+                    conn.exec_driver_sql(f"ANALYZE TABLE {name}")
+            conn.commit()
+
     def bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: Sequence[str],
                     rows: Sequence[tuple[Any, ...]], *, chunk: int = 50_000) -> None:
         """Insert many tuples with the driver's executemany, bypassing per-row SQLAlchemy work.

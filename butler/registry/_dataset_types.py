@@ -94,8 +94,15 @@ class DatasetTypeManager:
         group = dataset_type.group(self._schema.universe)
         tags = self._schema.tags_table(group)
         # DDL first, in its own transaction: MySQL commits DDL implicitly anyway.
-        with self._db.transaction(write=True) as conn:
-            tags.create(conn, checkfirst=True)
+        try:
+            with self._db.transaction(write=True) as conn:
+                tags.create(conn, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # Another process created the same tags table between the check and the CREATE
+            # (PostgreSQL raises a unique violation on its catalog): fine if it exists now.
+            with self._db.transaction() as conn:
+                if not sa.inspect(conn).has_table(tags.name, schema=self._db.namespace):
+                    raise
         with self._db.transaction(write=True) as conn:
             conn.execute(
                 self._db.insert_ignore(self._table).values(
