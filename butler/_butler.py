@@ -7,7 +7,6 @@ pickled Butler is a few hundred bytes that reconnects when first used in a worke
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import shutil
@@ -47,7 +46,12 @@ _IMPLIED_PLANS: dict[tuple[DimensionUniverse, DimensionGroup], tuple[tuple[str, 
 
 def current_user() -> str:
     """Owner recorded for new RUN collections: ``$BUTLER_USER``, else the login name."""
-    return os.environ.get("BUTLER_USER") or getpass.getuser()
+    user = os.environ.get("BUTLER_USER")
+    if user:
+        return user
+    import getpass
+
+    return getpass.getuser()
 
 
 def _open_registry(config: RepoConfig) -> Registry:

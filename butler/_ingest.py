@@ -2,8 +2,9 @@
 
 Files are transferred into the repository layout (copy, move, hardlink or symlink) or left in
 place ("direct", recording the absolute path). Checksums and sizes are computed from the files.
-All registry rows are inserted with three multi-row INSERTs; if anything fails, transferred
-files are removed (or moved back) and the registry is untouched.
+All registry rows are inserted in one transaction with three bulk INSERTs (see
+``DatasetManager.insert``); if anything fails, transferred files are removed (or moved back)
+and the registry is untouched.
 
 The per-file work is kept to what each file needs (ingest targets >= 20k files/s): one ``stat``
 (which also gives the size), one read for the checksum of a small file, the path from the
@@ -23,10 +24,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._dataset_ref import DatasetRef
-from .dimensions import DataCoordinate
 from .datastore import checksum_bytes, checksum_file, get_storage_class
 from .datastore._formatters import get_formatter
+from .dimensions import DataCoordinate
 from .errors import ConflictError, StorageClassError
+from .registry._datasets import FileRecord
 
 if TYPE_CHECKING:
     from ._butler import Butler
@@ -194,7 +196,6 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
     group = type_rec.group
     storage_class = get_storage_class(dt.storage_class)
     run_name, run_rec = butler._run_record(run, allow_foreign_run)
-    from .registry._datasets import FileRecord
 
     # Pass 1: validate every source and data ID before anything is transferred.
     items: list[tuple[str, int, Any]] = []

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from butler import Butler, DatasetType
+from butler import Butler
 from butler.datastore import checksum_file
 from butler.datastore._templates import DEFAULT_TEMPLATE, FileTemplate
 from butler.dimensions import DimensionUniverse
@@ -197,8 +197,8 @@ def test_query_refs_over_several_collections(simcam_repo):
     ({}, {"SimCam": {"default": "{run}/{instrument}/{dataset_type}/{id}"}}),
 ])
 def test_ingest_paths_are_the_datastore_paths(simcam_repo, templates, instrument_templates):
-    from butler._ingest import _path_maker
     from butler._dataset_ref import DatasetRef
+    from butler._ingest import _path_maker
     from butler.datastore._datastore import FileDatastore
     from butler.datastore._templates import TemplateSet
 

@@ -11,7 +11,6 @@ import operator
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -20,8 +19,8 @@ from .._dataset_ref import DatasetRef
 from ..dimensions import DataCoordinate
 from ..errors import ConflictError, DataIdError
 from ._collections import CollectionManager, CollectionRecord, CollectionType
-from ._dataset_types import DatasetTypeManager, DatasetTypeRecord
 from ._database import Database
+from ._dataset_types import DatasetTypeManager, DatasetTypeRecord
 from ._dimension_records import DimensionRecordManager
 from ._schema import RegistrySchema
 
@@ -59,8 +58,9 @@ class FileRecord(NamedTuple):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class FoundDataset:
+class FoundDataset(NamedTuple):
+    """A dataset found by a lookup, with its file records."""
+
     ref: DatasetRef
     files: tuple[FileRecord, ...]
 

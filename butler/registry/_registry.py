@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-import sqlalchemy.dialects.sqlite  # noqa: F401 - the default backend; create_engine would import it at open
+import sqlalchemy.dialects.sqlite  # the default backend; create_engine would import it at open
 
 from ..dimensions import DimensionUniverse
 from ..errors import ButlerError, RegistryConnectionError, RepositoryNotFoundError
