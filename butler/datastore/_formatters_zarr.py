@@ -194,55 +194,71 @@ class ZarrExposureFormatter(ExposureFormatterBase):
         request = ReadRequest.parse(component, checked, location)
         handle = zio.open_store(location, storage_options=storage_options)
         if handle.local_root is not None:
-            # The root metadata of a local store is read here: components held in it (wcs, metadata,
-            # photo_calib) then need no round trip to zarr's event loop at all.
-            layout = self._layout(zio.read_group_attributes_local(handle), handle.where())
-            if request.component in _IN_ROOT:
-                return self._from_root(handle, request, layout)
-            result = zio.run(self._read_async(handle, request, layout))
+            # Local stores are read from this thread (chunks by the worker threads): no round trip
+            # through zarr's event loop, so a component held in the root metadata is one file read.
+            result = self._read_local(handle, request)
         else:
-            result = zio.run(self._read_async(handle, request, None))
+            result = zio.run(self._read_async(handle, request))
         if not request.lazy or not isinstance(result, _LazyResult):
             return result
         return result.build(location, storage_options)
 
+    def _read_local(self, handle: zio.StoreHandle, request: ReadRequest) -> Any:
+        layout = self._layout(zio.read_group_attributes_local(handle), handle.where())
+        if request.component in _IN_ROOT:
+            return self._from_root(handle, request, layout)
+        if request.component == "psf":
+            return self._psf_local(handle, layout)
+        names = (request.component,) if request.component is not None else PLANES
+        infos = [zio.open_plane_local(handle, name) for name in names]
+        planes = psf = None
+        _, rows, columns = self._region(handle, request, layout)
+        if not request.lazy:
+            planes = zio.read_regions_local(handle, [(info, (rows, columns)) for info in infos])
+        if request.component is None:
+            psf = self._psf_local(handle, layout)
+        return self._assemble(handle, request, layout, infos, planes, psf)
+
+    async def _read_async(self, handle: zio.StoreHandle, request: ReadRequest) -> Any:
+        layout = self._layout(await zio.read_group_attributes(handle), handle.where())
+        if request.component in _IN_ROOT:
+            return self._from_root(handle, request, layout)
+        if request.component == "psf":
+            return await self._psf(handle, layout)
+        names = (request.component,) if request.component is not None else PLANES
+        infos = await zio.gather_all([zio.open_plane(handle, name) for name in names])
+        planes = psf = None
+        _, rows, columns = self._region(handle, request, layout)
+        if not request.lazy:
+            planes = await zio.gather_all([zio.read_region(handle, info, (rows, columns)) for info in infos])
+        if request.component is None:
+            psf = await self._psf(handle, layout)
+        return self._assemble(handle, request, layout, infos, planes, psf)
+
+    @staticmethod
+    def _region(handle: zio.StoreHandle, request: ReadRequest, layout: Mapping[str, Any]) -> tuple[Box, slice, slice]:
+        bounds = Box.from_shape(tuple(layout["shape"]), tuple(layout["origin"]))
+        return request.region(bounds, handle.where())
+
     def _from_root(self, handle: zio.StoreHandle, request: ReadRequest, layout: Mapping[str, Any]) -> Any:
         """A component held in the root attributes."""
-        bounds = Box.from_shape(tuple(layout["shape"]), tuple(layout["origin"]))
-        _, rows, columns = request.region(bounds, handle.where())
+        _, rows, columns = self._region(handle, request, layout)
         if request.component == "wcs":
             return self._wcs(layout, handle, rows, columns, request.bbox is not None)
         if request.component == "photo_calib":
             return layout["photo_calib"]
         return dict(layout["metadata"])
 
-    async def _read_async(self, handle: zio.StoreHandle, request: ReadRequest, layout: Mapping[str, Any] | None
-                          ) -> Any:
-        where = handle.where()
-        if layout is None:
-            layout = self._layout(await zio.read_group_attributes(handle), where)
-        bounds = Box.from_shape(tuple(layout["shape"]), tuple(layout["origin"]))
-        box, rows, columns = request.region(bounds, where)
-        component = request.component
-        if component in _IN_ROOT:
-            return self._from_root(handle, request, layout)
-        if component == "psf":
-            return await self._psf(handle, layout)
-        names = (component,) if component is not None else PLANES
-        opened = await zio.gather_all([zio.open_plane(handle, name) for name in names])
-        if request.lazy:
-            lazy = _LazyResult({info.name: info for info in opened}, rows, columns)
-            if component is not None:
-                return lazy
-        else:
-            planes = await zio.gather_all([zio.read_region(handle, info, (rows, columns)) for info in opened])
-            if component is not None:
-                return planes[0]
-        psf = await self._psf(handle, layout)
-        wcs = self._wcs(layout, handle, rows, columns, request.bbox is not None)
-        fields = {"wcs": wcs, "psf": psf, "photo_calib": layout["photo_calib"], "metadata": layout["metadata"],
-                  "origin": (box.x0, box.y0)}
-        if request.lazy:
+    def _assemble(self, handle: zio.StoreHandle, request: ReadRequest, layout: Mapping[str, Any],
+                  infos: list[zio.PlaneInfo], planes: list[np.ndarray] | None, psf: np.ndarray | None) -> Any:
+        """The plane (component) or `Exposure` read, or a `_LazyResult` to build dask arrays from."""
+        box, rows, columns = self._region(handle, request, layout)
+        lazy = _LazyResult({info.name: info for info in infos}, rows, columns) if planes is None else None
+        if request.component is not None:
+            return lazy if lazy is not None else planes[0]
+        fields = {"wcs": self._wcs(layout, handle, rows, columns, request.bbox is not None), "psf": psf,
+                  "photo_calib": layout["photo_calib"], "metadata": layout["metadata"], "origin": (box.x0, box.y0)}
+        if lazy is not None:
             lazy.exposure_fields = fields
             return lazy
         return Exposure(*planes, **fields)
@@ -260,6 +276,13 @@ class ZarrExposureFormatter(ExposureFormatterBase):
             return None
         info = await zio.open_plane(handle, "psf")
         return await zio.read_region(handle, info, tuple(slice(0, n) for n in info.shape))
+
+    @staticmethod
+    def _psf_local(handle: zio.StoreHandle, layout: Mapping[str, Any]) -> np.ndarray | None:
+        if not layout.get("psf"):
+            return None
+        info = zio.open_plane_local(handle, "psf")
+        return zio.read_regions_local(handle, [(info, tuple(slice(0, n) for n in info.shape))])[0]
 
 
 class _LazyResult:
@@ -315,6 +338,8 @@ class ZarrPlaneReader:
             start, stop, _ = k.indices(n)
             region.append(slice(start, max(start, stop)))
         handle = zio.open_store(self.location, storage_options=self.storage_options)
+        if handle.local_root is not None:
+            return zio.read_regions_local(handle, [(self.info, tuple(region))])[0]
         return zio.run(zio.read_region(handle, self.info, tuple(region)))
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -1,14 +1,14 @@
 """Chunk-level I/O of zarr v3 arrays: checked reads of any region, parallel writes, byte counts.
 
-zarr-python defines the format here: it writes and parses every ``zarr.json`` and
-is the reader of last resort. The chunks of arrays with a plain layout (regular
-grid, ``/`` keys, chunks encoded as ``bytes`` little-endian, at most one
-``blosc`` or ``zstd`` compressor, then ``crc32c``; optionally inside
-``sharding_indexed`` shards whose index is ``bytes`` + ``crc32c``) are read and
-written by this module instead, in a thread pool: zarr-python 3 runs every
-codec on its one event-loop thread (~0.3x the speed of ``numpy.load``). The
-bytes are the same either way: tests check that zarr-python reads what this
-module writes and the other way round.
+zarr-python defines the format here: it lays out and parses every ``zarr.json``
+(`ArrayV3Metadata`, `GroupMetadata`) and is the reader of last resort. The
+chunks of arrays with a plain layout (regular grid, ``/`` keys, chunks encoded as
+``bytes`` little-endian, at most one ``blosc`` or ``zstd`` compressor, then
+``crc32c``; optionally inside ``sharding_indexed`` shards whose index is
+``bytes`` + ``crc32c``) are read and written by this module instead, in worker
+threads: zarr-python 3 runs every codec on its one event-loop thread (~0.3x the
+speed of ``numpy.load``). The bytes are the same either way: tests check that
+zarr-python reads what this module writes and the other way round.
 
 The planes of an exposure are written as one shard file per plane (``image/c/0/0``)
 holding full-width row strips of ~1 MiB (`plane_layout`), each followed by its
@@ -16,7 +16,9 @@ crc32c, then the shard index (offset and size of every chunk) and its crc32c.
 A local shard is written with one ``writev`` per chunk straight from the
 caller's array and read with one ``preadv`` per chunk straight into the output
 array (no intermediate copies); the crc32c of a chunk is computed while it is
-in the CPU cache. docs/composites.md has the measurements behind these choices.
+in the CPU cache. Local stores are read from the caller's thread
+(`read_regions_local`), not through zarr's event loop. docs/composites.md has
+the measurements behind these choices.
 
 Every chunk read is verified: a chunk or shard index whose crc32c does not
 match, that is truncated, whose size after decompression is wrong, or that is
@@ -25,12 +27,12 @@ missing (every chunk is written, so a missing one is damage, not fill) raises
 other codecs are read through zarr-python, whose checksum failures are reported
 the same way, naming the array.
 
-Stores are opened through zarr's own store classes: `LocalStore` for paths and
-``file://`` URLs, `FsspecStore` for every other fsspec URL (``memory://``,
-``http(s)://``, ``s3://``...), so the same code reads all of them; shards are
-read with byte-range requests (a server that ignores ranges still works: the
-whole file arrives and the range is cut from it). `io_stats` counts the
-requests and bytes that go through them (tests, benchmarks).
+Local paths and ``file://`` URLs are read and written with plain file calls;
+every other fsspec URL (``memory://``, ``http(s)://``, ``s3://``...) goes through
+zarr's `FsspecStore` with the same chunk code; shards are read with byte-range
+requests (a server that ignores ranges still works: the whole file arrives and
+the range is cut from it). `io_stats` counts the requests and bytes (tests,
+benchmarks).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,11 +80,13 @@ __all__ = [
     "gather_all",
     "io_stats",
     "open_plane",
+    "open_plane_local",
     "open_store",
     "plane_layout",
     "read_group_attributes",
     "read_group_attributes_local",
     "read_region",
+    "read_regions_local",
     "run",
     "write_metadata",
     "write_plane",
@@ -466,15 +470,10 @@ def _read_small_local(handle: StoreHandle, key: str) -> bytes | None:
     return data
 
 
-async def open_plane(handle: StoreHandle, name: str) -> PlaneInfo:
-    """Read the metadata of array ``name`` (one request; parsed by zarr-python's metadata classes)."""
+def _plane_info(data: bytes | None, handle: StoreHandle, name: str) -> PlaneInfo:
     from zarr.core.metadata.v3 import ArrayV3Metadata
 
     key = f"{name}/zarr.json"
-    data = _read_small_local(handle, key) if handle.local_root is not None else None
-    if handle.local_root is None:
-        buf = await handle.store.get(key, default_buffer_prototype())
-        data = None if buf is None else buf.to_bytes()
     if data is None:
         raise FileNotFoundError(f"array {name!r} is missing from {handle.where()} (no {key})")
     try:
@@ -484,6 +483,19 @@ async def open_plane(handle: StoreHandle, name: str) -> PlaneInfo:
         return PlaneInfo.from_metadata(name, ArrayV3Metadata.from_dict(doc))
     except Exception as err:  # json, zarr-python's validation errors
         raise ChecksumError(f"cannot read the metadata of {handle.where(key)}: {err}") from err
+
+
+async def open_plane(handle: StoreHandle, name: str) -> PlaneInfo:
+    """Read the metadata of array ``name`` (one request; parsed by zarr-python's metadata classes)."""
+    if handle.local_root is not None:
+        return open_plane_local(handle, name)
+    buf = await handle.store.get(f"{name}/zarr.json", default_buffer_prototype())
+    return _plane_info(None if buf is None else buf.to_bytes(), handle, name)
+
+
+def open_plane_local(handle: StoreHandle, name: str) -> PlaneInfo:
+    """`open_plane` of a local store, in the calling thread."""
+    return _plane_info(_read_small_local(handle, f"{name}/zarr.json"), handle, name)
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -639,12 +651,72 @@ def _batches(jobs: list[_Job], info: PlaneInfo) -> list[list[_Job]]:
     return [jobs[i:i + per] for i in range(0, len(jobs), per)]
 
 
-def _shard_of(info: PlaneInfo, job: _Job) -> tuple[int, ...]:
-    return tuple(i // p for i, p in zip(job.index, info.per_shard, strict=True))
+def _by_shard(info: PlaneInfo, jobs: list[_Job]) -> dict[tuple[int, ...], list[_Job]]:
+    by_shard: dict[tuple[int, ...], list[_Job]] = {}
+    for job in jobs:
+        by_shard.setdefault(tuple(i // p for i, p in zip(job.index, info.per_shard, strict=True)), []).append(job)
+    return by_shard
+
+
+def read_regions_local(handle: StoreHandle, requests: Sequence[tuple[PlaneInfo, tuple[slice, ...]]]
+                       ) -> list[np.ndarray]:
+    """Read ``array[region]`` of each ``(info, region)`` of a local store, checking every chunk.
+
+    Runs in the calling thread, which hands batches of chunks to the worker
+    threads (all planes' at once) unless the whole read is one chunk or at most
+    `_INLINE_BYTES`: no round trip through zarr's event loop.
+    """
+    outs: list[np.ndarray | None] = []
+    calls: list[tuple[Any, ...]] = []
+    counted: list[tuple[str | None, PlaneInfo, list[_Job]]] = []  # for io_stats
+    total = 0
+    for info, region in requests:
+        if not info.fast:
+            outs.append(run(_read_region_zarr(handle, info, region)))
+            continue
+        out = np.empty(tuple(s.stop - s.start for s in region), dtype=info.numpy_dtype)
+        outs.append(out)
+        if out.size == 0:
+            continue
+        jobs = _jobs(info, region)
+        total += len(jobs) * info.chunk_nbytes
+        if not info.shards:
+            for job in jobs:
+                job.where = handle.where(info.key(job.index))
+            groups: list[tuple[str | None, list[_Job]]] = [(None, jobs)]
+        else:
+            groups = []
+            for shard, shard_jobs in _by_shard(info, jobs).items():
+                key = info.key(shard)
+                index, _ = _load_index_local(handle.where(key), info)
+                if _active_stats:
+                    _count(key, info.index_nbytes)
+                _locate(shard_jobs, info, index, handle.where(key))
+                groups.append((key, shard_jobs))
+        for key, group in groups:
+            for batch in _batches(group, info):
+                if key is None:
+                    calls.append((_read_local_files, info, batch, out))
+                else:
+                    calls.append((_read_local_shard, handle.where(key), info, batch, out))
+                counted.append((key, info, batch))
+    if len(calls) <= 1 or total <= _INLINE_BYTES:  # not worth a hop to a worker thread
+        sizes = [fn(*args) for fn, *args in calls]
+    else:
+        futures = [_pool().submit(*call) for call in calls]
+        wait(futures)  # all of them, before raising the first failure (they write into the outputs)
+        sizes = [f.result() for f in futures]
+    if _active_stats:
+        for (key, info, batch), batch_sizes in zip(counted, sizes, strict=True):
+            for job, size in zip(batch, batch_sizes, strict=True):
+                _count(key or info.key(job.index), size)
+    return outs  # type: ignore[return-value]
 
 
 async def read_region(handle: StoreHandle, info: PlaneInfo, region: tuple[slice, ...]) -> np.ndarray:
     """Read ``array[region]`` (slices with explicit start/stop), verifying every chunk it touches."""
+    if handle.local_root is not None and info.fast:
+        return read_regions_local(handle, [(info, region)])[0]  # blocks this loop while the workers read
     if not info.fast:
         return await _read_region_zarr(handle, info, region)
     out = np.empty(tuple(s.stop - s.start for s in region), dtype=info.numpy_dtype)
@@ -652,51 +724,21 @@ async def read_region(handle: StoreHandle, info: PlaneInfo, region: tuple[slice,
         return out
     jobs = _jobs(info, region)
     if not info.shards:
+        semaphore = asyncio.Semaphore(_CONCURRENCY)
         for job in jobs:
             job.where = handle.where(info.key(job.index))
-        if handle.local_root is not None:
-            await _read_local(handle, info, jobs, out, key=None)
-        else:
-            semaphore = asyncio.Semaphore(_CONCURRENCY)
-            await gather_all([_read_remote_file(handle, info, job, out, semaphore) for job in jobs])
+        await gather_all([_read_remote_file(handle, info, job, out, semaphore) for job in jobs])
         return out
-    by_shard: dict[tuple[int, ...], list[_Job]] = {}
-    for job in jobs:
-        by_shard.setdefault(_shard_of(info, job), []).append(job)
-    await gather_all([_read_shard(handle, info, shard, shard_jobs, out) for shard, shard_jobs in by_shard.items()])
+    await gather_all([_read_shard(handle, info, shard, shard_jobs, out)
+                      for shard, shard_jobs in _by_shard(info, jobs).items()])
     return out
-
-
-async def _read_local(handle: StoreHandle, info: PlaneInfo, jobs: list[_Job], out: np.ndarray,
-                      key: str | None) -> None:
-    """Read local chunks in the worker threads (``key``: the shard holding them; None: a file per chunk)."""
-    small = info.chunk_nbytes * len(jobs) <= _INLINE_BYTES
-    batches = [jobs] if small else _batches(jobs, info)
-    if key is None:
-        calls = [(_read_local_files, info, batch, out) for batch in batches]
-    else:
-        calls = [(_read_local_shard, handle.where(key), info, batch, out) for batch in batches]
-    if small:  # not worth a hop to a worker thread
-        sizes = [fn(*args) for fn, *args in calls]
-    else:
-        sizes = await gather_all([_in_pool(*call) for call in calls])
-    if _active_stats:
-        for batch, batch_sizes in zip(batches, sizes, strict=True):
-            for job, size in zip(batch, batch_sizes, strict=True):
-                _count(key or info.key(job.index), size)
 
 
 async def _read_shard(handle: StoreHandle, info: PlaneInfo, shard: tuple[int, ...], jobs: list[_Job],
                       out: np.ndarray) -> None:
+    """Remote shard: its index with a suffix (or prefix) range request, then runs of adjacent chunks."""
     key = info.key(shard)
     where = handle.where(key)
-    if handle.local_root is not None:
-        index, _ = _load_index_local(where, info)  # a few bytes from a local file: read in place
-        if _active_stats:
-            _count(key, info.index_nbytes)
-        _locate(jobs, info, index, where)
-        await _read_local(handle, info, jobs, out, key)
-        return
     n = info.index_nbytes
     request = SuffixByteRequest(n) if info.index_at_end else RangeByteRequest(0, n)
     data = _cut(await handle.store.get(key, default_buffer_prototype(), request), request, where)

@@ -238,28 +238,40 @@ class DatasetManager:
         rank = {c.id: i for i, c in enumerate(collections)}
         wanted = {d.values: d for d in data_ids}
         out: dict[DataCoordinate, tuple[int, DatasetRef]] = {}
-        d = self._schema.dataset
-        base = (
-            sa.select(t.c.dataset_id, t.c.collection_id, d.c.run_id, *[t.c[x] for x in dims])
-            .select_from(t.join(d, d.c.dataset_id == t.c.dataset_id))
-            .where(t.c.dataset_type_id == type_rec.id, t.c.collection_id.in_(list(rank)))
-        )
+        runs_only = all(c.type == CollectionType.RUN for c in collections)
+        if runs_only:  # the collection is the run: no join needed
+            base = (
+                sa.select(t.c.dataset_id, t.c.collection_id, t.c.collection_id, *[t.c[x] for x in dims])
+                .where(t.c.dataset_type_id == type_rec.id, t.c.collection_id.in_(list(rank)))
+            )
+        else:
+            d = self._schema.dataset
+            base = (
+                sa.select(t.c.dataset_id, t.c.collection_id, d.c.run_id, *[t.c[x] for x in dims])
+                .select_from(t.join(d, d.c.dataset_id == t.c.dataset_id))
+                .where(t.c.dataset_type_id == type_rec.id, t.c.collection_id.in_(list(rank)))
+            )
         # Constrain on the most selective single column when it helps; filter exactly in Python.
         if dims:
             last = dims[-1]
             values = sorted({v[-1] for v in wanted})
             if len(values) <= 5000:
                 base = base.where(t.c[last].in_(values))
+        run_names: dict[int, str] = {}
+        dataset_type = type_rec.dataset_type
+        trusted = DatasetRef._trusted
+        single = len(rank) == 1
         for row in conn.execute(base):
-            key = tuple(row[3:])
-            data_id = wanted.get(key)
+            data_id = wanted.get(tuple(row[3:]))
             if data_id is None:
                 continue
-            r = rank[row[1]]
+            r = 0 if single else rank[row[1]]
             prev = out.get(data_id)
             if prev is None or r < prev[0]:
-                run = self._collections.by_id(row[2]).name
-                out[data_id] = (r, DatasetRef._trusted(type_rec.dataset_type, data_id, run, row[0]))
+                run = run_names.get(row[2])
+                if run is None:
+                    run = run_names[row[2]] = self._collections.by_id(row[2]).name
+                out[data_id] = (r, trusted(dataset_type, data_id, run, row[0]))
         return {k: v[1] for k, v in out.items()}
 
     def files_of(self, conn: sa.Connection, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:
