@@ -281,7 +281,7 @@ def _sky_polygon(ra: float, dec: float, sky_angle: float, offsets: Iterable[tupl
         yr = x * math.sin(rot) + y * math.cos(rot)
         v = (p[0] + xr * e[0] + yr * n[0], p[1] + xr * e[1] + yr * n[1], p[2] + xr * e[2] + yr * n[2])
         points.append(sg.UnitVector3d(*v))
-    return sg.ConvexPolygon.convexHull(points) if hasattr(sg.ConvexPolygon, "convexHull") else sg.ConvexPolygon(points)
+    return sg.ConvexPolygon.convexHull(points)
 
 
 def sky_vectors(ra: Any, dec: Any, sky_angle: Any, offsets: Any) -> Any:

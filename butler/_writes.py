@@ -209,10 +209,19 @@ def _remove_same(butler: Butler, conn: Any, type_rec: Any, run_rec: CollectionRe
     existing = registry.datasets.find_many(conn, type_rec, [r.data_id for r in refs], [run_rec])
     if not existing:
         return []
-    ids = [r.id for r in existing.values()]
-    paths = [f.path for fs in registry.datasets.files_of(conn, ids).values() for f in fs]
-    conn.execute(registry.schema.dataset.delete().where(registry.schema.dataset.c.dataset_id.in_(ids)))
+    _, paths = _delete_datasets(registry, conn, [r.id for r in existing.values()])
     return paths
+
+
+def _delete_datasets(registry: Any, conn: Any, ids: Sequence[Any]) -> tuple[int, list[str]]:
+    """Delete dataset rows (cascading to tags and file records) in chunks; return the count and
+    the paths of their files, for the caller to remove once the transaction commits."""
+    paths = [f.path for fs in registry.datasets.files_of(conn, ids).values() for f in fs]
+    table = registry.schema.dataset
+    n = 0
+    for start in range(0, len(ids), 5000):
+        n += conn.execute(table.delete().where(table.c.dataset_id.in_(ids[start:start + 5000]))).rowcount
+    return n, paths
 
 
 def remove(butler: Butler, refs: Iterable[DatasetRef]) -> int:
@@ -223,13 +232,7 @@ def remove(butler: Butler, refs: Iterable[DatasetRef]) -> int:
     if not ids:
         return 0
     with registry.db.transaction(write=True) as conn:
-        paths = [f.path for fs in registry.datasets.files_of(conn, ids).values() for f in fs]
-        n = 0
-        for start in range(0, len(ids), 5000):
-            chunk = ids[start:start + 5000]
-            n += conn.execute(
-                registry.schema.dataset.delete().where(registry.schema.dataset.c.dataset_id.in_(chunk))
-            ).rowcount
+        n, paths = _delete_datasets(registry, conn, ids)
     butler._datastore.remove_files(p for p in paths if not os.path.isabs(p))
     return n
 

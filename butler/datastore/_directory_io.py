@@ -21,12 +21,10 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Self
 
 from butler.errors import ChecksumError
 
-from ._file_io import _TMP_PREFIX, _ensure_dir, _fsync_dir, checksum_bytes, checksum_file, verify_file
+from ._file_io import _TMP_PREFIX, StagedFile, _ensure_dir, checksum_bytes, checksum_file, verify_file
 
 __all__ = [
     "MANIFEST_PREFIX",
@@ -104,31 +102,18 @@ def make_staging_dir(path: str | os.PathLike[str]) -> str:
     return temp
 
 
-class StagedDirectory:
+class StagedDirectory(StagedFile):
     """A directory written under a temporary name, waiting for `commit` or `discard`.
 
-    Same interface as `StagedFile` (the datastore treats them alike): leaving
-    the ``with`` block without a commit deletes the temporary directory.
+    A `StagedFile` whose payload is a directory (the datastore treats them alike): leaving the
+    ``with`` block without a commit deletes the temporary directory.
     """
 
-    __slots__ = ("_fsync", "_state", "checksum", "path", "size", "temp_path")
+    __slots__ = ()
+    _kind = "directory"
 
-    def __init__(self, path: str, temp_path: str, size: int, checksum: str, *, fsync: bool = False) -> None:
-        self.path = path
-        self.temp_path = temp_path
-        self.size = size
-        self.checksum = checksum
-        self._state = "staged"
-        self._fsync = fsync
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    def commit(self, *, overwrite: bool = False) -> None:
+    def _move_into_place(self, overwrite: bool) -> None:
         """Rename into place; an existing path raises `FileExistsError` unless ``overwrite``."""
-        if self._state != "staged":
-            raise RuntimeError(f"cannot commit {self.path}: staged directory already {self._state}")
         if os.path.lexists(self.path):
             if not overwrite:
                 raise FileExistsError(f"refusing to overwrite existing {self.path}")
@@ -141,24 +126,9 @@ class StagedDirectory:
                 os.rename(self.temp_path, self.path)
             except OSError as err:  # a directory appeared since the check (ENOTEMPTY/EEXIST/ENOTDIR)
                 raise FileExistsError(f"refusing to overwrite existing {self.path}: {err}") from None
-        self._state = "committed"
-        if self._fsync:
-            _fsync_dir(os.path.dirname(self.path))
 
-    def discard(self) -> None:
-        if self._state == "staged":
-            _remove_tree(self.temp_path)
-            self._state = "discarded"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.discard()
-
-    def __repr__(self) -> str:
-        return f"StagedDirectory({self.path!r}, size={self.size}, checksum={self.checksum!r}, {self._state})"
+    def _remove_temp(self) -> None:
+        _remove_tree(self.temp_path)
 
 
 def _remove_tree(path: str) -> None:

@@ -258,8 +258,8 @@ class StagedFile:
     def commit(self, *, overwrite: bool = False) -> None:
         """Move the file into place; refuse to replace an existing file unless ``overwrite``."""
         if self._state != "staged":
-            raise RuntimeError(f"cannot commit {self.path}: staged file already {self._state}")
-        _move_into_place(self.temp_path, self.path, overwrite=overwrite)
+            raise RuntimeError(f"cannot commit {self.path}: staged {self._kind} already {self._state}")
+        self._move_into_place(overwrite)
         self._state = "committed"
         if self._fsync:
             _fsync_dir(os.path.dirname(self.path))
@@ -267,8 +267,17 @@ class StagedFile:
     def discard(self) -> None:
         """Delete the temporary file; a no-op after commit or a previous discard."""
         if self._state == "staged":
-            _unlink_quietly(self.temp_path)
+            self._remove_temp()
             self._state = "discarded"
+
+    # Hooks for what is staged (a file here; a directory in StagedDirectory).
+    _kind = "file"
+
+    def _move_into_place(self, overwrite: bool) -> None:
+        _move_into_place(self.temp_path, self.path, overwrite=overwrite)
+
+    def _remove_temp(self) -> None:
+        _unlink_quietly(self.temp_path)
 
     def __enter__(self) -> Self:
         return self
@@ -283,7 +292,7 @@ class StagedFile:
 
     def __repr__(self) -> str:
         return (
-            f"StagedFile({self.path!r}, size={self.size}, checksum={self.checksum!r}, "
+            f"{type(self).__name__}({self.path!r}, size={self.size}, checksum={self.checksum!r}, "
             f"{self._state})"
         )
 
