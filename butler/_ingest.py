@@ -15,7 +15,6 @@ existing destination, so they need no existence check first).
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import stat
@@ -24,6 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._dataset_ref import DatasetRef
+from ._gc import gc_paused
 from .datastore import checksum_bytes, checksum_file, get_storage_class
 from .datastore._formatters import get_formatter
 from .dimensions import DataCoordinate
@@ -178,13 +178,8 @@ def ingest_files(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, A
         raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {transfer!r}")
     # Ingest makes ~10 objects per file, none of them in reference cycles: the cyclic garbage
     # collector would only rescan the whole heap every few thousand files (~5% of the time).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _ingest(butler, dataset_type, files, run=run, transfer=transfer, allow_foreign_run=allow_foreign_run)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]], *, run: str | None,

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from butler import Butler, DataCoordinate, DatasetRef, DatasetType
+from butler._gc import gc_paused
 from butler.errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
 
 from ._connections import Connection, Input, PrerequisiteInput
@@ -38,6 +39,7 @@ class Planner:
     def __init__(self, butler: Butler) -> None:
         self.butler = butler
 
+    @gc_paused()
     def build(
         self,
         pipeline: Pipeline,
@@ -319,6 +321,7 @@ class Planner:
         with registry.db.transaction() as conn:
             return registry.datasets.find_many(conn, type_rec, coords, colls)
 
+    @gc_paused()
     def _apply_existing(self, d: TaskDef, quanta: list[Quantum], outputs: Mapping[str, Any],
                         output_lookup: list[str], skip_colls: list[str], *, resume: bool, extend_run: bool,
                         clobber_outputs: bool) -> None:
