@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
+from ._run_lock import run_lock
 from .errors import CollectionError, ConflictError
 from .registry._datasets import FileRecord
 
@@ -246,6 +248,14 @@ def remove_runs(butler: Butler, pattern: str | Sequence[str]) -> list[str]:
     runs = registry.collections.query(pattern, types=[CollectionType.RUN])
     if not runs:
         return []
+    with ExitStack() as locks:  # never delete a run an executor is writing into right now
+        for r in runs:
+            locks.enter_context(run_lock(butler.root, r.name, action="remove"))
+        return _remove_runs(butler, runs)
+
+
+def _remove_runs(butler: Butler, runs: list[Any]) -> list[str]:
+    registry = butler._registry
     ids = [r.id for r in runs]
     d = registry.schema.dataset
     f = registry.schema.file_record

@@ -20,6 +20,7 @@ __all__ = [
     "ReadOnlyError",
     "RegistryConnectionError",
     "RepositoryNotFoundError",
+    "RunLockedError",
     "RunOwnershipError",
     "StorageClassError",
     "TemplateError",
@@ -60,6 +61,10 @@ class TemplateError(ValueError, ButlerError):
 
 class ConflictError(ButlerError):
     """A dataset or definition already exists and would be overwritten."""
+
+
+class RunLockedError(ConflictError):
+    """A run is being executed (or removed) by another process right now (see ``butler._run_lock``)."""
 
 
 class ReadOnlyError(PermissionError, ButlerError):

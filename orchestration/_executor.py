@@ -21,6 +21,7 @@ from typing import Any
 
 from butler import Butler
 from butler._provenance import insert_provenance
+from butler._run_lock import run_lock
 
 from ._execute import ButlerConfig, QuantumFailure, QuantumResult, execute_quantum
 from ._plan import RUN, Plan
@@ -72,10 +73,20 @@ def check_picklable(plan: Plan) -> None:
 
 def prepare_run(plan: Plan, butler: Butler) -> None:
     """Check the tasks pickle, register output dataset types, create the run, write init-outputs,
-    clean up leftovers (partial outputs to clobber, orphan files of a killed run)."""
+    clean up leftovers (partial outputs to clobber, orphan files of a killed run).
+
+    Raises :class:`~butler.RunLockedError` while another process executes the same run: its
+    unregistered outputs would look like orphans here.
+    """
     check_picklable(plan)
     run = plan.output_run
     butler._run_record(run, False)  # ownership check (an existing run must be ours), before any write
+    with run_lock(butler.root, run):
+        _prepare_locked(plan, butler)
+
+
+def _prepare_locked(plan: Plan, butler: Butler) -> None:
+    run = plan.output_run
     for d in plan.tasks:
         for conn in d.task_class.outputs().values():
             butler.register_dataset_type(conn.to_dataset_type())
@@ -145,9 +156,14 @@ class DaskExecutor:
         return dsk, list(dsk)
 
     def run(self, plan: Plan, butler: Butler) -> ExecutionReport:
+        """Execute the plan's quanta to run; raises ``RunLockedError`` while another process runs it."""
+        start = time.perf_counter()
+        with run_lock(butler.root, plan.output_run):  # held until every result is registered
+            return self._run_locked(plan, butler, start)
+
+    def _run_locked(self, plan: Plan, butler: Butler, start: float) -> ExecutionReport:
         from distributed import as_completed
 
-        start = time.perf_counter()
         prepare_run(plan, butler)
         config = ButlerConfig(butler.root, (plan.output_run, *plan.input_collections))
         # Keys unique to this execution: a later run on the same client must never be answered

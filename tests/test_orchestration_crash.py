@@ -141,3 +141,45 @@ def test_sigkill_driver_then_resume(tmp_path):
           f"{len(completed_unregistered)} quanta finished but unregistered; extra work on resume: {extra} "
           f"quanta (in flight at the kill: <= {in_flight})")
     assert extra <= in_flight
+
+
+@pytest.mark.slow
+def test_second_executor_on_a_running_run_is_refused(tmp_path):
+    """While one driver executes a run, a second ``butler run`` (or ``remove-runs``) on it fails at
+    once naming the holder, and removes none of the first driver's not-yet-registered outputs."""
+    butler = Butler.create(tmp_path / "repo")
+    make_metrics_repo(butler, visits=4, detectors=DETECTORS)
+    root = butler.root
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(textwrap.dedent("""
+        tasks:
+          add:
+            class: orchestration.testing.AddTask
+            config: {sleep: 0.2}
+    """))
+    command = [butler_command(), "run", root, str(pipeline), "-i", "in", "-o", OUT, "--cluster", "local:2",
+               "--no-progress"]
+    env = dict(os.environ, BUTLER_USER="tester")
+    with open(tmp_path / "first.out", "w") as out:
+        first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not files_on_disk(root, OUT) and first.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert first.poll() is None, (tmp_path / "first.out").read_text()
+            second = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=120)
+            removal = subprocess.run([butler_command(), "remove-runs", root, OUT, "--yes"], capture_output=True,
+                                     text=True, env=env, timeout=60)
+            first_rc = first.wait(timeout=120)
+        finally:
+            if first.poll() is None:
+                first.kill()
+    assert second.returncode != 0
+    assert f"cannot execute run {OUT!r}: it is locked by pid {first.pid}" in second.stdout + second.stderr
+    assert removal.returncode != 0
+    assert f"cannot remove run {OUT!r}: it is locked by pid {first.pid}" in removal.stdout + removal.stderr
+    assert first_rc == 0, (tmp_path / "first.out").read_text()
+    butler = Butler(root, writeable=True)
+    assert len(butler.query_datasets("added", collections=OUT)) == 4 * DETECTORS
+    assert butler.verify() == []
+    assert files_on_disk(root, OUT) == registered_files(butler, OUT)

@@ -79,7 +79,9 @@ def snapshot_repo(butler: Any) -> tuple[dict[str, list], dict[str, str]]:
             rows = conn.execute(sa.select(table)).all()
             tables[name] = sorted((tuple(str(v) for v in row) for row in rows))
     files: dict[str, str] = {}
-    for dirpath, _, filenames in os.walk(butler.root):
+    for dirpath, dirnames, filenames in os.walk(butler.root):
+        if dirpath == butler.root and ".locks" in dirnames:
+            dirnames.remove(".locks")  # run locks (butler._run_lock) are process state, not content
         for fn in filenames:
             if fn.startswith("butler.sqlite3"):
                 continue

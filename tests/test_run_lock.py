@@ -1,0 +1,80 @@
+"""Run locks: one executor or remover per run at a time, released by the kernel when the holder dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from butler import Butler
+from butler._run_lock import run_lock, run_lock_holder
+from butler.errors import ConflictError, RunLockedError
+from butler.testing import snapshot_repo
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from butler._run_lock import run_lock
+    with run_lock(sys.argv[1], sys.argv[2]):
+        print("locked", flush=True)
+        time.sleep(600)
+""")
+
+
+def hold_in_subprocess(root: str, run: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, root, run], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_reentrant_in_one_process_and_released_after(tmp_path):
+    root = str(tmp_path)
+    assert run_lock_holder(root, "u/a/run") is None
+    with run_lock(root, "u/a/run"):
+        with run_lock(root, "u/a/run", action="remove"):  # the executor calls remove/prepare while holding it
+            holder = run_lock_holder(root, "u/a/run")
+            assert holder["pid"] == os.getpid() and holder["action"] == "execute"
+        assert run_lock_holder(root, "u/a/run") is not None
+    assert run_lock_holder(root, "u/a/run") is None
+    with run_lock(root, "u/a/run"):  # can be taken again
+        pass
+
+
+def test_other_process_holding_the_lock_is_named_and_sigkill_releases_it(tmp_path):
+    root = str(tmp_path)
+    proc = hold_in_subprocess(root, "u/a/run")
+    try:
+        with pytest.raises(RunLockedError, match=rf"cannot execute run 'u/a/run': it is locked by pid {proc.pid} on "):
+            with run_lock(root, "u/a/run"):
+                pass
+        assert issubclass(RunLockedError, ConflictError)
+        with run_lock(root, "u/a/other"):  # other runs are independent
+            pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while run_lock_holder(root, "u/a/run") is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with run_lock(root, "u/a/run"):  # the kernel released the dead holder's lock: nothing stale to clean
+        assert run_lock_holder(root, "u/a/run")["pid"] == os.getpid()
+
+
+def test_remove_runs_refuses_a_locked_run_and_changes_nothing(tmp_path):
+    butler = Butler.create(tmp_path / "repo")
+    butler.register_run("u/a/run")
+    butler.register_run("u/a/other")
+    before = snapshot_repo(butler)
+    proc = hold_in_subprocess(butler.root, "u/a/run")
+    try:
+        with pytest.raises(RunLockedError, match=r"cannot remove run 'u/a/run': it is locked by pid"):
+            butler.remove_runs("u/a/*")
+        assert snapshot_repo(butler) == before  # not even the unlocked run matched by the glob is removed
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(butler.remove_runs("u/a/*")) == ["u/a/other", "u/a/run"]
