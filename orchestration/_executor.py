@@ -140,7 +140,7 @@ class DaskExecutor:
         self.retries = retries
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = _interactive() if progress is None else progress
         self.resume_command = resume_command
 
     def graph(self, plan: Plan, config: ButlerConfig, prefix: str = "q") -> tuple[dict[str, Any], list[str]]:
@@ -279,7 +279,17 @@ class _Registrar:
             insert_provenance(self.butler, conn, self.run_rec.id, records)
 
 
+def _interactive() -> bool:
+    """Show progress by default in a terminal and in a Jupyter kernel (whose stderr is no TTY)."""
+    if sys.stderr.isatty():
+        return True
+    shell = sys.modules.get("IPython")
+    ipython = getattr(shell, "get_ipython", lambda: None)() if shell is not None else None
+    return ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell"
+
+
 def _progress(total: int) -> Any:
+    """A text bar in a terminal, a widget in Jupyter (``tqdm.auto`` with ipywidgets installed)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="quanta", desc="executing")
