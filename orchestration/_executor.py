@@ -135,8 +135,9 @@ class DaskExecutor:
     """Runs plans on a ``distributed.Client`` (LocalCluster, a scheduler address, dask-jobqueue...)."""
 
     def __init__(self, client: Any, *, retries: int = 0, batch_size: int = 500, flush_seconds: float = 0.25,
-                 progress: bool | None = None, resume_command: str = "") -> None:
+                 gather_seconds: float = 0.05, progress: bool | None = None, resume_command: str = "") -> None:
         self.client = client
+        self.gather_seconds = gather_seconds
         self.retries = retries
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
@@ -183,9 +184,24 @@ class DaskExecutor:
         bar = _progress(len(keys)) if self.progress else None
         registrar = _Registrar(butler, plan)
         try:
-            # Results arrive in batches of whatever has finished: one gather per batch, not a round
-            # trip to a worker per quantum.
-            for batch in as_completed(futures).batches():
+            # Results arrive in batches of whatever has finished, at most one gather per
+            # ``gather_seconds``: each gather is a round trip through the scheduler (in this process
+            # with a LocalCluster), so gathering every single completion costs the workers CPU.
+            completed = as_completed(futures)
+            last_gather = time.monotonic()
+            while not completed.is_empty():
+                batch = completed.next_batch(block=True)
+                wait = last_gather + self.gather_seconds - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                    batch += completed.next_batch(block=False)
+                last_gather = time.monotonic()
+                # A finished quantum whose result lived on a worker that died since is recomputed
+                # by Dask (its status went back to pending/lost): wait for it again.
+                lost = [f for f in batch if f.status not in ("finished", "error", "cancelled")]
+                if lost:
+                    completed.update(lost)
+                    batch = [f for f in batch if f.status in ("finished", "error", "cancelled")]
                 done = [f for f in batch if f.status == "finished"]
                 results = dict(zip([f.key for f in done], self.client.gather(done))) if done else {}
                 for future in batch:

@@ -30,7 +30,8 @@ class AddTask(Task):
     """metrics_in (visit, detector) -> added (visit, detector): value + offset.
 
     ``sleep`` makes each quantum slow; ``fail_on_detector`` makes one detector fail; ``log`` is a
-    file to which each execution appends ``"<input value> <pid>"`` (to count executions).
+    file to which each execution appends ``"<input value> <pid>"`` (to count executions);
+    ``gate`` is a file that quanta of detectors other than 0 wait for (a test holds a run open).
     """
 
     dimensions = ("instrument", "visit", "detector")
@@ -41,6 +42,7 @@ class AddTask(Task):
         fail_on_detector: int = -1
         sleep: float = 0.0
         log: str = ""
+        gate: str = ""
 
     source = Input(dataset_type="metrics_in", dimensions=("instrument", "visit", "detector"))
     added = Output(dataset_type="added", dimensions=("instrument", "visit", "detector"))
@@ -48,6 +50,8 @@ class AddTask(Task):
     def run(self, source):
         if self.config.sleep:
             time.sleep(self.config.sleep)
+        while self.config.gate and source.get("detector") != 0 and not os.path.exists(self.config.gate):
+            time.sleep(0.01)
         if source.get("detector") == self.config.fail_on_detector:
             raise ValueError(f"detector {self.config.fail_on_detector} is configured to fail")
         if self.config.log:

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from butler import Butler
+from butler._run_lock import run_lock_holder
 from orchestration.testing import make_metrics_repo
 
 OUT = "u/tester/crash"
@@ -151,25 +152,29 @@ def test_second_executor_on_a_running_run_is_refused(tmp_path):
     make_metrics_repo(butler, visits=4, detectors=DETECTORS)
     root = butler.root
     pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(textwrap.dedent("""
+    gate = tmp_path / "gate"
+    pipeline.write_text(textwrap.dedent(f"""
         tasks:
           add:
             class: orchestration.testing.AddTask
-            config: {sleep: 0.2}
+            config: {{gate: {gate}}}
     """))
     command = [butler_command(), "run", root, str(pipeline), "-i", "in", "-o", OUT, "--cluster", "local:2",
                "--no-progress"]
     env = dict(os.environ, BUTLER_USER="tester")
     with open(tmp_path / "first.out", "w") as out:
         first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
+        try:  # quanta of detectors other than 0 wait for the gate: the run stays open
             deadline = time.monotonic() + 120
-            while not files_on_disk(root, OUT) and first.poll() is None and time.monotonic() < deadline:
+            while (run_lock_holder(root, OUT) is None or not files_on_disk(root, OUT)) and first.poll() is None \
+                    and time.monotonic() < deadline:
                 time.sleep(0.02)
+            time.sleep(1.0)  # let the workers start on quanta: some detector-0 outputs get written
             assert first.poll() is None, (tmp_path / "first.out").read_text()
             second = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=120)
             removal = subprocess.run([butler_command(), "remove-runs", root, OUT, "--yes"], capture_output=True,
                                      text=True, env=env, timeout=60)
+            gate.write_text("open")
             first_rc = first.wait(timeout=120)
         finally:
             if first.poll() is None:
