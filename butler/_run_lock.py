@@ -7,7 +7,8 @@ quanta). The lock makes the second one fail at once, naming the holder.
 
 The lock is an advisory ``flock`` on ``<root>/.locks/run-<digest>.lock``: the kernel releases it
 when the holding process dies, even by SIGKILL, so a crashed run can always be resumed and there
-is no stale-lock clean-up or heartbeat to get wrong. Holding is re-entrant within a process. The
+is no stale-lock clean-up or heartbeat to get wrong. The file exists only while held (a killed
+holder leaves an unlocked one behind, which the next holder reuses and removes). Holding is re-entrant within a process. The
 file holds who locked it (host, pid, time, command) for the error message. ``flock`` works on
 local file systems and on NFSv4; every executor of a run shares the repository's file system
 because its workers write there.
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from .errors import RunLockedError
 
@@ -78,30 +79,48 @@ def run_lock(root: str, run: str, *, action: str = "execute") -> Iterator[None]:
             entry[1] -= 1
             if entry[1] == 0:
                 del _held[path]
-                os.close(entry[0])  # closing the descriptor releases the flock
+                # Unlink while still holding the lock, then close (which releases it): a process
+                # that opened the old file meanwhile sees after locking that it is no longer the
+                # file at ``path`` and starts over (``_acquire``), so no lock files pile up.
+                with suppress(FileNotFoundError):
+                    os.unlink(path)
+                os.close(entry[0])
 
 
 def _acquire(path: str, run: str, action: str) -> int:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        holder = _read_holder(fd)
-        os.close(fd)
-        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise
-        who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
-               f"({holder.get('action')}: {holder.get('command')})") if holder else "another process"
-        raise RunLockedError(
-            f"cannot {action} run {run!r}: it is locked by {who}; wait for that process to finish or stop it "
-            f"(a killed process releases the lock), or write to another output run"
-        ) from None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
+                   f"({holder.get('action')}: {holder.get('command')})") if holder else "another process"
+            raise RunLockedError(
+                f"cannot {action} run {run!r}: it is locked by {who}; wait for that process to finish or stop "
+                f"it (a killed process releases the lock), or write to another output run"
+            ) from None
+        if _is_current(fd, path):
+            break
+        os.close(fd)  # the holder unlinked this file as we opened it: lock the new one
     info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "action": action, "command": " ".join(sys.argv)[:500]}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     return fd
+
+
+def _is_current(fd: int, path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _read_holder(fd: int) -> dict[str, object]:

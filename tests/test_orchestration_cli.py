@@ -120,6 +120,34 @@ def test_failures_exit_1_with_the_resume_command(repo, pipeline):
     assert outputs(repo) == [(v, d) for v in (0, 1) for d in (0, 1, 3)]
 
 
+
+def test_query_provenance_lists_failures_and_the_quantum_of_a_dataset(repo, pipeline):
+    import json
+
+    butler_run(repo, pipeline, "--id", "visit=0", "-c", "add:fail_on_detector=2", code=1)
+    result = CliRunner().invoke(cli, ["query-provenance", repo.root, "--run", OUT, "--status", "failed",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (failed,) = json.loads(result.output)
+    assert failed["task"] == "add" and failed["status"] == "failed" and failed["run"] == OUT
+    assert "detector=2" in failed["data_id"] and "visit=0" in failed["data_id"]
+    assert failed["error"].startswith("ValueError: detector 2 is configured to fail")
+    result = CliRunner().invoke(cli, ["query-provenance", repo.root, "--run", OUT, "--task", "add"])
+    assert result.exit_code == 0 and result.output.count("succeeded") == 3 and result.output.count("failed") == 1
+    # The quantum that wrote one dataset, with its input and output counts.
+    result = CliRunner().invoke(cli, ["query-provenance", repo.root, "--dataset", "added", "-c", OUT,
+                                      "-d", "visit=0", "-d", "detector=1", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (made,) = json.loads(result.output)
+    assert made["task"] == "add" and made["status"] == "succeeded" and (made["inputs"], made["outputs"]) == (1, 1)
+    assert made["dataset"] == str(repo.find_dataset("added", instrument="SimCam", visit=0, detector=1,
+                                                    collections=OUT).id)
+    # Bad combinations say what to do.
+    result = CliRunner().invoke(cli, ["query-provenance", repo.root, "-d", "visit=0"])
+    assert result.exit_code == 2 and "give --dataset TYPE" in result.output
+    result = CliRunner().invoke(cli, ["query-provenance", repo.root, "--dataset", "added"])
+    assert result.exit_code == 2 and "needs the collections to search" in result.output
+
 def test_resume_extend_replace(repo, pipeline):
     butler_run(repo, pipeline, "--id", "visit=1")
     first = {r.data_id["detector"]: r.id for r in repo.query_datasets("added", collections=OUT)}
@@ -160,7 +188,7 @@ def test_skip_existing_in(repo, pipeline):
 @pytest.mark.parametrize("args, message", [
     (["--id", "visit=99"], "error: the data query selects nothing"),
     (["--where", "band = 'g'"], "error: the data query selects nothing"),
-    (["-c", "add:offest=1"], ("error: add: unknown config field 'offest'; fields: ['fail_on_detector', 'log', "
+    (["-c", "add:offest=1"], ("error: add: unknown config field 'offest'; fields: ['fail_on_detector', 'gate', 'log', "
                               "'offset', 'sleep']")),
     (["-c", "add:offset=abc"], "error: add.offset must be float, got 'abc'"),
     (["-c", "nope:x=1"], "error: no task labelled 'nope'"),

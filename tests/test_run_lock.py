@@ -78,3 +78,45 @@ def test_remove_runs_refuses_a_locked_run_and_changes_nothing(tmp_path):
         proc.kill()
         proc.wait()
     assert sorted(butler.remove_runs("u/a/*")) == ["u/a/other", "u/a/run"]
+
+
+def test_lock_files_do_not_pile_up(tmp_path):
+    root = str(tmp_path)
+    for i in range(3):
+        with run_lock(root, f"u/a/run{i}"):
+            assert len(os.listdir(tmp_path / ".locks")) == 1
+    assert os.listdir(tmp_path / ".locks") == []
+
+
+CONTEND = textwrap.dedent("""
+    import os, sys
+    from butler._run_lock import run_lock
+    from butler.errors import RunLockedError
+    root, marker = sys.argv[1], sys.argv[2]
+    held = overlaps = 0
+    for _ in range(300):
+        try:
+            with run_lock(root, "u/a/run"):
+                try:  # a second holder at the same time would find the marker
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    overlaps += 1
+                    continue
+                held += 1
+                os.close(fd)
+                os.unlink(marker)
+        except RunLockedError:
+            pass
+    print(held, overlaps)
+""")
+
+
+def test_mutual_exclusion_under_contention(tmp_path):
+    """Processes taking and releasing (and unlinking) the same lock never hold it together."""
+    marker = str(tmp_path / "inside")
+    procs = [subprocess.Popen([sys.executable, "-c", CONTEND, str(tmp_path), marker], stdout=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    results = [tuple(map(int, p.communicate(timeout=120)[0].split())) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(overlaps for _, overlaps in results) == 0
+    assert sum(held for held, _ in results) > 0

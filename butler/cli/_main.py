@@ -257,6 +257,10 @@ from ._commands_calibs import certify_calibrations, query_calibrations  # noqa: 
 cli.add_command(certify_calibrations)
 cli.add_command(query_calibrations)
 
+from ._commands_provenance import query_provenance  # noqa: E402  (issue 6)
+
+cli.add_command(query_provenance)
+
 from ._commands_skymap import define_visits, register_skymap  # (issue 4)
 
 cli.add_command(register_skymap)
