@@ -3,11 +3,15 @@
 A Butler is its configuration (root, collections, run, mode): registries are shared by every
 Butler of a repository in a process, so opening another one is a dictionary lookup, and a
 pickled Butler is a few hundred bytes that reconnects when first used in a worker.
+
+The methods with sizeable bodies delegate to one module per concern, as functions taking the
+Butler: `_registration` (instruments, dataset types, collections, the run of a write),
+`_data_ids` (query constraints, implied values), `_reads` (finding a dataset), `_writes`,
+`_ingest`, `_queries`, `_skymaps`, `_calibs`, `_provenance`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,19 +20,12 @@ from typing import TYPE_CHECKING, Any
 # Opening a repository needs the registry (SQLAlchemy and its SQLite dialect): import it with
 # the class, so `from butler import Butler` carries that cost and the first open does not
 # (`import butler` alone stays cheap: ``Butler`` is one of its lazy attributes).
+from . import _data_ids, _reads
 from ._config import CONFIG_NAME, DEFAULT_SQLITE, RepoConfig
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
-from .dimensions import DataCoordinate, DimensionGroup, DimensionUniverse, coerce_value
-from .errors import (
-    ButlerError,
-    CollectionError,
-    ConflictError,
-    DataIdError,
-    DatasetNotFoundError,
-    ReadOnlyError,
-    RunOwnershipError,
-)
+from .dimensions import DataCoordinate, DimensionGroup, DimensionUniverse
+from .errors import CollectionError, ConflictError, ReadOnlyError
 from .registry._database import Database
 from .registry._registry import Registry
 
@@ -41,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["Butler", "DeferredDatasetHandle", "current_user"]
 
 _REGISTRIES: dict[tuple[str, str | None], Registry] = {}
-_IMPLIED_PLANS: dict[tuple[DimensionUniverse, DimensionGroup], tuple[tuple[str, Any, tuple[int, ...]], ...]] = {}
 
 
 def current_user() -> str:
@@ -203,25 +199,7 @@ class Butler:
 
     def _constraints(self, data_id: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Normalise free-form data ID constraints of a query (any dimension, aliases accepted)."""
-        merged = dict(data_id) if data_id else {}
-        merged.update(kwargs)
-        aliases = self._aliases(merged.get("instrument"))
-        for alias, target in aliases.items():
-            if alias in merged:
-                value = merged.pop(alias)
-                if target in merged and merged[target] != value:
-                    raise DataIdError(f"{alias}={value!r} conflicts with {target}={merged[target]!r}")
-                merged[target] = value
-        universe = self.universe
-        out = {}
-        for key, value in merged.items():
-            if key not in universe.dimensions:
-                raise DataIdError(
-                    f"unknown data ID key {key!r}; dimensions are {list(universe.dimensions)}"
-                    + (f", aliases {sorted(aliases)}" if aliases else "")
-                )
-            out[key] = coerce_value(key, universe[key].key.type, value)  # type: ignore[union-attr]
-        return out
+        return _data_ids.constraints(self, data_id, kwargs)
 
     def _resolve_collections(self, collections: str | Sequence[str] | None) -> list[CollectionRecord]:
         wanted = collections if collections is not None else self.collections
@@ -232,38 +210,14 @@ class Butler:
         return self._registry.collections.resolve(wanted)
 
     def _run_record(self, run: str | None, allow_foreign_run: bool) -> tuple[str, CollectionRecord | None]:
-        from .registry._collections import CollectionType
+        from ._registration import run_record
 
-        name = run if run is not None else self.run
-        if name is None:
-            raise ButlerError("no run to write into: pass run=... to this call or open the Butler with run=...")
-        rec = self._checked_runs.get(name)
-        if rec is not None:
-            return name, rec
-        rec = self._registry.collections.find(name)
-        if rec is None:
-            from .registry._collections import validate_collection_name
-
-            validate_collection_name(name)
-            return name, None
-        if rec.type != CollectionType.RUN:
-            raise CollectionError(f"cannot write into {name!r}: it is a {rec.type.name} collection, not a RUN")
-        user = current_user()
-        if rec.owner and rec.owner != user and not allow_foreign_run:
-            raise RunOwnershipError(
-                f"run {name!r} belongs to {rec.owner!r}, not to you ({user!r}); write into your own run, "
-                "or pass allow_foreign_run=True if you really mean to add to it"
-            )
-        self._checked_runs[name] = rec
-        return name, rec
+        return run_record(self, run, allow_foreign_run)
 
     def _ensure_run(self, conn: Any, name: str, rec: CollectionRecord | None) -> CollectionRecord:
-        if rec is not None:
-            return rec
-        from .registry._collections import CollectionType
+        from ._registration import ensure_run
 
-        rec, _ = self._registry.collections.register(name, CollectionType.RUN, owner=current_user(), conn=conn)
-        return rec
+        return ensure_run(self, conn, name, rec)
 
     def _template_values(self, ref: DatasetRef) -> dict[str, Any]:
         data_id = ref.data_id
@@ -283,71 +237,14 @@ class Butler:
         visit's filter and day), so the cache is keyed by those records: all detectors of a
         visit share one lookup.
         """
-        registry = self._registry
-        group = data_id.group
-        plan = _IMPLIED_PLANS.get((group.universe, group))
-        if plan is None:  # per group: the elements that imply values, and where their keys are
-            universe = group.universe
-            plan = _IMPLIED_PLANS[(group.universe, group)] = tuple(
-                (owner, universe[owner], tuple(group.index[d] for d in universe[owner].required))
-                for owner in group.required if universe[owner].implies)
-        values = data_id.values
-        out: dict[str, Any] = {}
-        for owner, element, where in plan:
-            key = (owner, tuple([values[i] for i in where]))
-            cached = self._implied_cache.get(key)
-            if cached is None:
-                stmt = registry.records.implied_statement(element, registry.query_builder)
-                with registry.db.transaction() as conn:
-                    row = conn.execute(stmt, dict(zip(element.required, key[1]))).first()
-                if row is None:
-                    raise DataIdError(self._missing_dimension_message(data_id) or f"data ID {data_id} has no records")
-                cached = row._asdict()
-                if len(self._implied_cache) > 100_000:
-                    self._implied_cache.clear()
-                self._implied_cache[key] = cached
-            out.update(cached)
-        return {k: v for k, v in out.items() if k in data_id.group.implied}
+        return _data_ids.expand_implied(self, data_id)
 
     def _prime_implied(self, coords: Sequence[DataCoordinate]) -> None:
         """Fetch the implied values of many data IDs with one query per implying element."""
-        if not coords:
-            return
-        registry = self._registry
-        universe = self.universe
-        group = coords[0].group
-        for owner in group.required:
-            element = universe[owner]
-            if not element.implies:
-                continue
-            wanted = {tuple(c[d] for d in element.required) for c in coords}
-            wanted = {k for k in wanted if (owner, k) not in self._implied_cache}
-            if not wanted:
-                continue
-            parents = element.required[:-1]
-            by_parent: dict[tuple, list] = {}
-            for key in wanted:
-                by_parent.setdefault(key[:-1], []).append(key[-1])
-            el_group = universe.group(element.required)
-            for parent, ids in by_parent.items():
-                for start in range(0, len(ids), 5000):
-                    built = registry.query_builder.build(dimensions=el_group, data_id=dict(zip(parents, parent)),
-                                                         with_implied=True)
-                    built.where.append(built.dimension_column(owner).in_(ids[start:start + 5000]))
-                    cols = [built.dimension_column(owner)] + [built.dimension_column(n) for n in el_group.implied]
-                    with registry.db.transaction() as conn:
-                        for row in conn.execute(built.select(*cols)):
-                            self._implied_cache[(owner, (*parent, row[0]))] = dict(zip(el_group.implied, row[1:]))
+        _data_ids.prime_implied(self, coords)
 
     def _missing_dimension_message(self, data_id: DataCoordinate) -> str | None:
-        registry = self._registry
-        rows = [data_id.to_dict()]
-        with registry.db.transaction() as conn:
-            for dim in data_id.group.required:
-                message = registry.records.missing_keys(self.universe[dim], rows, conn)
-                if message:
-                    return message
-        return None
+        return _data_ids.missing_dimension_message(self, data_id)
 
     # -- registration -------------------------------------------------------------------------
     def register_instrument(self, instrument: Any, *, update: bool = False, calibs: bool = True) -> None:
@@ -355,38 +252,9 @@ class Butler:
 
         With ``calibs`` (default) also create the ``<instrument>/calib`` chain and certify the camera
         there (see docs/calibrations.md)."""
-        self._require_writeable()
-        from .instrument import load_instrument
+        from ._registration import register_instrument
 
-        inst = load_instrument(instrument)
-        registry = self._registry
-        records = inst.dimension_records()
-        digest = inst.definition_digest()
-        existing = registry.attributes.get(f"instrument:{inst.name}")
-        if existing is None:
-            registry.refresh_attributes()
-            existing = registry.attributes.get(f"instrument:{inst.name}")
-        if existing is not None and json.loads(existing)["digest"] != digest and not update:
-            raise ConflictError(
-                f"instrument {inst.name!r} is already registered with a different definition "
-                f"(digest {json.loads(existing)['digest']} vs {digest}); pass update=True to replace it"
-            )
-        with registry.db.transaction(write=True) as conn:
-            conflict = "replace" if update else "skip"
-            registry.records.insert("instrument", records["instrument"], conflict=conflict, conn=conn)
-            registry.records.insert("band", records["band"], conflict="skip", conn=conn)
-            registry.records.insert("physical_filter", records["physical_filter"], conflict=conflict, conn=conn)
-            registry.records.insert("detector", records["detector"], conflict=conflict, conn=conn)
-        registry.set_attribute(
-            f"instrument:{inst.name}",
-            json.dumps({"digest": digest, "class_name": inst.class_name, "aliases": dict(inst.aliases),
-                        "templates": dict(inst.file_templates)}),
-        )
-        self._store = None
-        from ._calibs import setup_instrument_calibs
-
-        if calibs and existing is None:  # first registration only: re-registering is a no-op
-            setup_instrument_calibs(self, inst)  # <instrument>/calib chain and the camera (issue 7)
+        register_instrument(self, instrument, update=update, calibs=calibs)
 
     def insert_dimension_records(self, element: str, records: Iterable[Mapping[str, Any]], *,
                                  conflict: str = "error") -> int:
@@ -400,17 +268,9 @@ class Butler:
         The storage class must exist and every file template that could apply must make unique
         paths for the type's data IDs; a conflicting existing definition is a ``ConflictError``.
         """
-        self._require_writeable()
-        from .datastore import get_storage_class
+        from ._registration import register_dataset_type
 
-        get_storage_class(dataset_type.storage_class)
-        group = dataset_type.group(self.universe)
-        available = frozenset(group.names)
-        for template, per_type, per_instrument in self._datastore.templates.all_for(dataset_type.name):
-            template.validate(dataset_type=dataset_type.name, required=group.required, available=available,
-                              per_type=per_type, per_instrument=per_instrument)
-        _, created = self._registry.dataset_types.register(dataset_type)
-        return created
+        return register_dataset_type(self, dataset_type)
 
     # -- skymaps and regions -------------------------------------------------------------------
     def register_skymap(self, skymap: Any, tracts: Iterable[int] | int | None = None) -> int:
@@ -461,30 +321,21 @@ class Butler:
         return self._registry.dataset_types.get(name).dataset_type
 
     def register_run(self, name: str, *, doc: str | None = None) -> None:
-        self._require_writeable()
-        from .registry._collections import CollectionType
+        from ._registration import register_run
 
-        self._registry.collections.register(name, CollectionType.RUN, owner=current_user(), doc=doc)
+        register_run(self, name, doc=doc)
 
     def register_collection(self, name: str, type: CollectionType | str, *, doc: str | None = None) -> bool:
         """Create a TAGGED, CHAINED or CALIBRATION collection (or a RUN); return whether it was new."""
-        self._require_writeable()
-        from .registry._collections import CollectionType
+        from ._registration import register_collection
 
-        ctype = CollectionType[type.upper()] if isinstance(type, str) else type
-        owner = current_user() if ctype == CollectionType.RUN else None
-        _, created = self._registry.collections.register(name, ctype, owner=owner, doc=doc)
-        return created
+        return register_collection(self, name, type, doc=doc)
 
     def set_chain(self, name: str, children: Sequence[str]) -> None:
         """Set the ordered children of a CHAINED collection (created if absent)."""
-        self._require_writeable()
-        from .registry._collections import CollectionType
+        from ._registration import set_chain
 
-        registry = self._registry
-        with registry.db.transaction(write=True) as conn:
-            registry.collections.register(name, CollectionType.CHAINED, conn=conn)
-            registry.collections.set_chain(name, children, conn)
+        set_chain(self, name, children)
 
     def get_chain(self, name: str) -> list[str]:
         return self._registry.collections.chain_children(name)
@@ -586,51 +437,7 @@ class Butler:
 
     def _find(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any, collections: Any,
               kwargs: Mapping[str, Any], *, required: bool = True) -> FoundDataset | None:
-        registry = self._registry
-        if isinstance(dataset_type, DatasetRef):
-            from .registry._datasets import FoundDataset
-
-            ref = dataset_type
-            with registry.db.transaction() as conn:
-                files = registry.datasets.files_of(conn, [ref.id]).get(ref.id)
-            if files is None:
-                if required:
-                    raise DatasetNotFoundError(f"{ref} is not in the repository {self.root} (removed?)")
-                return None
-            return FoundDataset(ref, tuple(files))
-        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
-        parent, _ = split_component(name)
-        type_rec = registry.dataset_types.get(parent)
-        if type_rec.dataset_type.is_calibration:  # found by validity time (issue 7)
-            from ._calibs import find_calib
-
-            return find_calib(self, type_rec, data_id, kwargs, collections, required=required)
-        coord = self._standardize(type_rec.group, data_id, kwargs)
-        colls = self._resolve_collections(collections)
-        with registry.db.transaction() as conn:
-            found = registry.datasets.find(conn, type_rec, coord, colls)
-            if found is None and required:
-                raise self._not_found(conn, type_rec, coord, colls)
-        return found
-
-    def _not_found(self, conn: Any, type_rec: Any, coord: DataCoordinate, colls: Sequence[CollectionRecord]
-                   ) -> DatasetNotFoundError:
-        registry = self._registry
-        message = (f"no {type_rec.dataset_type.name!r} for {coord} in collections "
-                   f"{[c.name for c in colls]}")
-        elsewhere = registry.datasets.locate_elsewhere(conn, type_rec, coord, colls)
-        if elsewhere:
-            message += f"; found in {', '.join(elsewhere)}"
-        else:
-            missing = None
-            rows = [coord.to_dict()]
-            for dim in coord.group.required:
-                missing = registry.records.missing_keys(self.universe[dim], rows, conn)
-                if missing:
-                    break
-            if missing:
-                message += f"; {missing}"
-        return DatasetNotFoundError(message)
+        return _reads.find(self, dataset_type, data_id, collections, kwargs, required=required)
 
     def get(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any = None, *, collections: Any = None,
             component: str | None = None, parameters: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:

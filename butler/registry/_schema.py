@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -62,11 +63,39 @@ class DatasetIdType(sa.types.TypeDecorator):
         return fast_uuid(value)  # type: ignore[arg-type]
 
 
-def string(length: int) -> sa.types.TypeEngine:
-    """A VARCHAR that compares case-sensitively on every backend (MySQL's default collation does not)."""
-    from sqlalchemy.dialects import mysql
+class CaseSensitiveString(sa.types.TypeDecorator):
+    """A VARCHAR that compares case-sensitively on every backend (MySQL's default collation does not).
 
-    return sa.String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
+    On MySQL/MariaDB the column gets the ``utf8mb4_bin`` collation; elsewhere it is a plain
+    VARCHAR, which already compares case-sensitively. The choice is made per dialect when a
+    statement is compiled, so SQLite and PostgreSQL never import the MySQL dialect (~9 ms).
+    """
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(sa.String(self.length, collation="utf8mb4_bin"))
+        return dialect.type_descriptor(sa.String(self.length))
+
+    def coerce_compared_value(self, op: Any, value: Any) -> sa.types.TypeEngine:
+        # As a plain String does: itself for strings, the value's own type for anything else.
+        coerced = self.impl_instance.coerce_compared_value(op, value)
+        return self if coerced is self.impl_instance else coerced
+
+    @property
+    def python_type(self) -> type:
+        return str
+
+
+def string(length: int) -> sa.types.TypeEngine:
+    """A `CaseSensitiveString` of ``length`` characters."""
+    return CaseSensitiveString(length)
 
 
 def _column_type(spec: FieldSpec) -> sa.types.TypeEngine:

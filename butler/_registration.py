@@ -1,0 +1,157 @@
+"""Registration methods of the Butler: instruments, dataset types, runs and collections.
+
+What a repository knows before datasets go into it: an instrument's records and its
+``instrument:<name>`` attribute (digest, class, aliases, file templates), dataset types checked
+against the storage classes and file templates, and collections. The run a write goes into is
+checked here too (type and owner, once per Butler) and registered on the first write into it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._butler import current_user
+from .errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
+
+if TYPE_CHECKING:
+    from ._butler import Butler
+    from ._dataset_type import DatasetType
+    from .registry._collections import CollectionRecord, CollectionType
+
+__all__ = [
+    "ensure_run",
+    "register_collection",
+    "register_dataset_type",
+    "register_instrument",
+    "register_run",
+    "run_record",
+    "set_chain",
+]
+
+
+def register_instrument(butler: Butler, instrument: Any, *, update: bool = False, calibs: bool = True) -> None:
+    """Register a camera and its records (see `Butler.register_instrument`)."""
+    butler._require_writeable()
+    from .instrument import load_instrument
+
+    inst = load_instrument(instrument)
+    registry = butler._registry
+    records = inst.dimension_records()
+    digest = inst.definition_digest()
+    existing = registry.attributes.get(f"instrument:{inst.name}")
+    if existing is None:
+        registry.refresh_attributes()
+        existing = registry.attributes.get(f"instrument:{inst.name}")
+    if existing is not None and json.loads(existing)["digest"] != digest and not update:
+        raise ConflictError(
+            f"instrument {inst.name!r} is already registered with a different definition "
+            f"(digest {json.loads(existing)['digest']} vs {digest}); pass update=True to replace it"
+        )
+    with registry.db.transaction(write=True) as conn:
+        conflict = "replace" if update else "skip"
+        registry.records.insert("instrument", records["instrument"], conflict=conflict, conn=conn)
+        registry.records.insert("band", records["band"], conflict="skip", conn=conn)
+        registry.records.insert("physical_filter", records["physical_filter"], conflict=conflict, conn=conn)
+        registry.records.insert("detector", records["detector"], conflict=conflict, conn=conn)
+    registry.set_attribute(
+        f"instrument:{inst.name}",
+        json.dumps({"digest": digest, "class_name": inst.class_name, "aliases": dict(inst.aliases),
+                    "templates": dict(inst.file_templates)}),
+    )
+    butler._store = None  # the datastore's templates include the instrument's
+    from ._calibs import setup_instrument_calibs
+
+    if calibs and existing is None:  # first registration only: re-registering is a no-op
+        setup_instrument_calibs(butler, inst)  # <instrument>/calib chain and the camera (issue 7)
+
+
+def register_dataset_type(butler: Butler, dataset_type: DatasetType) -> bool:
+    """Register a dataset type (idempotent) after checking its storage class and templates; whether it was new."""
+    butler._require_writeable()
+    from .datastore import get_storage_class
+
+    get_storage_class(dataset_type.storage_class)
+    group = dataset_type.group(butler.universe)
+    available = frozenset(group.names)
+    for template, per_type, per_instrument in butler._datastore.templates.all_for(dataset_type.name):
+        template.validate(dataset_type=dataset_type.name, required=group.required, available=available,
+                          per_type=per_type, per_instrument=per_instrument)
+    _, created = butler._registry.dataset_types.register(dataset_type)
+    return created
+
+
+# -- collections ----------------------------------------------------------------------------------
+def register_run(butler: Butler, name: str, *, doc: str | None = None) -> None:
+    """Create RUN collection ``name``, owned by the current user."""
+    butler._require_writeable()
+    from .registry._collections import CollectionType
+
+    butler._registry.collections.register(name, CollectionType.RUN, owner=current_user(), doc=doc)
+
+
+def register_collection(butler: Butler, name: str, type: CollectionType | str, *, doc: str | None = None) -> bool:
+    """Create a collection of any type (a RUN is owned by the current user); whether it was new."""
+    butler._require_writeable()
+    from .registry._collections import CollectionType
+
+    ctype = CollectionType[type.upper()] if isinstance(type, str) else type
+    owner = current_user() if ctype == CollectionType.RUN else None
+    _, created = butler._registry.collections.register(name, ctype, owner=owner, doc=doc)
+    return created
+
+
+def set_chain(butler: Butler, name: str, children: Sequence[str]) -> None:
+    """Set the ordered children of CHAINED collection ``name`` (created if absent), in one transaction."""
+    butler._require_writeable()
+    from .registry._collections import CollectionType
+
+    registry = butler._registry
+    with registry.db.transaction(write=True) as conn:
+        registry.collections.register(name, CollectionType.CHAINED, conn=conn)
+        registry.collections.set_chain(name, children, conn)
+
+
+# -- the run of a write -----------------------------------------------------------------------------
+def run_record(butler: Butler, run: str | None, allow_foreign_run: bool) -> tuple[str, CollectionRecord | None]:
+    """The run a write goes into (``run`` or the Butler's) and its record, None if it does not exist yet.
+
+    An existing run must be a RUN collection owned by the current user (or
+    ``allow_foreign_run``); a new name is validated. A checked run is remembered
+    by the Butler (`Butler.refresh` forgets it).
+    """
+    from .registry._collections import CollectionType
+
+    name = run if run is not None else butler.run
+    if name is None:
+        raise ButlerError("no run to write into: pass run=... to this call or open the Butler with run=...")
+    rec = butler._checked_runs.get(name)
+    if rec is not None:
+        return name, rec
+    rec = butler._registry.collections.find(name)
+    if rec is None:
+        from .registry._collections import validate_collection_name
+
+        validate_collection_name(name)
+        return name, None
+    if rec.type != CollectionType.RUN:
+        raise CollectionError(f"cannot write into {name!r}: it is a {rec.type.name} collection, not a RUN")
+    user = current_user()
+    if rec.owner and rec.owner != user and not allow_foreign_run:
+        raise RunOwnershipError(
+            f"run {name!r} belongs to {rec.owner!r}, not to you ({user!r}); write into your own run, "
+            "or pass allow_foreign_run=True if you really mean to add to it"
+        )
+    butler._checked_runs[name] = rec
+    return name, rec
+
+
+def ensure_run(butler: Butler, conn: Any, name: str, rec: CollectionRecord | None) -> CollectionRecord:
+    """``rec``, or the record of RUN ``name`` registered now (owned by the current user) in ``conn``."""
+    if rec is not None:
+        return rec
+    from .registry._collections import CollectionType
+
+    rec, _ = butler._registry.collections.register(name, CollectionType.RUN, owner=current_user(), conn=conn)
+    return rec
