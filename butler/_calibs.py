@@ -43,8 +43,10 @@ __all__ = [
     "time_range",
 ]
 
-CAMERA_DATASET_TYPE = DatasetType("camera", ("instrument",), "StructuredData", is_calibration=True)
-"""The camera description of an instrument (its canonical definition), certified by validity."""
+CAMERA_DATASET_TYPE = DatasetType("camera", ("instrument",), "Camera", is_calibration=True)
+"""The camera of an instrument (a `butler.instrument.Camera`), certified by validity time."""
+LEGACY_CAMERA_STORAGE_CLASS = "StructuredData"
+"""How repositories made before the Camera storage class registered ``camera`` (a plain dict)."""
 
 _OBSERVATION_KEYS = ("exposure", "visit")
 
@@ -448,7 +450,7 @@ def setup_instrument_calibs(butler: Butler, inst: Any) -> None:
     name = inst.name
     chain = f"{name}/calib"
     unbounded = unbounded_collection(name)
-    butler._registry.dataset_types.register(CAMERA_DATASET_TYPE)
+    _camera_type(butler)
     registry.collections.register(unbounded, CollectionType.CALIBRATION)
     if registry.collections.find(chain) is None:
         with registry.db.transaction(write=True) as conn:
@@ -464,15 +466,25 @@ def setup_instrument_calibs(butler: Butler, inst: Any) -> None:
         certify_camera(butler, inst, None, None)
 
 
+def _camera_type(butler: Butler) -> DatasetType:
+    """The registered ``camera`` type (registered now if absent). Repositories that registered it
+    as StructuredData before the Camera storage class keep it: their cameras are dicts."""
+    found = butler._registry.dataset_types.find(CAMERA_DATASET_TYPE.name)
+    if found is not None and found.dataset_type.storage_class == LEGACY_CAMERA_STORAGE_CLASS \
+            and found.dataset_type.dimensions == CAMERA_DATASET_TYPE.dimensions:
+        return found.dataset_type
+    return butler._registry.dataset_types.register(CAMERA_DATASET_TYPE)[0].dataset_type
+
+
 def certify_camera(butler: Butler, instrument: Any, valid_from: Any, valid_to: Any = None, *,
                    collection: str | None = None) -> DatasetRef:
-    """Store a camera version (an Instrument, name, class path or camera YAML whose name is a
-    registered instrument) and certify it for [from, to) in ``collection`` (default
+    """Store a camera version (a `Camera`, an Instrument, name, class path or camera YAML whose name
+    is a registered instrument) and certify it for [from, to) in ``collection`` (default
     ``<instrument>/calib/unbounded``), cutting the ranges of earlier versions it overlaps."""
-    from .instrument import load_instrument
+    from .instrument import Camera, load_instrument
 
     butler._require_writeable()
-    inst = load_instrument(instrument)
+    inst = instrument.instrument() if isinstance(instrument, Camera) else load_instrument(instrument)
     if f"instrument:{inst.name}" not in butler._registry.attributes:
         butler._registry.refresh_attributes()
         if f"instrument:{inst.name}" not in butler._registry.attributes:
@@ -485,8 +497,10 @@ def certify_camera(butler: Butler, instrument: Any, valid_from: Any, valid_to: A
         from ._butler import current_user
         from .registry._collections import CollectionType
 
+        camera_type = _camera_type(butler)
+        obj = inst.definition() if camera_type.storage_class == LEGACY_CAMERA_STORAGE_CLASS else \
+            Camera.from_instrument(inst)
         butler._registry.collections.register(run, CollectionType.RUN, owner=current_user())
-        ref = butler.put(inst.definition(), CAMERA_DATASET_TYPE.name, instrument=inst.name, run=run,
-                         allow_foreign_run=True)
+        ref = butler.put(obj, CAMERA_DATASET_TYPE.name, instrument=inst.name, run=run, allow_foreign_run=True)
     certify(butler, collection or unbounded_collection(inst.name), [ref], begin, end, split=True)
     return ref

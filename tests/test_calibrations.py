@@ -201,16 +201,16 @@ def test_instrument_calib_chain_and_camera_versions(calib_repo, tmp_path):
     b = calib_repo
     assert b.get_chain("SimCam/calib") == ["SimCam/calib/unbounded"]
     camera = b.get("camera", instrument="SimCam", exposure=1234)
-    assert camera["name"] == "SimCam" and len(camera["detectors"]) == 9
-    assert b.get("camera", instrument="SimCam")["name"] == "SimCam"  # one range: no time needed
+    assert camera.name == "SimCam" and len(camera.detectors) == 9
+    assert b.get("camera", instrument="SimCam").name == "SimCam"  # one range: no time needed
     from butler.instrument import SimCam
 
     definition = SimCam().definition()
     definition["detectors"][4]["rotation_deg"] = 0.5  # re-mounted detector from December on
     newer = SimCam.from_definition(definition)
     b.certify_camera(newer, "2026-12-01")
-    assert b.get("camera", instrument="SimCam", exposure=1234)["detectors"][4]["rotation_deg"] == 0.0
-    assert b.get("camera", instrument="SimCam", exposure=1300)["detectors"][4]["rotation_deg"] == 0.5
+    assert b.get("camera", instrument="SimCam", exposure=1234).detector(4).rotation_deg == 0.0
+    assert b.get("camera", instrument="SimCam", exposure=1300).detector(4).rotation_deg == 0.5
     with pytest.raises(ValueError, match="give exposure=, visit= or time="):
         b.get("camera", instrument="SimCam")
     # re-registering the same instrument is a no-op; a different definition is a conflict

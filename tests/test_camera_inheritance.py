@@ -60,7 +60,7 @@ def test_child_registers_next_to_parent(repo_factory, tmp_path):
     butler.register_instrument(SimCam())
     child = load_instrument(_write(tmp_path, "child.yaml", CHILD.format(parent="SimCam")))
     butler.register_instrument(child)
-    assert butler.get("camera", instrument="SimCam2")["detector_max"] == 32
+    assert butler.get("camera", instrument="SimCam2").detector_max == 32
     assert {r.name for r in butler.query_dimension_records("instrument")} == {"SimCam", "SimCam2"}
     # the same name with another definition is refused, nothing written
     other = load_instrument(_write(tmp_path, "other.yaml", CHILD.format(parent="SimCam").replace("32", "64")))

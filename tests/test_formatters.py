@@ -180,7 +180,8 @@ def test_formatter_selection() -> None:
     allowed = r"'NumpyArray' cannot use formatter 'json'; allowed: \['npy', 'fits'\]"
     with pytest.raises(StorageClassError, match=allowed):
         formatter_for(sc, "json")
-    with pytest.raises(StorageClassError, match=r"unknown formatter 'hdf5'; known: \['bytes', 'exposure_fits', 'fits'"):
+    known = r"unknown formatter 'hdf5'; known: \['bytes', 'camera_json', 'camera_yaml', 'exposure_fits', 'fits'"
+    with pytest.raises(StorageClassError, match=known):
         get_formatter("hdf5")
     assert {"json", "yaml", "npy", "parquet", "fits", "bytes"} <= set(known_formatters())
 

@@ -46,7 +46,7 @@ def test_init_outputs_written_once_and_compared(repo, client):
     plan = Planner(repo).build(add_sum(offset=2.0), inputs=["in"], output_run=OUT, where="visit < 2")
     assert run(client, repo, plan).ok
     assert repo.get("add_config", {}, collections=OUT) == {"offset": 2.0, "fail_on_detector": -1, "sleep": 0.0,
-                                                           "log": ""}
+                                                           "log": "", "gate": ""}
     assert repo.get("sum_config", {}, collections=OUT) == {}
     packages = repo.get("packages", {}, collections=OUT)
     assert packages == package_versions() and "python" in packages and "numpy" in packages

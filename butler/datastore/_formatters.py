@@ -168,6 +168,9 @@ _paths: dict[str, str] = {
     "exposure_fits": "butler.datastore._formatters_exposure_fits.ExposureFitsFormatter",
     "wcs_fits": "butler.datastore._formatters_components.WcsFitsFormatter",
     "scalar_json": "butler.datastore._formatters_components.ScalarJsonFormatter",
+    # Camera versions (the ``camera`` calibration dataset).
+    "camera_json": "butler.datastore._formatters_camera.CameraJsonFormatter",
+    "camera_yaml": "butler.datastore._formatters_camera.CameraYamlFormatter",
 }
 _classes: dict[str, type[Formatter]] = {}
 _bound: dict[tuple[str, StorageClass | None], Formatter] = {}

@@ -281,6 +281,14 @@ _register_builtins(
             formatter="parquet",
             parameters=frozenset({"columns", "filters"}),
         ),
+        # A camera version (butler.instrument.Camera); put also takes a CameraDefinition or an Instrument.
+        StorageClass(
+            name="Camera",
+            pytype="butler.instrument.Camera",
+            pytype_aliases=("butler.instrument.CameraDefinition", "butler.instrument.Instrument"),
+            formatter="camera_json",
+            alternative_formatters=("camera_yaml",),
+        ),
         StorageClass(
             name="Bytes",
             pytype="builtins.bytes",

@@ -1,4 +1,5 @@
-"""Instruments: camera definitions (YAML) turned into dimension records, aliases and templates.
+"""Instruments: camera definitions (YAML) turned into dimension records, aliases and templates,
+and `Camera`, the typed camera dataset that a repository certifies by validity time.
 
 Importing this package is cheap (stdlib only; YAML is parsed on first use).
 """
@@ -14,6 +15,7 @@ from ._camera import (
     load_camera,
     parse_camera,
 )
+from ._camera_dataset import Camera
 from ._instrument import (
     Instrument,
     UnknownInstrumentError,
@@ -27,6 +29,7 @@ from ._simcam import HexCam, SimCam
 __all__ = [
     "ALIAS_TARGETS",
     "DETECTOR_PURPOSES",
+    "Camera",
     "CameraDefinition",
     "CameraDefinitionError",
     "DetectorDefinition",

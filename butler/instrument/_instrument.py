@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import operator
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
 
     from ..dimensions._packers import DataIdPacker
     from ._camera import DetectorDefinition, FilterDefinition
+    from ._camera_dataset import Camera
 
 __all__ = [
     "Instrument",
@@ -231,39 +231,20 @@ class Instrument(ABC):
 
     def get_detector(self, id_or_full_name: int | str) -> DetectorDefinition:
         """The detector with this integer id or full name (``"S11"``; ``"4"`` also works)."""
-        by_id, by_name = self._detector_index()
-        key = id_or_full_name
-        if isinstance(key, str):
-            if key in by_name:
-                return by_name[key]
-            if key.strip().isdigit() and int(key) in by_id:
-                return by_id[int(key)]
-            close = difflib.get_close_matches(key, list(by_name), n=3)
-            hint = f"; close: {close}" if close else f"; full names: {list(by_name)}"
-            raise DataIdError(f"no detector named {key!r} in {self.name}{hint}")
-        try:
-            index = operator.index(key) if not isinstance(key, bool) else None
-        except TypeError:
-            index = None
-        if index is None or index not in by_id:
-            raise DataIdError(f"no detector with id {key!r} in {self.name}; ids: {sorted(by_id)}")
-        return by_id[index]
+        return self.camera_view().detector(id_or_full_name)
 
     def get_filter(self, name: str) -> FilterDefinition:
         """The physical filter with this name."""
-        for f in self._camera.filters:
-            if f.name == name:
-                return f
-        raise DataIdError(
-            f"no physical_filter {name!r} in {self.name}; filters: {[f.name for f in self.filters]}"
-        )
+        return self.camera_view().filter(name)
 
-    def _detector_index(self) -> tuple[dict[int, DetectorDefinition], dict[str, DetectorDefinition]]:
-        index = self.__dict__.get("_det_index")
-        if index is None:
-            index = ({d.id: d for d in self.detectors}, {d.full_name: d for d in self.detectors})
-            self.__dict__["_det_index"] = index
-        return index
+    def camera_view(self) -> Camera:
+        """This instrument's camera as a `Camera` (what ``butler.get("camera", ...)`` returns)."""
+        view = self.__dict__.get("_camera_view")
+        if view is None:
+            from ._camera_dataset import Camera
+
+            view = self.__dict__["_camera_view"] = Camera.from_instrument(self)
+        return view
 
     # -- identity and pickling ----------------------------------------------------------
 

@@ -1,4 +1,8 @@
-"""Synthetic SimCam raws over a few patches: a truth catalogue of stars, rendered per detector.
+"""Synthetic raws over a few patches: a truth catalogue of stars, rendered per detector.
+
+Any registered visit+detector instrument can be simulated (SimCam by default; HexCam too): its
+detectors' geometry and its physical filters come from the registry, so several instruments can
+observe one truth catalogue (``truth=``) and feed one joint coadd.
 
 The simulation, step by step (all numpy, deterministic from ``seed``):
 
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMO_NIGHTS",
     "VisitPlan",
+    "band_filters",
     "demo_flavor_records",
     "demo_skymap",
     "detector_wcs",
@@ -202,9 +207,11 @@ class VisitPlan:
     exposure_time: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def exposure_record(self, instrument: str) -> dict[str, Any]:
+    def exposure_record(self, instrument: str, physical_filter: str | None = None) -> dict[str, Any]:
+        """The ``exposure`` record; ``physical_filter`` defaults to SimCam's naming (``<instrument>-<band>``)."""
         return {
-            "instrument": instrument, "id": self.id, "physical_filter": f"{instrument}-{self.band}",
+            "instrument": instrument, "id": self.id,
+            "physical_filter": physical_filter or f"{instrument}-{self.band}",
             "day_obs": self.day_obs, "obs_id": f"{instrument}_{self.day_obs}_{self.id:06d}",
             "exposure_time": self.exposure_time, "observation_type": "science", "begin": self.begin,
             "end": self.begin + timedelta(seconds=self.exposure_time), "tracking_ra": self.ra,
@@ -254,7 +261,7 @@ def plan_visits(skymap: Any, tract: int, patches: Sequence[int], *, bands: Seque
 
 
 def simulate_raw(plan: VisitPlan, detector: Mapping[str, Any], truth: Table, *, seed: int = 0,
-                 instrument: str = "SimCam") -> Exposure:
+                 instrument: str = "SimCam", physical_filter: str | None = None) -> Exposure:
     """The raw of one detector of one visit (see the module docstring for the model)."""
     from butler.exposure import Exposure
 
@@ -282,7 +289,7 @@ def simulate_raw(plan: VisitPlan, detector: Mapping[str, Any], truth: Table, *, 
           & (np.asarray(truth[f"flux_{plan.band}"]) >= TRUTH_IN_METADATA_MIN_NJY))
     metadata = {
         "instrument": instrument, "exposure": plan.id, "visit": plan.id, "detector": det_id,
-        "band": plan.band, "physical_filter": f"{instrument}-{plan.band}", "day_obs": plan.day_obs,
+        "band": plan.band, "physical_filter": physical_filter or f"{instrument}-{plan.band}", "day_obs": plan.day_obs,
         "exposure_time": plan.exposure_time, "boresight": [plan.ra, plan.dec], "units": "counts",
         "SIM_SEEING": plan.seeing, "SIM_CALIB": plan.calib, "SIM_SKY": plan.sky,
         "SIM_SHIFT_PIXELS": list(plan.shift_pixels),
@@ -293,17 +300,58 @@ def simulate_raw(plan: VisitPlan, detector: Mapping[str, Any], truth: Table, *, 
 
 
 # -- into a repository ---------------------------------------------------------------------------
+def band_filters(butler: Any, instrument: str, bands: Sequence[str]) -> dict[str, str]:
+    """The instrument's physical filter for each band (the first one registered for it).
+
+    A band the instrument has no filter for is a ``LookupError`` listing the bands it has, raised
+    before anything is written.
+    """
+    records = butler.query_dimension_records("physical_filter", instrument=instrument)
+    if not records:
+        raise LookupError(f"instrument {instrument!r} has no physical filters; is it registered?")
+    by_band: dict[str, str] = {}
+    for rec in sorted(records, key=lambda r: r.name):
+        by_band.setdefault(rec.band, rec.name)
+    missing = [b for b in bands if b not in by_band]
+    if missing:
+        raise LookupError(f"instrument {instrument!r} has no filter in band(s) {missing}; "
+                          f"its bands are {sorted(by_band)}")
+    return {b: by_band[b] for b in bands}
+
+
+def _science_detectors(butler: Any, instrument: str, wanted: Sequence[int | str] | None) -> list[dict[str, Any]]:
+    """Science detectors with geometry, optionally only ``wanted`` (ids or full names)."""
+    detectors = [d.to_dict() for d in butler.query_dimension_records("detector", instrument=instrument)]
+    detectors = [d for d in detectors if d.get("purpose", "SCIENCE") == "SCIENCE" and d.get("bbox_width")]
+    if not detectors:
+        raise LookupError(f"instrument {instrument!r} has no science detectors with geometry; register it first")
+    if wanted is None:
+        return detectors
+    keys = {d["id"]: d for d in detectors} | {d["full_name"]: d for d in detectors}
+    unknown = [w for w in wanted if w not in keys]
+    if unknown:
+        raise LookupError(f"instrument {instrument!r} has no science detector(s) {unknown}; its science "
+                          f"detectors are {sorted(d['id'] for d in detectors)}")
+    chosen = {keys[w]["id"]: keys[w] for w in wanted}
+    return [chosen[i] for i in sorted(chosen)]
+
+
 def simulate_raws(butler: Any, *, skymap_name: str, tract: int, patches: Sequence[int],
                   bands: Sequence[str] = ("g", "r"), visits_per_band: int | None = None, seed: int = 0,
-                  run: str = "SimCam/raw/all", instrument: str = "SimCam",
-                  nights: Sequence[int] = DEMO_NIGHTS, first_id: int = 1000, workers: int = 2) -> dict[str, Any]:
+                  run: str | None = None, instrument: str = "SimCam",
+                  nights: Sequence[int] = DEMO_NIGHTS, first_id: int = 1000, workers: int = 2,
+                  detectors: Sequence[int | str] | None = None, truth: Table | None = None) -> dict[str, Any]:
     """Simulate raws over ``patches`` of a tract and store them (idempotent: what exists is kept).
 
     Inserts ``exposure`` records, defines the visits (regions from the camera geometry),
     registers ``raw`` (instrument, exposure, detector; Exposure) and ``truth_catalog`` (skymap,
-    tract; SourceCatalog) and writes them into ``run``. The instrument and the skymap must be
-    registered. ``visits_per_band`` defaults to twice the number of patches (each patch gets a
-    pointing on each of two nights). Returns a summary: visit ids, counts written and skipped.
+    tract; SourceCatalog) and writes them into ``run`` (default ``<instrument>/raw/all``). The
+    instrument (any visit+detector instrument: its filters name the bands, its science detectors
+    are rendered, or only ``detectors``, ids or full names) and the skymap must be registered.
+    ``visits_per_band`` defaults to twice the number of patches (each patch gets a pointing on
+    each of two nights). ``truth`` renders a given truth catalogue instead of drawing one, so that
+    several instruments see the same sky. Returns a summary: visit ids, counts written and
+    skipped, the truth catalogue and the visit plans.
     """
     from butler import DatasetType
     from butler.errors import ConflictError
@@ -314,23 +362,28 @@ def simulate_raws(butler: Any, *, skymap_name: str, tract: int, patches: Sequenc
         raise ValueError("simulate_raws needs at least one patch")
     if visits_per_band is None:
         visits_per_band = 2 * len(patches)
-    detectors = [d.to_dict() for d in butler.query_dimension_records("detector", instrument=instrument)]
-    detectors = [d for d in detectors if d.get("purpose", "SCIENCE") == "SCIENCE" and d.get("bbox_width")]
-    if not detectors:
-        raise LookupError(f"instrument {instrument!r} has no science detectors with geometry; register it first")
-    det_scale = float(detectors[0]["pixel_scale_arcsec"])
+    run = run or f"{instrument}/raw/all"
+    filters = band_filters(butler, instrument, bands)
+    dets = _science_detectors(butler, instrument, detectors)
+    det_scale = float(dets[0]["pixel_scale_arcsec"])
     plans = plan_visits(skymap, tract, patches, bands=bands, visits_per_band=visits_per_band, nights=nights,
                         seed=seed, first_id=first_id, detector_scale_arcsec=det_scale)
 
-    # Truth over the area every visit can touch (pointings +- the field of view), in tract pixels.
-    info = skymap[tract]
-    px, py = info.sky_to_pixel(np.array([p.ra for p in plans]), np.array([p.dec for p in plans]))
-    reach = (_fov_radius_arcsec(detectors) + 30.0) / skymap.pixel_scale_arcsec
-    truth = make_truth_catalog(skymap, tract, (float(px.min() - reach), float(px.max() + reach)),
-                               (float(py.min() - reach), float(py.max() + reach)), bands=bands, seed=seed)
+    if truth is None:
+        # Truth over the area every visit can touch (pointings +- the field of view), in tract pixels.
+        info = skymap[tract]
+        px, py = info.sky_to_pixel(np.array([p.ra for p in plans]), np.array([p.dec for p in plans]))
+        reach = (_fov_radius_arcsec(dets) + 30.0) / skymap.pixel_scale_arcsec
+        truth = make_truth_catalog(skymap, tract, (float(px.min() - reach), float(px.max() + reach)),
+                                   (float(py.min() - reach), float(py.max() + reach)), bands=bands, seed=seed)
+    else:
+        missing = [b for b in bands if f"flux_{b}" not in truth.colnames]
+        if missing:
+            raise ValueError(f"the truth catalogue given has no flux_<band> column for band(s) {missing}; "
+                             f"its columns are {truth.colnames}")
 
     # Exposure records and visits (skip what exists; refuse different content under the same ids).
-    records = [p.exposure_record(instrument) for p in plans]
+    records = [p.exposure_record(instrument, filters[p.band]) for p in plans]
     ids = [r["id"] for r in records]
     existing = {r.id: r for r in butler.query_dimension_records("exposure", instrument=instrument) if r.id in set(ids)}
     for rec in records:
@@ -355,16 +408,18 @@ def simulate_raws(butler: Any, *, skymap_name: str, tract: int, patches: Sequenc
     done: set[tuple[int, int]] = set()
     have_truth = False
     if butler.query_collections(run):
-        done = {(r.data_id["exposure"], r.data_id["detector"]) for r in butler.query_datasets("raw", collections=run)}
+        done = {(r.data_id["exposure"], r.data_id["detector"]) for r in butler.query_datasets("raw", collections=run)
+                if r.data_id["instrument"] == instrument}
         have_truth = bool(butler.query_datasets("truth_catalog", collections=run,
                                                 data_id={"skymap": skymap.name, "tract": tract}))
     if not have_truth:
         butler.put(truth, truth_type, {"skymap": skymap.name, "tract": tract}, run=run)
 
-    todo = [(plan, det) for plan in plans for det in detectors if (plan.id, int(det["id"])) not in done]
-    written = _write_raws(butler, todo, truth, raw_type, seed=seed, instrument=instrument, run=run, workers=workers)
-    return {"visits": ids, "raws_written": written, "raws_skipped": len(plans) * len(detectors) - written,
-            "truth_stars": len(truth), "run": run, "plans": plans}
+    todo = [(plan, det) for plan in plans for det in dets if (plan.id, int(det["id"])) not in done]
+    written = _write_raws(butler, todo, truth, raw_type, seed=seed, instrument=instrument, filters=filters, run=run,
+                          workers=workers)
+    return {"visits": ids, "raws_written": written, "raws_skipped": len(plans) * len(dets) - written,
+            "truth_stars": len(truth), "truth": truth, "run": run, "plans": plans}
 
 
 def prepare_demo_repo(butler: Any, *, skymap_name: str = "demo", tract: int = 9000,
@@ -384,14 +439,15 @@ def prepare_demo_repo(butler: Any, *, skymap_name: str = "demo", tract: int = 90
 
 
 def _write_raws(butler: Any, todo: list[tuple[VisitPlan, dict[str, Any]]], truth: Table, raw_type: Any, *,
-                seed: int, instrument: str, run: str, workers: int) -> int:
+                seed: int, instrument: str, filters: Mapping[str, str], run: str, workers: int) -> int:
     """Render in a thread pool (numpy releases the GIL) while the previous batch is being put."""
     from concurrent.futures import ThreadPoolExecutor
 
     def make(item: tuple[VisitPlan, dict[str, Any]]) -> tuple[Any, ...]:
         plan, det = item
         data_id = {"instrument": instrument, "exposure": plan.id, "detector": int(det["id"])}
-        return (simulate_raw(plan, det, truth, seed=seed, instrument=instrument), raw_type, data_id)
+        raw = simulate_raw(plan, det, truth, seed=seed, instrument=instrument, physical_filter=filters[plan.band])
+        return (raw, raw_type, data_id)
 
     batch = 9
     written = 0

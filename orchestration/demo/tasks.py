@@ -1,4 +1,7 @@
-"""The demo coadd pipeline: calibrate -> warp -> coadd, on SimCam raws (numpy and astropy only).
+"""The demo coadd pipeline: calibrate -> warp -> coadd, on simulated raws (numpy and astropy only).
+
+The raws may come from several instruments (SimCam, HexCam...): calibrate and warp run per
+instrument, and a coadd combines the warps of every instrument in its band.
 
 ``calibrate`` (instrument, visit, detector)
     raw -> calexp (background-subtracted, DETECTED mask, PSF, fitted WCS shift, photometric
@@ -82,7 +85,7 @@ class CalibrateTask(Task):
         """Minimum S/N of the stars that set the zero point and the shift."""
 
     raw = Input(dataset_type="raw", dimensions=("instrument", "exposure", "detector"), storage_class="Exposure",
-                doc="SimCam raw; metadata['truth'] is the reference catalogue of the detector")
+                doc="simulated raw; metadata['truth'] is the reference catalogue of the detector")
     calexp = Output(dataset_type="calexp", dimensions=("instrument", "visit", "detector"), storage_class="Exposure",
                     doc="background-subtracted, calibrated exposure")
     src = Output(dataset_type="src", dimensions=("instrument", "visit", "detector"), storage_class="SourceCatalog",
@@ -371,7 +374,7 @@ def coadd_warps(warps: list[Any]) -> Any:
     den = np.zeros(shape, np.float64)
     var = np.zeros(shape, np.float64)
     mask = np.zeros(shape, np.int32)
-    psf_sum, psf_weight, seeing, visits, weights = None, 0.0, [], [], []
+    psf_sum, psf_weight, seeing, visits, instruments, weights = None, 0.0, [], [], [], []
     for w in warps:
         img = np.asarray(w.image, dtype=np.float64)
         v = np.asarray(w.variance, dtype=np.float64)
@@ -386,6 +389,7 @@ def coadd_warps(warps: list[Any]) -> Any:
         frac = float(good.mean())
         weights.append(weight)
         visits.append(w.metadata.get("visit"))
+        instruments.append(w.metadata.get("instrument"))  # visit ids repeat across instruments
         if w.metadata.get("seeing") is not None:
             seeing.append((float(w.metadata["seeing"]), weight * frac))
         if w.psf is not None:
@@ -400,7 +404,8 @@ def coadd_warps(warps: list[Any]) -> Any:
     mask[~covered] |= NO_DATA
     psf = None if psf_sum is None else (psf_sum / psf_weight).astype(np.float32)
     eff_seeing = sum(s * w for s, w in seeing) / sum(w for _, w in seeing) if seeing else None
-    metadata = {"visits": visits, "weights": weights, "n_inputs": len(visits), "coverage": float(covered.mean()),
+    metadata = {"visits": visits, "instruments": instruments, "weights": weights, "n_inputs": len(visits),
+                "coverage": float(covered.mean()),
                 "seeing": eff_seeing, "units": first.metadata.get("units", "nJy"),
                 "skymap": first.metadata.get("skymap"), "tract": first.metadata.get("tract"),
                 "patch": first.metadata.get("patch")}
