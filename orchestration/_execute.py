@@ -35,7 +35,9 @@ _TASKS: dict[tuple, Any] = {}
 class QuantumResult:
     index: int
     quantum_id: uuid.UUID
-    outputs: list[tuple[DatasetRef, list[Any]]] = field(default_factory=list)
+    # (dataset id, file records) per output: the driver and downstream quanta know the refs from
+    # the plan, so only ids travel back (a ref costs ~10x more to unpickle than a UUID).
+    outputs: list[tuple[uuid.UUID, list[Any]]] = field(default_factory=list)
     start_ns: int = 0
     end_ns: int = 0
     host: str = ""
@@ -94,7 +96,7 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
     """Run one quantum; raise QuantumFailure (with the traceback) if the task fails."""
     start = time.time_ns()
     butler = worker_butler(config)
-    known = {ref.id: files for result in upstream if result is not None for ref, files in result.outputs}
+    known = {ref_id: files for result in upstream if result is not None for ref_id, files in result.outputs}
     upstream_no_work = [r.no_work for r in upstream if r is not None and r.no_work]
     try:
         inputs: dict[str, Any] = {}
@@ -128,7 +130,7 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
             for name, ref in quantum.outputs.items():
                 prepared = datastore.prepare(ref, produced[name], butler._template_values(ref))
                 written.append(prepared)
-                result.outputs.append((ref, [_commit_or_adopt(p) for p in prepared]))
+                result.outputs.append((ref.id, [_commit_or_adopt(p) for p in prepared]))
         except BaseException:
             for prepared in written:
                 datastore.remove_files(p.path for p in prepared if p.staged.state == "committed")
