@@ -206,7 +206,7 @@ def bench_plan_coadd_analyzed(ctx: Context) -> Result:
 
 
 _MEMORY_CODE = """
-import json, os, resource, sys, time, tracemalloc
+import json, os, sys, time, tracemalloc
 from butler import Butler
 from orchestration import Planner
 from benchmarks.bench_orchestration import RAW_RUN, coadd_pipeline
@@ -215,13 +215,19 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+def peak_rss():
+    # VmHWM is this address space's high-water mark. Not getrusage's ru_maxrss: that survives
+    # fork+exec, so a child of a 580 MB benchmark process would report 580 MB whatever it does.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
 root, where = sys.argv[1], sys.argv[2]
 butler = Butler(root, writeable=True)
 pipeline = coadd_pipeline()
 import distributed, numpy, sqlalchemy  # noqa: F401 - everything imported before the baseline
 base = rss()
 plan = Planner(butler).build(pipeline, inputs=[RAW_RUN], output_run="bench/coadd", where=where)
-high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+high = peak_rss()
 after = rss()
 del plan
 tracemalloc.start()
