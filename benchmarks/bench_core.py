@@ -514,10 +514,11 @@ def bench_import_butler(ctx: Context) -> Result:
                                extra={"heavy_modules": last["modules"], "importtime_top_ms": top})
 
 
-@benchmark("core.import_Butler", unit="ms", target=150.0,
+@benchmark("core.import_Butler", unit="ms",
            description="`from butler import Butler` in a fresh interpreter: the lazy _butler import, with "
-                       "SQLAlchemy and the registry modules that opening a repository needs (target borrowed "
-                       "from `import butler`)")
+                       "SQLAlchemy and the registry modules that opening a repository needs (informational: "
+                       "the issue's 150 ms is for `import butler`, core.import_butler; SQLAlchemy alone, the "
+                       "baseline, takes 130-180 ms on this VM, so what the butler adds is the ratio)")
 def bench_import_Butler(ctx: Context) -> Result:
     n = ctx.size(10, 4)
     _import_samples("from butler import Butler", 0)
