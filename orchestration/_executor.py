@@ -75,7 +75,7 @@ def prepare_run(plan: Plan, butler: Butler) -> None:
     """Check the tasks pickle, register output dataset types, create the run, write init-outputs,
     clean up leftovers (partial outputs to clobber, orphan files of a killed run).
 
-    Raises :class:`~butler.RunLockedError` while another process executes the same run: its
+    Raises :class:`butler.errors.RunLockedError` while another process executes the same run: its
     unregistered outputs would look like orphans here.
     """
     check_picklable(plan)
