@@ -513,7 +513,7 @@ class Butler:
 
     def query_provenance(self, *, run: str | None = None, task: str | None = None,
                          status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Quantum records of pipeline executions (e.g. the failures of a run)."""
+        """Quantum records of pipeline executions (e.g. the failures of a run), with their output ids."""
         from ._provenance import query_provenance
 
         return query_provenance(self, run=run, task=task, status=status)

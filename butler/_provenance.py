@@ -77,5 +77,15 @@ def query_provenance(butler: Butler, *, run: str | None = None, task: str | None
         stmt = stmt.where(q.c.task == task)
     if status is not None:
         stmt = stmt.where(q.c.status.in_([status] if isinstance(status, str) else list(status)))
+    o = schema.quantum_output
     with butler.registry.db.transaction() as conn:
-        return [_row_to_dict(butler, r) for r in conn.execute(stmt.order_by(q.c.start_ns))]
+        records = [_row_to_dict(butler, r) for r in conn.execute(stmt.order_by(q.c.start_ns))]
+        by_id = {r["quantum_id"]: r for r in records}
+        for r in records:
+            r["outputs"] = []
+        ids = list(by_id)
+        for start in range(0, len(ids), 5000):  # the output dataset ids of those quanta, in one query per 5k
+            for quantum_id, dataset_id in conn.execute(
+                    sa.select(o.c.quantum_id, o.c.dataset_id).where(o.c.quantum_id.in_(ids[start:start + 5000]))):
+                by_id[quantum_id]["outputs"].append(dataset_id)
+    return records

@@ -8,8 +8,9 @@ quanta). The lock makes the second one fail at once, naming the holder.
 The lock is an advisory ``flock`` on ``<root>/.locks/run-<digest>.lock``: the kernel releases it
 when the holding process dies, even by SIGKILL, so a crashed run can always be resumed and there
 is no stale-lock clean-up or heartbeat to get wrong. The file exists only while held (a killed
-holder leaves an unlocked one behind, which the next holder reuses and removes). Holding is re-entrant within a process. The
-file holds who locked it (host, pid, time, command) for the error message. ``flock`` works on
+holder leaves an unlocked one behind, which the next holder reuses and removes). Holding is
+re-entrant for the holding thread; other threads of the process are refused. The file holds who
+locked it (host, pid, time, command) for the error message. ``flock`` works on
 local file systems and on NFSv4; every executor of a run shares the repository's file system
 because its workers write there.
 """
@@ -26,13 +27,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 from .errors import RunLockedError
 
 __all__ = ["run_lock", "run_lock_holder"]
 
-_held: dict[str, list[int]] = {}  # lock path -> [fd, depth], for re-entrant holding in this process
+_held: dict[str, list[int]] = {}  # lock path -> [fd, depth, thread id]: re-entrant for the holding thread
 _guard = threading.Lock()
 
 
@@ -63,14 +64,23 @@ def run_lock_holder(root: str, run: str) -> dict[str, object] | None:
 
 @contextmanager
 def run_lock(root: str, run: str, *, action: str = "execute") -> Iterator[None]:
-    """Hold the run's lock for the block, or raise :class:`RunLockedError` naming its holder."""
+    """Hold the run's lock for the block, or raise :class:`RunLockedError` naming its holder.
+
+    Re-entrant for the thread holding it; another thread of the same process is refused like
+    another process (an executor running in a thread of a notebook must be protected from a
+    ``remove_runs`` in the next cell as much as from another process).
+    """
     path = _lock_path(root, run)
+    me = threading.get_ident()
     with _guard:
         entry = _held.get(path)
         if entry is not None:
+            if entry[2] != me:
+                raise RunLockedError(f"cannot {action} run {run!r}: it is locked by another thread of this process "
+                                     f"(pid {os.getpid()}); wait for it to finish")
             entry[1] += 1
         else:
-            _held[path] = [_acquire(path, run, action), 1]
+            _held[path] = [_acquire(path, run, action), 1, me]
     try:
         yield
     finally:
@@ -82,13 +92,17 @@ def run_lock(root: str, run: str, *, action: str = "execute") -> Iterator[None]:
                 # Unlink while still holding the lock, then close (which releases it): a process
                 # that opened the old file meanwhile sees after locking that it is no longer the
                 # file at ``path`` and starts over (``_acquire``), so no lock files pile up.
-                with suppress(FileNotFoundError):
+                try:
                     os.unlink(path)
-                os.close(entry[0])
+                except OSError:
+                    pass  # already gone, or not ours to remove: the next holder reuses it
+                finally:
+                    os.close(entry[0])
 
 
 def _acquire(path: str, run: str, action: str) -> int:
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    attempts = 0
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
         try:
@@ -98,6 +112,10 @@ def _acquire(path: str, run: str, action: str) -> int:
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
+            attempts += 1
+            if not holder and attempts < 5:  # most likely a brief shared lock of run_lock_holder()
+                time.sleep(0.005)
+                continue
             who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
                    f"({holder.get('action')}: {holder.get('command')})") if holder else "another process"
             raise RunLockedError(

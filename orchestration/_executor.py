@@ -1,8 +1,8 @@
 """The Dask executor: one graph for the whole plan, outputs registered in batches by the driver.
 
 The plan becomes a single dict graph (one task per quantum whose arguments are its upstream
-quanta's keys) submitted with one ``Client.get``; the driver consumes results with
-``as_completed`` and registers outputs and provenance in batches, so workers never write to the
+quanta's keys) submitted with one ``Client.get``; the driver polls the futures, gathers what
+finished in batches and registers outputs and provenance in batches, so workers never write to the
 registry (SQLite works with many workers; PostgreSQL sees few transactions). A failing quantum
 errs its downstream quanta ("blocked") while unrelated work continues; the report lists the
 failures with their tracebacks and the command that resumes the run.
@@ -175,61 +175,118 @@ class DaskExecutor:
             return report
         futures = self.client.get(dsk, keys, sync=False, retries=self.retries)
         index_of = {f.key: int(f.key.rpartition("-")[2]) for f in futures}
-        failed_index: set[int] = set()
-        pending: list[QuantumResult] = []
-        failed_records: list[dict[str, Any]] = []
+        accounts = _Accounts(plan, report, _Registrar(butler, plan))
+        completion = _Completion(futures, self.poll_seconds)
         last_flush = time.monotonic()
         bar = _progress(len(keys)) if self.progress else None
-        registrar = _Registrar(butler, plan)
+        finished = False
         try:
-            for batch in _finished_batches(futures, self.poll_seconds):
+            for batch in completion.batches():
+                # A result lost with a dead worker since the poll sends its future back to pending:
+                # Dask recomputes it, so it is waited for again.
+                lost = [f for f in batch if f.status not in _TERMINAL]
+                if lost:
+                    completion.requeue(lost)
+                    batch = [f for f in batch if f.status in _TERMINAL]
+                batch.sort(key=lambda f: index_of[f.key])  # upstream before downstream: blocked, not failed
                 done = [f for f in batch if f.status == "finished"]
                 results = dict(zip([f.key for f in done], self.client.gather(done))) if done else {}
                 for future in batch:
-                    self._consume(future, results, index_of[future.key], plan, report, pending, failed_index,
-                                  failed_records, registrar)
+                    accounts.consume(future, results, index_of[future.key])
                     future.release()
                 if bar is not None:
                     bar.update(len(batch))
-                if len(pending) >= self.batch_size or time.monotonic() - last_flush > self.flush_seconds:
-                    registrar.register(pending, failed_records)
-                    pending, failed_records = [], []
+                if len(accounts.pending) >= self.batch_size or time.monotonic() - last_flush > self.flush_seconds:
+                    accounts.flush()
                     last_flush = time.monotonic()
+            finished = True
         finally:
-            registrar.register(pending, failed_records)
+            if not finished:  # Ctrl-C or a lost scheduler: stop the run's tasks before the lock goes
+                _cancel_and_drain(self.client, futures)
+            accounts.flush()
             if bar is not None:
                 bar.close()
         report.seconds = time.perf_counter() - start
         return report
 
-    @staticmethod
-    def _consume(future: Any, results: dict[Any, QuantumResult], index: int, plan: Plan, report: ExecutionReport,
-                 pending: list[QuantumResult], failed_index: set[int], failed_records: list[dict[str, Any]],
-                 registrar: _Registrar) -> None:
-        """Account for one finished future: a result to register, a failure, or a blocked quantum."""
+
+_TERMINAL = ("finished", "error", "cancelled")
+
+
+class _Accounts:
+    """What became of each finished future: a result to register, a failure, or a blocked quantum
+    (one whose upstream failed: not run, not recorded)."""
+
+    def __init__(self, plan: Plan, report: ExecutionReport, registrar: _Registrar) -> None:
+        self.plan = plan
+        self.report = report
+        self.registrar = registrar
+        self.pending: list[QuantumResult] = []
+        self.failed_records: list[dict[str, Any]] = []
+        self.failed: set[int] = set()
+        self.blocked: set[int] = set()
+
+    def consume(self, future: Any, results: dict[Any, QuantumResult], index: int) -> None:
         if future.key in results:
             result = results[future.key]
-            pending.append(result)
-            report.succeeded += 1
-            report.no_work += bool(result.no_work)
+            self.pending.append(result)
+            self.report.succeeded += 1
+            self.report.no_work += bool(result.no_work)
+            return
+        q = self.plan.quanta[index]
+        if future.status == "cancelled":
+            exc: BaseException | None = None
+            failure = QuantumFailure(index, q.task, str(q.data_id), "CancelledError: cancelled by the Dask scheduler "
+                                     "(client restarted or connection lost); --resume runs it again", "")
         else:
             exc = future.exception()
-            if isinstance(exc, QuantumFailure) and exc.index != index:
-                report.blocked.append(index)
-            elif isinstance(exc, QuantumFailure):
-                report.failed.append(exc)
-                failed_index.add(index)
-                failed_records.append(registrar.failure_record(index, exc.error))
-            else:
-                q = plan.quanta[index]
-                failure = QuantumFailure(index, q.task, str(q.data_id), f"{type(exc).__name__}: {exc}",
-                                         "".join(_format_tb(future)))
-                if any(u in failed_index for u in q.upstream):
-                    report.blocked.append(index)
-                else:
-                    report.failed.append(failure)
-                    failed_index.add(index)
-                    failed_records.append(registrar.failure_record(index, failure.error))
+            failure = exc if isinstance(exc, QuantumFailure) else QuantumFailure(
+                index, q.task, str(q.data_id), f"{type(exc).__name__}: {exc}", "".join(_format_tb(future)))
+        # Dask hands a failure to every dependent: blame the quantum it came from.
+        blamed_key = exc.task if isinstance(exc, _killed_worker()) else None  # the task that killed workers
+        if (isinstance(exc, QuantumFailure) and exc.index != index) or \
+                (blamed_key is not None and blamed_key != future.key) or \
+                any(u in self.failed or u in self.blocked for u in q.upstream):
+            self.report.blocked.append(index)
+            self.blocked.add(index)
+            return
+        self.report.failed.append(failure)
+        self.failed.add(index)
+        self.failed_records.append(self.registrar.failure_record(index, failure.error))
+
+    def flush(self) -> None:
+        self.registrar.register(self.pending, self.failed_records)
+        self.pending, self.failed_records = [], []
+
+
+def _killed_worker() -> type:
+    from distributed.scheduler import KilledWorker
+
+    return KilledWorker
+
+
+def _cancel_and_drain(client: Any, futures: list[Any], timeout: float = 60.0) -> None:
+    """Cancel the run's unfinished tasks and wait (up to ``timeout``) until no worker thread still
+    executes one (Dask cannot interrupt a running task: it only forgets it), so nothing writes
+    into the run after its lock is released."""
+    keys = {f.key for f in futures if not f.done()}
+    if not keys:
+        return
+    try:
+        client.cancel([f for f in futures if f.key in keys])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            executing = {k for ks in client.run(_executing_keys).values() for k in ks}
+            if not executing & keys:
+                return
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - the scheduler or workers are gone: so are the tasks
+        return
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """Keys of the tasks a worker's threads are running now (cancelled ones included)."""
+    return [ts.key for ts in dask_worker.state.executing]
 
 
 class _Registrar:
@@ -278,26 +335,32 @@ class _Registrar:
             insert_provenance(self.butler, conn, self.run_rec.id, records)
 
 
-def _finished_batches(futures: list[Any], interval: float) -> Iterator[list[Any]]:
+class _Completion:
     """The futures in batches of those done since the last batch, polled every ``interval`` s or so.
 
     Polling the futures' states (set by the client's event loop) costs the driver far less than
     ``as_completed``, which runs one coroutine per future on the event loop that the in-process
     scheduler of a LocalCluster shares: that CPU is taken from the workers on a small machine.
-    The interval grows with the number still running (a scan of 100k states takes ~10 ms). A
-    future that finished and then lost its result with a dead worker goes back to pending, and
-    Dask recomputes it: it is simply seen again when done.
+    The interval grows with the number still running (a scan of 100k states takes ~10 ms).
     """
-    running = list(futures)
-    while running:
-        time.sleep(max(interval, len(running) * 2e-6))
-        still: list[Any] = []
-        batch: list[Any] = []
-        for f in running:
-            (batch if f.done() else still).append(f)
-        running = still
-        if batch:
-            yield batch
+
+    def __init__(self, futures: list[Any], interval: float) -> None:
+        self.running = list(futures)
+        self.interval = interval
+
+    def requeue(self, futures: list[Any]) -> None:
+        self.running.extend(futures)
+
+    def batches(self) -> Iterator[list[Any]]:
+        while self.running:
+            time.sleep(max(self.interval, len(self.running) * 2e-6))
+            still: list[Any] = []
+            batch: list[Any] = []
+            for f in self.running:
+                (batch if f.done() else still).append(f)
+            self.running = still
+            if batch:
+                yield batch
 
 
 def _interactive() -> bool:

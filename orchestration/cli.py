@@ -10,6 +10,7 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import click
@@ -129,6 +130,7 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
       butler run ... --dry-run       # per task: quanta to run / skip, and why
     """
     from butler import Butler
+    from butler._run_lock import run_lock
 
     from ._executor import DaskExecutor
     from ._pipeline import Pipeline
@@ -147,33 +149,37 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
         pipe = pipe.subset(tasks if tasks in pipe.subsets else tasks.split(","))
     id_where, bind = parse_id(id_text, butler._aliases(None)) if id_text else ("", {})
     full_where = " AND ".join(f"({w})" for w in (where, id_where) if w)
-    if replace_run and butler.query_collections(output_run):
-        butler._run_record(output_run, False)  # refuse to remove somebody else's run
-        if not dry_run:
-            butler.remove_runs(output_run)
-        else:  # plan as the replacement will run: every quantum, whatever the old run holds
-            extend_run, clobber_outputs, resume = True, True, False
-    plan = Planner(butler).build(pipe, inputs=collections, output_run=output_run, where=full_where, bind=bind,
-                                 extend_run=extend_run, resume=resume, clobber_outputs=clobber_outputs,
-                                 skip_existing_in=list(skip_existing_in) or None, calibs=calib_map)
-    if save_plan:
-        plan.save(save_plan)
-    click.echo(plan.summary())
-    if dry_run:
-        if explain:
-            label, _, terms = explain.partition(":")
-            data_id = dict(t.split("=", 1) for t in terms.split(",") if t)
-            data_id = {k: int(v) if _INT.match(v) else v for k, v in data_id.items()}
-            click.echo(plan.explain(label, data_id))
-        return
-    resume_cmd = "butler " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--replace-run",))
-    if "--resume" not in resume_cmd:
-        resume_cmd += " --resume"
-    with make_client(cluster) as client:
-        link = getattr(client, "dashboard_link", None)
-        if link:
-            click.echo(f"dashboard: {link}", err=True)
-        report = DaskExecutor(client, retries=retries, progress=progress, resume_command=resume_cmd).run(plan, butler)
-    click.echo(report.summary())
-    if not report.ok:
-        sys.exit(1)
+    with ExitStack() as held:
+        if not dry_run:  # plan and execute under the run's lock: no other executor changes what exists
+            held.enter_context(run_lock(butler.root, output_run))
+        if replace_run and butler.query_collections(output_run):
+            butler._run_record(output_run, False)  # refuse to remove somebody else's run
+            if not dry_run:
+                butler.remove_runs(output_run)
+            else:  # plan as the replacement will run: every quantum, whatever the old run holds
+                extend_run, clobber_outputs, resume = True, True, False
+        plan = Planner(butler).build(pipe, inputs=collections, output_run=output_run, where=full_where, bind=bind,
+                                     extend_run=extend_run, resume=resume, clobber_outputs=clobber_outputs,
+                                     skip_existing_in=list(skip_existing_in) or None, calibs=calib_map)
+        if save_plan:
+            plan.save(save_plan)
+        click.echo(plan.summary())
+        if dry_run:
+            if explain:
+                label, _, terms = explain.partition(":")
+                data_id = dict(t.split("=", 1) for t in terms.split(",") if t)
+                data_id = {k: int(v) if _INT.match(v) else v for k, v in data_id.items()}
+                click.echo(plan.explain(label, data_id))
+            return
+        resume_cmd = "butler " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--replace-run",))
+        if "--resume" not in resume_cmd:
+            resume_cmd += " --resume"
+        with make_client(cluster) as client:
+            link = getattr(client, "dashboard_link", None)
+            if link:
+                click.echo(f"dashboard: {link}", err=True)
+            executor = DaskExecutor(client, retries=retries, progress=progress, resume_command=resume_cmd)
+            report = executor.run(plan, butler)
+        click.echo(report.summary())
+        if not report.ok:
+            sys.exit(1)

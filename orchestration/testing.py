@@ -22,7 +22,7 @@ from typing import Any
 from ._connections import Input, Output
 from ._task import Task
 
-__all__ = ["AddTask", "CalibrateTask", "CoaddTask", "FailingTask", "FlakyTask", "NoOpTask", "SplitTask",
+__all__ = ["AddTask", "CalibrateTask", "CoaddTask", "CrashingTask", "FailingTask", "FlakyTask", "NoOpTask", "SplitTask",
            "SumTask", "UnpicklableConfigTask", "WarpTask", "make_metrics_repo"]
 
 
@@ -91,6 +91,16 @@ class NoOpTask(Task):
 
     def run(self, source):
         return {"out": {}}
+
+
+class CrashingTask(AddTask):
+    """AddTask whose detector-2 quanta kill their worker process (``os._exit``): Dask gives up on
+    them with ``KilledWorker``, which it hands to their dependents too."""
+
+    def run(self, source):
+        if source.get("detector") == 2:
+            os._exit(13)
+        return super().run(source)
 
 
 class FailingTask(AddTask):

@@ -132,6 +132,10 @@ def test_query_provenance_lists_failures_and_the_quantum_of_a_dataset(repo, pipe
     assert failed["task"] == "add" and failed["status"] == "failed" and failed["run"] == OUT
     assert "detector=2" in failed["data_id"] and "visit=0" in failed["data_id"]
     assert failed["error"].startswith("ValueError: detector 2 is configured to fail")
+    assert (failed["inputs"], failed["outputs"]) == (1, 0)
+    result = CliRunner().invoke(cli, ["query-provenance", repo.root, "--run", OUT, "--status", "succeeded",
+                                      "--format", "json"])
+    assert sorted((r["task"], r["inputs"], r["outputs"]) for r in json.loads(result.output)) == [("add", 1, 1)] * 3
     result = CliRunner().invoke(cli, ["query-provenance", repo.root, "--run", OUT, "--task", "add"])
     assert result.exit_code == 0 and result.output.count("succeeded") == 3 and result.output.count("failed") == 1
     # The quantum that wrote one dataset, with its input and output counts.

@@ -168,3 +168,68 @@ def test_worker_killed_mid_run(repo, cluster_client):
     assert files_on_disk(repo, OUT) == registered_files(repo, OUT)
     for visit in range(5):
         assert repo.get("visit_sum", instrument="SimCam", visit=visit, collections=OUT)["n"] == 9
+
+
+def test_a_quantum_that_kills_its_worker_fails_and_blocks_its_downstream(repo):
+    """KilledWorker (not a task error) is blamed on the quantum that killed workers; Dask hands it to
+    the dependents too, which are reported blocked (not failed, no provenance), and the rest runs."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from orchestration.testing import CrashingTask
+
+    pipeline = Pipeline().add_task("add", CrashingTask).add_task("sum", SumTask)
+    plan = Planner(repo).build(pipeline, inputs=["in"], output_run=OUT, where="visit < 2 AND detector < 4")
+    # One task per single-threaded worker at a time (saturation 1.0): no innocent quantum dies with
+    # a crashing one. Each crashing quantum kills 1 + allowed-failures workers, then is KilledWorker.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                          "distributed.scheduler.worker-saturation": 1.0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        report = DaskExecutor(client, progress=False).run(plan, repo)
+    failed = {f.index for f in report.failed}
+    crashing = {q.index for q in plan.to_run() if q.task == "add" and q.data_id["detector"] == 2}
+    assert crashing <= failed  # (a quantum that shared a dying worker may have died with it: Dask's call)
+    assert all(plan.quanta[f.index].task == "add" and "KilledWorker" in f.error for f in report.failed)
+    sums = [q for q in plan.to_run() if q.task == "sum"]
+    assert sorted(report.blocked) == sorted(q.index for q in sums)  # each sum has a failed add upstream
+    assert report.succeeded + len(report.failed) + len(report.blocked) == len(plan.to_run())
+    records = repo.query_provenance(run=OUT)  # blocked quanta are not recorded
+    assert sorted((r["task"], r["status"]) for r in records) == \
+        [("add", "failed")] * len(failed) + [("add", "succeeded")] * report.succeeded
+
+
+def test_ctrl_c_cancels_the_runs_tasks_before_releasing_the_lock(repo, cluster_client):
+    """Ctrl-C in a notebook (KeyboardInterrupt in the driver) on a long-lived client: the run's
+    tasks are cancelled and drained before the run lock goes, so nothing writes into the run
+    afterwards, and a resume completes it."""
+    import _thread
+
+    from butler._run_lock import run_lock
+
+    plan = Planner(repo).build(add_sum(sleep=0.2), inputs=["in"], output_run=OUT)
+    run_dir = os.path.join(repo.root, OUT, "added")
+
+    def interrupt_when_started():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if os.path.isdir(run_dir) and sum(len(f) for _, _, f in os.walk(run_dir)) >= 4:
+                break
+            time.sleep(0.01)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        DaskExecutor(cluster_client, progress=False).run(plan, repo)
+    processing = {k for ks in cluster_client.processing().values() for k in ks}
+    assert not any(str(k).startswith("q") for k in processing), processing
+    settled = files_on_disk(repo, OUT)
+    time.sleep(0.6)  # longer than a quantum: a task still running would write now
+    assert files_on_disk(repo, OUT) == settled
+    with run_lock(repo.root, OUT):  # released
+        pass
+    plan = Planner(repo).build(add_sum(sleep=0.2), inputs=["in"], output_run=OUT, resume=True)
+    report = DaskExecutor(cluster_client, progress=False).run(plan, repo)
+    assert report.ok, report.summary()
+    assert len(repo.query_datasets("added", collections=OUT)) == 45 and repo.verify() == []
+    assert files_on_disk(repo, OUT) == registered_files(repo, OUT)

@@ -120,3 +120,30 @@ def test_mutual_exclusion_under_contention(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert sum(overlaps for _, overlaps in results) == 0
     assert sum(held for held, _ in results) > 0
+
+
+def test_another_thread_of_the_process_is_refused(tmp_path):
+    """An executor running in a thread (a notebook) is protected from the next cell's remove_runs."""
+    import threading
+
+    root = str(tmp_path)
+    held, release = threading.Event(), threading.Event()
+
+    def executor():
+        with run_lock(root, "u/a/run"):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=executor)
+    thread.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(RunLockedError, match=r"cannot remove run 'u/a/run': it is locked by another thread "
+                                                 rf"of this process \(pid {os.getpid()}\)"):
+            with run_lock(root, "u/a/run", action="remove"):
+                pass
+    finally:
+        release.set()
+        thread.join()
+    with run_lock(root, "u/a/run", action="remove"):  # free again once that thread is done
+        pass
