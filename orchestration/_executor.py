@@ -341,7 +341,8 @@ class _Completion:
     Polling the futures' states (set by the client's event loop) costs the driver far less than
     ``as_completed``, which runs one coroutine per future on the event loop that the in-process
     scheduler of a LocalCluster shares: that CPU is taken from the workers on a small machine.
-    The interval grows with the number still running (a scan of 100k states takes ~10 ms).
+    The interval grows with the number still running (10 us each: a scan of 10k states takes
+    ~3 ms, so polling costs the driver ~3% of a CPU at most).
     """
 
     def __init__(self, futures: list[Any], interval: float) -> None:
@@ -353,7 +354,7 @@ class _Completion:
 
     def batches(self) -> Iterator[list[Any]]:
         while self.running:
-            time.sleep(max(self.interval, len(self.running) * 2e-6))
+            time.sleep(max(self.interval, len(self.running) * 1e-5))
             still: list[Any] = []
             batch: list[Any] = []
             for f in self.running:
