@@ -126,17 +126,9 @@ def test_concurrent_processes_agree_on_instrument_indices(repo_factory, tmp_path
     rng = random.Random(7)
     asks = [rng.sample(names, k=3 + i % 3) for i in range(N_PROCESSES)]  # each name asked by several
     assert set().union(*asks) == set(names)
-    ctx = _context()
-    barrier = ctx.Barrier(N_PROCESSES)
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_allocate, args=(butler.root, ask, barrier, queue)) for ask in asks]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    errors = [r[2] for r in results if r[0] != "ok"]
-    assert not errors, errors[0]
+    from butler.testing import run_concurrently
+
+    results = run_concurrently(_context(), _allocate, [(butler.root, ask) for ask in asks])
     seen: dict[str, set[int]] = {}
     for _, _, got in results:
         for name, index in got.items():

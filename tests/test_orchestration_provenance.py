@@ -11,6 +11,7 @@ import traceback
 import pytest
 
 from butler import Butler, DatasetType
+from butler.testing import run_concurrently
 from orchestration import DaskExecutor, Pipeline, Plan, Planner, ProvenanceMismatchError
 from orchestration._provenance import package_versions, write_init_outputs, write_once_and_compare
 from orchestration.testing import AddTask, SumTask, make_metrics_repo
@@ -128,17 +129,7 @@ def test_concurrent_writers_end_with_one_write(repo_factory, tmp_path):
         ctx.set_forkserver_preload(["butler", "orchestration", "orchestration._provenance", "sqlalchemy", __name__])
     else:
         ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(WRITERS)
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_concurrent_writer, args=(butler.root, plan_path, barrier, queue))
-             for _ in range(WRITERS)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    errors = [r[2] for r in results if r[0] != "ok"]
-    assert not errors, errors[0]
+    results = run_concurrently(ctx, _concurrent_writer, [(butler.root, plan_path)] * WRITERS)
     assert sum(r[2][0] for r in results) == 1  # exactly one process wrote; the 15 others compared
 
     butler.refresh()
