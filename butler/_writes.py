@@ -258,11 +258,8 @@ def _remove_runs(butler: Butler, runs: list[Any]) -> list[str]:
     registry = butler._registry
     ids = [r.id for r in runs]
     d = registry.schema.dataset
-    f = registry.schema.file_record
     with registry.db.transaction(write=True) as conn:
-        paths = conn.execute(
-            sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id)).where(d.c.run_id.in_(ids))
-        ).scalars().all()
+        paths = registry.datasets.paths_in_runs(conn, ids)
         conn.execute(d.delete().where(d.c.run_id.in_(ids)))
         registry.collections.remove(runs, conn)
     for r in runs:

@@ -101,17 +101,12 @@ def _prepare_locked(plan: Plan, butler: Butler) -> None:
 def remove_orphans(butler: Butler, run: str) -> list[str]:
     """Delete files under the run's directory that the registry does not know (a killed driver's
     unregistered outputs, temporary files of interrupted writes)."""
-    import sqlalchemy as sa
-
     registry = butler.registry
     run_dir = os.path.join(butler.root, run)
     if not os.path.isdir(run_dir):
         return []
-    f, d = registry.schema.file_record, registry.schema.dataset
-    run_id = registry.collections.get(run).id
     with registry.db.transaction() as conn:
-        known = set(conn.execute(sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
-                                 .where(d.c.run_id == run_id)).scalars())
+        known = set(registry.datasets.paths_in_runs(conn, [registry.collections.get(run).id]))
     removed = []
     for dirpath, dirnames, filenames in os.walk(run_dir):
         rel_dir = os.path.relpath(dirpath, butler.root)

@@ -9,6 +9,7 @@ Everything here is importable by Dask workers (tasks must be importable by class
   connection shapes (raw -> calexp (visit, detector) -> warp (visit, patch) -> coadd (patch, band)),
   for planning benchmarks.
 * ``make_metrics_repo``: SimCam, visit records and ``metrics_in`` datasets in one run.
+* ``add_sum`` (the add -> sum pipeline), ``registered_files`` / ``files_on_disk`` of a run.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 from ._connections import Input, Output
 from ._task import Task
 
-__all__ = ["AddTask", "CalibrateTask", "CoaddTask", "CrashingTask", "FailingTask", "FlakyTask", "NoOpTask", "SplitTask",
-           "SumTask", "UnpicklableConfigTask", "WarpTask", "make_metrics_repo"]
+__all__ = ["AddTask", "CalibrateTask", "CoaddTask", "CrashingTask", "FailingTask", "FlakyTask", "NoOpTask",
+           "SplitTask", "SumTask", "UnpicklableConfigTask", "WarpTask", "add_sum", "files_on_disk",
+           "make_metrics_repo", "registered_files"]
 
 
 class AddTask(Task):
@@ -226,3 +228,25 @@ def make_metrics_repo(butler: Any, *, visits: int = 5, detectors: int = 9, run: 
     return butler.put_many([({"value": v * 10 + d, "detector": d}, "metrics_in",
                              {"instrument": "SimCam", "visit": v, "detector": d})
                             for v in range(visits) for d in range(detectors)], run=run)
+
+
+def add_sum(**add_config: Any) -> Any:
+    """The two-task pipeline of most executor tests: ``add`` (with ``add_config``) then ``sum``."""
+    from ._pipeline import Pipeline
+
+    return Pipeline().add_task("add", AddTask, **add_config).add_task("sum", SumTask)
+
+
+def registered_files(butler: Any, run: str) -> set[str]:
+    """Paths (relative to the root) of the files the registry holds for ``run``."""
+    registry = butler.registry
+    with registry.db.transaction() as conn:
+        return set(registry.datasets.paths_in_runs(conn, [registry.collections.get(run).id]))
+
+
+def files_on_disk(root: str, run: str) -> set[str]:
+    """Paths (relative to ``root``) of every file under the run's directory."""
+    out = set()
+    for dirpath, _, names in os.walk(os.path.join(root, run)):
+        out.update(os.path.relpath(os.path.join(dirpath, n), root) for n in names)
+    return out

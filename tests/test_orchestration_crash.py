@@ -15,7 +15,7 @@ import pytest
 
 from butler import Butler
 from butler._run_lock import run_lock_holder
-from orchestration.testing import make_metrics_repo
+from orchestration.testing import files_on_disk, make_metrics_repo, registered_files
 
 OUT = "u/tester/crash"
 VISITS, DETECTORS = 12, 9
@@ -29,21 +29,6 @@ def butler_command() -> str:
     return exe
 
 
-def registered_files(butler, run):
-    import sqlalchemy as sa
-
-    registry = butler.registry
-    f, d = registry.schema.file_record, registry.schema.dataset
-    with registry.db.transaction() as conn:
-        return set(conn.execute(sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
-                                .where(d.c.run_id == registry.collections.get(run).id)).scalars())
-
-
-def files_on_disk(root, run):
-    out = set()
-    for dirpath, _, names in os.walk(os.path.join(root, run)):
-        out.update(os.path.relpath(os.path.join(dirpath, n), root) for n in names)
-    return out
 
 
 def succeeded_quanta(root: str) -> int:

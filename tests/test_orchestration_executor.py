@@ -12,7 +12,7 @@ import pytest
 
 from butler import Butler
 from orchestration import DaskExecutor, Pipeline, Planner, remove_orphans
-from orchestration.testing import AddTask, FlakyTask, SumTask, make_metrics_repo
+from orchestration.testing import FlakyTask, SumTask, add_sum, files_on_disk, make_metrics_repo, registered_files
 
 OUT = "u/tester/out"
 
@@ -34,25 +34,7 @@ def repo(tmp_path):
     return Butler(butler.root, writeable=True)
 
 
-def add_sum(**add_config) -> Pipeline:
-    return Pipeline().add_task("add", AddTask, **add_config).add_task("sum", SumTask)
 
-
-def registered_files(butler, run):
-    import sqlalchemy as sa
-
-    registry = butler.registry
-    f, d = registry.schema.file_record, registry.schema.dataset
-    with registry.db.transaction() as conn:
-        return set(conn.execute(sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
-                                .where(d.c.run_id == registry.collections.get(run).id)).scalars())
-
-
-def files_on_disk(butler, run):
-    out = set()
-    for dirpath, _, names in os.walk(os.path.join(butler.root, run)):
-        out.update(os.path.relpath(os.path.join(dirpath, n), butler.root) for n in names)
-    return out
 
 
 def test_run_on_local_cluster(repo, cluster_client):
@@ -67,7 +49,7 @@ def test_run_on_local_cluster(repo, cluster_client):
         total = repo.get("visit_sum", instrument="SimCam", visit=visit, collections=OUT)
         assert total == {"value": sum(10 * visit + d + 0.5 for d in range(9)), "n": 9, "detectors": list(range(9))}
     assert repo.verify() == []
-    assert files_on_disk(repo, OUT) == registered_files(repo, OUT)
+    assert files_on_disk(repo.root, OUT) == registered_files(repo, OUT)
 
 
 def test_failing_quantum_blocks_downstream_only(repo, cluster_client):
@@ -92,7 +74,7 @@ def test_failing_quantum_blocks_downstream_only(repo, cluster_client):
     assert sorted({r.data_id["detector"] for r in added}) == [0, 1, 2, 3, 5, 6, 7, 8] and len(added) == 32
     assert repo.query_datasets("visit_sum", collections=OUT) == []
     assert len(repo.query_provenance(run=OUT, status="failed")) == 4
-    assert repo.verify() == [] and files_on_disk(repo, OUT) == registered_files(repo, OUT)
+    assert repo.verify() == [] and files_on_disk(repo.root, OUT) == registered_files(repo, OUT)
 
 
 def test_retries(repo, cluster_client, tmp_path):
@@ -125,7 +107,7 @@ def test_orphans_of_a_killed_run_are_removed(repo, cluster_client):
     removed = remove_orphans(repo, OUT)
     assert sorted(removed) == sorted([os.path.relpath(p, repo.root) for p in
                                       (orphan, tmp_dir, os.path.join(run_dir, ".tmp-xyz.json"))])
-    assert files_on_disk(repo, OUT) == before == registered_files(repo, OUT)
+    assert files_on_disk(repo.root, OUT) == before == registered_files(repo, OUT)
     assert remove_orphans(repo, "u/tester/never-ran") == []
 
 
@@ -165,7 +147,7 @@ def test_worker_killed_mid_run(repo, cluster_client):
     assert len(added) == 45 and len({r.data_id for r in added}) == 45
     assert len(repo.query_datasets("visit_sum", collections=OUT)) == 5
     assert repo.verify() == []
-    assert files_on_disk(repo, OUT) == registered_files(repo, OUT)
+    assert files_on_disk(repo.root, OUT) == registered_files(repo, OUT)
     for visit in range(5):
         assert repo.get("visit_sum", instrument="SimCam", visit=visit, collections=OUT)["n"] == 9
 
@@ -223,13 +205,13 @@ def test_ctrl_c_cancels_the_runs_tasks_before_releasing_the_lock(repo, cluster_c
         DaskExecutor(cluster_client, progress=False).run(plan, repo)
     processing = {k for ks in cluster_client.processing().values() for k in ks}
     assert not any(str(k).startswith("q") for k in processing), processing
-    settled = files_on_disk(repo, OUT)
+    settled = files_on_disk(repo.root, OUT)
     time.sleep(0.6)  # longer than a quantum: a task still running would write now
-    assert files_on_disk(repo, OUT) == settled
+    assert files_on_disk(repo.root, OUT) == settled
     with run_lock(repo.root, OUT):  # released
         pass
     plan = Planner(repo).build(add_sum(sleep=0.2), inputs=["in"], output_run=OUT, resume=True)
     report = DaskExecutor(cluster_client, progress=False).run(plan, repo)
     assert report.ok, report.summary()
     assert len(repo.query_datasets("added", collections=OUT)) == 45 and repo.verify() == []
-    assert files_on_disk(repo, OUT) == registered_files(repo, OUT)
+    assert files_on_disk(repo.root, OUT) == registered_files(repo, OUT)

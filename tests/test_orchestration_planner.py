@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from butler import Butler
 from butler.errors import ConflictError, RunOwnershipError
 from orchestration import DaskExecutor, Pipeline, Plan, Planner, PlanningError, prepare_run
-from orchestration.testing import AddTask, SplitTask, SumTask, make_metrics_repo
+from orchestration.testing import AddTask, SplitTask, add_sum, make_metrics_repo
 
 OUT = "u/tester/out"
 
@@ -28,9 +28,6 @@ def repo(tmp_path):
     make_metrics_repo(butler)
     return Butler(butler.root, writeable=True)
 
-
-def add_sum(**add_config) -> Pipeline:
-    return Pipeline().add_task("add", AddTask, **add_config).add_task("sum", SumTask)
 
 
 def execute(client, butler, plan, **kwargs):

@@ -12,9 +12,9 @@ import pytest
 
 from butler import Butler, DatasetType
 from butler.testing import run_concurrently
-from orchestration import DaskExecutor, Pipeline, Plan, Planner, ProvenanceMismatchError
+from orchestration import DaskExecutor, Plan, Planner, ProvenanceMismatchError
 from orchestration._provenance import package_versions, write_init_outputs, write_once_and_compare
-from orchestration.testing import AddTask, SumTask, make_metrics_repo
+from orchestration.testing import add_sum, make_metrics_repo
 
 OUT = "u/tester/out"
 WRITERS = 16
@@ -34,9 +34,6 @@ def repo(tmp_path):
     make_metrics_repo(butler, visits=3, detectors=9)
     return Butler(butler.root, writeable=True)
 
-
-def add_sum(**add_config) -> Pipeline:
-    return Pipeline().add_task("add", AddTask, **add_config).add_task("sum", SumTask)
 
 
 def run(client, butler, plan):

@@ -308,6 +308,12 @@ class DatasetManager:
             found[data_id] = trusted(dataset_type, data_id, run, as_uuid(raw))
         return found
 
+    def paths_in_runs(self, conn: sa.Connection, run_ids: Sequence[int]) -> list[str]:
+        """The stored paths of every file of the datasets of these runs (removal, orphan checks)."""
+        f, d = self._schema.file_record, self._schema.dataset
+        return list(conn.execute(sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
+                                 .where(d.c.run_id.in_(list(run_ids)))).scalars())
+
     def files_of(self, conn: sa.Connection, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:
         f = self._schema.file_record
         out: dict[uuid.UUID, list[FileRecord]] = {}
