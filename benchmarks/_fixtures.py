@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -160,26 +161,39 @@ def _flush(conn: Any, schema: Any, tags: Any, ds_rows: list, tag_rows: list, fil
 
 def big_repo(ctx: Context, n: int) -> str:
     """Root of a cached repository holding ``n`` datasets (built on first use)."""
-    key = f"open-{n}-v{BIG_REPO_VERSION}-{schema_digest()}"
-    root = ctx.cache_dir / "cache" / key
+    root, _ = cached_repo(ctx, f"open-{n}", f"v{BIG_REPO_VERSION}-{schema_digest()}",
+                          lambda building: _fill_big(building, n, ctx.log) or {},
+                          f"a registry with {n:,} datasets")
+    return root
+
+
+def cached_repo(ctx: Context, family: str, version: str, fill: Any, what: str) -> tuple[str, dict[str, Any]]:
+    """A repository cached under ``.bench/cache/<family>-<version>``, built by ``fill(root)`` on first
+    use -> (root, the dict ``fill`` returned). Stale versions of the family are dropped; the build
+    happens in a temporary directory renamed into place, so an interrupted build is never used."""
+    root = ctx.cache_dir / "cache" / f"{family}-{version}"
     marker = root / ".complete"
     if marker.exists():
-        return str(root)
-    # Drop stale versions of the same size, then build in a temporary directory and rename.
+        try:
+            meta = json.loads(marker.read_text())
+        except ValueError:  # a plain-text marker of an earlier version of this helper: complete all the same
+            meta = {}
+        return str(root), meta if isinstance(meta, dict) else {}
     parent = root.parent
     parent.mkdir(parents=True, exist_ok=True)
-    for old in parent.glob(f"open-{n}-*"):
+    for old in parent.glob(f"{family}-*"):
         shutil.rmtree(old, ignore_errors=True)
-    building = parent / (key + ".building")
+    building = parent / (root.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
-    ctx.log(f"building a registry with {n:,} datasets in {root} (cached for later runs)")
+    ctx.log(f"building {what} in {root} (cached for later runs)")
     t0 = time.perf_counter()
-    _fill_big(str(building), n, ctx.log)
+    meta = dict(fill(str(building)))
     _forget_repo(str(building))
     os.replace(building, root)
-    (root / ".complete").write_text(f"{n} datasets, built in {time.perf_counter() - t0:.1f} s\n")
-    ctx.log(f"built in {time.perf_counter() - t0:.1f} s")
-    return str(root)
+    meta["seconds"] = round(time.perf_counter() - t0, 1)
+    marker.write_text(json.dumps(meta))
+    ctx.log(f"built in {meta['seconds']} s")
+    return str(root), meta
 
 
 def _forget_repo(root: str) -> None:

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ._fixtures import _forget_repo, schema_digest
+from ._fixtures import cached_repo, schema_digest
 from ._runner import Context, Result, benchmark, percentile
 
 COADD_VERSION = "3"  # 3: repos built since the butler ANALYZEs after bulk loads
@@ -112,27 +112,13 @@ def _fill_coadd(root: str, quick: bool, log: Any) -> tuple[int, int]:
 
 def coadd_repo(ctx: Context) -> CoaddRepo:
     def build(ctx: Context) -> CoaddRepo:
-        key = f"plan-coadd-{'quick' if ctx.quick else 'full'}-v{COADD_VERSION}-{schema_digest()}"
-        root = ctx.cache_dir / "cache" / key
-        marker = root / ".complete"
-        if marker.exists():
-            meta = json.loads(marker.read_text())
-            return CoaddRepo(str(root), meta["tract"], meta["n_visits"])
-        parent = root.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        for old in parent.glob(f"plan-coadd-{'quick' if ctx.quick else 'full'}-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        building = parent / (key + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        ctx.log(f"building the coadd-planning repository in {root} (cached for later runs)")
-        t0 = time.perf_counter()
-        tract, n_visits = _fill_coadd(str(building), ctx.quick, ctx.log)
-        _forget_repo(str(building))
-        os.replace(building, root)
-        marker.write_text(json.dumps({"tract": tract, "n_visits": n_visits,
-                                      "seconds": round(time.perf_counter() - t0, 1)}))
-        ctx.log(f"built in {time.perf_counter() - t0:.1f} s")
-        return CoaddRepo(str(root), tract, n_visits)
+        def fill(building: str) -> dict[str, Any]:
+            tract, n_visits = _fill_coadd(building, ctx.quick, ctx.log)
+            return {"tract": tract, "n_visits": n_visits}
+
+        root, meta = cached_repo(ctx, f"plan-coadd-{'quick' if ctx.quick else 'full'}",
+                                 f"v{COADD_VERSION}-{schema_digest()}", fill, "the coadd-planning repository")
+        return CoaddRepo(root, meta["tract"], meta["n_visits"])
 
     return ctx.fixture("coadd_repo", build)
 
@@ -332,22 +318,9 @@ def completion_repo(ctx: Context, n: int) -> str:
     """A cached registry with ``n`` 'added' datasets in the run bench/done (bulk SQL, fake files)."""
 
     def build(ctx: Context) -> str:
-        key = f"completion-{n}-v{COMPLETION_VERSION}-{schema_digest()}"
-        root = ctx.cache_dir / "cache" / key
-        if (root / ".complete").exists():
-            return str(root)
-        parent = root.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        for old in parent.glob(f"completion-{n}-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        building = parent / (key + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        ctx.log(f"building a registry with {n:,} existing outputs in {root} (cached)")
-        _fill_completion(str(building), n)
-        _forget_repo(str(building))
-        os.replace(building, root)
-        (root / ".complete").write_text(f"{n}\n")
-        return str(root)
+        return cached_repo(ctx, f"completion-{n}", f"v{COMPLETION_VERSION}-{schema_digest()}",
+                           lambda building: _fill_completion(building, n) or {},
+                           f"a registry with {n:,} existing outputs")[0]
 
     return ctx.fixture(f"completion_repo_{n}", build)
 
