@@ -17,8 +17,10 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetTypeError",
     "ExpressionError",
+    "InvalidNameError",
     "ReadOnlyError",
     "RegistryConnectionError",
+    "RepositoryConfigError",
     "RepositoryNotFoundError",
     "RunLockedError",
     "RunOwnershipError",
@@ -59,6 +61,11 @@ class TemplateError(ValueError, ButlerError):
     """A file template is malformed or cannot make unique paths."""
 
 
+class InvalidNameError(ValueError, ButlerError):
+    """A name (collection, run, dataset type, namespace) is not a valid value: too long, reserved,
+    or containing characters that cannot be stored or would make an unsafe path."""
+
+
 class ConflictError(ButlerError):
     """A dataset or definition already exists and would be overwritten."""
 
@@ -85,3 +92,8 @@ class RepositoryNotFoundError(FileNotFoundError, ButlerError):
 
 class RegistryConnectionError(ConnectionError, ButlerError):
     """The registry database could not be reached."""
+
+
+class RepositoryConfigError(ValueError, ButlerError):
+    """The repository exists but its configuration or registry file is unreadable or corrupted,
+    or the path given is not a repository directory."""
