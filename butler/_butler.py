@@ -30,6 +30,7 @@ from .registry._database import Database
 from .registry._registry import Registry
 
 if TYPE_CHECKING:
+    from ._cleanup import CleanupReport
     from .datastore._datastore import FileDatastore, VerifyProblem
     from .dimensions import DimensionRecord
     from .registry._collections import CollectionRecord, CollectionType
@@ -417,6 +418,14 @@ class Butler:
         return ingest_files(self, dataset_type, files, run=run, transfer=transfer,
                             allow_foreign_run=allow_foreign_run)
 
+    def intend_writes(self, refs: Sequence[DatasetRef]) -> None:
+        """Journal the files that other processes (an executor's workers) are about to write for
+        ``refs`` and that this process registers later: a crash in between leaves only files that
+        `cleanup` knows to remove. For executors; ``put`` does this itself."""
+        from ._writes import intend_writes
+
+        intend_writes(self, refs)
+
     def remove(self, refs: Iterable[DatasetRef]) -> int:
         """Delete datasets (rows and files); returns how many were removed."""
         from ._writes import remove
@@ -527,9 +536,16 @@ class Butler:
         self._checked_runs.clear()
         self._implied_cache.clear()
 
-    def verify(self, *, collections: Any = None) -> list[VerifyProblem]:
-        """Recompute the checksum and size of every file (of the given collections); list problems."""
+    def verify(self, *, collections: Any = None, orphans: bool | None = None) -> list[VerifyProblem]:
+        """Recompute the checksum and size of every file (of the given collections) and list problems.
+
+        Also lists what interrupted writes left (files the journal names: `cleanup` removes them)
+        and, with ``orphans`` (default: when verifying the whole repository), every other file
+        under the root that the registry does not know.
+        """
         import sqlalchemy as sa
+
+        from ._cleanup import leftovers
 
         registry = self._registry
         f = registry.schema.file_record
@@ -545,7 +561,18 @@ class Butler:
                 for tags in tags_tables.values():
                     member = sa.select(tags.c.dataset_id).where(tags.c.collection_id.in_(ids))
                     records += conn.execute(stmt.where(f.c.dataset_id.in_(member))).all()
-        return self._datastore.verify(records)
+        problems = self._datastore.verify(records)
+        return problems + leftovers(self, walk=collections is None if orphans is None else orphans)
+
+    def cleanup(self, runs: str | Sequence[str] | None = None, *, allow_foreign_run: bool = False) -> CleanupReport:
+        """Remove what interrupted writes left in ``runs`` (default: all of yours), as journaled.
+
+        Never removes a file that any dataset references, nor one the journal does not name;
+        each run is cleaned under its lock (skipped while an executor or writer uses it).
+        """
+        from ._cleanup import cleanup
+
+        return cleanup(self, [runs] if isinstance(runs, str) else runs, allow_foreign_run=allow_foreign_run)
 
     def __repr__(self) -> str:
         mode = f"run={self.run!r}" if self.run else ("writeable" if self.writeable else "read-only")

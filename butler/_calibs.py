@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType
 from .dimensions import DataCoordinate
+from ._faults import crash_point
 from .errors import ButlerError, CollectionError, DataIdError, DatasetNotFoundError, DatasetTypeError
 from .registry._calibrations import MAX_NS, MIN_NS, CalibRow, calibrations_of, format_ns, format_range
 
@@ -141,10 +142,12 @@ def certify(butler: Butler, collection: str, refs: Iterable[DatasetRef], valid_f
                         data_id = DataCoordinate.standardize(data_id, type_rec.group)
                     items.append((data_id.values, ref.id, data_id))
                 n += manager.certify(conn, type_rec, rec, items, begin, end, split=split)
+            crash_point("certify: before registry commit")
         except BaseException:
             if create:
                 registry.collections.forget(collection)
             raise
+    crash_point("certify: registry committed")
     return n
 
 

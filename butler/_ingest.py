@@ -2,9 +2,11 @@
 
 Files are transferred into the repository layout (copy, move, hardlink or symlink) or left in
 place ("direct", recording the absolute path). Checksums and sizes are computed from the files.
-All registry rows are inserted in one transaction with three bulk INSERTs (see
-``DatasetManager.insert``); if anything fails, transferred files are removed (or moved back)
-and the registry is untouched.
+The destinations are journaled before the first transfer (``registry/_journal.py``); all registry
+rows are inserted in one transaction with three bulk INSERTs (see ``DatasetManager.insert``); if
+anything fails, transferred files are removed and the registry is untouched. A move is a link (or
+a copy) until the registry commit, and the sources are unlinked after it: a crash at any instant
+loses no source, and leaves only journaled files that `butler cleanup` resolves.
 
 The per-file work is kept to what each file needs (ingest targets >= 20k files/s): one ``stat``
 (which also gives the size), one read for the checksum of a small file, the path from the
@@ -23,12 +25,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._dataset_ref import DatasetRef
+from ._faults import crash_point
 from ._gc import gc_paused
 from .datastore import checksum_bytes, checksum_file, get_storage_class
 from .datastore._formatters import get_formatter
 from .dimensions import DataCoordinate
 from .errors import ConflictError, StorageClassError
 from .registry._datasets import FileRecord
+from .registry._journal import MOVE, STAGE, new_operation
 
 if TYPE_CHECKING:
     from ._butler import Butler
@@ -210,7 +214,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
     # Pass 2: refs, destination paths, checksums.
     refs: list[DatasetRef] = []
     records: dict[uuid.UUID, list[FileRecord]] = {}
-    plan: list[tuple[str, str]] = []  # (source, absolute destination)
+    plan: list[tuple[str, str, str]] = []  # (source, absolute destination, destination as recorded)
     formatter_cache: dict[str, tuple[str, str]] = {}  # source extension -> (formatter, its extension)
     trusted = DatasetRef._trusted
     relative_path = _path_maker(butler, datastore, dt.name, group, run_name)
@@ -229,12 +233,20 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
         else:
             rel = relative_path(ref, fmt[1])
             dest = prefix + rel  # templates are relative and '..'-free (checked when parsed)
-        plan.append((source, dest))
+        plan.append((source, dest, rel))
         checksum, size = _checksum_and_size(source, size)
         records[id_] = [FileRecord("", rel, fmt[0], sc_name, checksum, size)]
         refs.append(ref)
 
-    # Pass 3: transfer, then insert every row in one transaction; undo the transfers on failure.
+    # Pass 3: journal the destinations, transfer, then insert every row in one transaction; undo
+    # the transfers on failure. A move only links (or copies) until the commit: the sources are
+    # unlinked after it, so a crash at any instant loses no source file.
+    journal = registry.journal
+    op = new_operation()
+    if transfer != "direct":
+        action = MOVE if transfer == "move" else STAGE
+        journal.record(op, run_name, action, [(rel, ref.id, source if transfer == "move" else None)
+                                              for (source, _, rel), ref in zip(plan, refs)])
     done: list[tuple[str, str]] = []
     try:
         if transfer != "direct":
@@ -242,13 +254,14 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
             check_exists = transfer in ("copy", "move")  # these would replace an existing file
             lexists = os.path.lexists
             dirname = os.path.dirname
-            for source, dest in plan:
+            for source, dest, _ in plan:
                 d = dirname(dest)
                 if d not in made:
                     os.makedirs(d, exist_ok=True)
                     made.add(d)
                 if check_exists and lexists(dest):
                     raise ConflictError(f"cannot ingest {source}: {dest} already exists")
+                crash_point("ingest: transfer a file")
                 try:
                     _transfer(source, dest, transfer)
                 except FileExistsError:
@@ -258,19 +271,32 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
             try:
                 run_rec = butler._ensure_run(conn, run_name, run_rec)
                 registry.datasets.insert(conn, type_rec, run_rec, refs, records)
+                if transfer == "move":
+                    journal.mark_committed(conn, op)
+                elif transfer != "direct":
+                    journal.clear(conn, op, STAGE)
+                crash_point("ingest: before registry commit")
             except BaseException:
                 registry.collections.forget(run_name)
                 raise
+        crash_point("ingest: registry committed")
     except BaseException:
-        for source, dest in reversed(done):
-            if transfer == "move":
-                shutil.move(dest, source)
-            else:
-                try:
-                    os.unlink(dest)
-                except FileNotFoundError:
-                    pass
+        for _, dest in reversed(done):
+            try:
+                os.unlink(dest)  # for a move too: the source is still there
+            except FileNotFoundError:
+                pass
+        if transfer != "direct":
+            journal.clear_now(op)
         raise
+    if transfer == "move":
+        for source, _, _ in plan:
+            crash_point("ingest: unlink a moved source")
+            try:
+                os.unlink(source)
+            except FileNotFoundError:
+                pass
+        journal.clear_now(op)
     return refs
 
 
@@ -280,6 +306,16 @@ def _transfer(source: str, dest: str, mode: str) -> None:
     elif mode == "copy":
         shutil.copyfile(source, dest)
     elif mode == "move":
-        shutil.move(source, dest)
+        _link_or_copy(source, dest)  # the source is unlinked after the registry commit
     elif mode == "symlink":
         os.symlink(source, dest)
+
+
+def _link_or_copy(source: str, dest: str) -> None:
+    """A second name for ``source`` at ``dest``: a hard link where possible, else a copy."""
+    try:
+        os.link(source, dest)
+    except FileExistsError:
+        raise
+    except OSError:  # another file system, or no hard links here
+        shutil.copyfile(source, dest)

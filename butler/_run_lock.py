@@ -1,4 +1,4 @@
-"""Run locks: one executor (or remover) at a time per RUN collection of a repository.
+"""Run locks: one executor (or remover, or cleaner) at a time per RUN collection of a repository.
 
 An executor's workers write files into the run before the driver registers them, and at start an
 executor deletes the run's unregistered files as orphans of a killed run. Two executors on the
@@ -10,7 +10,13 @@ when the holding process dies, even by SIGKILL, so a crashed run can always be r
 is no stale-lock clean-up or heartbeat to get wrong. The file exists only while held (a killed
 holder leaves an unlocked one behind, which the next holder reuses and removes). Holding is
 re-entrant for the holding thread; other threads of the process are refused. The file holds who
-locked it (host, pid, time, command) for the error message. ``flock`` works on
+locked it (host, pid, time, command) for the error message.
+
+Ordinary writes (``put``, ``ingest``, ``remove``) take the lock *shared*: any number of them may
+write into a run at once, but not while an executor, ``remove_runs`` or clean-up holds it
+exclusively, because clean-up deletes the staged files of writes it believes dead (see
+``butler/_cleanup.py``); a write in flight must never look dead. A shared holder that is the last
+one out removes the file, as the exclusive holder does. ``flock`` works on
 local file systems and on NFSv4; every executor of a run shares the repository's file system
 because its workers write there.
 """
@@ -34,6 +40,7 @@ from .errors import RunLockedError
 __all__ = ["run_lock", "run_lock_holder"]
 
 _held: dict[str, list[int]] = {}  # lock path -> [fd, depth, thread id]: re-entrant for the holding thread
+_shared: dict[tuple[str, int], list[int]] = {}  # (lock path, thread id) -> [fd, depth]
 _guard = threading.Lock()
 
 
@@ -63,15 +70,21 @@ def run_lock_holder(root: str, run: str) -> dict[str, object] | None:
 
 
 @contextmanager
-def run_lock(root: str, run: str, *, action: str = "execute") -> Iterator[None]:
+def run_lock(root: str, run: str, *, action: str = "execute", shared: bool = False) -> Iterator[None]:
     """Hold the run's lock for the block, or raise :class:`RunLockedError` naming its holder.
 
     Re-entrant for the thread holding it; another thread of the same process is refused like
     another process (an executor running in a thread of a notebook must be protected from a
-    ``remove_runs`` in the next cell as much as from another process).
+    ``remove_runs`` in the next cell as much as from another process). ``shared`` holds it
+    alongside other shared holders (ordinary writes); inside the exclusive hold of the same
+    thread it is a no-op.
     """
     path = _lock_path(root, run)
     me = threading.get_ident()
+    if shared:
+        with _shared_lock(path, run, action, me):
+            yield
+        return
     with _guard:
         entry = _held.get(path)
         if entry is not None:
@@ -100,24 +113,83 @@ def run_lock(root: str, run: str, *, action: str = "execute") -> Iterator[None]:
                     os.close(entry[0])
 
 
-def _acquire(path: str, run: str, action: str) -> int:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    attempts = 0
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+@contextmanager
+def _shared_lock(path: str, run: str, action: str, me: int) -> Iterator[None]:
+    key = (path, me)
+    with _guard:
+        entry = _held.get(path)
+        if entry is not None:
+            if entry[2] != me:
+                raise RunLockedError(f"cannot {action} run {run!r}: it is locked by another thread of this process "
+                                     f"(pid {os.getpid()}); wait for it to finish")
+            entry[1] += 1  # inside our own exclusive hold
+            nested_in = _held
+        else:
+            own = _shared.get(key)
+            if own is not None:
+                own[1] += 1
+            else:
+                _shared[key] = [_acquire(path, run, action, shared=True), 1]
+            nested_in = None
+    try:
+        yield
+    finally:
+        with _guard:
+            if nested_in is not None:
+                _held[path][1] -= 1
+            else:
+                own = _shared[key]
+                own[1] -= 1
+                if own[1] == 0:
+                    del _shared[key]
+                    _release_shared(own[0], path)
+
+
+def _release_shared(fd: int, path: str) -> None:
+    """Close a shared hold; the last holder out (the one that can lock exclusively) unlinks the file."""
+    try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # other holders remain (or an exclusive one is waiting): leave the file
+        if _is_current(fd, path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+_lock_dirs: set[str] = set()
+
+
+def _acquire(path: str, run: str, action: str, *, shared: bool = False) -> int:
+    directory = os.path.dirname(path)
+    if directory not in _lock_dirs:
+        os.makedirs(directory, exist_ok=True)
+        _lock_dirs.add(directory)
+    attempts = 0
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        except FileNotFoundError:  # .locks was removed (a repository copied without it)
+            os.makedirs(directory, exist_ok=True)
+            continue
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as err:
             holder = _read_holder(fd)
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
             attempts += 1
-            if not holder and attempts < 5:  # most likely a brief shared lock of run_lock_holder()
-                time.sleep(0.005)
+            if (not holder or not _alive(holder)) and attempts < 200:
+                time.sleep(0.005)  # shared holders (writes, run_lock_holder()) hold it briefly
                 continue
             who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
-                   f"({holder.get('action')}: {holder.get('command')})") if holder else "another process"
+                   f"({holder.get('action')}: {holder.get('command')})") if holder and _alive(holder) \
+                else "writes in progress in other processes"
             raise RunLockedError(
                 f"cannot {action} run {run!r}: it is locked by {who}; wait for that process to finish or stop "
                 f"it (a killed process releases the lock), or write to another output run"
@@ -125,11 +197,26 @@ def _acquire(path: str, run: str, action: str) -> int:
         if _is_current(fd, path):
             break
         os.close(fd)  # the holder unlinked this file as we opened it: lock the new one
+    if shared:
+        return fd  # the file names the exclusive holder only
     info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "action": action, "command": " ".join(sys.argv)[:500]}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     return fd
+
+
+def _alive(holder: dict[str, object]) -> bool:
+    """Whether the recorded exclusive holder may still run (a killed one leaves its record)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder.get("pid") or 0), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True
 
 
 def _is_current(fd: int, path: str) -> bool:

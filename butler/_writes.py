@@ -1,9 +1,21 @@
 """Write operations of the Butler: put, remove, tag.
 
-``put_many`` is the one write path: validate and serialise every object, stage the files,
-insert all registry rows in one transaction, then move the files into place before the commit.
-Any failure discards the staged files and rolls the transaction back, so the repository is
-left exactly as it was.
+Every write follows one order, so that a crash (SIGKILL, power cut) at any instant leaves the
+registry describing exactly the bytes on disk, and every other file it leaves findable:
+
+1. plan: validate the objects and data IDs and choose the paths (no file-system change);
+2. journal the paths in a committed transaction (``registry/_journal.py``);
+3. stage the bytes under temporary names next to the final paths;
+4. one registry transaction inserts the rows, moves the staged files into place (never over an
+   existing file), records the files it makes unreferenced (replaced or removed datasets) as
+   ``delete`` intents and drops the ``stage`` intents;
+5. only after that commit are unreferenced files removed, then their intents.
+
+A replaced dataset's new bytes go to a new name, so the old file is never touched before the
+registry stops referencing it. Any failure discards what was staged and rolls back, so the
+repository is left exactly as it was; a crash leaves journaled files that `butler cleanup`
+(``butler/_cleanup.py``) removes. Writes hold the run's lock shared (clean-up holds it
+exclusively), so clean-up never mistakes a write in flight for a dead one.
 """
 
 from __future__ import annotations
@@ -18,12 +30,15 @@ import sqlalchemy as sa
 
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
+from ._faults import crash_point
 from ._run_lock import run_lock
 from .errors import CollectionError, ConflictError
 from .registry._datasets import FileRecord
+from .registry._journal import DELETE, STAGE, new_operation
 
 if TYPE_CHECKING:
     from ._butler import Butler
+    from .datastore._datastore import PreparedWrite
     from .registry._collections import CollectionRecord
 
 __all__ = ["associate", "put_many", "remove", "remove_runs"]
@@ -66,80 +81,154 @@ def associate(butler: Butler, collection: str, refs: Iterable[DatasetRef]) -> No
                     raise ConflictError(f"cannot tag {name!r} refs into {collection!r}: {err.orig}") from None
 
 
+def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
+    """Journal the files other processes (an executor's workers) will write for ``refs``, which the
+    caller registers later (clearing the intents in the same transaction, `FileJournal.clear_datasets`);
+    what is left unregistered after a crash is then known to be theirs and `cleanup` removes it.
+    The caller holds the runs' locks exclusively, so no clean-up runs meanwhile."""
+    butler._require_writeable()
+    if not refs:
+        return
+    datastore = butler._datastore
+    by_group: dict[Any, list[Any]] = {}
+    for ref in refs:
+        by_group.setdefault(ref.data_id.group, []).append(ref.data_id)
+    for coords in by_group.values():
+        butler._prime_implied(coords)
+    by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
+    for ref in refs:
+        by_run.setdefault(ref.run, []).append((datastore.planned_path(ref, butler._template_values(ref)), ref.id, None))
+    op = new_operation()
+    for run_name, items in by_run.items():
+        butler._registry.journal.record(op, run_name, STAGE, items)
+
+
 def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | None = None, replace: bool = False,
              allow_foreign_run: bool = False) -> list[DatasetRef]:
     """Store many objects in one transaction: ``items`` are ``(obj, dataset_type, data_id[, kwargs])``."""
     butler._require_writeable()
+    items = list(items)
+    run_name, _ = butler._run_record(run, allow_foreign_run)
+    with run_lock(butler.root, run_name, action="write into", shared=True):
+        for attempt in range(_REPLACE_ATTEMPTS):
+            try:
+                return _put_many(butler, items, run_name, replace, allow_foreign_run)
+            except _Contended:
+                if attempt == _REPLACE_ATTEMPTS - 1:
+                    raise ConflictError(
+                        f"put(replace=True) into run {run_name!r} lost {_REPLACE_ATTEMPTS} races with concurrent "
+                        "writers of the same datasets; try again"
+                    ) from None
+    raise AssertionError("unreachable")
+
+
+_REPLACE_ATTEMPTS = 8
+
+
+class _Contended(Exception):
+    """A concurrent replace of the same dataset won: plan again against what it left."""
+
+
+def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, replace: bool,
+              allow_foreign_run: bool) -> list[DatasetRef]:
+    """One attempt: plan (no I/O), journal the paths, stage, register + link in one transaction,
+    then remove replaced files. A crash at any point leaves only journaled files behind."""
     registry = butler._registry
     datastore = butler._datastore
-    run_name, run_rec = butler._run_record(run, allow_foreign_run)
-    prepared_by_type: dict[str, tuple[Any, list[DatasetRef], dict[uuid.UUID, list]]] = {}
-    all_prepared = []
+    journal = registry.journal
+    run_name, run_rec = butler._run_record(run_name, allow_foreign_run)
+    planned_by_type: dict[str, tuple[Any, list[DatasetRef], list[tuple[DatasetRef, Any]]]] = {}
     refs: list[DatasetRef | None] = []
     component_items: list[tuple[int, Any, str, str, Any, dict]] = []
+    for item in items:
+        obj, dataset_type, data_id = item[0], item[1], item[2]
+        extra = item[3] if len(item) > 3 else {}
+        name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+        parent, component = split_component(name)
+        if component:  # a component of an existing composite, written on its own (see _plan_components)
+            component_items.append((len(refs), obj, parent, component, data_id, extra))
+            refs.append(None)
+            continue
+        type_rec = registry.dataset_types.get(name)
+        if isinstance(dataset_type, DatasetType) and dataset_type != type_rec.dataset_type:
+            raise ConflictError(
+                f"dataset type {name!r} given differs from the registered one: "
+                f"{type_rec.dataset_type.describe_difference(dataset_type)}"
+            )
+        coord = butler._standardize(type_rec.group, data_id, extra)
+        ref = DatasetRef._trusted(type_rec.dataset_type, coord, run_name, uuid.uuid4())
+        entry = planned_by_type.setdefault(name, (type_rec, [], []))
+        entry[1].append(ref)
+        for planned in datastore.plan(ref, obj, butler._template_values(ref), fresh_name=replace):
+            entry[2].append((ref, planned))
+        refs.append(ref)
+    batch_formatters = {ref.id: planned.formatter.name for _, _, plans in planned_by_type.values()
+                        for ref, planned in plans if not planned.component}
+    component_plans = _plan_components(butler, component_items, refs, run_name, run_rec, replace, batch_formatters)
+    plans = [rp for _, _, type_plans in planned_by_type.values() for rp in type_plans]
+    plans += [(ref, planned) for ref, planned, _ in component_plans]
 
+    op = new_operation()
+    journal.record(op, run_name, STAGE, [(planned.path, ref.id, None) for ref, planned in plans])
+    prepared: list[PreparedWrite] = []
+    old_paths: list[str] = []
     try:
-        for item in items:
-            obj, dataset_type, data_id = item[0], item[1], item[2]
-            extra = item[3] if len(item) > 3 else {}
-            name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
-            parent, component = split_component(name)
-            if component:  # a component of an existing composite, written on its own (see _stage_components)
-                component_items.append((len(refs), obj, parent, component, data_id, extra))
-                refs.append(None)
-                continue
-            type_rec = registry.dataset_types.get(name)
-            if isinstance(dataset_type, DatasetType) and dataset_type != type_rec.dataset_type:
-                raise ConflictError(
-                    f"dataset type {name!r} given differs from the registered one: "
-                    f"{type_rec.dataset_type.describe_difference(dataset_type)}"
-                )
-            coord = butler._standardize(type_rec.group, data_id, extra)
-            ref = DatasetRef._trusted(type_rec.dataset_type, coord, run_name, uuid.uuid4())
-            prepared = datastore.prepare(ref, obj, butler._template_values(ref))
-            all_prepared.extend(prepared)
-            entry = prepared_by_type.setdefault(name, (type_rec, [], {}))
-            entry[1].append(ref)
-            entry[2][ref.id] = [FileRecord(p.component, p.path, p.formatter, p.storage_class, p.staged.checksum,
-                                           p.staged.size) for p in prepared]
-            refs.append(ref)
-        batch_formatters = {rid: fs[0].formatter for _, _, by_id in prepared_by_type.values()
-                            for rid, fs in by_id.items()}
-        component_writes = _stage_components(butler, component_items, refs, run_name, run_rec, replace,
-                                             batch_formatters)
-        all_prepared.extend(w[1] for w in component_writes)
+        for _, planned in plans:
+            prepared.append(datastore.stage(planned))
+        n_plain = sum(len(type_plans) for _, _, type_plans in planned_by_type.values())
+        files: dict[uuid.UUID, list[FileRecord]] = {}
+        for (ref, _), p in zip(plans[:n_plain], prepared):
+            files.setdefault(ref.id, []).append(
+                FileRecord(p.component, p.path, p.formatter, p.storage_class, p.staged.checksum, p.staged.size))
+        component_writes = [(ref, p, existing) for (ref, _, existing), p in zip(component_plans, prepared[n_plain:])]
         with registry.db.transaction(write=True) as conn:
             try:
                 run_rec = butler._ensure_run(conn, run_name, run_rec)
-                old_paths: list[str] = []
-                for type_rec, type_refs, files in prepared_by_type.values():
+                for type_rec, type_refs, _ in planned_by_type.values():
                     if replace:
                         old_paths += _remove_same(butler, conn, type_rec, run_rec, type_refs)
-                    registry.datasets.insert(conn, type_rec, run_rec, type_refs, files)
+                    try:
+                        registry.datasets.insert(conn, type_rec, run_rec, type_refs,
+                                                 {r.id: files[r.id] for r in type_refs})
+                    except ConflictError:
+                        if replace:  # a concurrent replace inserted the same data ID first
+                            raise _Contended() from None
+                        raise
                 old_paths += _insert_components(butler, conn, component_writes, replace)
-                datastore.commit(all_prepared, overwrite=replace)
+                old_paths = [p for p in old_paths if not os.path.isabs(p)]
+                journal.record_in(conn, op, run_name, DELETE, [(p, None, None) for p in old_paths])
+                journal.clear(conn, op, STAGE)
+                try:
+                    datastore.commit(prepared)
+                except ConflictError:
+                    if replace:  # the fresh name was taken meanwhile: plan again
+                        raise _Contended() from None
+                    raise
+                crash_point("put: before registry commit")
             except BaseException:
                 butler._checked_runs.pop(run_name, None)
                 registry.collections.forget(run_name)
                 raise
+        crash_point("put: registry committed")
         butler._checked_runs[run_name] = run_rec
     except BaseException:
-        datastore.discard(all_prepared)
+        datastore.discard(prepared)
+        journal.clear_now(op)
         raise
-    if replace:
-        stale = set(old_paths) - {p.path for p in all_prepared}
-        datastore.remove_files(stale)
-    return refs  # type: ignore[return-value]  # every None was filled by _stage_components
+    if old_paths:
+        datastore.remove_files(old_paths)
+        journal.clear_now(op)
+    return refs  # type: ignore[return-value]  # every None was filled by _plan_components
 
 
-def _stage_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, dict]],
-                      refs: list[DatasetRef | None], run_name: str, run_rec: CollectionRecord | None,
-                      replace: bool, batch_formatters: dict[Any, str]) -> list[tuple[DatasetRef, Any, Any]]:
-    """Stage components written on their own (``put(wcs, "calexp.wcs", ...)``).
+def _plan_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, dict]],
+                     refs: list[DatasetRef | None], run_name: str, run_rec: CollectionRecord | None,
+                     replace: bool, batch_formatters: dict[Any, str]) -> list[tuple[DatasetRef, Any, Any]]:
+    """Plan components written on their own (``put(wcs, "calexp.wcs", ...)``).
 
     The composite must already be in the run (or earlier in the same ``put_many``); the component
     becomes one more file of that dataset, and reads of the composite use it instead of the copy
-    inside the composite's file. Returns ``(parent ref, prepared write, existing record or None)``.
+    inside the composite's file. Returns ``(parent ref, planned write, existing record or None)``.
     """
     if not items:
         return []
@@ -149,38 +238,34 @@ def _stage_components(butler: Butler, items: list[tuple[int, Any, str, str, Any,
     datastore = butler._datastore
     batch = {(r.dataset_type.name, r.data_id): r for r in refs if r is not None}
     out = []
-    try:
-        for index, obj, parent, component, data_id, extra in items:
-            type_rec = registry.dataset_types.get(parent)
-            coord = butler._standardize(type_rec.group, data_id, extra)
-            ref = batch.get((parent, coord))
-            existing = None
-            if ref is not None:  # the composite is earlier in this put_many
-                parent_formatter = batch_formatters[ref.id]
-            else:
-                with registry.db.transaction() as conn:
-                    found = registry.datasets.find_many(conn, type_rec, [coord], [run_rec]) if run_rec else {}
-                    ref = next(iter(found.values()), None)
-                    files = registry.datasets.files_of(conn, [ref.id]).get(ref.id, []) if ref else []
-                if ref is None:
-                    raise DatasetNotFoundError(
-                        f"cannot write component {component!r} of {parent!r} {coord}: no {parent!r} with that data "
-                        f"ID in run {run_name!r}; put the whole {parent!r} first"
-                    )
-                parent_formatter = next((f.formatter for f in files if not f.component), files[0].formatter)
-                existing = next((f for f in files if f.component == component), None)
-                if existing is not None and not replace:
-                    raise ConflictError(
-                        f"component {component!r} of {parent!r} {coord} in run {run_name!r} was already written on "
-                        "its own; pass replace=True to replace it"
-                    )
-            prepared = datastore.prepare_component(ref, component, obj, butler._template_values(ref),
-                                                   parent_formatter)
-            out.append((ref, prepared, existing))
-            refs[index] = ref
-    except BaseException:
-        datastore.discard(w[1] for w in out)
-        raise
+    for index, obj, parent, component, data_id, extra in items:
+        type_rec = registry.dataset_types.get(parent)
+        coord = butler._standardize(type_rec.group, data_id, extra)
+        ref = batch.get((parent, coord))
+        existing = None
+        if ref is not None:  # the composite is earlier in this put_many
+            parent_formatter = batch_formatters[ref.id]
+        else:
+            with registry.db.transaction() as conn:
+                found = registry.datasets.find_many(conn, type_rec, [coord], [run_rec]) if run_rec else {}
+                ref = next(iter(found.values()), None)
+                files = registry.datasets.files_of(conn, [ref.id]).get(ref.id, []) if ref else []
+            if ref is None:
+                raise DatasetNotFoundError(
+                    f"cannot write component {component!r} of {parent!r} {coord}: no {parent!r} with that data "
+                    f"ID in run {run_name!r}; put the whole {parent!r} first"
+                )
+            parent_formatter = next((f.formatter for f in files if not f.component), files[0].formatter)
+            existing = next((f for f in files if f.component == component), None)
+            if existing is not None and not replace:
+                raise ConflictError(
+                    f"component {component!r} of {parent!r} {coord} in run {run_name!r} was already written on "
+                    "its own; pass replace=True to replace it"
+                )
+        planned = datastore.plan_component(ref, component, obj, butler._template_values(ref), parent_formatter,
+                                           fresh_name=existing is not None)
+        out.append((ref, planned, existing))
+        refs[index] = ref
     return out
 
 
@@ -227,16 +312,38 @@ def _delete_datasets(registry: Any, conn: Any, ids: Sequence[Any]) -> tuple[int,
 
 
 def remove(butler: Butler, refs: Iterable[DatasetRef]) -> int:
-    """Delete datasets (rows and files); returns how many were removed."""
+    """Delete datasets (rows, then files); returns how many were removed."""
     butler._require_writeable()
     registry = butler._registry
-    ids = list({r.id for r in refs})
-    if not ids:
+    by_run: dict[str, list[uuid.UUID]] = {}
+    for r in refs:
+        by_run.setdefault(r.run, []).append(r.id)
+    if not by_run:
         return 0
-    with registry.db.transaction(write=True) as conn:
-        n, paths = _delete_datasets(registry, conn, ids)
-    butler._datastore.remove_files(p for p in paths if not os.path.isabs(p))
+    op = new_operation()
+    n = 0
+    paths: list[str] = []
+    with ExitStack() as locks:
+        for run_name in sorted(by_run):
+            locks.enter_context(run_lock(butler.root, run_name, action="remove datasets from", shared=True))
+        with registry.db.transaction(write=True) as conn:
+            for run_name, ids in by_run.items():
+                removed, run_paths = _delete_datasets(registry, conn, list(dict.fromkeys(ids)))
+                run_paths = [p for p in run_paths if not os.path.isabs(p)]  # "direct" ingests: not ours
+                registry.journal.record_in(conn, op, run_name, DELETE, [(p, None, None) for p in run_paths])
+                n += removed
+                paths += run_paths
+            crash_point("remove: before registry commit")
+        crash_point("remove: registry committed")
+        _finish_deletes(butler, op, paths)
     return n
+
+
+def _finish_deletes(butler: Butler, op: str, paths: Sequence[str]) -> None:
+    """Remove the files the registry no longer references, then their ``delete`` intents."""
+    if paths:
+        butler._datastore.remove_files(paths)
+        butler._registry.journal.clear_now(op)
 
 
 def remove_runs(butler: Butler, pattern: str | Sequence[str]) -> list[str]:
@@ -248,7 +355,7 @@ def remove_runs(butler: Butler, pattern: str | Sequence[str]) -> list[str]:
     runs = registry.collections.query(pattern, types=[CollectionType.RUN])
     if not runs:
         return []
-    with ExitStack() as locks:  # never delete a run an executor is writing into right now
+    with ExitStack() as locks:  # never delete a run an executor (or a put) is writing into right now
         for r in runs:
             locks.enter_context(run_lock(butler.root, r.name, action="remove"))
         return _remove_runs(butler, runs)
@@ -258,16 +365,22 @@ def _remove_runs(butler: Butler, runs: list[Any]) -> list[str]:
     registry = butler._registry
     ids = [r.id for r in runs]
     d = registry.schema.dataset
+    op = new_operation()
+    paths: list[str] = []
     with registry.db.transaction(write=True) as conn:
-        paths = registry.datasets.paths_in_runs(conn, ids)
+        for r in runs:
+            run_paths = [p for p in registry.datasets.paths_in_runs(conn, [r.id]) if not os.path.isabs(p)]
+            registry.journal.record_in(conn, op, r.name, DELETE, [(p, None, None) for p in run_paths])
+            paths += run_paths
         conn.execute(d.delete().where(d.c.run_id.in_(ids)))
         registry.collections.remove(runs, conn)
+        crash_point("remove_runs: before registry commit")
+    crash_point("remove_runs: registry committed")
     for r in runs:
         butler._checked_runs.pop(r.name, None)
-    butler._datastore.remove_files(p for p in paths if not os.path.isabs(p))
+    _finish_deletes(butler, op, paths)
     for r in runs:
         run_dir = os.path.join(butler.root, r.name)
         if os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)
     return [r.name for r in runs]
-

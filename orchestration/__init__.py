@@ -2,7 +2,7 @@
 
 from ._connections import Connection, InitOutput, Input, Output, PrerequisiteInput
 from ._context import QuantumContext
-from ._executor import DaskExecutor, ExecutionReport, prepare_run, remove_orphans
+from ._executor import DaskExecutor, ExecutionReport, prepare_run
 from ._pipeline import Pipeline, PipelineError, TaskDef
 from ._plan import Plan, Quantum
 from ._planner import Planner, PlanningError
@@ -29,5 +29,4 @@ __all__ = [
     "Task",
     "TaskDef",
     "prepare_run",
-    "remove_orphans",
 ]

@@ -10,8 +10,6 @@ failures with their tracebacks and the command that resumes the run.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import time
 import uuid
@@ -73,10 +71,10 @@ def check_picklable(plan: Plan) -> None:
 
 def prepare_run(plan: Plan, butler: Butler) -> None:
     """Check the tasks pickle, register output dataset types, create the run, write init-outputs,
-    clean up leftovers (partial outputs to clobber, orphan files of a killed run).
+    clean up leftovers (partial outputs to clobber, files a killed execution of this run left).
 
     Raises :class:`butler.errors.RunLockedError` while another process executes the same run: its
-    unregistered outputs would look like orphans here.
+    unregistered outputs would look like leftovers here.
     """
     check_picklable(plan)
     run = plan.output_run
@@ -95,35 +93,7 @@ def _prepare_locked(plan: Plan, butler: Butler) -> None:
     clobber = [ref for q in plan.quanta if q.status == RUN for ref in q.context.get("clobber", ())]
     if clobber:
         butler.remove(clobber)
-    remove_orphans(butler, run)
-
-
-def remove_orphans(butler: Butler, run: str) -> list[str]:
-    """Delete files under the run's directory that the registry does not know (a killed driver's
-    unregistered outputs, temporary files of interrupted writes)."""
-    registry = butler.registry
-    run_dir = os.path.join(butler.root, run)
-    if not os.path.isdir(run_dir):
-        return []
-    with registry.db.transaction() as conn:
-        known = set(registry.datasets.paths_in_runs(conn, [registry.collections.get(run).id]))
-    removed = []
-    for dirpath, dirnames, filenames in os.walk(run_dir):
-        rel_dir = os.path.relpath(dirpath, butler.root)
-        for name in list(dirnames):
-            rel = os.path.join(rel_dir, name)
-            if rel in known:  # a directory dataset (zarr store)
-                dirnames.remove(name)
-            elif name.startswith(".tmp-"):
-                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
-                dirnames.remove(name)
-                removed.append(rel)
-        for name in filenames:
-            rel = os.path.join(rel_dir, name)
-            if rel not in known:
-                os.unlink(os.path.join(dirpath, name))
-                removed.append(rel)
-    return removed
+    butler.cleanup([run])  # what a killed execution of this run journaled and never registered
 
 
 class DaskExecutor:
@@ -159,6 +129,9 @@ class DaskExecutor:
 
     def _run_locked(self, plan: Plan, butler: Butler, start: float) -> ExecutionReport:
         prepare_run(plan, butler)
+        # Journal every output the workers may write before they start, so that whatever a crash
+        # leaves unregistered is known to be this run's (butler.cleanup); registration clears it.
+        butler.intend_writes([ref for q in plan.quanta if q.status == RUN for ref in q.outputs.values()])
         config = ButlerConfig(butler.root, (plan.output_run, *plan.input_collections))
         # Keys unique to this execution: a later run on the same client must never be answered
         # with results of an earlier one that the scheduler has not forgotten yet.
@@ -201,6 +174,7 @@ class DaskExecutor:
             accounts.flush()
             if bar is not None:
                 bar.close()
+        butler.cleanup([plan.output_run])  # partial outputs of failed quanta, intents of no-work ones
         report.seconds = time.perf_counter() - start
         return report
 
@@ -327,6 +301,7 @@ class _Registrar:
         with registry.db.transaction(write=True) as conn:
             for name, (_, refs, files) in by_type.items():
                 registry.datasets.insert(conn, registry.dataset_types.get(name), self.run_rec, refs, files)
+                registry.journal.clear_datasets(conn, [r.id for r in refs])
             insert_provenance(self.butler, conn, self.run_rec.id, records)
 
 

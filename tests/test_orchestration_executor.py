@@ -11,7 +11,7 @@ import time
 import pytest
 
 from butler import Butler
-from orchestration import DaskExecutor, Pipeline, Planner, remove_orphans
+from orchestration import DaskExecutor, Pipeline, Planner
 from orchestration.testing import FlakyTask, SumTask, add_sum, files_on_disk, make_metrics_repo, registered_files
 
 OUT = "u/tester/out"
@@ -92,23 +92,41 @@ def test_retries(repo, cluster_client, tmp_path):
     assert len(report.failed) == 9 and "flaky failure (first attempt" in report.failed[0].error
 
 
-def test_orphans_of_a_killed_run_are_removed(repo, cluster_client):
+def test_leftovers_of_a_killed_run_are_removed_and_unknown_files_kept(repo, cluster_client):
+    """Clean-up removes what this run journaled and never registered, never a file it does not
+    know about (reported by verify instead), and never through a read-only Butler."""
+    from butler import Butler
+    from butler.errors import ReadOnlyError
+
     plan = Planner(repo).build(add_sum(), inputs=["in"], output_run=OUT, where="visit = 0")
     DaskExecutor(cluster_client, progress=False).run(plan, repo)
-    run_dir = os.path.join(repo.root, OUT)
-    orphan = os.path.join(run_dir, "added", "orphan.json")
-    tmp_dir = os.path.join(run_dir, "added", ".tmp-abc")
-    os.makedirs(tmp_dir)
-    with open(orphan, "w") as f:
-        f.write("{}")
-    with open(os.path.join(run_dir, ".tmp-xyz.json"), "w") as f:
-        f.write("{")
     before = registered_files(repo, OUT)
-    removed = remove_orphans(repo, OUT)
-    assert sorted(removed) == sorted([os.path.relpath(p, repo.root) for p in
-                                      (orphan, tmp_dir, os.path.join(run_dir, ".tmp-xyz.json"))])
-    assert files_on_disk(repo.root, OUT) == before == registered_files(repo, OUT)
-    assert remove_orphans(repo, "u/tester/never-ran") == []
+    # A killed execution journaled an output and left its file and a staging name.
+    leftover = "added-leftover"
+    from butler.registry._journal import STAGE, new_operation
+
+    path = os.path.join(OUT, "added", f"{leftover}.json")
+    repo.registry.journal.record(new_operation(), OUT, STAGE, [(path, None, None)])
+    with open(os.path.join(repo.root, path), "w") as f:
+        f.write("{")
+    temp = os.path.join(repo.root, OUT, "added", f".tmp-0123456789ab-{leftover}.json")
+    with open(temp, "w") as f:
+        f.write("{")
+    # A file nobody journaled (put there by hand) is not the run's to delete.
+    stranger = os.path.join(repo.root, OUT, "added", "notes.txt")
+    with open(stranger, "w") as f:
+        f.write("mine")
+    kinds = {p.path: p.problem for p in repo.verify()}
+    assert kinds == {path: "leftover", os.path.relpath(temp, repo.root): "leftover",
+                     os.path.relpath(stranger, repo.root): "unregistered"}
+    with pytest.raises(ReadOnlyError):
+        Butler(repo.root).cleanup()
+    report = repo.cleanup([OUT])
+    assert sorted(report.removed) == sorted([path, os.path.relpath(temp, repo.root)])
+    assert os.path.exists(stranger)
+    assert registered_files(repo, OUT) == before
+    assert {p.path: p.problem for p in repo.verify()} == {os.path.relpath(stranger, repo.root): "unregistered"}
+    assert repo.cleanup(["u/tester/never-ran"]).removed == []
 
 
 def test_worker_killed_mid_run(repo, cluster_client):

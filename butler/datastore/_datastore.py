@@ -21,7 +21,18 @@ from ._formatters import formatter_for
 from ._storage_class import StorageClass, get_storage_class
 from ._templates import TemplateSet
 
-__all__ = ["FileDatastore", "PreparedWrite", "VerifyProblem"]
+__all__ = ["FileDatastore", "PlannedWrite", "PreparedWrite", "VerifyProblem"]
+
+
+@dataclass(slots=True)
+class PlannedWrite:
+    """Where an object will be written, and how; nothing is on disk yet."""
+
+    obj: Any
+    path: str  # relative to the root
+    formatter: Any
+    storage_class: str
+    component: str = ""
 
 
 @dataclass(slots=True)
@@ -38,7 +49,7 @@ class PreparedWrite:
 @dataclass(frozen=True, slots=True)
 class VerifyProblem:
     path: str
-    problem: str  # "missing", "checksum", "size"
+    problem: str  # "missing", "checksum", "size"; "leftover" (cleanup removes it), "unregistered"
     detail: str
 
 
@@ -74,14 +85,45 @@ class FileDatastore:
     def formatter_name(self, dataset_type: str, storage_class: StorageClass) -> str:
         return self.formatter_overrides.get(dataset_type) or storage_class.formatter
 
-    def prepare(self, ref: DatasetRef, obj: Any, values: Mapping[str, Any]) -> list[PreparedWrite]:
-        """Validate, serialise and stage ``obj``; nothing is visible until ``commit``."""
+    def planned_path(self, ref: DatasetRef, values: Mapping[str, Any]) -> str:
+        """The relative path `prepare` will write ``ref`` to (executors journal it beforehand)."""
+        storage_class = get_storage_class(ref.dataset_type.storage_class)
+        formatter = formatter_for(storage_class, self.formatter_name(ref.dataset_type.name, storage_class))
+        return self.relative_path(ref, values, formatter.extension)
+
+    def plan(self, ref: DatasetRef, obj: Any, values: Mapping[str, Any], *, fresh_name: bool = False
+             ) -> list[PlannedWrite]:
+        """Validate ``obj`` and choose where it goes; no file-system change.
+
+        ``fresh_name``: if the template's path is taken (the dataset being replaced lives there),
+        use a new name beside it, so the old bytes stay intact until the registry no longer
+        references them.
+        """
         storage_class = get_storage_class(ref.dataset_type.storage_class)
         storage_class.validate(obj, dataset_type=ref.dataset_type.name)
         formatter = formatter_for(storage_class, self.formatter_name(ref.dataset_type.name, storage_class))
         rel = self.relative_path(ref, values, formatter.extension)
-        full = os.path.join(self.root, rel)
-        return [PreparedWrite(self._stage(formatter, obj, full), rel, formatter.name, storage_class.name)]
+        if fresh_name:
+            rel = self._fresh(rel, formatter.extension)
+        return [PlannedWrite(obj, rel, formatter, storage_class.name)]
+
+    def _fresh(self, rel: str, extension: str) -> str:
+        """``rel`` if nothing is there, else the same name with ``~<random>`` before the extension."""
+        if not os.path.lexists(os.path.join(self.root, rel)):
+            return rel
+        token = os.urandom(4).hex()
+        if extension and rel.endswith(extension):
+            return f"{rel[:-len(extension)]}~{token}{extension}"
+        return f"{rel}~{token}"
+
+    def stage(self, planned: PlannedWrite) -> PreparedWrite:
+        """Serialise and write to a temporary name next to the final path (see `StagedFile`)."""
+        staged = self._stage(planned.formatter, planned.obj, os.path.join(self.root, planned.path))
+        return PreparedWrite(staged, planned.path, planned.formatter.name, planned.storage_class, planned.component)
+
+    def prepare(self, ref: DatasetRef, obj: Any, values: Mapping[str, Any]) -> list[PreparedWrite]:
+        """`plan` and `stage` in one: nothing is visible until ``commit``."""
+        return [self.stage(p) for p in self.plan(ref, obj, values)]
 
     @staticmethod
     def _stage(formatter: Any, obj: Any, full: str) -> StagedFile | StagedDirectory:
@@ -89,9 +131,9 @@ class FileDatastore:
         stage_to = getattr(formatter, "stage_to", None)
         return stage_to(obj, full) if stage_to is not None else stage(full, formatter.to_bytes(obj))
 
-    def prepare_component(self, ref: DatasetRef, component: str, obj: Any, values: Mapping[str, Any],
-                          parent_formatter: str) -> PreparedWrite:
-        """Stage one component of the existing composite ``ref`` written on its own (e.g. a new WCS)."""
+    def plan_component(self, ref: DatasetRef, component: str, obj: Any, values: Mapping[str, Any],
+                       parent_formatter: str, *, fresh_name: bool = False) -> PlannedWrite:
+        """Plan one component of the existing composite ``ref`` written on its own (e.g. a new WCS)."""
         from ..errors import StorageClassError
 
         parent_class = get_storage_class(ref.dataset_type.storage_class)
@@ -106,32 +148,39 @@ class FileDatastore:
         component_class.validate(obj, dataset_type=f"{ref.dataset_type.name}.{component}")
         formatter = formatter_for(component_class)
         rel = self.relative_path(ref, values, formatter.extension, component=component)
-        staged = self._stage(formatter, obj, os.path.join(self.root, rel))
-        return PreparedWrite(staged, rel, formatter.name, component_class.name, component)
+        if fresh_name:
+            rel = self._fresh(rel, formatter.extension)
+        return PlannedWrite(obj, rel, formatter, component_class.name, component)
 
     @staticmethod
-    def commit(prepared: Iterable[PreparedWrite], *, overwrite: bool = False) -> None:
-        """Move staged files into place; an existing file (an orphan of a crashed write) is a conflict."""
+    def commit(prepared: Iterable[PreparedWrite]) -> None:
+        """Move staged files into place, never over an existing file (an orphan of a crashed
+        write, or a file of another dataset): that is a conflict."""
         for p in prepared:
             try:
-                p.staged.commit(overwrite=overwrite)
+                p.staged.commit()
             except FileExistsError:
                 from ..errors import ConflictError
 
                 raise ConflictError(
-                    f"file {p.staged.path} already exists but is not registered (left by an interrupted "
-                    "write?); `butler verify --orphans` lists such files; remove it or put with replace=True"
+                    f"file {p.staged.path} already exists but is not registered to this dataset (left by an "
+                    "interrupted write?); `butler verify --orphans REPO` lists such files and `butler cleanup "
+                    "REPO` removes those an interrupted write left"
                 ) from None
 
     def discard(self, prepared: Iterable[PreparedWrite]) -> None:
-        """Drop staged files and the directories made for them that are now empty."""
+        """Drop staged files (and those already moved into place: their registration failed) and
+        the directories made for them that are now empty."""
         dirs = set()
         for p in prepared:
+            if p.staged.state == "committed":
+                remove_path(p.staged.path)
             p.staged.discard()
             dirs.add(os.path.dirname(p.staged.path))
-        self._prune(dirs)
+        self.prune_empty_dirs(dirs)
 
-    def _prune(self, dirs: Iterable[str]) -> None:
+    def prune_empty_dirs(self, dirs: Iterable[str]) -> None:
+        """Remove directories that are empty now, deepest first, never the root or above it."""
         from ._file_io import _known_dirs
 
         for d in sorted(dirs, key=len, reverse=True):
@@ -195,7 +244,7 @@ class FileDatastore:
             full = self.abspath(rel)
             remove_path(full)  # a file, or a directory dataset (zarr store)
             dirs.add(os.path.dirname(full))
-        self._prune(dirs)  # directories that became empty, deepest first, never above the root
+        self.prune_empty_dirs(dirs)  # directories that became empty, deepest first, never above the root
 
     def verify(self, records: Iterable[tuple[str, str | None, int | None]]) -> list[VerifyProblem]:
         """Recompute checksums and sizes of (path, checksum, size) records; list every problem."""

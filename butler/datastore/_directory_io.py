@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 
 from butler.errors import ChecksumError
 
+from .._faults import crash_point
 from ._file_io import _TMP_PREFIX, StagedFile, _ensure_dir, checksum_bytes, checksum_file, verify_file
 
 __all__ = [
@@ -94,6 +95,7 @@ def make_staging_dir(path: str | os.PathLike[str]) -> str:
     directory, base = os.path.split(path)
     _ensure_dir(directory)
     temp = os.path.join(directory, f"{_TMP_PREFIX}{os.urandom(6).hex()}-{base[:200]}")
+    crash_point("stage: make temporary directory")
     try:
         os.mkdir(temp)
     except FileNotFoundError:
@@ -114,10 +116,12 @@ class StagedDirectory(StagedFile):
 
     def _move_into_place(self, overwrite: bool) -> None:
         """Rename into place; an existing path raises `FileExistsError` unless ``overwrite``."""
+        crash_point("stage: rename directory into place")
         if os.path.lexists(self.path):
             if not overwrite:
                 raise FileExistsError(f"refusing to overwrite existing {self.path}")
-            trash = make_staging_dir(self.path) + "-old"
+            directory, base = os.path.split(self.path)
+            trash = os.path.join(directory, f"{_TMP_PREFIX}{os.urandom(6).hex()}-{base[:200]}-old")
             os.rename(self.path, trash)
             os.rename(self.temp_path, self.path)
             _remove_tree(trash)
@@ -143,5 +147,6 @@ def _remove_tree(path: str) -> None:
 
 def remove_path(path: str) -> None:
     """Delete a dataset's file or directory; a missing one is not an error."""
+    crash_point("remove file")
     _remove_tree(path)
 

@@ -30,6 +30,7 @@ from typing import Any, Self
 
 import xxhash
 
+from butler._faults import crash_point
 from butler.errors import ChecksumError
 
 __all__ = [
@@ -166,6 +167,7 @@ def _write_temp(path: str, data: Buffer, *, make_dirs: bool, fsync: bool) -> str
     temp = os.path.join(directory, f"{_TMP_PREFIX}{os.urandom(6).hex()}-{base[:200]}")
     if make_dirs:
         _ensure_dir(directory)
+    crash_point("stage: write temporary file")
     try:
         fd = os.open(temp, _OPEN_FLAGS, 0o666)
     except FileNotFoundError:
@@ -208,6 +210,7 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _move_into_place(temp: str, path: str, *, overwrite: bool) -> None:
+    crash_point("stage: link into place")
     if overwrite:
         os.replace(temp, path)
         return
@@ -221,6 +224,7 @@ def _move_into_place(temp: str, path: str, *, overwrite: bool) -> None:
             raise FileExistsError(f"refusing to overwrite existing file {path}") from None
         os.replace(temp, path)
         return
+    crash_point("stage: unlink temporary name")
     try:
         os.unlink(temp)
     except OSError:

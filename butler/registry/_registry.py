@@ -31,6 +31,7 @@ from ._database import Database
 from ._dataset_types import DatasetTypeManager
 from ._datasets import DatasetManager
 from ._dimension_records import DimensionRecordManager
+from ._journal import FileJournal
 from ._schema import SCHEMA_VERSION, RegistrySchema
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Registry"]
 
-_PARTS = frozenset({"schema", "collections", "dataset_types", "records", "datasets"})
+_PARTS = frozenset({"schema", "collections", "dataset_types", "records", "datasets", "journal"})
 
 _OPENED: dict[tuple[str, str | None], tuple[str, dict[str, str]]] = {}
 
@@ -56,6 +57,7 @@ class Registry:
     dataset_types: DatasetTypeManager
     records: DimensionRecordManager
     datasets: DatasetManager
+    journal: FileJournal
     query_builder: QueryBuilder
 
     def __init__(self, db: Database, universe: DimensionUniverse, attributes: Mapping[str, str],
@@ -94,8 +96,9 @@ class Registry:
             records = DimensionRecordManager(db, schema)
             datasets = DatasetManager(db, schema, dataset_types, collections, records)
             # "datasets" last: its presence says that every part is there.
+            journal = FileJournal(db, schema, self.attributes)
             self.__dict__.update(schema=schema, collections=collections, dataset_types=dataset_types,
-                                 records=records)
+                                 records=records, journal=journal)
             self.__dict__["datasets"] = datasets
 
     @classmethod
@@ -108,6 +111,7 @@ class Registry:
             "universe": universe.text,
             "universe_version": str(universe.version),
             **_universe_json(universe),
+            "file_journal_version": "1",  # the journal table exists (see _journal.py)
             **(extra or {}),
         }
         with db.transaction(write=True) as conn:

@@ -138,6 +138,8 @@ class RegistrySchema:
     dataset_type: sa.Table = field(init=False)
     dataset: sa.Table = field(init=False)
     file_record: sa.Table = field(init=False)
+    file_record_path_index: sa.Index = field(init=False)
+    file_journal: sa.Table = field(init=False)
     elements: dict[str, sa.Table] = field(init=False)
     quantum: sa.Table = field(init=False)
     quantum_output: sa.Table = field(init=False)
@@ -201,6 +203,27 @@ class RegistrySchema:
             sa.Column("storage_class", string(64), nullable=False),
             sa.Column("checksum", string(64), nullable=True),
             sa.Column("file_size", sa.BigInteger, nullable=True),
+        )
+        # Clean-up and verify ask "is this path registered?" (never delete a file that is).
+        self.file_record_path_index = sa.Index("file_record_path", self.file_record.c.path,
+                                               mysql_length=768)  # InnoDB keys are <= 3072 bytes
+        # Intents of write paths that a crash could leave half-done (see registry/_journal.py).
+        # No foreign keys: a row must outlive the run or dataset it is about.
+        self.file_journal = sa.Table(
+            "file_journal",
+            md,
+            sa.Column("journal_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                      autoincrement=True),
+            sa.Column("op", sa.String(32), nullable=False, index=True),
+            sa.Column("run", string(NAME_LENGTH), nullable=False),
+            sa.Column("action", sa.String(8), nullable=False),
+            sa.Column("path", string(1024), nullable=False),
+            sa.Column("dataset_id", DatasetIdType, nullable=True, index=True),
+            sa.Column("source", sa.Text, nullable=True),
+            sa.Column("committed", sa.Boolean, nullable=False, default=False),
+            sa.Column("created_ns", sa.BigInteger, nullable=False),
+            sa.Column("host", string(128), nullable=False),
+            sa.Column("pid", sa.Integer, nullable=False),
         )
         # Provenance of pipeline executions: one row per executed quantum, and which quantum
         # wrote each dataset (written by executors; queried by Butler.provenance).
@@ -341,5 +364,5 @@ class RegistrySchema:
 
     def static_tables(self) -> list[sa.Table]:
         return [self.attributes, self.collection, self.collection_chain, self.dataset_type, self.dataset,
-                self.file_record, self.quantum, self.quantum_output, *self.elements.values(),
+                self.file_record, self.file_journal, self.quantum, self.quantum_output, *self.elements.values(),
                 *self.skypix.values(), self.calibs]
