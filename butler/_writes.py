@@ -169,6 +169,7 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
     plans += [(ref, planned) for ref, planned, _ in component_plans]
 
     op = new_operation()
+    journal.ensure_table()
     journal.record(op, run_name, STAGE, [(planned.path, ref.id, None) for ref, planned in plans])
     prepared: list[PreparedWrite] = []
     old_paths: list[str] = []
@@ -183,6 +184,8 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
         component_writes = [(ref, p, existing) for (ref, _, existing), p in zip(component_plans, prepared[n_plain:])]
         with registry.db.transaction(write=True) as conn:
             try:
+                if replace and run_rec is not None:  # replaces in one run one at a time (see lock)
+                    registry.collections.lock(conn, run_rec)
                 run_rec = butler._ensure_run(conn, run_name, run_rec)
                 for type_rec, type_refs, _ in planned_by_type.values():
                     if replace:
@@ -323,6 +326,7 @@ def remove(butler: Butler, refs: Iterable[DatasetRef]) -> int:
     op = new_operation()
     n = 0
     paths: list[str] = []
+    registry.journal.ensure_table()
     with ExitStack() as locks:
         for run_name in sorted(by_run):
             locks.enter_context(run_lock(butler.root, run_name, action="remove datasets from", shared=True))
@@ -367,6 +371,7 @@ def _remove_runs(butler: Butler, runs: list[Any]) -> list[str]:
     d = registry.schema.dataset
     op = new_operation()
     paths: list[str] = []
+    registry.journal.ensure_table()
     with registry.db.transaction(write=True) as conn:
         for r in runs:
             run_paths = [p for p in registry.datasets.paths_in_runs(conn, [r.id]) if not os.path.isabs(p)]

@@ -147,3 +147,73 @@ def test_another_thread_of_the_process_is_refused(tmp_path):
         thread.join()
     with run_lock(root, "u/a/run", action="remove"):  # free again once that thread is done
         pass
+
+
+HOLD_SHARED = textwrap.dedent("""
+    import sys, time
+    from butler._run_lock import run_lock
+    with run_lock(sys.argv[1], sys.argv[2], shared=True):
+        print("locked", flush=True)
+        time.sleep(600)
+""")
+
+
+def test_shared_holders_coexist_and_keep_exclusive_holders_out(tmp_path):
+    """Writes (shared) run side by side; clean-up, executors and removers (exclusive) wait for none."""
+    root = str(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_SHARED, root, "u/a/run"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    try:
+        with run_lock(root, "u/a/run", shared=True):  # a second writer
+            pass
+        with pytest.raises(RunLockedError, match=r"cannot clean up run 'u/a/run': it is locked by writes in progress"):
+            with run_lock(root, "u/a/run", action="clean up"):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with run_lock(root, "u/a/run", action="clean up"):  # the dead writer's hold went with it
+        with run_lock(root, "u/a/run", shared=True):  # nested in our own exclusive hold: a no-op
+            pass
+    assert os.listdir(tmp_path / ".locks") == []
+
+
+MIXED = textwrap.dedent("""
+    import os, random, sys
+    from butler._run_lock import run_lock
+    from butler.errors import RunLockedError
+    root, inside = sys.argv[1], sys.argv[2]
+    me = str(os.getpid())
+    overlaps = exclusive = shared = 0
+    for i in range(300):
+        share = random.random() < 0.7
+        try:
+            with run_lock(root, "u/a/run", shared=share):
+                names = os.listdir(inside)
+                if share:
+                    if "X" in names:
+                        overlaps += 1
+                    open(os.path.join(inside, f"{me}-{i}"), "w").close()
+                    os.unlink(os.path.join(inside, f"{me}-{i}"))
+                    shared += 1
+                else:
+                    if names:
+                        overlaps += 1
+                    open(os.path.join(inside, "X"), "w").close()
+                    os.unlink(os.path.join(inside, "X"))
+                    exclusive += 1
+        except RunLockedError:
+            pass
+    print(shared, exclusive, overlaps)
+""")
+
+
+def test_shared_and_exclusive_never_overlap_under_contention(tmp_path):
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", MIXED, str(tmp_path), str(inside)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(5)]
+    results = [tuple(map(int, p.communicate(timeout=180)[0].split())) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(r[2] for r in results) == 0
+    assert sum(r[0] for r in results) > 0 and sum(r[1] for r in results) > 0

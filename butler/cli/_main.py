@@ -162,16 +162,22 @@ def register_instrument(repo: str, instrument: str, update: bool) -> None:
 @repo_argument
 @collections_option("Only verify the files of datasets in these collections (repeatable; globs and chains "
                     "allowed). Default: every file.")
-def verify(repo: str, collections: Sequence[str]) -> None:
+@click.option("--orphans/--no-orphans", default=None,
+              help="Also walk REPO for files the registry does not know (default: when verifying every file).")
+def verify(repo: str, collections: Sequence[str], orphans: bool | None) -> None:
     """Recompute the checksum and size of dataset files in REPO and report problems.
 
-    Prints one line per problem (path, kind: missing/checksum/size, detail) and exits with
-    status 1 if there is any; prints "N files verified, no problems" and exits 0 otherwise.
+    Prints one line per problem and exits with status 1 if there is any; prints "N files
+    verified, no problems" and exits 0 otherwise. Problems are: missing, checksum, size (a
+    registered file is gone or its bytes changed), leftover (a file an interrupted write, removal
+    or move left: `butler cleanup REPO` removes it) and unregistered (a file neither the registry
+    nor the journal knows, e.g. put there by hand: never removed automatically).
 
     \b
     Example:
       butler verify /data/repo
       butler verify /data/repo --collections u/alice/run1
+      butler verify /data/repo --collections u/alice/run1 --orphans
     """
     from .._butler import Butler
     from ._output import print_rows
@@ -179,13 +185,42 @@ def verify(repo: str, collections: Sequence[str]) -> None:
     butler = Butler(repo)
     colls = list(collections) or None
     n_files = _count_files(butler, colls)
-    problems = butler.verify(collections=colls)
+    problems = butler.verify(collections=colls, orphans=orphans)
     if problems:
         rows = [{"path": p.path, "problem": p.problem, "detail": p.detail} for p in problems]
         print_rows(rows, ["path", "problem", "detail"], "table")
         click.echo(f"{len(problems)} problem(s) in {n_files} files", err=True)
+        if any(p.problem == "leftover" for p in problems):
+            click.echo(f"`butler cleanup {repo}` removes the leftovers of interrupted writes", err=True)
         raise click.exceptions.Exit(1)
     click.echo(f"{n_files} files verified, no problems")
+
+
+@cli.command()
+@repo_argument
+@click.option("--run", "runs", multiple=True, metavar="RUN",
+              help="Only clean up these runs (repeatable). Default: every run with leftovers that you own.")
+@click.option("--allow-foreign-run", is_flag=True, help="Also clean up runs owned by somebody else.")
+def cleanup(repo: str, runs: Sequence[str], allow_foreign_run: bool) -> None:
+    """Remove what interrupted writes left in REPO: the files `butler verify` reports as leftovers.
+
+    Only files that the repository's journal says an interrupted put, ingest, removal or
+    execution staged and never registered are removed (never a file any dataset references, never
+    a file the journal does not name); a move that committed is finished (its source unlinked).
+    Each run is cleaned under its lock; a run in use by an executor or a writer is skipped.
+    Exits with status 1 if a run was skipped.
+
+    \b
+    Example:
+      butler cleanup /data/repo
+      butler cleanup /data/repo --run u/alice/coadd
+    """
+    from .._butler import Butler
+
+    report = Butler(repo, writeable=True).cleanup(list(runs) or None, allow_foreign_run=allow_foreign_run)
+    click.echo(report.summary())
+    if report.skipped:
+        raise click.exceptions.Exit(1)
 
 
 def _count_files(butler: Butler, collections: Sequence[str] | None) -> int:

@@ -160,6 +160,15 @@ class CollectionManager:
             )
         return existing, created
 
+    def lock(self, conn: sa.Connection, rec: CollectionRecord) -> None:
+        """Lock the collection's row until ``conn``'s transaction ends, so transactions that change
+        the same collection's contents in ways that must not interleave (replaces of datasets in one
+        run) run one after the other. A no-op on SQLite, whose write transactions are serialised."""
+        if self._db.dialect == "sqlite":
+            return
+        t = self._table
+        conn.execute(sa.select(t.c.collection_id).where(t.c.collection_id == rec.id).with_for_update())
+
     def set_chain(self, name: str, children: Sequence[str], conn: sa.Connection) -> None:
         parent = self.get(name)
         if parent.type != CollectionType.CHAINED:

@@ -106,6 +106,7 @@ class FileJournal:
         """
         if not items:
             return
+        self.ensure_table()
         crash_point("journal: before commit")
         with self._db.transaction(write=True) as conn:
             self.record_in(conn, op, run, action, items)
@@ -114,8 +115,11 @@ class FileJournal:
     def record_in(self, conn: sa.Connection, op: str, run: str, action: str,
                   items: Iterable[tuple[str, uuid.UUID | None, str | None]]) -> None:
         """Rows inserted in the caller's transaction (``delete`` intents of the registry change
-        that makes those files unreferenced: both commit or neither)."""
-        self.ensure_table()
+        that makes those files unreferenced: both commit or neither). Call `ensure_table` before
+        that transaction begins (creating a table inside it would wait for the transaction itself
+        on SQLite, and commit it implicitly on MySQL)."""
+        if not self._ready:
+            raise RuntimeError("FileJournal.ensure_table() must be called before the transaction that records")
         now, host, pid = time.time_ns(), socket.gethostname()[:128], os.getpid()
         native = self._db.dialect == "postgresql"  # as DatasetIdType binds ids: UUIDs there, hex elsewhere
         rows = [(op, run, action, path, None if dataset_id is None else (dataset_id if native else dataset_id.hex),

@@ -1,0 +1,177 @@
+"""Nothing lost, nothing silently wrong: clean-up deletes only what the journal names, replaced and
+removed bytes go only after the registry stops referencing them, concurrent replaces converge.
+
+Each test reproduces a way the butler used to lose or corrupt data (issue 11, item 1 and 5)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from butler import Butler, DatasetType
+from butler.errors import ConflictError, ReadOnlyError
+from butler.registry._journal import STAGE, new_operation
+from butler.testing import run_concurrently, snapshot_repo
+from orchestration import Pipeline, Planner, prepare_run
+from orchestration.testing import AddTask, files_on_disk, make_metrics_repo, registered_files
+
+DATA = {"instrument": "SimCam", "visit": 12}
+
+
+def _all_files(root: str) -> dict[str, bytes]:
+    out = {}
+    for d, dirs, names in os.walk(root):
+        if d == root:
+            dirs[:] = [x for x in dirs if x != ".locks"]
+            names = [n for n in names if not n.startswith("butler.")]
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.relpath(os.path.join(d, n), root)] = f.read()
+    return out
+
+
+def test_an_output_run_named_like_a_prefix_of_an_input_run_deletes_nothing(tmp_path):
+    """`butler run -o u` used to delete every file of `u/alice/raw` (walking <root>/u as orphans)."""
+    butler = Butler.create(tmp_path / "repo")
+    make_metrics_repo(butler, visits=1, detectors=3, run="u/alice/raw")
+    inputs = _all_files(butler.root)
+    plan = Planner(butler).build(Pipeline().add_task("add", AddTask), inputs=["u/alice/raw"], output_run="u")
+    prepare_run(plan, butler)  # registers run 'u', writes its init-outputs, cleans up its leftovers
+    after = _all_files(butler.root)
+    assert {path: after.get(path) for path in inputs} == inputs
+    assert all(path.startswith(("u/add_config/", "u/packages/")) for path in set(after) - set(inputs))
+    assert butler.verify() == []
+
+
+def test_cleanup_refuses_read_only_butlers_and_touches_nothing_of_chained_collections(tmp_path):
+    """`remove_orphans(Butler(root), "SimCam/calib")` used to delete the camera."""
+    butler = Butler.create(tmp_path / "repo")
+    make_metrics_repo(butler, visits=1, detectors=2, run="u/tester/raw")  # also certifies the camera
+    before = snapshot_repo(butler)
+    with pytest.raises(ReadOnlyError):
+        Butler(butler.root).cleanup("SimCam/calib")
+    assert butler.cleanup("SimCam/calib").removed == []
+    assert butler.cleanup().removed == []
+    assert snapshot_repo(butler) == before
+    assert butler.get("camera", instrument="SimCam", collections="SimCam/calib").name == "SimCam"
+
+
+def test_cleanup_keeps_journaled_paths_that_a_dataset_references(simcam_repo):
+    """A journal entry whose path is registered (by any dataset of any run) is dropped, never its file."""
+    ref = simcam_repo.put({"a": 1}, "metrics", DATA, detector=1)
+    path = _path_of(simcam_repo, ref)
+    simcam_repo.registry.journal.record(new_operation(), "u/tester/other", STAGE, [(path, None, None)])
+    report = simcam_repo.cleanup(allow_foreign_run=True)
+    assert report.kept == [path] and report.removed == []
+    assert simcam_repo.get(ref) == {"a": 1}
+    assert simcam_repo.registry.journal.pending() == []
+
+
+def _path_of(butler: Butler, ref) -> str:
+    registry = butler.registry
+    with registry.db.transaction() as conn:
+        return registry.datasets.files_of(conn, [ref.id])[ref.id][0].path
+
+
+def test_cleanup_of_another_users_run_is_refused(simcam_repo, monkeypatch):
+    simcam_repo.put({"a": 1}, "metrics", DATA, detector=1)
+    stray = os.path.join("u", "tester", "run1", "metrics", "stray.json")
+    simcam_repo.registry.journal.record(new_operation(), "u/tester/run1", STAGE, [(stray, None, None)])
+    with open(os.path.join(simcam_repo.root, stray), "w") as f:
+        f.write("{}")
+    monkeypatch.setenv("BUTLER_USER", "mallory")
+    report = Butler(simcam_repo.root, writeable=True).cleanup()
+    assert "u/tester/run1" in report.skipped and "owned by 'tester'" in report.skipped["u/tester/run1"]
+    assert os.path.exists(os.path.join(simcam_repo.root, stray))
+    monkeypatch.setenv("BUTLER_USER", "tester")
+    assert Butler(simcam_repo.root, writeable=True).cleanup().removed == [stray]
+
+
+def test_a_file_in_the_way_is_a_conflict_that_names_the_clean_up_and_changes_nothing(simcam_repo):
+    ref = simcam_repo.put({"a": 1}, "metrics", DATA, detector=1)
+    path = _path_of(simcam_repo, ref)
+    simcam_repo.remove([ref])
+    full = os.path.join(simcam_repo.root, path)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "w") as f:
+        f.write("somebody's bytes")
+    before = snapshot_repo(simcam_repo)
+    with pytest.raises(ConflictError, match=r"already exists but is not registered.*butler verify --orphans.*"
+                                            r"butler cleanup"):
+        simcam_repo.put({"a": 2}, "metrics", DATA, detector=1)
+    assert snapshot_repo(simcam_repo) == before
+    assert [p.problem for p in simcam_repo.verify()] == ["unregistered"]
+
+
+def test_replace_writes_new_bytes_under_a_new_name_and_removes_the_old_after_the_commit(simcam_repo):
+    first = simcam_repo.put({"a": 1}, "metrics", DATA, detector=1)
+    old = _path_of(simcam_repo, first)
+    second = simcam_repo.put({"a": 2}, "metrics", DATA, detector=1, replace=True)
+    new = _path_of(simcam_repo, second)
+    assert new != old and not os.path.exists(os.path.join(simcam_repo.root, old))
+    third = simcam_repo.put({"a": 3}, "metrics", DATA, detector=1, replace=True)
+    assert _path_of(simcam_repo, third) != new
+    assert simcam_repo.get("metrics", DATA, detector=1) == {"a": 3}
+    assert simcam_repo.verify() == [] and simcam_repo.registry.journal.pending() == []
+
+
+def test_nested_run_names_do_not_share_files(simcam_repo):
+    simcam_repo.put({"run": "u"}, "metrics", DATA, detector=1, run="u")
+    simcam_repo.put({"run": "nested"}, "metrics", DATA, detector=1)
+    nested = files_on_disk(simcam_repo.root, "u/tester/run1")
+    assert not registered_files(simcam_repo, "u") & registered_files(simcam_repo, "u/tester/run1")
+    simcam_repo.remove_runs("u")
+    assert files_on_disk(simcam_repo.root, "u/tester/run1") == nested
+    assert simcam_repo.get("metrics", DATA, detector=1) == {"run": "nested"}
+    assert simcam_repo.verify() == []
+
+
+def _replace_many(root: str, worker: int, barrier, queue) -> None:
+    import traceback
+
+    try:
+        butler = Butler(root, run="u/tester/run1")
+        barrier.wait()
+        for i in range(15):
+            butler.put({"worker": worker, "i": i}, "metrics", DATA, detector=1, replace=True)
+        queue.put(("ok", os.getpid(), None))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        queue.put(("error", os.getpid(), traceback.format_exc()))
+
+
+def test_concurrent_replaces_of_one_dataset_converge_without_spurious_conflicts(simcam_repo):
+    """On PostgreSQL a replace racing another used to fail with ConflictError (both deleted the old
+    row, both inserted). Now the loser plans again; one dataset remains, with its file intact."""
+    simcam_repo.put({"worker": -1}, "metrics", DATA, detector=1)
+    run_concurrently(multiprocessing.get_context("spawn"), _replace_many,
+                     [(simcam_repo.root, w) for w in range(3)])
+    refs = simcam_repo.query_datasets("metrics", collections="u/tester/run1", where="detector = 1")
+    assert len(refs) == 1
+    assert simcam_repo.get(refs[0])["i"] == 14
+    assert simcam_repo.verify() == []
+    assert simcam_repo.registry.journal.pending() == []
+    assert files_on_disk(simcam_repo.root, "u/tester/run1") == registered_files(simcam_repo, "u/tester/run1")
+
+
+def test_a_repository_made_before_the_journal_gets_it_on_first_write(tmp_path):
+    """Old repositories (no journal table, no path index) are upgraded by the first write."""
+    import sqlalchemy as sa
+
+    butler = Butler.create(tmp_path / "repo", run="u/tester/run1")
+    db = butler.registry.db
+    with db.transaction(write=True) as conn:
+        conn.execute(sa.text("DROP TABLE file_journal"))
+        conn.execute(sa.text("DROP INDEX file_record_path"))
+        conn.execute(sa.text("DELETE FROM butler_attributes WHERE name = 'file_journal_version'"))
+    from butler.testing import forget_open_repositories
+
+    forget_open_repositories()
+    old = Butler(butler.root, run="u/tester/run1")
+    assert old.verify() == []  # reading needs no journal
+    old.register_dataset_type(DatasetType("cfg", (), "StructuredData"))
+    old.put({"a": 1}, "cfg")
+    with old.registry.db.transaction() as conn:
+        assert sa.inspect(conn).has_table("file_journal")
+    assert old.get("cfg") == {"a": 1} and old.verify() == []
