@@ -14,6 +14,16 @@ every file (paths relative, ``/``-separated), written as
 ``"manifest:<algorithm>:<hex>"`` so `verify_path` knows to walk a directory.
 Verification recomputes it from the files on disk, so a changed, truncated,
 missing or extra file is reported.
+
+Stores written since the manifest file was introduced also hold those very lines
+as a file, `MANIFEST_NAME`, at their root (not itself listed, nor counted in the
+total size): its checksum *is* the recorded manifest checksum, so a reader that
+checks it against the registry gets a trusted per-file list. Reads use it to
+check the small metadata files they parse (`Manifest.check`; chunks carry their
+own crc32c), and `directory_problems` uses it to name the damaged member of a
+store. A store written before has no such file and is verified as far as it can
+be: by its chunk checksums on reads, by the whole manifest checksum in
+``verify`` (which then cannot say which member changed).
 """
 
 from __future__ import annotations
@@ -21,16 +31,22 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from butler.errors import ChecksumError
 
 from ._file_io import _TMP_PREFIX, StagedFile, _ensure_dir, checksum_bytes, checksum_file, verify_file
 
 __all__ = [
+    "MANIFEST_NAME",
     "MANIFEST_PREFIX",
+    "Manifest",
     "StagedDirectory",
     "checksum_directory",
+    "directory_problems",
+    "load_manifest",
     "make_staging_dir",
+    "manifest_bytes",
     "manifest_checksum",
     "remove_path",
     "verify_directory",
@@ -39,18 +55,98 @@ __all__ = [
 
 MANIFEST_PREFIX = "manifest:"
 """Prefix of the checksum recorded for a directory dataset."""
+MANIFEST_NAME = "butler-manifest.tsv"
+"""The file at the root of a directory dataset holding its manifest lines (not listed in them)."""
+
+Entries = Mapping[str, tuple[int, str]]
 
 
-def manifest_checksum(entries: Mapping[str, tuple[int, str]]) -> tuple[int, str]:
+def manifest_bytes(entries: Entries) -> bytes:
+    """The sorted ``path<TAB>size<TAB>checksum`` lines of ``{relative path: (size, checksum)}``."""
+    return "".join(f"{path}\t{size}\t{checksum}\n" for path, (size, checksum) in sorted(entries.items())).encode()
+
+
+def manifest_checksum(entries: Entries) -> tuple[int, str]:
     """``(total size, "manifest:<checksum>")`` of ``{relative path: (size, checksum)}``."""
-    lines = "".join(f"{path}\t{size}\t{checksum}\n" for path, (size, checksum) in sorted(entries.items()))
-    return sum(size for size, _ in entries.values()), MANIFEST_PREFIX + checksum_bytes(lines.encode())
+    return sum(size for size, _ in entries.values()), MANIFEST_PREFIX + checksum_bytes(manifest_bytes(entries))
+
+
+def _parse_manifest(data: bytes, where: str) -> dict[str, tuple[int, str]]:
+    entries = {}
+    try:
+        for line in data.decode().splitlines():
+            path, size, checksum = line.split("\t")
+            entries[path] = (int(size), checksum)
+    except ValueError as err:
+        raise ChecksumError(f"the manifest {where} is not a list of path, size, checksum lines: {err}") from None
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What the registry vouches for in a directory dataset, for readers to check the files they parse.
+
+    ``entries`` is ``{relative path: (size, checksum)}`` from a `MANIFEST_NAME` file that matched the
+    recorded checksum, or None for a store written without one (then only chunk checksums apply).
+    """
+
+    where: str
+    entries: Mapping[str, tuple[int, str]] | None
+
+    def check(self, key: str, data: bytes | bytearray | memoryview, where: str) -> None:
+        """Raise `ChecksumError` (naming ``where``) if ``data``, the file ``key``, is not what was written."""
+        if self.entries is None:
+            return
+        expected = self.entries.get(key)
+        if expected is None:
+            raise ChecksumError(f"{where} is not in the manifest of {self.where} (a file added after the write?)")
+        size, checksum = expected
+        if len(data) != size:
+            raise ChecksumError(f"size mismatch for {where}: recorded {size} bytes, found {len(data)}")
+        algorithm = checksum.partition(":")[0]
+        found = checksum_bytes(data, algorithm)
+        if found != checksum:
+            raise ChecksumError(f"checksum mismatch for {where}: recorded {checksum}, found {found}")
+
+
+def _read_manifest(root: str, expected_checksum: str) -> tuple[dict[str, tuple[int, str]] | None, str | None]:
+    """The entries of the store's manifest file (None if it has none) and, if it does not match, why."""
+    path = os.path.join(root, MANIFEST_NAME)
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"directory {root} does not exist") from None
+        return None, None
+    inner = expected_checksum.removeprefix(MANIFEST_PREFIX)
+    found = checksum_bytes(data, inner.partition(":")[0])
+    if found != inner:
+        return None, (f"checksum mismatch for {path}: recorded {inner}, found {found} "
+                      "(the store's list of files and checksums was changed)")
+    return _parse_manifest(data, path), None
+
+
+def load_manifest(path: str | os.PathLike[str], expected_checksum: str) -> Manifest:
+    """The verified `Manifest` of the store at ``path`` (one small file read).
+
+    Raises `ChecksumError` if the manifest file does not match the recorded checksum, and
+    `FileNotFoundError` if the store is missing.
+    """
+    root = os.fspath(path)
+    entries, problem = _read_manifest(root, expected_checksum)
+    if problem is not None:
+        raise ChecksumError(problem)
+    return Manifest(root, entries)
 
 
 def _walk(root: str) -> Iterable[tuple[str, str]]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        top = dirpath == root
         for name in filenames:
+            if top and name == MANIFEST_NAME:
+                continue  # the manifest lists the other files, not itself
             full = os.path.join(dirpath, name)
             yield os.path.relpath(full, root).replace(os.sep, "/"), full
 
@@ -65,19 +161,53 @@ def checksum_directory(path: str | os.PathLike[str], algorithm: str | None = Non
     return manifest_checksum(entries)
 
 
-def verify_directory(path: str | os.PathLike[str], expected_checksum: str, expected_size: int | None = None) -> None:
-    """Raise `ChecksumError` if the files below ``path`` differ from the recorded manifest."""
+def directory_problems(path: str | os.PathLike[str], expected_checksum: str, expected_size: int | None = None
+                       ) -> list[tuple[str, str, str]]:
+    """Every difference between the files below ``path`` and the record: ``(member, kind, detail)``.
+
+    ``member`` is the relative path of the damaged file inside the store (``""`` when the
+    store has no manifest file to say which); ``kind`` is ``"checksum"`` or ``"size"``. A store
+    with a matching manifest file is compared file by file (a changed, truncated, missing or
+    extra member is named); otherwise the whole manifest is recomputed and compared.
+    """
     root = os.fspath(path)
+    entries, problem = _read_manifest(root, expected_checksum)
+    if problem is not None:
+        return [(MANIFEST_NAME, "checksum", problem)]
     inner = expected_checksum.removeprefix(MANIFEST_PREFIX)
-    algorithm = inner.partition(":")[0]
-    size, found = checksum_directory(root, algorithm)
-    if expected_size is not None and size != expected_size:
-        raise ChecksumError(f"size mismatch for {root}: recorded {expected_size} bytes in its files, found {size}")
-    if found != expected_checksum:
-        raise ChecksumError(
-            f"manifest checksum mismatch for {root}: recorded {expected_checksum}, found {found} "
-            "(a file was changed, added or removed)"
-        )
+    if entries is None:
+        size, found = checksum_directory(root, inner.partition(":")[0])
+        if expected_size is not None and size != expected_size:
+            return [("", "size", f"size mismatch for {root}: recorded {expected_size} bytes in its files, "
+                                 f"found {size}")]
+        if found != expected_checksum:
+            return [("", "checksum", f"manifest checksum mismatch for {root}: recorded {expected_checksum}, "
+                                     f"found {found} (a file was changed, added or removed; the store was written "
+                                     "without a manifest file, so which one cannot be told)")]
+        return []
+    problems = []
+    on_disk = dict(_walk(root))
+    for member in sorted(set(entries) | set(on_disk)):
+        full = on_disk.get(member) or os.path.join(root, *member.split("/"))
+        if member not in on_disk:
+            problems.append((member, "checksum", f"{full} is missing from the store (listed in its manifest)"))
+            continue
+        if member not in entries:
+            problems.append((member, "checksum", f"{full} is not in the store's manifest (added after the write)"))
+            continue
+        size, checksum = entries[member]
+        try:
+            verify_file(full, checksum, size)
+        except ChecksumError as err:
+            problems.append((member, "size" if str(err).startswith("size") else "checksum", str(err)))
+    return problems
+
+
+def verify_directory(path: str | os.PathLike[str], expected_checksum: str, expected_size: int | None = None) -> None:
+    """Raise `ChecksumError` (naming the first damaged member) if the files below ``path`` differ from the record."""
+    problems = directory_problems(path, expected_checksum, expected_size)
+    if problems:
+        raise ChecksumError("; ".join(detail for _, _, detail in problems))
 
 
 def verify_path(path: str | os.PathLike[str], expected_checksum: str, expected_size: int | None = None) -> None:
