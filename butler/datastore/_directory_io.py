@@ -9,21 +9,21 @@ it is never empty). ``overwrite`` moves the old directory aside first, then
 removes it: a reader can find the path missing for that instant, never mixed.
 
 The record of a directory keeps the *total size* of its files and a *manifest
-checksum*: the checksum of the sorted ``path<TAB>size<TAB>checksum`` lines of
-every file (paths relative, ``/``-separated), written as
-``"manifest:<algorithm>:<hex>"`` so `verify_path` knows to walk a directory.
-Verification recomputes it from the files on disk, so a changed, truncated,
-missing or extra file is reported.
+checksum*, written as ``"manifest:<algorithm>:<hex>"`` so `verify_path` knows
+to walk a directory. The manifest is a file at the store's root,
+`MANIFEST_NAME`: a header line, then the sorted ``path<TAB>size<TAB>checksum``
+lines of every other file (paths relative, ``/``-separated); the recorded
+checksum is the checksum of that file. So a reader that checks the one small
+file against the registry gets a trusted size and checksum of every member:
+reads check the metadata documents they parse with it (`Manifest.check`;
+chunks carry their own crc32c), and `directory_problems` names the changed,
+truncated, missing or extra member. A lost or damaged manifest file is told
+apart from damage elsewhere by recomputing the manifest from the files.
 
-Stores written since the manifest file was introduced also hold those very lines
-as a file, `MANIFEST_NAME`, at their root (not itself listed, nor counted in the
-total size): its checksum *is* the recorded manifest checksum, so a reader that
-checks it against the registry gets a trusted per-file list. Reads use it to
-check the small metadata files they parse (`Manifest.check`; chunks carry their
-own crc32c), and `directory_problems` uses it to name the damaged member of a
-store. A store written before has no such file and is verified as far as it can
-be: by its chunk checksums on reads, by the whole manifest checksum in
-``verify`` (which then cannot say which member changed).
+Stores written before manifest files recorded the checksum of the lines alone
+(no header, no file). They are verified as far as they can be: by their chunk
+checksums on reads, and by the recomputed manifest in ``verify``, which then
+cannot say which member changed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,15 @@ from dataclasses import dataclass
 
 from butler.errors import ChecksumError
 
-from ._file_io import _TMP_PREFIX, StagedFile, _ensure_dir, checksum_bytes, checksum_file, verify_file
+from ._file_io import (
+    _TMP_PREFIX,
+    CHECKSUM_ALGORITHM,
+    StagedFile,
+    _ensure_dir,
+    checksum_bytes,
+    checksum_file,
+    verify_file,
+)
 
 __all__ = [
     "MANIFEST_NAME",
@@ -61,20 +69,38 @@ MANIFEST_NAME = "butler-manifest.tsv"
 Entries = Mapping[str, tuple[int, str]]
 
 
-def manifest_bytes(entries: Entries) -> bytes:
-    """The sorted ``path<TAB>size<TAB>checksum`` lines of ``{relative path: (size, checksum)}``."""
+_HEADER = b"butler manifest 1: path, size, checksum of every other file\n"
+"""First line of a manifest file (so a store that lost its manifest file fails its recorded checksum)."""
+
+
+def _lines(entries: Entries) -> bytes:
     return "".join(f"{path}\t{size}\t{checksum}\n" for path, (size, checksum) in sorted(entries.items())).encode()
 
 
+def manifest_bytes(entries: Entries) -> bytes:
+    """The content of the `MANIFEST_NAME` file: a header, then the sorted ``path<TAB>size<TAB>checksum`` lines."""
+    return _HEADER + _lines(entries)
+
+
 def manifest_checksum(entries: Entries) -> tuple[int, str]:
-    """``(total size, "manifest:<checksum>")`` of ``{relative path: (size, checksum)}``."""
+    """``(total size, "manifest:<checksum>")`` of ``{relative path: (size, checksum)}``: what the record holds.
+
+    The checksum is that of `manifest_bytes`, the store's manifest file.
+    """
     return sum(size for size, _ in entries.values()), MANIFEST_PREFIX + checksum_bytes(manifest_bytes(entries))
 
 
+def _legacy_checksum(entries: Entries, algorithm: str) -> str:
+    """The record of a store written before manifest files: the checksum of the lines alone."""
+    return MANIFEST_PREFIX + checksum_bytes(_lines(entries), algorithm)
+
+
 def _parse_manifest(data: bytes, where: str) -> dict[str, tuple[int, str]]:
+    if not data.startswith(_HEADER):
+        raise ChecksumError(f"the manifest {where} does not start with {_HEADER.decode().strip()!r}")
     entries = {}
     try:
-        for line in data.decode().splitlines():
+        for line in data[len(_HEADER):].decode().splitlines():
             path, size, checksum = line.split("\t")
             entries[path] = (int(size), checksum)
     except ValueError as err:
@@ -151,40 +177,52 @@ def _walk(root: str) -> Iterable[tuple[str, str]]:
             yield os.path.relpath(full, root).replace(os.sep, "/"), full
 
 
-def checksum_directory(path: str | os.PathLike[str], algorithm: str | None = None) -> tuple[int, str]:
-    """Total size and manifest checksum of every file below ``path``."""
-    root = os.fspath(path)
+def _disk_entries(root: str, algorithm: str) -> dict[str, tuple[int, str]]:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"directory {root} does not exist")
-    kwargs = {} if algorithm is None else {"algorithm": algorithm}
-    entries = {rel: (os.stat(full).st_size, checksum_file(full, **kwargs)) for rel, full in _walk(root)}
-    return manifest_checksum(entries)
+    return {rel: (os.stat(full).st_size, checksum_file(full, algorithm)) for rel, full in _walk(root)}
+
+
+def checksum_directory(path: str | os.PathLike[str], algorithm: str = CHECKSUM_ALGORITHM) -> tuple[int, str]:
+    """Total size and manifest checksum of every file below ``path`` (but its manifest file)."""
+    return manifest_checksum(_disk_entries(os.fspath(path), algorithm))
 
 
 def directory_problems(path: str | os.PathLike[str], expected_checksum: str, expected_size: int | None = None
                        ) -> list[tuple[str, str, str]]:
     """Every difference between the files below ``path`` and the record: ``(member, kind, detail)``.
 
-    ``member`` is the relative path of the damaged file inside the store (``""`` when the
-    store has no manifest file to say which); ``kind`` is ``"checksum"`` or ``"size"``. A store
-    with a matching manifest file is compared file by file (a changed, truncated, missing or
-    extra member is named); otherwise the whole manifest is recomputed and compared.
+    ``member`` is the relative path of the damaged file inside the store (``""`` when that
+    cannot be told); ``kind`` is ``"checksum"`` or ``"size"``. A store whose manifest file
+    matches the record is compared file by file (a changed, truncated, missing or extra member
+    is named). Otherwise the manifest is recomputed from the files on disk: that tells a lost
+    or damaged manifest file from damage elsewhere, and checks a store written before manifest
+    files (which then cannot say which member changed).
     """
     root = os.fspath(path)
     entries, problem = _read_manifest(root, expected_checksum)
+    if entries is not None:
+        return _member_problems(root, entries)
+    algorithm = expected_checksum.removeprefix(MANIFEST_PREFIX).partition(":")[0]
+    disk = _disk_entries(root, algorithm)
+    size = sum(n for n, _ in disk.values())
+    with_file = MANIFEST_PREFIX + checksum_bytes(manifest_bytes(disk), algorithm)
+    manifest_path = os.path.join(root, MANIFEST_NAME)
     if problem is not None:
-        return [(MANIFEST_NAME, "checksum", problem)]
-    inner = expected_checksum.removeprefix(MANIFEST_PREFIX)
-    if entries is None:
-        size, found = checksum_directory(root, inner.partition(":")[0])
-        if expected_size is not None and size != expected_size:
-            return [("", "size", f"size mismatch for {root}: recorded {expected_size} bytes in its files, "
-                                 f"found {size}")]
-        if found != expected_checksum:
-            return [("", "checksum", f"manifest checksum mismatch for {root}: recorded {expected_checksum}, "
-                                     f"found {found} (a file was changed, added or removed; the store was written "
-                                     "without a manifest file, so which one cannot be told)")]
-        return []
+        rest = ("every other file matches the record" if with_file == expected_checksum
+                else "other files differ from the record too; which cannot be told without it")
+        return [(MANIFEST_NAME, "checksum", f"{problem}; {rest}")]
+    if with_file == expected_checksum:
+        return [(MANIFEST_NAME, "checksum", f"{manifest_path} is missing (every other file matches the record)")]
+    if _legacy_checksum(disk, algorithm) == expected_checksum:
+        return []  # written before manifest files, intact
+    if expected_size is not None and size != expected_size:
+        return [("", "size", f"size mismatch for {root}: recorded {expected_size} bytes in its files, found {size}")]
+    return [("", "checksum", f"manifest checksum mismatch for {root}: recorded {expected_checksum} (a file was "
+                             "changed, added or removed, or the manifest file was lost; which cannot be told)")]
+
+
+def _member_problems(root: str, entries: Entries) -> list[tuple[str, str, str]]:
     problems = []
     on_disk = dict(_walk(root))
     for member in sorted(set(entries) | set(on_disk)):

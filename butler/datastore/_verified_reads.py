@@ -74,6 +74,9 @@ def load_verified(path: str, checksum: str | None, size: int | None, formatter: 
     if checksum.startswith(MANIFEST_PREFIX):
         return load_manifest(path, checksum)
     if formatter.reads_from_file(parameters) or (size is not None and size > STREAM_BYTES):
-        verify_file(path, checksum, size)
+        found = os.stat(path).st_size
+        if size is not None and found != size:
+            raise _size_mismatch(path, size, found)
+        verify_file(path, checksum, size)  # in 1 MiB blocks
         return None
     return read_checked(path, checksum, size)
