@@ -79,6 +79,7 @@ class CameraYamlFormatter(CameraJsonFormatter):
         import yaml
 
         try:
-            return yaml.load(bytes(data), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe loader
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            return yaml.load(bytes(data), Loader=loader)  # noqa: S506 - safe loader; bytes: yaml refuses bytearray
         except yaml.YAMLError as err:
             raise ValueError(str(err)) from None
