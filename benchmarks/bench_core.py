@@ -113,6 +113,29 @@ def bench_get_ref(ctx: Context) -> Result:
     return Result.from_samples(samples, "ms", baseline_ns=base, baseline_label="open + json.load")
 
 
+@benchmark("core.get_verified", unit="x", target=1.15,
+           description="Butler.get(ref) of a small dict with read verification (the default) / the same get "
+                       "with verify_reads=False")
+def bench_get_verified(ctx: Context) -> Result:
+    """The cost of checking size and xxh3 of every file read (issue 11): a ratio of medians, in alternating blocks."""
+    repo = core_repo(ctx)
+    verified = _butler(repo.root, collections=QUERY_RUN)
+    unverified = _butler(repo.root, collections=QUERY_RUN, verify_reads=False)
+    refs = repo.query_refs
+    blocks, per_block = 10, ctx.size(200, 40)
+    with_check: list[int] = []
+    without: list[int] = []
+    for _ in range(blocks):  # alternate, so load from elsewhere on the machine hits both sides alike
+        with_check += measure(lambda i: verified.get(refs[i % len(refs)]), per_block, warmup=20)
+        without += measure(lambda i: unverified.get(refs[i % len(refs)]), per_block, warmup=20)
+    v50, u50 = percentile(with_check, 50), percentile(without, 50)
+    v90, u90 = percentile(with_check, 90), percentile(without, 90)
+    return Result(value=v50 / u50, p90=v90 / u90, n=len(with_check),
+                  notes=f"get(ref) median {v50 / 1e6:.4f} ms verified vs {u50 / 1e6:.4f} ms with verify_reads=False "
+                        f"(+{(v50 - u50) / 1e3:.1f} us); p90 column: ratio of the p90s",
+                  extra={"verified_ms": v50 / 1e6, "unverified_ms": u50 / 1e6})
+
+
 # -- queries -----------------------------------------------------------------------------------
 def _raw_query(db_path: str, sql: str, params: tuple, expect: int):
     con = sqlite3.connect(db_path)

@@ -66,6 +66,10 @@ class Butler:
     ``Butler(root)`` is read-only; ``Butler(root, run="u/alice/run1")`` writes into that run
     (created on first write, owned by the current user); ``Butler(root, writeable=True)`` is
     writeable with no default run, so each write names its run.
+
+    Every read is checked against the checksum and size recorded at write time
+    (`ChecksumError` if the file changed); ``verify_reads=False`` skips that check
+    for trusted fast paths, at the caller's risk (damaged bytes may then decode as data).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class Butler:
         run: str | None = None,
         writeable: bool | None = None,
         calibs: Mapping[str, str] | None = None,
+        verify_reads: bool = True,
         _lazy: bool = False,
     ) -> None:
         self._config = RepoConfig.read(os.fspath(root))
@@ -91,6 +96,7 @@ class Butler:
             collections = [collections]
         self.collections: tuple[str, ...] = tuple(collections) if collections else ((run,) if run else ())
         self.calibs = dict(calibs or {})
+        self.verify_reads = verify_reads
         self._reg: Registry | None = None
         self._store: FileDatastore | None = None
         self._checked_runs: dict[str, CollectionRecord] = {}
@@ -136,7 +142,7 @@ class Butler:
     def __reduce__(self):
         return (
             _butler_from_pickle,
-            (self._config.root, self.collections, self.run, self.writeable, self.calibs or None),
+            (self._config.root, self.collections, self.run, self.writeable, self.calibs or None, self.verify_reads),
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -455,7 +461,8 @@ class Butler:
         assert found is not None
         if component is None and isinstance(dataset_type, str):
             component = split_component(dataset_type)[1]
-        return self._datastore.read(found.ref, found.files, component=component, parameters=parameters)
+        return self._datastore.read(found.ref, found.files, component=component, parameters=parameters,
+                                    verify=self.verify_reads)
 
     def get_deferred(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any = None, *,
                      collections: Any = None, **kwargs: Any) -> DeferredDatasetHandle:
@@ -594,8 +601,9 @@ class DeferredDatasetHandle:
 
     def get(self, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
         return self._butler._datastore.read(self._found.ref, self._found.files, component=component,
-                                            parameters=parameters)
+                                            parameters=parameters, verify=self._butler.verify_reads)
 
 
-def _butler_from_pickle(root, collections, run, writeable, calibs):
-    return Butler(root, collections=collections or None, run=run, writeable=writeable, calibs=calibs, _lazy=True)
+def _butler_from_pickle(root, collections, run, writeable, calibs, verify_reads=True):
+    return Butler(root, collections=collections or None, run=run, writeable=writeable, calibs=calibs,
+                  verify_reads=verify_reads, _lazy=True)

@@ -87,7 +87,7 @@ def _task_instance(task_def: TaskDef) -> Any:
 def _read(butler: Butler, ref: DatasetRef, known: Mapping[uuid.UUID, list[Any]]) -> Any:
     files = known.get(ref.id)
     if files is not None:
-        return butler._datastore.read(ref, files)
+        return butler._datastore.read(ref, files, verify=butler.verify_reads)
     return butler.get(ref)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from butler import Butler
 from butler._provenance import insert_provenance
+from butler._faults import crash_point
 from butler._run_lock import run_lock
 
 from ._execute import ButlerConfig, QuantumFailure, QuantumResult, execute_quantum
@@ -303,6 +304,8 @@ class _Registrar:
                 registry.datasets.insert(conn, registry.dataset_types.get(name), self.run_rec, refs, files)
                 registry.journal.clear_datasets(conn, [r.id for r in refs])
             insert_provenance(self.butler, conn, self.run_rec.id, records)
+            crash_point("executor: before registry commit")
+        crash_point("executor: registry committed")
 
 
 class _Completion:

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from butler import Butler, DatasetType
-from butler.errors import DataIdError, StorageClassError
+from butler.errors import ChecksumError, DataIdError, StorageClassError
 from butler.instrument import Camera, CameraDefinitionError, HexCam, SimCam, load_instrument
 from butler.testing import snapshot_repo
 
@@ -123,19 +123,23 @@ def test_bad_camera_input_is_refused_and_changes_nothing(camera_repo):
     with pytest.raises(ValueError, match="validity range ends before it begins"):
         b.certify_camera(SimCam(), "2026-12-01", "2026-11-01")
     assert snapshot_repo(b) == before
-    # a camera file damaged on disk is reported with its path and the key at fault
+    # a camera file changed on disk fails its checksum; read unverified, it is reported with its path and
+    # the key at fault
     path = _camera_path(b, "HexCam")
+    unverified = Butler(b.root, collections=b.collections, calibs=b.calibs, verify_reads=False)
     with open(path) as f:
         data = json.load(f)
     del data["filters"]
     with open(path, "w") as f:
         json.dump(data, f)
-    with pytest.raises(CameraDefinitionError, match=rf"{path}: filters: required key is missing"):
+    with pytest.raises(ChecksumError, match=rf"camera {{instrument: 'HexCam'}} .* size mismatch for {path}"):
         b.get("camera", instrument="HexCam")
+    with pytest.raises(CameraDefinitionError, match=rf"{path}: filters: required key is missing"):
+        unverified.get("camera", instrument="HexCam")
     with open(path, "w") as f:
         f.write("{not json")
     with pytest.raises(CameraDefinitionError, match=rf"{path}: the camera file is not valid JSON"):
-        b.get("camera", instrument="HexCam")
+        unverified.get("camera", instrument="HexCam")
 
 
 def test_camera_api_errors():

@@ -15,11 +15,12 @@ from typing import Any
 
 from .._dataset_ref import DatasetRef
 from ..errors import ChecksumError, DatasetNotFoundError
-from ._directory_io import StagedDirectory, remove_path, verify_path
+from ._directory_io import MANIFEST_PREFIX, StagedDirectory, directory_problems, remove_path, verify_path
 from ._file_io import StagedFile, stage
 from ._formatters import formatter_for
 from ._storage_class import StorageClass, get_storage_class
 from ._templates import TemplateSet
+from ._verified_reads import load_verified
 
 __all__ = ["FileDatastore", "PlannedWrite", "PreparedWrite", "VerifyProblem"]
 
@@ -51,6 +52,8 @@ class VerifyProblem:
     path: str
     problem: str  # "missing", "checksum", "size"; "leftover" (cleanup removes it), "unregistered"
     detail: str
+    member: str = ""
+    """The damaged file inside a directory dataset (zarr store), relative to it; "" for the whole file."""
 
 
 class FileDatastore:
@@ -194,18 +197,20 @@ class FileDatastore:
 
     # -- read -----------------------------------------------------------------------------
     def read(self, ref: DatasetRef, files: Sequence[Any], *, component: str | None = None,
-             parameters: Mapping[str, Any] | None = None, verify: bool = False) -> Any:
-        """Read a dataset (or one component) from its file records."""
+             parameters: Mapping[str, Any] | None = None, verify: bool = True) -> Any:
+        """Read a dataset (or one component) from its file records.
+
+        With ``verify`` (the default) every file read is checked against the size and checksum
+        recorded when it was written (see `butler.datastore._verified_reads`); a mismatch raises
+        `ChecksumError` naming the dataset and the file. ``verify=False`` skips the check for
+        trusted fast paths (chunks of zarr stores are still checked by their crc32c).
+        """
         if not files:
             raise DatasetNotFoundError(f"{ref} has no stored file (registered without a file?)")
         record = next((f for f in files if not f.component), files[0])
         # Components written on their own after the composite (e.g. a recalibrated WCS).
         extras = {f.component: f for f in files if f.component and f is not record}
         path = self.abspath(record.path)
-        if verify:
-            for f in (record, *extras.values()):
-                if f.checksum:
-                    verify_path(self.abspath(f.path), f.checksum, f.file_size)
         storage_class = get_storage_class(record.storage_class)
         if component is not None:
             storage_class.component(component)  # unknown component -> StorageClassError naming the known ones
@@ -214,28 +219,51 @@ class FileDatastore:
             if extras:
                 read_composite = getattr(formatter, "read_composite", None)
                 if read_composite is not None:
-                    overrides = {name: (lambda f=f: self._read_record(ref, f)) for name, f in extras.items()}
-                    return read_composite(path, component=component, parameters=parameters, overrides=overrides)
+                    overrides = {name: (lambda f=f: self._read_record(ref, f, verify=verify))
+                                 for name, f in extras.items()}
+                    verified = (lambda: load_verified(path, record.checksum, record.file_size, formatter,
+                                                      parameters)) if verify else None
+                    return read_composite(path, component=component, parameters=parameters, overrides=overrides,
+                                          verified=verified)
                 if component in extras:
-                    return self._read_record(ref, extras[component], parameters)
-            return formatter.read(path, component=component, parameters=parameters)
+                    return self._read_record(ref, extras[component], parameters, verify=verify)
+            return self._read_file(formatter, record, path, component, parameters, verify)
         except FileNotFoundError:
             raise DatasetNotFoundError(
                 f"the file of {ref.dataset_type.name} {ref.data_id} in run {ref.run!r} is missing: {path} "
                 "(`butler verify` lists every missing or corrupted file)"
             ) from None
+        except ChecksumError as err:
+            if getattr(err, "ref", None) is not None:
+                raise  # already names the dataset (a component file read inside a composite read)
+            raise _damaged(ref, "", err) from err
 
-    def _read_record(self, ref: DatasetRef, record: Any, parameters: Mapping[str, Any] | None = None) -> Any:
+    @staticmethod
+    def _read_file(formatter: Any, record: Any, path: str, component: str | None,
+                   parameters: Mapping[str, Any] | None, verify: bool) -> Any:
+        if verify:
+            formatter.check_request(component, parameters)  # a bad request fails before any byte is read
+            verified = load_verified(path, record.checksum, record.file_size, formatter, parameters)
+            if verified is not None:
+                return formatter.read_verified(path, verified, component=component, parameters=parameters)
+        return formatter.read(path, component=component, parameters=parameters)
+
+    def _read_record(self, ref: DatasetRef, record: Any, parameters: Mapping[str, Any] | None = None, *,
+                     verify: bool = True) -> Any:
         """Read the file of one record (a component written on its own) with its own formatter."""
         formatter = formatter_for(get_storage_class(record.storage_class), record.formatter)
         path = self.abspath(record.path)
         try:
-            return formatter.read(path, parameters=parameters)
+            return self._read_file(formatter, record, path, None, parameters, verify)
         except FileNotFoundError:
             raise DatasetNotFoundError(
                 f"the {record.component!r} file of {ref.dataset_type.name} {ref.data_id} in run {ref.run!r} "
                 f"is missing: {path}"
             ) from None
+        except ChecksumError as err:
+            if getattr(err, "ref", None) is not None:
+                raise
+            raise _damaged(ref, record.component, err) from err
 
     # -- removal and checks -------------------------------------------------------------------
     def remove_files(self, relative_paths: Iterable[str]) -> None:
@@ -252,8 +280,11 @@ class FileDatastore:
         for rel, checksum, size in records:
             full = self.abspath(rel)
             try:
-                if checksum:
-                    verify_path(full, checksum, size)  # files, and directories by their manifest
+                if checksum and checksum.startswith(MANIFEST_PREFIX):  # a store: name each damaged member
+                    problems += [VerifyProblem(rel, kind, detail, member)
+                                 for member, kind, detail in directory_problems(full, checksum, size)]
+                elif checksum:
+                    verify_path(full, checksum, size)
                 elif not os.path.exists(full):
                     raise FileNotFoundError(full)
             except FileNotFoundError:
@@ -261,3 +292,14 @@ class FileDatastore:
             except ChecksumError as err:
                 problems.append(VerifyProblem(rel, "checksum", str(err)))
         return problems
+
+
+def _damaged(ref: DatasetRef, component: str, err: ChecksumError) -> ChecksumError:
+    """``err`` (which names the file) prefixed with the dataset it belongs to; ``.ref`` is the dataset."""
+    which = f"the {component!r} file of " if component else ""
+    damaged = ChecksumError(
+        f"{which}{ref.dataset_type.name} {ref.data_id} in run {ref.run!r} is damaged: {err} "
+        "(`butler verify` lists every damaged file)"
+    )
+    damaged.ref = ref  # type: ignore[attr-defined]
+    return damaged

@@ -9,11 +9,21 @@ it is never empty). ``overwrite`` moves the old directory aside first, then
 removes it: a reader can find the path missing for that instant, never mixed.
 
 The record of a directory keeps the *total size* of its files and a *manifest
-checksum*: the checksum of the sorted ``path<TAB>size<TAB>checksum`` lines of
-every file (paths relative, ``/``-separated), written as
-``"manifest:<algorithm>:<hex>"`` so `verify_path` knows to walk a directory.
-Verification recomputes it from the files on disk, so a changed, truncated,
-missing or extra file is reported.
+checksum*, written as ``"manifest:<algorithm>:<hex>"`` so `verify_path` knows
+to walk a directory. The manifest is a file at the store's root,
+`MANIFEST_NAME`: a header line, then the sorted ``path<TAB>size<TAB>checksum``
+lines of every other file (paths relative, ``/``-separated); the recorded
+checksum is the checksum of that file. So a reader that checks the one small
+file against the registry gets a trusted size and checksum of every member:
+reads check the metadata documents they parse with it (`Manifest.check`;
+chunks carry their own crc32c), and `directory_problems` names the changed,
+truncated, missing or extra member. A lost or damaged manifest file is told
+apart from damage elsewhere by recomputing the manifest from the files.
+
+Stores written before manifest files recorded the checksum of the lines alone
+(no header, no file). They are verified as far as they can be: by their chunk
+checksums on reads, and by the recomputed manifest in ``verify``, which then
+cannot say which member changed.
 """
 
 from __future__ import annotations
@@ -21,17 +31,31 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from butler.errors import ChecksumError
 
 from .._faults import crash_point
-from ._file_io import _TMP_PREFIX, StagedFile, _ensure_dir, checksum_bytes, checksum_file, verify_file
+from ._file_io import (
+    _TMP_PREFIX,
+    CHECKSUM_ALGORITHM,
+    StagedFile,
+    _ensure_dir,
+    checksum_bytes,
+    checksum_file,
+    verify_file,
+)
 
 __all__ = [
+    "MANIFEST_NAME",
     "MANIFEST_PREFIX",
+    "Manifest",
     "StagedDirectory",
     "checksum_directory",
+    "directory_problems",
+    "load_manifest",
     "make_staging_dir",
+    "manifest_bytes",
     "manifest_checksum",
     "remove_path",
     "verify_directory",
@@ -40,45 +64,189 @@ __all__ = [
 
 MANIFEST_PREFIX = "manifest:"
 """Prefix of the checksum recorded for a directory dataset."""
+MANIFEST_NAME = "butler-manifest.tsv"
+"""The file at the root of a directory dataset holding its manifest lines (not listed in them)."""
+
+Entries = Mapping[str, tuple[int, str]]
 
 
-def manifest_checksum(entries: Mapping[str, tuple[int, str]]) -> tuple[int, str]:
-    """``(total size, "manifest:<checksum>")`` of ``{relative path: (size, checksum)}``."""
-    lines = "".join(f"{path}\t{size}\t{checksum}\n" for path, (size, checksum) in sorted(entries.items()))
-    return sum(size for size, _ in entries.values()), MANIFEST_PREFIX + checksum_bytes(lines.encode())
+_HEADER = b"butler manifest 1: path, size, checksum of every other file\n"
+"""First line of a manifest file (so a store that lost its manifest file fails its recorded checksum)."""
+
+
+def _lines(entries: Entries) -> bytes:
+    return "".join(f"{path}\t{size}\t{checksum}\n" for path, (size, checksum) in sorted(entries.items())).encode()
+
+
+def manifest_bytes(entries: Entries) -> bytes:
+    """The content of the `MANIFEST_NAME` file: a header, then the sorted ``path<TAB>size<TAB>checksum`` lines."""
+    return _HEADER + _lines(entries)
+
+
+def manifest_checksum(entries: Entries) -> tuple[int, str]:
+    """``(total size, "manifest:<checksum>")`` of ``{relative path: (size, checksum)}``: what the record holds.
+
+    The checksum is that of `manifest_bytes`, the store's manifest file.
+    """
+    return sum(size for size, _ in entries.values()), MANIFEST_PREFIX + checksum_bytes(manifest_bytes(entries))
+
+
+def _legacy_checksum(entries: Entries, algorithm: str) -> str:
+    """The record of a store written before manifest files: the checksum of the lines alone."""
+    return MANIFEST_PREFIX + checksum_bytes(_lines(entries), algorithm)
+
+
+def _parse_manifest(data: bytes, where: str) -> dict[str, tuple[int, str]]:
+    if not data.startswith(_HEADER):
+        raise ChecksumError(f"the manifest {where} does not start with {_HEADER.decode().strip()!r}")
+    entries = {}
+    try:
+        for line in data[len(_HEADER):].decode().splitlines():
+            path, size, checksum = line.split("\t")
+            entries[path] = (int(size), checksum)
+    except ValueError as err:
+        raise ChecksumError(f"the manifest {where} is not a list of path, size, checksum lines: {err}") from None
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What the registry vouches for in a directory dataset, for readers to check the files they parse.
+
+    ``entries`` is ``{relative path: (size, checksum)}`` from a `MANIFEST_NAME` file that matched the
+    recorded checksum, or None for a store written without one (then only chunk checksums apply).
+    """
+
+    where: str
+    entries: Mapping[str, tuple[int, str]] | None
+
+    def check(self, key: str, data: bytes | bytearray | memoryview, where: str) -> None:
+        """Raise `ChecksumError` (naming ``where``) if ``data``, the file ``key``, is not what was written."""
+        if self.entries is None:
+            return
+        expected = self.entries.get(key)
+        if expected is None:
+            raise ChecksumError(f"{where} is not in the manifest of {self.where} (a file added after the write?)")
+        size, checksum = expected
+        if len(data) != size:
+            raise ChecksumError(f"size mismatch for {where}: recorded {size} bytes, found {len(data)}")
+        algorithm = checksum.partition(":")[0]
+        found = checksum_bytes(data, algorithm)
+        if found != checksum:
+            raise ChecksumError(f"checksum mismatch for {where}: recorded {checksum}, found {found}")
+
+
+def _read_manifest(root: str, expected_checksum: str) -> tuple[dict[str, tuple[int, str]] | None, str | None]:
+    """The entries of the store's manifest file (None if it has none) and, if it does not match, why."""
+    path = os.path.join(root, MANIFEST_NAME)
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"directory {root} does not exist") from None
+        return None, None
+    inner = expected_checksum.removeprefix(MANIFEST_PREFIX)
+    found = checksum_bytes(data, inner.partition(":")[0])
+    if found != inner:
+        return None, (f"checksum mismatch for {path}: recorded {inner}, found {found} "
+                      "(the store's list of files and checksums was changed)")
+    return _parse_manifest(data, path), None
+
+
+def load_manifest(path: str | os.PathLike[str], expected_checksum: str) -> Manifest:
+    """The verified `Manifest` of the store at ``path`` (one small file read).
+
+    Raises `ChecksumError` if the manifest file does not match the recorded checksum, and
+    `FileNotFoundError` if the store is missing.
+    """
+    root = os.fspath(path)
+    entries, problem = _read_manifest(root, expected_checksum)
+    if problem is not None:
+        raise ChecksumError(problem)
+    return Manifest(root, entries)
 
 
 def _walk(root: str) -> Iterable[tuple[str, str]]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        top = dirpath == root
         for name in filenames:
+            if top and name == MANIFEST_NAME:
+                continue  # the manifest lists the other files, not itself
             full = os.path.join(dirpath, name)
             yield os.path.relpath(full, root).replace(os.sep, "/"), full
 
 
-def checksum_directory(path: str | os.PathLike[str], algorithm: str | None = None) -> tuple[int, str]:
-    """Total size and manifest checksum of every file below ``path``."""
-    root = os.fspath(path)
+def _disk_entries(root: str, algorithm: str) -> dict[str, tuple[int, str]]:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"directory {root} does not exist")
-    kwargs = {} if algorithm is None else {"algorithm": algorithm}
-    entries = {rel: (os.stat(full).st_size, checksum_file(full, **kwargs)) for rel, full in _walk(root)}
-    return manifest_checksum(entries)
+    return {rel: (os.stat(full).st_size, checksum_file(full, algorithm)) for rel, full in _walk(root)}
+
+
+def checksum_directory(path: str | os.PathLike[str], algorithm: str = CHECKSUM_ALGORITHM) -> tuple[int, str]:
+    """Total size and manifest checksum of every file below ``path`` (but its manifest file)."""
+    return manifest_checksum(_disk_entries(os.fspath(path), algorithm))
+
+
+def directory_problems(path: str | os.PathLike[str], expected_checksum: str, expected_size: int | None = None
+                       ) -> list[tuple[str, str, str]]:
+    """Every difference between the files below ``path`` and the record: ``(member, kind, detail)``.
+
+    ``member`` is the relative path of the damaged file inside the store (``""`` when that
+    cannot be told); ``kind`` is ``"checksum"`` or ``"size"``. A store whose manifest file
+    matches the record is compared file by file (a changed, truncated, missing or extra member
+    is named). Otherwise the manifest is recomputed from the files on disk: that tells a lost
+    or damaged manifest file from damage elsewhere, and checks a store written before manifest
+    files (which then cannot say which member changed).
+    """
+    root = os.fspath(path)
+    entries, problem = _read_manifest(root, expected_checksum)
+    if entries is not None:
+        return _member_problems(root, entries)
+    algorithm = expected_checksum.removeprefix(MANIFEST_PREFIX).partition(":")[0]
+    disk = _disk_entries(root, algorithm)
+    size = sum(n for n, _ in disk.values())
+    with_file = MANIFEST_PREFIX + checksum_bytes(manifest_bytes(disk), algorithm)
+    manifest_path = os.path.join(root, MANIFEST_NAME)
+    if problem is not None:
+        rest = ("every other file matches the record" if with_file == expected_checksum
+                else "other files differ from the record too; which cannot be told without it")
+        return [(MANIFEST_NAME, "checksum", f"{problem}; {rest}")]
+    if with_file == expected_checksum:
+        return [(MANIFEST_NAME, "checksum", f"{manifest_path} is missing (every other file matches the record)")]
+    if _legacy_checksum(disk, algorithm) == expected_checksum:
+        return []  # written before manifest files, intact
+    if expected_size is not None and size != expected_size:
+        return [("", "size", f"size mismatch for {root}: recorded {expected_size} bytes in its files, found {size}")]
+    return [("", "checksum", f"manifest checksum mismatch for {root}: recorded {expected_checksum} (a file was "
+                             "changed, added or removed, or the manifest file was lost; which cannot be told)")]
+
+
+def _member_problems(root: str, entries: Entries) -> list[tuple[str, str, str]]:
+    problems = []
+    on_disk = dict(_walk(root))
+    for member in sorted(set(entries) | set(on_disk)):
+        full = on_disk.get(member) or os.path.join(root, *member.split("/"))
+        if member not in on_disk:
+            problems.append((member, "checksum", f"{full} is missing from the store (listed in its manifest)"))
+            continue
+        if member not in entries:
+            problems.append((member, "checksum", f"{full} is not in the store's manifest (added after the write)"))
+            continue
+        size, checksum = entries[member]
+        try:
+            verify_file(full, checksum, size)
+        except ChecksumError as err:
+            problems.append((member, "size" if str(err).startswith("size") else "checksum", str(err)))
+    return problems
 
 
 def verify_directory(path: str | os.PathLike[str], expected_checksum: str, expected_size: int | None = None) -> None:
-    """Raise `ChecksumError` if the files below ``path`` differ from the recorded manifest."""
-    root = os.fspath(path)
-    inner = expected_checksum.removeprefix(MANIFEST_PREFIX)
-    algorithm = inner.partition(":")[0]
-    size, found = checksum_directory(root, algorithm)
-    if expected_size is not None and size != expected_size:
-        raise ChecksumError(f"size mismatch for {root}: recorded {expected_size} bytes in its files, found {size}")
-    if found != expected_checksum:
-        raise ChecksumError(
-            f"manifest checksum mismatch for {root}: recorded {expected_checksum}, found {found} "
-            "(a file was changed, added or removed)"
-        )
+    """Raise `ChecksumError` (naming the first damaged member) if the files below ``path`` differ from the record."""
+    problems = directory_problems(path, expected_checksum, expected_size)
+    if problems:
+        raise ChecksumError("; ".join(detail for _, _, detail in problems))
 
 
 def verify_path(path: str | os.PathLike[str], expected_checksum: str, expected_size: int | None = None) -> None:

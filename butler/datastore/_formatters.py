@@ -3,7 +3,16 @@
 A formatter turns an in-memory dataset into bytes and back. Implementations are
 small: two hooks, `Formatter.to_bytes` and `Formatter._from_bytes` (plus
 `Formatter._read` when reading a local file can do better than reading all of
-its bytes, e.g. parquet column selection). The base class does the shared work:
+its bytes, e.g. parquet column selection).
+
+Verified reads: the datastore reads a file's bytes once, checks their size and
+checksum against the file record, and hands them to `Formatter.read_verified`,
+which decodes them (`_read_checked`, by default `_from_bytes`; formatters
+override it only to name the file in their errors, or, for directory formats,
+to check what they read against a verified manifest). A formatter that must
+read from the file itself for some parameters (lazy reads) says so in
+`reads_from_file`; the datastore then verifies the file in a streaming pass
+first. The base class does the shared work:
 it checks ``component`` and ``parameters`` before any I/O, so every formatter
 rejects unknown names the same way, and it writes atomically with checksums.
 
@@ -80,6 +89,14 @@ class Formatter(ABC):
             data = stream.read()
         return self._from_bytes(data, component, parameters)
 
+    def _read_checked(self, path: str, verified: Any, component: str | None, parameters: Mapping[str, Any]) -> Any:
+        """Decode what the datastore verified (the bytes of ``path``); arguments are already validated."""
+        return self._from_bytes(verified, component, parameters)
+
+    def reads_from_file(self, parameters: Mapping[str, Any] | None) -> bool:
+        """Whether a read with ``parameters`` needs the file itself, not its bytes (default: never)."""
+        return False
+
     # -- public API -----------------------------------------------------------------------
 
     @property
@@ -130,6 +147,23 @@ class Formatter(ABC):
         """Read the dataset from bytes already in memory (remote or cached files)."""
         checked = self.check_request(component, parameters)
         return self._from_bytes(data, component, checked)
+
+    def read_verified(
+        self,
+        path: str | os.PathLike[str],
+        verified: Any,
+        *,
+        component: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Read the dataset from ``verified``, what the datastore checked against the file record of ``path``.
+
+        For single files ``verified`` is the file's bytes (size and checksum already checked);
+        for directory formats it is the store's verified manifest. ``path`` names the file in
+        errors.
+        """
+        checked = self.check_request(component, parameters)
+        return self._read_checked(os.fspath(path), verified, component, checked)
 
     def write(
         self, obj: Any, path: str | os.PathLike[str], *, overwrite: bool = False

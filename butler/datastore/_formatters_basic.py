@@ -61,7 +61,7 @@ class YamlFormatter(Formatter):
         import yaml
 
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        return yaml.load(data, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(bytes(data), Loader=loader)  # noqa: S506 - a safe loader; bytes: yaml refuses bytearray
 
 
 class BytesFormatter(Formatter):
@@ -101,6 +101,10 @@ class NpyFormatter(Formatter):
     def _from_bytes(self, data: bytes, component: str | None, parameters: Mapping[str, Any]) -> Any:
         import numpy as np
 
+        if isinstance(data, bytearray):  # the datastore's verified bytes: the array is a view of them, no copy
+            array = _npy_view(data)
+            if array is not None:
+                return array
         return np.load(io.BytesIO(data), allow_pickle=False)
 
     def _read(self, path: str, component: str | None, parameters: Mapping[str, Any]) -> Any:
@@ -108,3 +112,31 @@ class NpyFormatter(Formatter):
 
         # No mmap: the file may be replaced or deleted while the array is alive.
         return np.load(path, mmap_mode=None, allow_pickle=False)
+
+
+def _npy_view(data: bytearray) -> Any:
+    """The array of ``.npy`` bytes as a writable view of ``data``; None for layouts left to ``np.load``."""
+    import numpy as np
+
+    fmt = np.lib.format
+    head = io.BytesIO(bytes(memoryview(data)[: 1 << 16]))  # a version 1/2 header is shorter
+    try:
+        version = fmt.read_magic(head)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(head)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(head)
+        else:
+            return None
+    except ValueError:
+        return None  # np.load raises the error users know
+    if dtype.hasobject:
+        return None  # np.load refuses it (no pickles)
+    count = 1
+    for n in shape:
+        count *= n
+    offset = head.tell()
+    if len(data) - offset != count * dtype.itemsize:
+        return None
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)

@@ -49,6 +49,9 @@ class CameraJsonFormatter(Formatter):
         with open(path, "rb") as stream:
             return self._parse(stream.read(), path)
 
+    def _read_checked(self, path: str, verified: Any, component: str | None, parameters: Mapping[str, Any]) -> Any:
+        return self._parse(verified, path)
+
     def _parse(self, data: bytes, where: str) -> Any:
         from butler.instrument import Camera, CameraDefinitionError
 
@@ -76,6 +79,7 @@ class CameraYamlFormatter(CameraJsonFormatter):
         import yaml
 
         try:
-            return yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe loader
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            return yaml.load(bytes(data), Loader=loader)  # noqa: S506 - safe loader; bytes: yaml refuses bytearray
         except yaml.YAMLError as err:
             raise ValueError(str(err)) from None

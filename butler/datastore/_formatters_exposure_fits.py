@@ -154,8 +154,9 @@ class ExposureFitsFormatter(ExposureFormatterBase):
         origin = (-int(header.get("LTV1", 0)), -int(header.get("LTV2", 0)))
         return Box.from_shape((header["NAXIS2"], header["NAXIS1"]), origin)
 
-    def _bounds(self, path: str) -> Box:
-        with self._open(path, path, verify=False) as hdus:
+    def _bounds(self, path: str, verified: Any = None) -> Box:
+        source = path if verified is None else io.BytesIO(verified)
+        with self._open(source, path, verify=False) as hdus:
             return self._bounds_of(self._hdu(hdus, "image", path).header)
 
     def _wcs(self, header: Any, where: str) -> Any:
@@ -176,6 +177,9 @@ class ExposureFitsFormatter(ExposureFormatterBase):
 
     def _read(self, path: str, component: str | None, parameters: Mapping[str, Any]) -> Any:
         return self._read_source(path, path, component, parameters)
+
+    def _read_checked(self, path: str, verified: Any, component: str | None, parameters: Mapping[str, Any]) -> Any:
+        return self._read_source(io.BytesIO(verified), path, component, parameters)
 
     def _read_source(self, source: Any, where: str, component: str | None, parameters: Mapping[str, Any]) -> Any:
         request = ReadRequest.parse(component, parameters, where)

@@ -329,7 +329,10 @@ class FitsFormatter(Formatter):
             return self._from_hdus(hdus, parameters, path)
 
     def _from_bytes(self, data: bytes, component: str | None, parameters: Mapping[str, Any]) -> Any:
+        return self._read_checked("<bytes>", data, component, parameters)
+
+    def _read_checked(self, path: str, verified: Any, component: str | None, parameters: Mapping[str, Any]) -> Any:
         from astropy.io import fits
 
-        with fits.open(io.BytesIO(data), memmap=False) as hdus:
-            return self._from_hdus(hdus, parameters, "<bytes>")
+        with fits.open(io.BytesIO(verified), memmap=False) as hdus:
+            return self._from_hdus(hdus, parameters, path)

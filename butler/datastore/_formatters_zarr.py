@@ -39,13 +39,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from butler.errors import StorageClassError
+from butler.errors import ChecksumError, StorageClassError
 from butler.exposure import PLANES, Box, Exposure
 from butler.exposure._formatting import ExposureFormatterBase, ReadRequest, metadata_to_json
 from butler.exposure._wcs import slice_wcs, wcs_from_cards, wcs_to_cards
 
 from . import _zarr_io as zio
-from ._directory_io import StagedDirectory, make_staging_dir, manifest_checksum, remove_path
+from ._directory_io import (
+    MANIFEST_NAME,
+    Manifest,
+    StagedDirectory,
+    make_staging_dir,
+    manifest_bytes,
+    manifest_checksum,
+    remove_path,
+)
 
 __all__ = ["LAYOUT_VERSION", "ZarrExposureFormatter"]
 
@@ -107,6 +115,7 @@ class ZarrExposureFormatter(ExposureFormatterBase):
             "photo_calib": exposure.photo_calib,
             "wcs": None if exposure.wcs is None else wcs_to_cards(exposure.wcs, where=where),
             "metadata": json.loads(metadata_to_json(self, exposure.metadata)),
+            "manifest": MANIFEST_NAME,  # readers given a manifest-less store know it lost this file
         }
 
     @staticmethod
@@ -131,6 +140,9 @@ class ZarrExposureFormatter(ExposureFormatterBase):
             writes.append(zio.write_plane(handle, group, name, data, chunks, compressor, shards=shards))
         await zio.gather_all(writes)
         await zio.write_metadata(handle, group)
+        written = handle.store.written
+        if written is not None:  # the per-file list, checked by reads (its checksum is the record's)
+            await zio.write_unlisted(handle, MANIFEST_NAME, manifest_bytes(written))
 
     def write_to(self, obj: Any, location: str, *, storage_options: dict[str, Any] | None = None
                  ) -> tuple[int, str]:
@@ -168,7 +180,13 @@ class ZarrExposureFormatter(ExposureFormatterBase):
     def _from_bytes(self, data: bytes, component: str | None, parameters: Mapping[str, Any]) -> Any:
         raise StorageClassError(f"formatter {self.name!r} reads directory stores, not bytes; give read() a path or URL")
 
-    def _layout(self, attributes: Mapping[str, Any], where: str) -> dict[str, Any]:
+    def _layout(self, attributes: Mapping[str, Any], handle: zio.StoreHandle) -> dict[str, Any]:
+        where = handle.where()
+        manifest = handle.manifest
+        if manifest is not None and manifest.entries is None and isinstance(attributes.get("butler"), dict):
+            name = attributes["butler"].get("manifest")
+            if name:  # written with a manifest file, which is gone: nothing to check the metadata against
+                raise ChecksumError(f"{handle.where(name)} is missing (the store was written with it)")
         layout = attributes.get("butler")
         if not isinstance(layout, dict) or layout.get("kind") != "Exposure":
             raise StorageClassError(f"{where} is not an exposure store written by the butler (no 'butler' attributes)")
@@ -178,21 +196,30 @@ class ZarrExposureFormatter(ExposureFormatterBase):
             )
         return layout
 
-    def _bounds(self, path: str) -> Box:
-        handle = zio.open_store(path)
-        layout = self._layout(zio.read_group_attributes_local(handle), path)
+    def _bounds(self, path: str, verified: Any = None) -> Box:
+        handle = zio.open_store(path, manifest=verified)
+        layout = self._layout(zio.read_group_attributes_local(handle), handle)
         return Box.from_shape(tuple(layout["shape"]), tuple(layout["origin"]))
 
     def _read(self, path: str, component: str | None, parameters: Mapping[str, Any]) -> Any:
         return self.read_location(path, component=component, parameters=parameters, _checked=True)
 
+    def _read_checked(self, path: str, verified: Any, component: str | None, parameters: Mapping[str, Any]) -> Any:
+        return self.read_location(path, component=component, parameters=parameters, manifest=verified,
+                                  _checked=True)
+
     def read_location(self, location: str, *, component: str | None = None,
                       parameters: Mapping[str, Any] | None = None, storage_options: dict[str, Any] | None = None,
-                      _checked: bool = False) -> Any:
-        """Read from a local path or fsspec URL (``memory://``, ``http://``...)."""
+                      manifest: Manifest | None = None, _checked: bool = False) -> Any:
+        """Read from a local path or fsspec URL (``memory://``, ``http://``...).
+
+        With ``manifest`` (the store's `Manifest`, verified against its file record by the
+        datastore), every metadata document read is checked against it; chunks are checked by
+        their crc32c either way.
+        """
         checked = (parameters or {}) if _checked else self.check_request(component, parameters)
         request = ReadRequest.parse(component, checked, location)
-        handle = zio.open_store(location, storage_options=storage_options)
+        handle = zio.open_store(location, storage_options=storage_options, manifest=manifest)
         if handle.local_root is not None:
             # Local stores are read from this thread (chunks by the worker threads): no round trip
             # through zarr's event loop, so a component held in the root metadata is one file read.
@@ -204,7 +231,7 @@ class ZarrExposureFormatter(ExposureFormatterBase):
         return result.build(location, storage_options)
 
     def _read_local(self, handle: zio.StoreHandle, request: ReadRequest) -> Any:
-        layout = self._layout(zio.read_group_attributes_local(handle), handle.where())
+        layout = self._layout(zio.read_group_attributes_local(handle), handle)
         if request.component in _IN_ROOT:
             return self._from_root(handle, request, layout)
         if request.component == "psf":
@@ -220,7 +247,7 @@ class ZarrExposureFormatter(ExposureFormatterBase):
         return self._assemble(handle, request, layout, infos, planes, psf)
 
     async def _read_async(self, handle: zio.StoreHandle, request: ReadRequest) -> Any:
-        layout = self._layout(await zio.read_group_attributes(handle), handle.where())
+        layout = self._layout(await zio.read_group_attributes(handle), handle)
         if request.component in _IN_ROOT:
             return self._from_root(handle, request, layout)
         if request.component == "psf":

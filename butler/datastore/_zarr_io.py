@@ -19,7 +19,9 @@ docs/composites.md has the measurements behind these choices.
 
 Every chunk read is verified (`_zarr_chunks` raises `ChecksumError` naming the
 file and the chunk). Arrays with other codecs are read through zarr-python,
-whose checksum failures are reported the same way, naming the array.
+whose checksum failures are reported the same way, naming the array. The
+metadata documents (every ``zarr.json``) have no checksum of their own: a handle
+opened with the store's verified `Manifest` checks each one it reads against it.
 
 Local paths and ``file://`` URLs are read and written with plain file calls;
 every other fsspec URL (``memory://``, ``http(s)://``, ``s3://``...) goes through
@@ -53,6 +55,7 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from butler.errors import ChecksumError
 
+from ._directory_io import Manifest
 from ._file_io import CHECKSUM_ALGORITHM
 from ._zarr_chunks import (
     CRC32C_RESIDUE,
@@ -90,6 +93,7 @@ __all__ = [
     "run",
     "write_metadata",
     "write_plane",
+    "write_unlisted",
 ]
 
 # The checksum helpers under their former names here (tests check them through this module).
@@ -212,14 +216,23 @@ class _CountingStore(WrapperStore[Store]):
         if self.written is not None:
             self.written[key] = (size, checksum)
 
+    async def set_unlisted(self, key: str, value: Buffer) -> None:
+        """`set` of a file that is not part of the manifest (the manifest file itself)."""
+        await self._store.set(key, value)
+
 
 @dataclass(frozen=True, slots=True)
 class StoreHandle:
-    """An open store and how to name its files in messages."""
+    """An open store and how to name its files in messages.
+
+    With a ``manifest`` (what the datastore verified against the file record), every
+    metadata document read through the handle is checked against it (`check`).
+    """
 
     store: _CountingStore
     location: str
     local_root: str | None
+    manifest: Manifest | None = None
 
     def where(self, key: str = "") -> str:
         """Path or URL of ``key`` (a file of the store), for error messages."""
@@ -228,6 +241,11 @@ class StoreHandle:
         if self.local_root is not None:
             return os.path.join(self.local_root, *key.split("/"))
         return f"{self.location.rstrip('/')}/{key}"
+
+    def check(self, key: str, data: bytes) -> None:
+        """Raise `ChecksumError` if the metadata file ``key`` is not what the manifest recorded."""
+        if self.manifest is not None:
+            self.manifest.check(key, data, self.where(key))
 
 
 def _local_path(location: str) -> str | None:
@@ -239,7 +257,7 @@ def _local_path(location: str) -> str | None:
 
 
 def open_store(location: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None,
-               written: dict[str, tuple[int, str]] | None = None) -> StoreHandle:
+               written: dict[str, tuple[int, str]] | None = None, manifest: Manifest | None = None) -> StoreHandle:
     """Open the store at a local path or fsspec URL (zarr `LocalStore` / `FsspecStore`)."""
     root = _local_path(location)
     if root is not None:
@@ -248,7 +266,7 @@ def open_store(location: str, *, read_only: bool = True, storage_options: dict[s
         base: Store = LocalStore(root, read_only=read_only)
     else:
         base = FsspecStore.from_url(location, storage_options=storage_options, read_only=read_only)
-    return StoreHandle(_CountingStore(base, written), location, root)
+    return StoreHandle(_CountingStore(base, written), location, root, manifest)
 
 
 def run(coro: Any) -> Any:
@@ -349,6 +367,7 @@ def _plane_info(data: bytes | None, handle: StoreHandle, name: str) -> PlaneInfo
     key = f"{name}/zarr.json"
     if data is None:
         raise FileNotFoundError(f"array {name!r} is missing from {handle.where()} (no {key})")
+    handle.check(key, data)
     try:
         doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "array":
@@ -505,11 +524,20 @@ async def write_metadata(handle: StoreHandle, group: Any) -> None:
         store.written.update(written)
 
 
+async def write_unlisted(handle: StoreHandle, key: str, data: bytes) -> None:
+    """Write a file the manifest does not list (the manifest file itself)."""
+    if handle.local_root is not None:
+        write_local_files(handle.local_root, {key: data})
+    else:
+        await handle.store.set_unlisted(key, default_buffer_prototype().buffer.from_bytes(data))
+
+
 def _group_attributes(data: bytes | None, handle: StoreHandle) -> dict[str, Any]:
     from zarr.core.group import GroupMetadata
 
     if data is None:
         raise FileNotFoundError(f"no zarr group at {handle.where()}")
+    handle.check("zarr.json", data)
     try:
         doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":

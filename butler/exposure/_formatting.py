@@ -80,9 +80,13 @@ class ExposureFormatterBase(Formatter):
             raise self._wrong_type(obj, "butler.exposure.Exposure")
         return obj
 
-    def _bounds(self, path: str) -> Box:
-        """The parent-frame box of the stored planes (reads metadata only)."""
+    def _bounds(self, path: str, verified: Any = None) -> Box:
+        """The parent-frame box of the stored planes (reads metadata only; ``verified`` as in `read_verified`)."""
         raise NotImplementedError
+
+    def reads_from_file(self, parameters: Mapping[str, Any] | None) -> bool:
+        # docstring inherited
+        return bool(parameters and parameters.get("lazy"))
 
     def read_composite(
         self,
@@ -91,26 +95,43 @@ class ExposureFormatterBase(Formatter):
         component: str | None,
         parameters: Mapping[str, Any] | None,
         overrides: Mapping[str, Callable[[], Any]],
+        verified: Callable[[], Any] | None = None,
     ) -> Any:
         """Read like `read`, with separately written components replacing the stored ones.
 
         ``overrides`` maps component names to callables that read them (only the
         needed ones are called, so reading the image never reads an override WCS).
+        ``verified``, if given, is called (once, and only if the exposure's own file is
+        read) for what `read_verified` takes: the file's checked bytes or the store's
+        manifest, or None when the file was verified in a streaming pass.
         """
         checked = self.check_request(component, parameters)
         path = os.fspath(path)
         request = ReadRequest.parse(component, checked, path)
+        loaded: list[Any] = []
+
+        def stored() -> Any:
+            if verified is None:
+                return None
+            if not loaded:
+                loaded.append(verified())
+            return loaded[0]
+
+        def read(name: str | None) -> Any:
+            check = stored()
+            return self._read(path, name, checked) if check is None else self._read_checked(path, check, name, checked)
+
         if component is not None:
             if component not in overrides:
-                return self._read(path, component, checked)
+                return read(component)
             value = overrides[component]()
             if component == "wcs" and value is not None and request.bbox is not None:
-                _, rows, columns = request.region(self._bounds(path), path)
+                _, rows, columns = request.region(self._bounds(path, stored()), path)
                 value = slice_wcs(value, rows, columns)
             return value
-        exposure = self._read(path, None, checked)
+        exposure = read(None)
         replaced = {name: load() for name, load in overrides.items() if name in STANDALONE_COMPONENTS}
         if request.bbox is not None and replaced.get("wcs") is not None:
-            _, rows, columns = request.region(self._bounds(path), path)
+            _, rows, columns = request.region(self._bounds(path, stored()), path)
             replaced["wcs"] = slice_wcs(replaced["wcs"], rows, columns)
         return exposure.replace(**replaced) if replaced else exposure
