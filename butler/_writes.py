@@ -226,20 +226,23 @@ def _delete_datasets(registry: Any, conn: Any, ids: Sequence[Any]) -> tuple[int,
     return n, paths
 
 
-def remove(butler: Butler, refs: Iterable[DatasetRef]) -> int:
-    """Delete datasets (rows and files); returns how many were removed."""
+def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: bool = False) -> int:
+    """Delete datasets (rows and files); returns how many were removed. Their runs must be the caller's."""
     butler._require_writeable()
+    from ._ownership import check_runs_of_datasets
+
     registry = butler._registry
     ids = list({r.id for r in refs})
     if not ids:
         return 0
     with registry.db.transaction(write=True) as conn:
+        check_runs_of_datasets(registry, conn, ids, allow_foreign=allow_foreign_run)
         n, paths = _delete_datasets(registry, conn, ids)
     butler._datastore.remove_files(p for p in paths if not os.path.isabs(p))
     return n
 
 
-def remove_runs(butler: Butler, pattern: str | Sequence[str]) -> list[str]:
+def remove_runs(butler: Butler, pattern: str | Sequence[str], *, allow_foreign_run: bool = False) -> list[str]:
     """Delete RUN collections matching the glob(s), with their datasets and files."""
     butler._require_writeable()
     from .registry._collections import CollectionType
@@ -251,14 +254,19 @@ def remove_runs(butler: Butler, pattern: str | Sequence[str]) -> list[str]:
     with ExitStack() as locks:  # never delete a run an executor is writing into right now
         for r in runs:
             locks.enter_context(run_lock(butler.root, r.name, action="remove"))
-        return _remove_runs(butler, runs)
+        return _remove_runs(butler, runs, allow_foreign_run)
 
 
-def _remove_runs(butler: Butler, runs: list[Any]) -> list[str]:
+def _remove_runs(butler: Butler, runs: list[Any], allow_foreign_run: bool = False) -> list[str]:
+    from ._ownership import check_run_owner
+
     registry = butler._registry
-    ids = [r.id for r in runs]
     d = registry.schema.dataset
     with registry.db.transaction(write=True) as conn:
+        locked = {r.name: check_run_owner(registry, conn, r, action="remove it", allow_foreign=allow_foreign_run,
+                                          exclusive=True) for r in sorted(runs, key=lambda r: r.id)}  # lock order
+        runs = [locked[r.name] for r in runs]
+        ids = [r.id for r in runs]
         paths = registry.datasets.paths_in_runs(conn, ids)
         conn.execute(d.delete().where(d.c.run_id.in_(ids)))
         registry.collections.remove(runs, conn)
