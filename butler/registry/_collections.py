@@ -67,6 +67,7 @@ class CollectionManager:
         self._by_name: dict[str, CollectionRecord] | None = None
         self._by_id: dict[int, CollectionRecord] = {}
         self._chains: dict[int, tuple[int, ...]] = {}
+        self._locked_sql: dict[bool, tuple[str, bool]] = {}
 
     # -- cache ----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -168,10 +169,22 @@ class CollectionManager:
         hand-over or removal of the run until ``conn`` commits; SQLite has no row locks, but its
         write transactions (``BEGIN IMMEDIATE``) are serialised already. The cache is updated.
         """
-        t = self._table
-        stmt = (sa.select(t.c.collection_id, t.c.type, t.c.owner, t.c.doc).where(t.c.name == name)
-                .with_for_update(read=not exclusive))
-        row = conn.execute(stmt).first()
+        sql = self._locked_sql.get(exclusive)
+        if sql is None:  # compiled once, run on the driver's cursor: ~10 us, where SQLAlchemy's execute costs ~100
+            t = self._table
+            stmt = (sa.select(t.c.collection_id, t.c.type, t.c.owner, t.c.doc).where(t.c.name == sa.bindparam("name"))
+                    .with_for_update(read=not exclusive))
+            compiled = stmt.compile(dialect=conn.dialect)
+            sql = self._locked_sql[exclusive] = (str(compiled), bool(compiled.positional))
+        params = (name,) if sql[1] else {"name": name}
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(sql[0], params)
+            row = cursor.fetchone()
+        except conn.dialect.loaded_dbapi.Error as err:  # as SQLAlchemy would raise it (lock timeouts...)
+            raise sa.exc.DBAPIError.instance(sql[0], params, err, conn.dialect.loaded_dbapi.Error) from err
+        finally:
+            cursor.close()
         if row is None:
             self.forget(name)
             return None
