@@ -36,19 +36,9 @@ if TYPE_CHECKING:
     from .registry._collections import CollectionRecord, CollectionType
     from .registry._datasets import FoundDataset
 
-__all__ = ["Butler", "DeferredDatasetHandle", "current_user"]
+__all__ = ["Butler", "DeferredDatasetHandle"]
 
 _REGISTRIES: dict[tuple[str, str | None], Registry] = {}
-
-
-def current_user() -> str:
-    """Owner recorded for new RUN collections: ``$BUTLER_USER``, else the login name."""
-    user = os.environ.get("BUTLER_USER")
-    if user:
-        return user
-    import getpass
-
-    return getpass.getuser()
 
 
 def _open_registry(config: RepoConfig) -> Registry:
@@ -221,10 +211,12 @@ class Butler:
 
         return run_record(self, run, allow_foreign_run)
 
-    def _ensure_run(self, conn: Any, name: str, rec: CollectionRecord | None) -> CollectionRecord:
+    def _ensure_run(self, conn: Any, name: str, rec: CollectionRecord | None, *,
+                    allow_foreign_run: bool | None = None) -> CollectionRecord:
+        """The run of a write, registered if new, locked and owner-checked inside ``conn``."""
         from ._registration import ensure_run
 
-        return ensure_run(self, conn, name, rec)
+        return ensure_run(self, conn, name, rec, allow_foreign_run=allow_foreign_run)
 
     def _template_values(self, ref: DatasetRef) -> dict[str, Any]:
         data_id = ref.data_id
@@ -327,10 +319,29 @@ class Butler:
     def get_dataset_type(self, name: str) -> DatasetType:
         return self._registry.dataset_types.get(name).dataset_type
 
+    @property
+    def user(self) -> str:
+        """Who this Butler is to the repository: the owner of the runs it creates, and the name its
+        writes and removals are checked against (the database role on PostgreSQL and MySQL; the OS
+        account, or ``$BUTLER_USER``, on SQLite)."""
+        from ._ownership import identity
+
+        return identity(self._registry.db)
+
     def register_run(self, name: str, *, doc: str | None = None) -> None:
+        """Create RUN ``name`` owned by `user` (an existing run must be theirs)."""
         from ._registration import register_run
 
         register_run(self, name, doc=doc)
+
+    def chown_run(self, run: str, new_owner: str) -> None:
+        """Hand RUN ``run`` over to ``new_owner`` (only its owner may; on PostgreSQL and MySQL the new
+        owner must be an existing role). Afterwards only ``new_owner`` writes into it or removes it."""
+        self._require_writeable()
+        from ._ownership import chown_run
+
+        chown_run(self._registry, run, new_owner)
+        self._checked_runs.pop(run, None)
 
     def register_collection(self, name: str, type: CollectionType | str, *, doc: str | None = None) -> bool:
         """Create a TAGGED, CHAINED or CALIBRATION collection (or a RUN); return whether it was new."""
@@ -432,17 +443,23 @@ class Butler:
 
         intend_writes(self, refs)
 
-    def remove(self, refs: Iterable[DatasetRef]) -> int:
-        """Delete datasets (rows and files); returns how many were removed."""
+    def remove(self, refs: Iterable[DatasetRef], *, allow_foreign_run: bool = False) -> int:
+        """Delete datasets (rows and files); returns how many were removed.
+
+        Every run holding them must be yours (`user`), else ``RunOwnershipError`` and nothing is
+        removed, unless ``allow_foreign_run=True``."""
         from ._writes import remove
 
-        return remove(self, refs)
+        return remove(self, refs, allow_foreign_run=allow_foreign_run)
 
-    def remove_runs(self, pattern: str | Sequence[str]) -> list[str]:
-        """Delete RUN collections matching the glob(s), with their datasets and files."""
+    def remove_runs(self, pattern: str | Sequence[str], *, allow_foreign_run: bool = False) -> list[str]:
+        """Delete RUN collections matching the glob(s), with their datasets and files.
+
+        Every matching run must be yours (`user`), else ``RunOwnershipError`` and nothing is
+        removed, unless ``allow_foreign_run=True``."""
         from ._writes import remove_runs
 
-        return remove_runs(self, pattern)
+        return remove_runs(self, pattern, allow_foreign_run=allow_foreign_run)
 
     # -- reads --------------------------------------------------------------------------------
     def find_dataset(self, dataset_type: str, data_id: Any = None, *, collections: Any = None,

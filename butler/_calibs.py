@@ -497,13 +497,13 @@ def certify_camera(butler: Butler, instrument: Any, valid_from: Any, valid_to: A
     ref = butler.find_dataset(CAMERA_DATASET_TYPE.name, instrument=inst.name, collections=[run]) \
         if butler._registry.collections.find(run) is not None else None
     if ref is None:
-        from ._butler import current_user
+        from ._ownership import identity
         from .registry._collections import CollectionType
 
         camera_type = _camera_type(butler)
         obj = inst.definition() if camera_type.storage_class == LEGACY_CAMERA_STORAGE_CLASS else \
             Camera.from_instrument(inst)
-        butler._registry.collections.register(run, CollectionType.RUN, owner=current_user())
+        butler._registry.collections.register(run, CollectionType.RUN, owner=identity(butler._registry.db))
         ref = butler.put(obj, CAMERA_DATASET_TYPE.name, instrument=inst.name, run=run, allow_foreign_run=True)
     certify(butler, collection or unbounded_collection(inst.name), [ref], begin, end, split=True)
     return ref

@@ -61,7 +61,7 @@ def cleanup(butler: Butler, runs: Sequence[str] | None = None, *, allow_foreign_
     journal = registry.journal
     report = CleanupReport()
     wanted = sorted({e.run for e in journal.pending(runs)})
-    user = _user(butler)
+    user = butler.user
     for run in wanted:
         rec = registry.collections.find(run)
         if rec is None:
@@ -77,12 +77,6 @@ def cleanup(butler: Butler, runs: Sequence[str] | None = None, *, allow_foreign_
         except RunLockedError as err:
             report.skipped[run] = str(err)
     return report
-
-
-def _user(butler: Butler) -> str:
-    from ._butler import current_user
-
-    return current_user()
 
 
 def _clean_run(butler: Butler, run: str, report: CleanupReport) -> None:

@@ -269,7 +269,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
                 done.append((source, dest))
         with registry.db.transaction(write=True) as conn:
             try:
-                run_rec = butler._ensure_run(conn, run_name, run_rec)
+                run_rec = butler._ensure_run(conn, run_name, run_rec, allow_foreign_run=allow_foreign_run)
                 registry.datasets.insert(conn, type_rec, run_rec, refs, records)
                 if transfer == "move":
                     journal.mark_committed(conn, op)

@@ -3,7 +3,8 @@
 What a repository knows before datasets go into it: an instrument's records and its
 ``instrument:<name>`` attribute (digest, class, aliases, file templates), dataset types checked
 against the storage classes and file templates, and collections. The run a write goes into is
-checked here too (type and owner, once per Butler) and registered on the first write into it.
+checked here too: before the write, to fail fast, and inside its transaction, where it counts
+(`butler._ownership`); it is registered on the first write into it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._butler import current_user
-from .errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
+from ._ownership import identity, require_owner
+from .errors import ButlerError, CollectionError, ConflictError
 
 if TYPE_CHECKING:
     from ._butler import Butler
@@ -84,11 +85,23 @@ def register_dataset_type(butler: Butler, dataset_type: DatasetType) -> bool:
 
 # -- collections ----------------------------------------------------------------------------------
 def register_run(butler: Butler, name: str, *, doc: str | None = None) -> None:
-    """Create RUN collection ``name``, owned by the current user."""
+    """Create RUN collection ``name``, owned by the current user; an existing run must be theirs."""
     butler._require_writeable()
     from .registry._collections import CollectionType
 
-    butler._registry.collections.register(name, CollectionType.RUN, owner=current_user(), doc=doc)
+    registry = butler._registry
+    with registry.db.transaction(write=True) as conn:
+        try:
+            registry.collections.insert_if_absent(conn, name, CollectionType.RUN, owner=identity(registry.db),
+                                                  doc=doc)
+            rec = registry.collections.read_locked(conn, name)
+            assert rec is not None, f"collection {name!r} vanished inside the transaction that inserted it"
+            if rec.type != CollectionType.RUN:
+                raise ConflictError(f"collection {name!r} already exists as a {rec.type.name} collection, not RUN")
+            require_owner(rec, identity(registry.db), action="register it as yours", allow_foreign=False)
+        except BaseException:
+            registry.collections.forget(name)
+            raise
 
 
 def register_collection(butler: Butler, name: str, type: CollectionType | str, *, doc: str | None = None) -> bool:
@@ -97,7 +110,7 @@ def register_collection(butler: Butler, name: str, type: CollectionType | str, *
     from .registry._collections import CollectionType
 
     ctype = CollectionType[type.upper()] if isinstance(type, str) else type
-    owner = current_user() if ctype == CollectionType.RUN else None
+    owner = identity(butler._registry.db) if ctype == CollectionType.RUN else None
     _, created = butler._registry.collections.register(name, ctype, owner=owner, doc=doc)
     return created
 
@@ -118,18 +131,17 @@ def run_record(butler: Butler, run: str | None, allow_foreign_run: bool) -> tupl
     """The run a write goes into (``run`` or the Butler's) and its record, None if it does not exist yet.
 
     An existing run must be a RUN collection owned by the current user (or
-    ``allow_foreign_run``); a new name is validated. A checked run is remembered
-    by the Butler (`Butler.refresh` forgets it).
+    ``allow_foreign_run``); a new name is validated. This check only fails fast, before files are
+    staged: `ensure_run` checks again inside the write transaction. The run's record is remembered
+    by the Butler (`Butler.refresh` forgets it); a refusal re-reads it first.
     """
     from .registry._collections import CollectionType
 
     name = run if run is not None else butler.run
     if name is None:
         raise ButlerError("no run to write into: pass run=... to this call or open the Butler with run=...")
-    rec = butler._checked_runs.get(name)
-    if rec is not None:
-        return name, rec
-    rec = butler._registry.collections.find(name)
+    registry = butler._registry
+    rec = butler._checked_runs.get(name) or registry.collections.find(name)
     if rec is None:
         from .registry._collections import validate_collection_name
 
@@ -137,21 +149,26 @@ def run_record(butler: Butler, run: str | None, allow_foreign_run: bool) -> tupl
         return name, None
     if rec.type != CollectionType.RUN:
         raise CollectionError(f"cannot write into {name!r}: it is a {rec.type.name} collection, not a RUN")
-    user = current_user()
+    user = identity(registry.db)
     if rec.owner and rec.owner != user and not allow_foreign_run:
-        raise RunOwnershipError(
-            f"run {name!r} belongs to {rec.owner!r}, not to you ({user!r}); write into your own run, "
-            "or pass allow_foreign_run=True if you really mean to add to it"
-        )
+        registry.collections.refresh()  # handed over to us since it was cached?
+        fresh = registry.collections.find(name)
+        if fresh is None or fresh.owner != rec.owner:
+            butler._checked_runs.pop(name, None)
+            return run_record(butler, run, allow_foreign_run)
+        require_owner(rec, user, action="write into it", allow_foreign=False)
     butler._checked_runs[name] = rec
     return name, rec
 
 
-def ensure_run(butler: Butler, conn: Any, name: str, rec: CollectionRecord | None) -> CollectionRecord:
-    """``rec``, or the record of RUN ``name`` registered now (owned by the current user) in ``conn``."""
-    if rec is not None:
-        return rec
-    from .registry._collections import CollectionType
+def ensure_run(butler: Butler, conn: Any, name: str, rec: CollectionRecord | None, *,
+               allow_foreign_run: bool | None = None) -> CollectionRecord:
+    """The record of RUN ``name`` in the write transaction ``conn``: registered now (owned by the
+    current user) if absent, its row locked and its owner checked (see `_ownership.ensure_run`).
 
-    rec, _ = butler._registry.collections.register(name, CollectionType.RUN, owner=current_user(), conn=conn)
-    return rec
+    ``rec`` is what `run_record` found before the transaction; with ``allow_foreign_run=None``
+    the owner it accepted stays accepted.
+    """
+    from ._ownership import ensure_run as ensure_owned_run
+
+    return ensure_owned_run(butler._registry, conn, name, expected=rec, allow_foreign=allow_foreign_run)

@@ -184,9 +184,9 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
         component_writes = [(ref, p, existing) for (ref, _, existing), p in zip(component_plans, prepared[n_plain:])]
         with registry.db.transaction(write=True) as conn:
             try:
-                if replace and run_rec is not None:  # replaces in one run one at a time (see lock)
-                    registry.collections.lock(conn, run_rec)
-                run_rec = butler._ensure_run(conn, run_name, run_rec)
+                if replace and run_rec is not None:  # replaces in one run run one at a time: the loser of
+                    registry.collections.read_locked(conn, run_name, exclusive=True)  # a race would retry forever
+                run_rec = butler._ensure_run(conn, run_name, run_rec, allow_foreign_run=allow_foreign_run)
                 for type_rec, type_refs, _ in planned_by_type.values():
                     if replace:
                         old_paths += _remove_same(butler, conn, type_rec, run_rec, type_refs)
@@ -314,9 +314,11 @@ def _delete_datasets(registry: Any, conn: Any, ids: Sequence[Any]) -> tuple[int,
     return n, paths
 
 
-def remove(butler: Butler, refs: Iterable[DatasetRef]) -> int:
-    """Delete datasets (rows, then files); returns how many were removed."""
+def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: bool = False) -> int:
+    """Delete datasets (rows, then files); returns how many were removed. Their runs must be the caller's."""
     butler._require_writeable()
+    from ._ownership import check_runs_of_datasets
+
     registry = butler._registry
     by_run: dict[str, list[uuid.UUID]] = {}
     for r in refs:
@@ -331,6 +333,8 @@ def remove(butler: Butler, refs: Iterable[DatasetRef]) -> int:
         for run_name in sorted(by_run):
             locks.enter_context(run_lock(butler.root, run_name, action="remove datasets from", shared=True))
         with registry.db.transaction(write=True) as conn:
+            check_runs_of_datasets(registry, conn, [i for ids in by_run.values() for i in ids],
+                                   allow_foreign=allow_foreign_run)
             for run_name, ids in by_run.items():
                 removed, run_paths = _delete_datasets(registry, conn, list(dict.fromkeys(ids)))
                 run_paths = [p for p in run_paths if not os.path.isabs(p)]  # "direct" ingests: not ours
@@ -350,7 +354,7 @@ def _finish_deletes(butler: Butler, op: str, paths: Sequence[str]) -> None:
         butler._registry.journal.clear_now(op)
 
 
-def remove_runs(butler: Butler, pattern: str | Sequence[str]) -> list[str]:
+def remove_runs(butler: Butler, pattern: str | Sequence[str], *, allow_foreign_run: bool = False) -> list[str]:
     """Delete RUN collections matching the glob(s), with their datasets and files."""
     butler._require_writeable()
     from .registry._collections import CollectionType
@@ -362,17 +366,22 @@ def remove_runs(butler: Butler, pattern: str | Sequence[str]) -> list[str]:
     with ExitStack() as locks:  # never delete a run an executor (or a put) is writing into right now
         for r in runs:
             locks.enter_context(run_lock(butler.root, r.name, action="remove"))
-        return _remove_runs(butler, runs)
+        return _remove_runs(butler, runs, allow_foreign_run)
 
 
-def _remove_runs(butler: Butler, runs: list[Any]) -> list[str]:
+def _remove_runs(butler: Butler, runs: list[Any], allow_foreign_run: bool = False) -> list[str]:
+    from ._ownership import check_run_owner
+
     registry = butler._registry
-    ids = [r.id for r in runs]
     d = registry.schema.dataset
     op = new_operation()
     paths: list[str] = []
     registry.journal.ensure_table()
     with registry.db.transaction(write=True) as conn:
+        locked = {r.name: check_run_owner(registry, conn, r, action="remove it", allow_foreign=allow_foreign_run,
+                                          exclusive=True) for r in sorted(runs, key=lambda r: r.id)}  # lock order
+        runs = [locked[r.name] for r in runs]
+        ids = [r.id for r in runs]
         for r in runs:
             run_paths = [p for p in registry.datasets.paths_in_runs(conn, [r.id]) if not os.path.isabs(p)]
             registry.journal.record_in(conn, op, r.name, DELETE, [(p, None, None) for p in run_paths])

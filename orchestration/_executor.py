@@ -20,6 +20,7 @@ from typing import Any
 from butler import Butler
 from butler._provenance import insert_provenance
 from butler._faults import crash_point
+from butler._ownership import check_run_owner
 from butler._run_lock import run_lock
 
 from ._execute import ButlerConfig, QuantumFailure, QuantumResult, execute_quantum
@@ -300,6 +301,7 @@ class _Registrar:
                 "outputs": [ref_id for ref_id, _ in result.outputs],
             })
         with registry.db.transaction(write=True) as conn:
+            check_run_owner(registry, conn, self.run_rec, action="write into it", allow_foreign=False)
             for name, (_, refs, files) in by_type.items():
                 registry.datasets.insert(conn, registry.dataset_types.get(name), self.run_rec, refs, files)
                 registry.journal.clear_datasets(conn, [r.id for r in refs])

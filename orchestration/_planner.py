@@ -120,17 +120,15 @@ class Planner:
     # -- checks -------------------------------------------------------------------------------
     def _check_output_run(self, output_run: str, extend_run: bool) -> bool:
         butler = self.butler
-        from butler._butler import current_user
-
         try:
             info = butler.collection_info(output_run)
         except CollectionError:
             return False
         if info.type.name != "RUN":
             raise PlanningError(f"output {output_run!r} exists and is a {info.type.name} collection, not a RUN")
-        if info.owner and info.owner != current_user():
+        if info.owner and info.owner != butler.user:
             raise RunOwnershipError(
-                f"output run {output_run!r} belongs to {info.owner!r}, not to you ({current_user()!r}); "
+                f"output run {output_run!r} belongs to {info.owner!r}, not to you ({butler.user!r}); "
                 "choose another output run"
             )
         if not extend_run:

@@ -169,7 +169,7 @@ def test_refresh_sees_what_another_process_registered(simcam_repo):
     assert [t.name for t in butler.query_dataset_types("*")] == ["metrics", "newtype"]
     assert butler.get_dataset_type("newtype") == DatasetType("newtype", ("instrument", "visit"), "StructuredData")
     assert butler.collection_info("u/tester/child_tagged").type.name == "TAGGED"
-    assert butler.collection_info("u/tester/child").owner == "tester"
+    assert butler.collection_info("u/tester/child").owner == butler.user
     assert butler.get_chain("u/tester/child_chain") == ["u/tester/child", "u/tester/run1"]
     assert butler.query_collections("u/tester/child*") == ["u/tester/child", "u/tester/child_chain",
                                                            "u/tester/child_tagged"]

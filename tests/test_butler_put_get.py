@@ -29,9 +29,11 @@ DATA_ID = {"instrument": "SimCam", "visit": 12, "detector": 3}
 
 
 def _files(butler: Butler) -> list[str]:
-    """Dataset files of the repository (relative paths), registry files excluded."""
+    """Dataset files of the repository (relative paths), registry files and run locks excluded."""
     out = []
-    for dirpath, _, names in os.walk(butler.root):
+    for dirpath, dirs, names in os.walk(butler.root):
+        if dirpath == butler.root and ".locks" in dirs:
+            dirs.remove(".locks")  # process state (butler._run_lock), not content
         for name in names:
             if name.startswith("butler.sqlite3") or name == "butler.yaml":
                 continue

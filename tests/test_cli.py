@@ -135,10 +135,10 @@ def test_query_collections_and_dataset_types(repo):
     assert rows == [
         {"name": "all", "type": "CHAINED", "owner": None, "children": ["u/tester/run1", "tagged"]},
         {"name": "tagged", "type": "TAGGED", "owner": None, "children": None},
-        {"name": "u/tester/run1", "type": "RUN", "owner": "tester", "children": None},
+        {"name": "u/tester/run1", "type": "RUN", "owner": repo.user, "children": None},  # the DB role on servers
     ]
     lines = run("query-collections", repo.root, "u/*", "--type", "run").stdout.splitlines()
-    assert lines[2].split() == ["u/tester/run1", "RUN", "tester"]
+    assert lines[2].split() == ["u/tester/run1", "RUN", repo.user]
     lines = run("query-collections", repo.root, "--type", "CHAINED").stdout.splitlines()
     assert lines[2].split() == ["all", "CHAINED", "u/tester/run1,tagged"]
 

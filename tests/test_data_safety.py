@@ -75,18 +75,21 @@ def _path_of(butler: Butler, ref) -> str:
         return registry.datasets.files_of(conn, [ref.id])[ref.id][0].path
 
 
-def test_cleanup_of_another_users_run_is_refused(simcam_repo, monkeypatch):
-    simcam_repo.put({"a": 1}, "metrics", DATA, detector=1)
-    stray = os.path.join("u", "tester", "run1", "metrics", "stray.json")
-    simcam_repo.registry.journal.record(new_operation(), "u/tester/run1", STAGE, [(stray, None, None)])
-    with open(os.path.join(simcam_repo.root, stray), "w") as f:
+def test_cleanup_of_another_users_run_is_refused(tmp_path, monkeypatch):
+    """On SQLite, users are told apart by BUTLER_USER (on servers by role: tests/test_ownership.py)."""
+    butler = Butler.create(tmp_path / "repo", run="u/tester/run1")
+    butler.register_dataset_type(DatasetType("cfg", (), "StructuredData"))
+    butler.put({"a": 1}, "cfg")
+    stray = os.path.join("u", "tester", "run1", "cfg", "stray.json")
+    butler.registry.journal.record(new_operation(), "u/tester/run1", STAGE, [(stray, None, None)])
+    with open(os.path.join(butler.root, stray), "w") as f:
         f.write("{}")
     monkeypatch.setenv("BUTLER_USER", "mallory")
-    report = Butler(simcam_repo.root, writeable=True).cleanup()
+    report = Butler(butler.root, writeable=True).cleanup()
     assert "u/tester/run1" in report.skipped and "owned by 'tester'" in report.skipped["u/tester/run1"]
-    assert os.path.exists(os.path.join(simcam_repo.root, stray))
+    assert os.path.exists(os.path.join(butler.root, stray))
     monkeypatch.setenv("BUTLER_USER", "tester")
-    assert Butler(simcam_repo.root, writeable=True).cleanup().removed == [stray]
+    assert Butler(butler.root, writeable=True).cleanup().removed == [stray]
 
 
 def test_a_file_in_the_way_is_a_conflict_that_names_the_clean_up_and_changes_nothing(simcam_repo):

@@ -243,12 +243,14 @@ def _count_files(butler: Butler, collections: Sequence[str] | None) -> int:
 @repo_argument
 @click.argument("patterns", metavar="GLOB...", nargs=-1, required=True)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def remove_runs(repo: str, patterns: Sequence[str], yes: bool) -> None:
+@click.option("--allow-foreign-run", is_flag=True, help="Also remove runs that belong to somebody else.")
+def remove_runs(repo: str, patterns: Sequence[str], yes: bool, allow_foreign_run: bool) -> None:
     """Delete the RUN collections matching GLOB, with their datasets and files.
 
     Lists the matching runs and how many datasets each holds, then asks for confirmation
     (unless --yes). Exits with status 1 when no run matches. A run that is a child of a
-    CHAINED collection must be removed from the chain first.
+    CHAINED collection must be removed from the chain first; a run that belongs to somebody
+    else is refused (nothing is removed) unless --allow-foreign-run.
 
     \b
     Example:
@@ -269,7 +271,7 @@ def remove_runs(repo: str, patterns: Sequence[str], yes: bool) -> None:
     total = sum(counts.values())
     if not yes:
         click.confirm(f"Remove these {len(runs)} run(s) and their {total} dataset(s)?", abort=True)
-    removed = butler.remove_runs([r.name for r in runs])
+    removed = butler.remove_runs([r.name for r in runs], allow_foreign_run=allow_foreign_run)
     click.echo(f"removed {len(removed)} run(s) and {total} dataset(s)")
 
 
@@ -295,6 +297,10 @@ cli.add_command(query_calibrations)
 from ._commands_provenance import query_provenance  # noqa: E402  (issue 6)
 
 cli.add_command(query_provenance)
+
+from ._commands_runs import chown_run  # noqa: E402  (issue 11)
+
+cli.add_command(chown_run)
 
 from ._commands_skymap import define_visits, register_skymap  # (issue 4)
 

@@ -67,6 +67,7 @@ class CollectionManager:
         self._by_name: dict[str, CollectionRecord] | None = None
         self._by_id: dict[int, CollectionRecord] = {}
         self._chains: dict[int, tuple[int, ...]] = {}
+        self._locked_sql: dict[bool, tuple[str, bool]] = {}
 
     # -- cache ----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -160,14 +161,55 @@ class CollectionManager:
             )
         return existing, created
 
-    def lock(self, conn: sa.Connection, rec: CollectionRecord) -> None:
-        """Lock the collection's row until ``conn``'s transaction ends, so transactions that change
-        the same collection's contents in ways that must not interleave (replaces of datasets in one
-        run) run one after the other. A no-op on SQLite, whose write transactions are serialised."""
-        if self._db.dialect == "sqlite":
-            return
-        t = self._table
-        conn.execute(sa.select(t.c.collection_id).where(t.c.collection_id == rec.id).with_for_update())
+    # -- row locks and ownership (butler._ownership makes the decisions) -------------------------
+    def read_locked(self, conn: sa.Connection, name: str, *, exclusive: bool = False) -> CollectionRecord | None:
+        """The row of ``name`` as committed now, read in ``conn`` with a row lock, or None if absent.
+
+        ``FOR SHARE`` (``exclusive``: ``FOR UPDATE``) on PostgreSQL and MySQL holds off a concurrent
+        hand-over or removal of the run until ``conn`` commits; SQLite has no row locks, but its
+        write transactions (``BEGIN IMMEDIATE``) are serialised already. The cache is updated.
+        """
+        sql = self._locked_sql.get(exclusive)
+        if sql is None:  # compiled once, run on the driver's cursor: ~10 us, where SQLAlchemy's execute costs ~100
+            t = self._table
+            stmt = (sa.select(t.c.collection_id, t.c.type, t.c.owner, t.c.doc).where(t.c.name == sa.bindparam("name"))
+                    .with_for_update(read=not exclusive))
+            compiled = stmt.compile(dialect=conn.dialect)
+            sql = self._locked_sql[exclusive] = (str(compiled), bool(compiled.positional))
+        params = (name,) if sql[1] else {"name": name}
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(sql[0], params)
+            row = cursor.fetchone()
+        except conn.dialect.loaded_dbapi.Error as err:  # as SQLAlchemy would raise it (lock timeouts...)
+            raise sa.exc.DBAPIError.instance(sql[0], params, err, conn.dialect.loaded_dbapi.Error) from err
+        finally:
+            cursor.close()
+        if row is None:
+            self.forget(name)
+            return None
+        return self._cache(CollectionRecord(row[0], name, CollectionType(row[1]), row[2], row[3]))
+
+    def insert_if_absent(self, conn: sa.Connection, name: str, type: CollectionType, *, owner: str | None = None,
+                         doc: str | None = None) -> None:
+        """INSERT the collection unless a row of that name exists (or is being inserted: the
+        servers make this wait for the other transaction). Read the row with `read_locked`."""
+        validate_collection_name(name)
+        conn.execute(self._db.insert_ignore(self._table).values(name=name, type=int(type), owner=owner, doc=doc))
+
+    def set_owner(self, conn: sa.Connection, rec: CollectionRecord, owner: str) -> CollectionRecord:
+        """Record ``owner`` for ``rec`` (locked by the caller with ``read_locked(exclusive=True)``)."""
+        conn.execute(self._table.update().where(self._table.c.collection_id == rec.id).values(owner=owner))
+        return self._cache(CollectionRecord(rec.id, rec.name, rec.type, owner, rec.doc))
+
+    def _cache(self, rec: CollectionRecord) -> CollectionRecord:
+        if self._by_name is not None:
+            old = self._by_name.get(rec.name)
+            if old is not None and old.id != rec.id:
+                self._by_id.pop(old.id, None)
+            self._by_name[rec.name] = rec
+        self._by_id[rec.id] = rec
+        return rec
 
     def set_chain(self, name: str, children: Sequence[str], conn: sa.Connection) -> None:
         parent = self.get(name)

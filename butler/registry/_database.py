@@ -75,6 +75,7 @@ class Database:
         self.namespace = namespace
         self.engine = _engine_for(url)
         self.dialect = self.engine.dialect.name  # "sqlite", "postgresql", "mysql"
+        self._user: str | None = None
 
     # -- transactions ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -98,6 +99,44 @@ class Database:
     @property
     def safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def authenticates(self) -> bool:
+        """Whether the server authenticates a role per connection (PostgreSQL, MySQL), so the role
+        is an identity; SQLite has none (the OS account is used instead, see butler._ownership)."""
+        return self.dialect != "sqlite"
+
+    def current_user(self) -> str:
+        """The role this registry's connections authenticate as, asked of the server once.
+
+        PostgreSQL's ``current_user``; the user part of MySQL's ``CURRENT_USER()`` (``user@host``:
+        the account the server matched, not the name the client asked for).
+        """
+        if not self.authenticates:
+            raise ValueError("SQLite registries have no database role; use butler._ownership.identity")
+        user = self._user
+        if user is None:
+            sql = "SELECT current_user" if self.dialect == "postgresql" else "SELECT CURRENT_USER()"
+            with self.transaction() as conn:
+                value = str(conn.exec_driver_sql(sql).scalar_one())
+            user = self._user = value.rpartition("@")[0] if self.dialect == "mysql" else value
+        return user
+
+    def role_exists(self, name: str) -> bool | None:
+        """Whether a role (PostgreSQL) or user (MySQL) ``name`` exists; None when the server does not
+        let this connection read its list of accounts (MySQL's ``mysql.user`` needs a grant)."""
+        if self.dialect == "postgresql":
+            stmt = sa.text("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = :name")
+        elif self.dialect == "mysql":
+            stmt = sa.text("SELECT 1 FROM mysql.user WHERE User = :name LIMIT 1")
+        else:
+            return None
+        try:
+            with self.transaction() as conn:
+                return conn.execute(stmt, {"name": name}).first() is not None
+        except sa.exc.DBAPIError:  # no SELECT privilege on mysql.user
+            return None
 
     # -- dialect specifics -------------------------------------------------------------------
     def insert_ignore(self, table: sa.Table) -> sa.Insert:

@@ -314,6 +314,16 @@ class DatasetManager:
         return list(conn.execute(sa.select(f.c.path).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
                                  .where(d.c.run_id.in_(list(run_ids)))).scalars())
 
+    def run_ids_of(self, conn: sa.Connection, dataset_ids: Sequence[uuid.UUID]) -> set[int]:
+        """The ids of the runs that hold these datasets (the runs a removal must own)."""
+        d = self._schema.dataset
+        ids = list(dataset_ids)
+        out: set[int] = set()
+        for start in range(0, len(ids), 5000):
+            out.update(conn.execute(sa.select(d.c.run_id).distinct()
+                                    .where(d.c.dataset_id.in_(ids[start:start + 5000]))).scalars())
+        return out
+
     def files_of(self, conn: sa.Connection, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:
         f = self._schema.file_record
         out: dict[uuid.UUID, list[FileRecord]] = {}
