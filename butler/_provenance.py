@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from ._butler import Butler
     from ._dataset_ref import DatasetRef
 
-__all__ = ["insert_provenance", "provenance_of", "query_provenance"]
+__all__ = ["insert_provenance", "provenance_of", "query_provenance", "recorded_inputs"]
+
+_IN_LIST_LIMIT = 5000  # above this many ids, select by run and dataset type and match in Python
 
 
 def insert_provenance(butler: Butler, conn: sa.Connection, run_id: int, records: Sequence[Mapping[str, Any]]
@@ -89,3 +91,42 @@ def query_provenance(butler: Butler, *, run: str | None = None, task: str | None
                     sa.select(o.c.quantum_id, o.c.dataset_id).where(o.c.quantum_id.in_(ids[start:start + 5000]))):
                 by_id[quantum_id]["outputs"].append(dataset_id)
     return records
+
+
+def recorded_inputs(butler: Butler, refs: Sequence[DatasetRef]) -> dict[str, frozenset[str]]:
+    """The input dataset ids (hex) recorded by the quanta that wrote ``refs``, keyed by each ref's id (hex).
+
+    Refs written without a quantum record (by hand, ingested) are absent. One query whatever the
+    number of refs: up to a few thousand it names the ids; beyond, it selects the records of the
+    refs' runs and dataset types and keeps those asked for (no parameter limit is reached). Ids
+    stay hex strings: decoding 100k UUIDs would cost more than the query (the restart check of
+    the planner compares them with ``ref.id.hex``).
+    """
+    if not refs:
+        return {}
+    registry = butler.registry
+    schema = registry.schema
+    q, o, d = schema.quantum, schema.quantum_output, schema.dataset
+    raw_id = sa.type_coerce(o.c.dataset_id, sa.types.NullType())  # hex text, or a UUID on PostgreSQL
+    stmt = sa.select(raw_id, q.c.inputs).select_from(o.join(q, q.c.quantum_id == o.c.quantum_id))
+    wanted = {ref.id.hex for ref in refs}
+    if len(wanted) <= _IN_LIST_LIMIT:
+        stmt = stmt.where(o.c.dataset_id.in_([ref.id for ref in refs]))
+    else:
+        run_ids = sorted({registry.collections.get(ref.run).id for ref in {r.run: r for r in refs}.values()})
+        type_ids = sorted({registry.dataset_types.get(name).id for name in {r.dataset_type.name for r in refs}})
+        stmt = (stmt.join(d, d.c.dataset_id == o.c.dataset_id)
+                .where(d.c.run_id.in_(run_ids), d.c.dataset_type_id.in_(type_ids)))
+    with registry.db.transaction() as conn:
+        result = conn.execute(stmt)
+        try:
+            rows = result.cursor.fetchall()  # plain driver tuples: Row objects cost 0.2 s per 100k
+        finally:
+            result.close()
+    loads = json.loads
+    out: dict[str, frozenset[str]] = {}
+    for raw, inputs in rows:
+        key = raw.hex if isinstance(raw, uuid.UUID) else raw
+        if key in wanted:
+            out[key] = frozenset(loads(inputs) if inputs else ())
+    return out

@@ -164,6 +164,9 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
         if save_plan:
             plan.save(save_plan)
         click.echo(plan.summary())
+        reruns = plan.reruns()
+        if reruns:  # quanta whose outputs exist but whose inputs are not those recorded (provenance)
+            click.echo(reruns)
         if dry_run:
             if explain:
                 label, _, terms = explain.partition(":")
