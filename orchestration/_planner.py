@@ -24,7 +24,7 @@ from typing import Any
 
 from butler import Butler, DataCoordinate, DatasetRef, DatasetType
 from butler._gc import gc_paused
-from butler._provenance import recorded_inputs
+from butler._provenance import decode_inputs, recorded_inputs, same_inputs
 from butler.errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
 
 from ._connections import Connection, Input, PrerequisiteInput
@@ -385,20 +385,23 @@ class Planner:
             return
         recorded = recorded_inputs(self.butler, [have[first] for _, have, _ in complete])
         made_here = self._made_here
-        for q, have, reason in complete:
+        for (q, have, reason), stored in zip(complete, recorded):
             current = [r for refs in q.inputs.values() for r in refs]
-            remade = [r for r in current if r.id in made_here]
-            inputs = recorded.get(have[first].id.hex)
+            remade = [r for r in current if r.id in made_here] if made_here else []
             if remade:
                 q.context["rerun"] = RERUN_REMADE
                 q.reason = f"{RERUN_REMADE}: {self._describe_inputs(remade)} will be made again"
-            elif inputs is None:
+            elif stored is None:
                 q.status, q.reason = SKIP, f"{reason}; no provenance recorded, inputs not checked"
                 q.outputs.update(have)
                 continue
             else:
-                new = [r for r in current if r.id.hex not in inputs]
-                gone = len(inputs) - (len(current) - len(new))
+                if same_inputs(stored, [r.id for r in current]):
+                    new, gone = [], 0
+                else:
+                    inputs = decode_inputs(stored)
+                    new = [r for r in current if r.id.hex not in inputs]
+                    gone = len(inputs) - (len(current) - len(new))
                 if not new and not gone:
                     q.status, q.reason = SKIP, reason
                     q.outputs.update(have)

@@ -195,16 +195,35 @@ def test_outputs_without_provenance_are_complete_unless_inputs_are_remade(repo, 
     assert values == {0: -1.0, 1: expected_sum(1)}
 
 
-def test_many_candidates_select_records_by_run_and_type(done, monkeypatch):
-    # Past the id-list limit the records are selected by run and dataset type: the same answer.
+def test_recorded_inputs_by_ids_and_by_run(done, monkeypatch):
+    # Past the id-list limit the records are selected by run (no parameter limit): the same answer.
     refs = done.query_datasets("added", collections=OUT)
-    small = provenance.recorded_inputs(done, refs)
+    by_ids = provenance.recorded_inputs(done, refs)
     monkeypatch.setattr(provenance, "_IN_LIST_LIMIT", 2)
-    assert provenance.recorded_inputs(done, refs[:4]) == {r.id.hex: small[r.id.hex] for r in refs[:4]}
-    assert provenance.recorded_inputs(done, refs) == small
-    inputs = {r.id.hex for r in done.query_datasets("metrics_in", collections="in")}
-    assert len(small) == VISITS * DETECTORS and all(len(v) == 1 and v <= inputs for v in small.values())
+    assert provenance.recorded_inputs(done, refs) == by_ids
+    assert provenance.recorded_inputs(done, refs[:2]) == by_ids[:2]
+    sources = {r.data_id: r for r in done.query_datasets("metrics_in", collections="in")}
+    for ref, stored in zip(refs, by_ids):
+        source = sources[ref.data_id]
+        assert provenance.decode_inputs(stored) == {source.id.hex}
+        assert provenance.same_inputs(stored, [source.id]) and not provenance.same_inputs(stored, [ref.id])
+    # Not made by a pipeline: no record.
+    (hand,) = done.put_many([({"value": 0}, "added", {"instrument": "SimCam", "visit": 0, "detector": 0})],
+                            run="u/tester/hand")
+    assert provenance.recorded_inputs(done, [hand, refs[0]]) == [None, by_ids[0]]
     assert resume(done).to_run() == []
+
+
+def test_same_inputs_in_any_order():
+    import uuid
+
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    stored = provenance.encode_inputs([a, b])
+    assert provenance.same_inputs(stored, [a, b]) and provenance.same_inputs(stored, [b, a])
+    assert not provenance.same_inputs(stored, [a]) and not provenance.same_inputs(stored, [a, b, c])
+    assert not provenance.same_inputs(stored, [a, c])
+    assert provenance.same_inputs("[]", []) and not provenance.same_inputs("[]", [a])
+    assert provenance.same_inputs(f'[\n"{a.hex}"]', [a])  # any JSON spelling of the list
 
 
 def test_restart_check_on_every_backend(repo_factory, cluster_client):
