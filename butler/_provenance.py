@@ -26,7 +26,7 @@ _IN_LIST_LIMIT = 5000  # above this many ids, select by run and dataset type and
 def insert_provenance(butler: Butler, conn: sa.Connection, run_id: int, records: Sequence[Mapping[str, Any]]
                       ) -> None:
     """Insert quantum records: each has quantum_id, task, data_id (dict), inputs (ids), outputs (ids),
-    config_digest, host, start_ns, end_ns, status, error."""
+    config_digest, host, worker (Dask address, optional), start_ns, end_ns, status, error."""
     if not records:
         return
     schema = butler.registry.schema
@@ -36,7 +36,7 @@ def insert_provenance(butler: Butler, conn: sa.Connection, run_id: int, records:
         rows.append({
             "quantum_id": r["quantum_id"], "run_id": run_id, "task": r["task"],
             "data_id": json.dumps(r["data_id"], sort_keys=True, default=str),
-            "config_digest": r.get("config_digest"), "host": r.get("host"),
+            "config_digest": r.get("config_digest"), "host": r.get("host"), "worker": r.get("worker"),
             "start_ns": r.get("start_ns"), "end_ns": r.get("end_ns"), "status": r["status"],
             "error": r.get("error"), "inputs": encode_inputs(r.get("inputs", ())),
         })

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -133,6 +134,9 @@ def test_query_provenance_lists_failures_and_the_quantum_of_a_dataset(repo, pipe
     assert "detector=2" in failed["data_id"] and "visit=0" in failed["data_id"]
     assert failed["error"].startswith("ValueError: detector 2 is configured to fail")
     assert (failed["inputs"], failed["outputs"]) == (1, 0)
+    assert failed["host"] == socket.gethostname() and failed["worker"].startswith("inproc://")  # threads cluster
+    assert failed["start"] <= failed["end"] and failed["seconds"] >= 0
+    assert failed["start"].endswith("+00:00") and len(failed["start"]) == len("2026-12-01T22:00:00.000+00:00")
     result = CliRunner().invoke(cli, ["query-provenance", repo.root, "--run", OUT, "--status", "succeeded",
                                       "--format", "json"])
     assert sorted((r["task"], r["inputs"], r["outputs"]) for r in json.loads(result.output)) == [("add", 1, 1)] * 3
