@@ -108,7 +108,9 @@ class Plan:
     def reruns(self, limit: int = 20) -> str:
         """One line per quantum (the first ``limit``) that runs again although its outputs exist, and why."""
         found = [q for q in self.quanta if q.status == RUN and "rerun" in q.context]
-        lines = [f"{q.task} {q.data_id}: RUN ({q.reason})" for q in found[:limit]]
+        lines = [f"{q.task} {q.data_id}: RUN ({q.reason}"
+                 + (f"; removes {len(q.context['clobber'])} existing output(s) first)" if q.context.get("clobber") else ")")
+                 for q in found[:limit]]
         if len(found) > limit:
             lines.append(f"... and {len(found) - limit} more (--explain TASK shows each)")
         return "\n".join(lines)

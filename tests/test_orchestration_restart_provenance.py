@@ -108,6 +108,8 @@ def test_removed_upstream_output_reruns_downstream_with_the_new_values(done, clu
     assert [r.id for r in quanta["sum", 0, None].context["clobber"]] == [old_sums[0][0]]
     assert quanta["sum", 1, None].status == "skip"
     assert "1 run again, inputs re-made in this execution" in plan.summary()
+    assert "RUN (inputs re-made in this execution: add output added" in plan.explain("sum", visit=0)
+    assert plan.explain("sum", visit=0).count("removes 1 existing output(s) first") == 1
 
     execute(cluster_client, done, plan)
     new_sums = sums(done)
@@ -166,7 +168,7 @@ def test_upstream_redone_by_an_earlier_execution(done, cluster_client, tmp_path)
     assert "1 run again, inputs changed" in lines[3]
     (rerun,) = [line for line in lines if line.startswith("sum {instrument: 'SimCam', visit: 0")]
     assert rerun.endswith(": RUN (inputs changed: add output added {instrument: 'SimCam', detector: 0, visit: 0} "
-                          "is new; 1 recorded input(s) no longer used)")
+                          "is new; 1 recorded input(s) no longer used; removes 1 existing output(s) first)")
     assert sums(done) == old_sums  # a dry run changes nothing
 
     execute(cluster_client, done, resume(done))
