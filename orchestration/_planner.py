@@ -262,7 +262,8 @@ class Planner:
                 ref = q.outputs[name]
                 if q.status == RUN or q.reason.startswith("outputs exist"):
                     produced.setdefault(c.dataset_type, {})[ref.data_id.values] = (q.index, ref)
-        self._made_here.update(ref.id for q in quanta if q.status == RUN for ref in q.outputs.values())
+        if output_lookup or skip_colls:  # only then can a later task's quantum be found complete
+            self._made_here.update(ref.id for q in quanta if q.status == RUN for ref in q.outputs.values())
         return quanta
 
     def _resolve_connection(self, d: TaskDef, name: str, c: Any, cg: Any, quanta: list[Quantum],
@@ -389,8 +390,7 @@ class Planner:
             current = [r for refs in q.inputs.values() for r in refs]
             remade = [r for r in current if r.id in made_here] if made_here else []
             if remade:
-                q.context["rerun"] = RERUN_REMADE
-                q.reason = f"{RERUN_REMADE}: {self._describe_inputs(remade)} will be made again"
+                why = RERUN_REMADE, f"{RERUN_REMADE}: {self._describe_inputs(remade)} will be made again"
             elif stored is None:
                 q.status, q.reason = SKIP, f"{reason}; no provenance recorded, inputs not checked"
                 q.outputs.update(have)
@@ -406,11 +406,14 @@ class Planner:
                     q.status, q.reason = SKIP, reason
                     q.outputs.update(have)
                     continue
-                q.context["rerun"] = RERUN_CHANGED
                 parts = [f"{self._describe_inputs(new)} {'is' if len(new) == 1 else 'are'} new"] if new else []
                 if gone:
                     parts.append(f"{gone} recorded input(s) no longer used")
-                q.reason = f"{RERUN_CHANGED}: {'; '.join(parts)}"
+                why = RERUN_CHANGED, f"{RERUN_CHANGED}: {'; '.join(parts)}"
+            if q.status != RUN:  # an input is missing now: it cannot run, and its old outputs are stale
+                q.reason = f"{q.reason}; its existing outputs are not used ({why[1]})"
+                continue
+            q.context["rerun"], q.reason = why
             clobber = [ref for ref in have.values() if ref.run == q.outputs[first].run]  # in the output run
             if clobber:
                 q.context["clobber"] = clobber

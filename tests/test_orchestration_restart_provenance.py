@@ -145,6 +145,23 @@ def test_regenerated_input_reruns_the_chain(done, cluster_client):
     assert resume(done).to_run() == []
 
 
+def test_removed_input_reruns_the_sum_without_it(done, cluster_client):
+    # metrics_in of one detector is gone: there is no add quantum for it any more, so its old output
+    # is not used, and the sum of its visit is computed from the detectors that remain.
+    (source,) = done.query_datasets("metrics_in", collections="in", where="visit = 1 AND detector = 0")
+    done.remove([source])
+    plan = resume(done)
+    quanta = by_key(plan)
+    assert ("add", 1, 0) not in quanta
+    assert [(q.task, q.data_id["visit"]) for q in plan.to_run()] == [("sum", 1)]
+    assert quanta["sum", 1, None].reason == "inputs changed: 1 recorded input(s) no longer used"
+    assert len(quanta["sum", 1, None].inputs["added"]) == DETECTORS - 1
+    execute(cluster_client, done, plan)
+    total = done.get("visit_sum", instrument="SimCam", visit=1, collections=OUT)
+    assert total["detectors"] == [1, 2] and total["value"] == expected_sum(1) - (10 + 0 + 1.0)
+    assert resume(done).to_run() == []
+
+
 def test_upstream_redone_by_an_earlier_execution(done, cluster_client, tmp_path):
     # add alone re-makes one output; a later full resume finds sum's recorded input gone and a new
     # one in its place, and says so in --dry-run.
