@@ -11,8 +11,9 @@ check of a resume, and the Dask executor's overhead over a bare ``client.map``.
   the worker function (read the input, run, write the output file) and registered in batches of
   500 like the executor does; the task's own ``run`` time is subtracted.
 * ``orchestration.completion_check_100k``: the resume check (``Planner._apply_existing``, one
-  ``find_many`` per output type) of 100k quanta whose outputs all exist in the output run
-  (a cached registry filled with bulk SQL).
+  ``find_many`` per output type, then one query of the provenance records of the quanta that
+  wrote those outputs, compared with each quantum's inputs) of 100k quanta whose outputs all
+  exist in the output run with matching provenance (a cached registry filled with bulk SQL).
 * ``orchestration.executor_overhead``: 10k no-op quanta (1k with ``--quick``) on a LocalCluster
   of 2 worker processes: ``DaskExecutor.run`` (graph, as_completed, batched registration,
   provenance) over a bare ``client.map`` of the same worker function on the same quanta, same
@@ -33,7 +34,7 @@ from ._fixtures import cached_repo, schema_digest
 from ._runner import Context, Result, benchmark, percentile
 
 COADD_VERSION = "3"  # 3: repos built since the butler ANALYZEs after bulk loads
-COMPLETION_VERSION = "1"
+COMPLETION_VERSION = "2"  # 2: with the quantum records of the outputs (provenance check)
 RAW_RUN = "BenchCam/raw/all"
 BANDS = "ugrizy"
 
@@ -315,7 +316,8 @@ def bench_quantum_overhead(ctx: Context) -> Result:
 
 # -- the completion check -------------------------------------------------------------------------
 def completion_repo(ctx: Context, n: int) -> str:
-    """A cached registry with ``n`` 'added' datasets in the run bench/done (bulk SQL, fake files)."""
+    """A cached registry with ``n`` 'added' datasets in the run bench/done (bulk SQL, fake files), each
+    with the quantum record that wrote it from the input id ``completion_input_id(i)``."""
 
     def build(ctx: Context) -> str:
         return cached_repo(ctx, f"completion-{n}", f"v{COMPLETION_VERSION}-{schema_digest()}",
@@ -323,6 +325,11 @@ def completion_repo(ctx: Context, n: int) -> str:
                            f"a registry with {n:,} existing outputs")[0]
 
     return ctx.fixture(f"completion_repo_{n}", build)
+
+
+def completion_input_id(i: int) -> uuid.UUID:
+    """The (never registered) input dataset id of the i-th quantum of the completion registry."""
+    return uuid.UUID(int=i + 1)
 
 
 def _fill_completion(root: str, n: int) -> None:
@@ -342,12 +349,16 @@ def _fill_completion(root: str, n: int) -> None:
     type_rec = registry.dataset_types.get("added")
     run = registry.collections.get("bench/done")
     now = time.time_ns()
-    ds, tags, files = [], [], []
+    ds, tags, files, quanta, written = [], [], [], [], []
     for v in range(n_visits):
         for d in range(9):
             if len(ds) >= n:
                 break
-            dataset_id = uuid.uuid4()
+            dataset_id, quantum_id = uuid.uuid4(), uuid.uuid4()
+            quanta.append({"quantum_id": quantum_id, "run_id": run.id, "task": "add", "status": "succeeded",
+                           "data_id": json.dumps({"instrument": "SimCam", "visit": v, "detector": d}),
+                           "inputs": json.dumps([completion_input_id(len(ds)).hex])})
+            written.append({"dataset_id": dataset_id, "quantum_id": quantum_id})
             ds.append({"dataset_id": dataset_id, "dataset_type_id": type_rec.id, "run_id": run.id, "ingest_time": now})
             tags.append({"dataset_type_id": type_rec.id, "dataset_id": dataset_id, "collection_id": run.id,
                          "instrument": "SimCam", "visit": v, "detector": d})
@@ -359,11 +370,14 @@ def _fill_completion(root: str, n: int) -> None:
             conn.execute(schema.dataset.insert(), ds[start:start + 50_000])
             conn.execute(type_rec.tags.insert(), tags[start:start + 50_000])
             conn.execute(schema.file_record.insert(), files[start:start + 50_000])
+            conn.execute(schema.quantum.insert(), quanta[start:start + 50_000])
+            conn.execute(schema.quantum_output.insert(), written[start:start + 50_000])
 
 
 @benchmark("orchestration.completion_check_100k", unit="s", target=1.0,
-           description="resume completion check of 100k quanta (10k with --quick) whose outputs all exist: "
-                       "Planner._apply_existing, one bulk lookup per output type")
+           description="resume completion check of 100k quanta (10k with --quick) whose outputs all exist "
+                       "with matching provenance: Planner._apply_existing, one bulk lookup per output type "
+                       "and one of the outputs' quantum records")
 def bench_completion_check(ctx: Context) -> Result:
     from butler import Butler, DataCoordinate, DatasetRef
     from orchestration import Pipeline, Planner
@@ -378,6 +392,7 @@ def bench_completion_check(ctx: Context) -> Result:
     task_def = Pipeline().add_task("add", AddTask).task_defs()[0]
     outputs = AddTask.outputs()
     dataset_type = outputs["added"].to_dataset_type()
+    input_type = AddTask.inputs()["source"].to_dataset_type()
     planner = Planner(butler)
 
     def make_quanta() -> list[Any]:
@@ -386,8 +401,9 @@ def bench_completion_check(ctx: Context) -> Result:
             v, d = divmod(i, 9)
             values = {"instrument": "SimCam", "visit": v, "detector": d}
             coord = DataCoordinate.from_values(group, tuple(values[k] for k in group.required))
-            quanta.append(Quantum(i, "add", coord, {}, {"added": DatasetRef._trusted(dataset_type, coord, "bench/done",
-                                                                                     uuid.uuid4())}))
+            source = DatasetRef._trusted(input_type, coord, "in", completion_input_id(i))
+            quanta.append(Quantum(i, "add", coord, {"source": (source,)},
+                                  {"added": DatasetRef._trusted(dataset_type, coord, "bench/done", uuid.uuid4())}))
         return quanta
 
     samples = []
@@ -397,10 +413,10 @@ def bench_completion_check(ctx: Context) -> Result:
         planner._apply_existing(task_def, quanta, outputs, ["bench/done"], [], resume=True, extend_run=True,
                                 clobber_outputs=False)
         samples.append(time.perf_counter_ns() - t0)
-        skipped = sum(q.status == "skip" for q in quanta)
+        skipped = sum(q.status == "skip" and q.reason == "outputs exist (resume)" for q in quanta)
         if skipped != n:
             raise RuntimeError(f"{skipped} of {n} quanta found complete")
-    return Result.from_samples(samples, "s", notes=f"{n:,} quanta, all complete")
+    return Result.from_samples(samples, "s", notes=f"{n:,} quanta, all complete (provenance checked)")
 
 
 # -- executor overhead ---------------------------------------------------------------------------------

@@ -354,9 +354,8 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
     if missing:
         raise DataIdError(f"exposures {missing[:10]} of {instrument!r} have no tracking_ra/tracking_dec; "
                           "cannot compute regions")
-    detectors = [d.to_dict() for d in butler.query_dimension_records("detector", instrument=instrument)]
-    detectors = [d for d in detectors if d.get("pixel_scale_arcsec") and d.get("bbox_width")
-                 and d.get("bbox_height")]
+    registered = [d.to_dict() for d in butler.query_dimension_records("detector", instrument=instrument)]
+    detectors = [d for d in registered if _has_geometry(d)]
     if not detectors:
         raise DataIdError(f"no detector of {instrument!r} has a geometry (pixel_scale_arcsec, bbox_width, "
                           "bbox_height); cannot compute regions")
@@ -368,19 +367,25 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
         records = [r for r in records if r.id not in existing]
         if not records:
             return 0
-    # Detector polygons of every exposure at once: (exposures, detectors, 4 corners, xyz).
-    offsets = np.array([detector_corners(d) for d in detectors])
-    vectors = sky_vectors([r.tracking_ra for r in records], [r.tracking_dec for r in records],
-                          [r.sky_angle or 0.0 for r in records], offsets)
-    n_det = len(detectors)
-    flat = _check_orientation(
-        vectors.reshape(-1, 4, 3),
-        lambda i: f"exposure {records[i // n_det].id}, detector {detectors[i % n_det]['id']}")
-    detector_regions = encode_polygons(flat)
+    # Detector polygons of the exposures of each camera version at once: (exposures, detectors, 4 corners, xyz).
+    geometry: list[Any] = [None] * len(records)
+    for dets, indices in _camera_versions(butler, instrument, records, detectors):
+        group = [records[k] for k in indices]
+        offsets = np.array([detector_corners(d) for d in dets])
+        vectors = sky_vectors([r.tracking_ra for r in group], [r.tracking_dec for r in group],
+                              [r.sky_angle or 0.0 for r in group], offsets)
+        n_det = len(dets)
+        flat = _check_orientation(
+            vectors.reshape(-1, 4, 3),
+            lambda i, group=group, dets=dets: f"exposure {group[i // n_det].id}, detector {dets[i % n_det]['id']}")
+        encoded = encode_polygons(flat)
+        for j, k in enumerate(indices):
+            geometry[k] = (vectors[j], dets, encoded[j * n_det:(j + 1) * n_det])
     visit_rows = []
     region_rows = []
     for k, r in enumerate(records):
-        points = [sg.UnitVector3d(*v) for v in vectors[k].reshape(-1, 3).tolist()]
+        exposure_vectors, dets, detector_regions = geometry[k]
+        points = [sg.UnitVector3d(*v) for v in exposure_vectors.reshape(-1, 3).tolist()]
         visit_rows.append({
             "instrument": instrument, "id": r.id, "physical_filter": r.physical_filter, "day_obs": r.day_obs,
             "name": r.obs_id, "exposure_time": r.exposure_time, "begin": r.begin, "end": r.end,
@@ -388,7 +393,7 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
             "region": bytes(sg.ConvexPolygon.convexHull(points).encode()),
         })
         region_rows.extend({"instrument": instrument, "visit": r.id, "detector": d["id"],
-                            "region": detector_regions[k * n_det + j]} for j, d in enumerate(detectors))
+                            "region": detector_regions[j]} for j, d in enumerate(dets))
     definition_rows = [{"instrument": instrument, "exposure": r.id, "visit": r.id} for r in records]
     records_mgr = registry.records
     schema = registry.schema
@@ -411,6 +416,50 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
     registry.db.analyze([schema.elements["visit"], schema.elements["visit_detector_region"],
                          schema.skypix["visit"], schema.skypix["visit_detector_region"]])
     return len(visit_rows)
+
+
+def _has_geometry(detector: Mapping[str, Any]) -> bool:
+    return bool(detector.get("pixel_scale_arcsec") and detector.get("bbox_width") and detector.get("bbox_height"))
+
+
+def _camera_versions(butler: Butler, instrument: str, records: list[Any], registered: list[dict[str, Any]]
+                     ) -> list[tuple[list[dict[str, Any]], list[int]]]:
+    """The exposures (indices into ``records``) of each camera version, with its detector geometry.
+
+    The version is the ``camera`` certified for the exposure's begin time (one calibration lookup
+    for all exposures, one read per version: docs/calibrations.md), restricted to the registered
+    detectors (regions name detector records). Exposures without a begin time, or with no camera
+    valid then (a repository registered with ``calibs=False``), use the registered detector
+    records, as the first camera version wrote them.
+    """
+    from ._time import to_nsec
+    from .instrument import Camera
+
+    fallback = list(range(len(records)))
+    timed = {k: to_nsec(r.begin) for k, r in enumerate(records) if r.begin is not None}
+    if not timed or "camera" not in {t.name for t in butler.query_dataset_types("camera")}:
+        return [(registered, fallback)]
+    try:
+        found = butler.find_calibs("camera", [({"instrument": instrument}, t) for t in sorted(set(timed.values()))])
+    except LookupError:  # no calibration collections for this instrument
+        return [(registered, fallback)]
+    by_time = {t: ref for (_, t), ref in found.items()}
+    geometry = {d["id"]: d for d in registered}
+    versions: dict[Any, tuple[list[dict[str, Any]], list[int]]] = {}
+    for k in fallback:
+        ref = by_time.get(timed[k]) if k in timed else None
+        entry = versions.get(ref.id if ref is not None else None)
+        if entry is None:
+            if ref is None:
+                dets = registered
+            else:
+                camera = butler.get(ref)
+                camera = camera if isinstance(camera, Camera) else Camera.from_dict(camera)  # pre-Camera repos
+                dets = [d.to_record(instrument) for d in camera.detectors.values() if d.id in geometry]
+                dets = [d for d in dets if _has_geometry(d)]
+            entry = versions[ref.id if ref is not None else None] = (dets, [])
+        entry[1].append(k)
+    return list(versions.values())
 
 
 def _update_visits(registry: Any, conn: Any, rows: list[dict[str, Any]]) -> None:

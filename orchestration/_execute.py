@@ -45,11 +45,15 @@ class QuantumResult:
 
 
 class QuantumFailure(Exception):
-    """A task raised; carries the quantum and the formatted traceback to the driver."""
+    """A task raised; carries the quantum, the formatted traceback and where and when it ran (host,
+    Dask worker address, start and end in ns since the epoch; empty when it never reached a worker)."""
 
-    def __init__(self, index: int, task: str, data_id: str, error: str, tb: str):
-        super().__init__(index, task, data_id, error, tb)
+    def __init__(self, index: int, task: str, data_id: str, error: str, tb: str, host: str = "",
+                 worker: str = "", start_ns: int = 0, end_ns: int = 0):
+        # Everything in args: exceptions travel from workers by pickle, which rebuilds them from args.
+        super().__init__(index, task, data_id, error, tb, host, worker, start_ns, end_ns)
         self.index, self.task, self.data_id, self.error, self.tb = index, task, data_id, error, tb
+        self.host, self.worker, self.start_ns, self.end_ns = host, worker, start_ns, end_ns
 
     def __str__(self) -> str:
         return f"{self.task} {self.data_id} failed: {self.error}"
@@ -142,7 +146,18 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
         raise
     except Exception as err:
         raise QuantumFailure(quantum.index, quantum.task, str(quantum.data_id), f"{type(err).__name__}: {err}",
-                             traceback.format_exc()) from None
+                             traceback.format_exc(), socket.gethostname(), _worker_address(), start,
+                             time.time_ns()) from None
+
+
+def _worker_address() -> str:
+    """The address of the Dask worker running this task ("" outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return ""
 
 
 def _commit_or_adopt(p: Any) -> Any:

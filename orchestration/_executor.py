@@ -223,7 +223,7 @@ class _Accounts:
             return
         self.report.failed.append(failure)
         self.failed.add(index)
-        self.failed_records.append(self.registrar.failure_record(index, failure.error))
+        self.failed_records.append(self.registrar.failure_record(index, failure))
 
     def flush(self) -> None:
         self.registrar.register(self.pending, self.failed_records)
@@ -270,12 +270,14 @@ class _Registrar:
         self.run_rec = self.registry.collections.get(plan.output_run)
         self.digests = {d.label: d.config_digest for d in plan.tasks}
 
-    def failure_record(self, index: int, error: str) -> dict[str, Any]:
+    def failure_record(self, index: int, failure: QuantumFailure) -> dict[str, Any]:
         import uuid
 
         q = self.plan.quanta[index]
         return {"quantum_id": uuid.uuid4(), "task": q.task, "data_id": q.data_id.to_dict(),
-                "config_digest": self.digests[q.task], "status": "failed", "error": error,
+                "config_digest": self.digests[q.task], "status": "failed", "error": failure.error,
+                "host": failure.host or None, "worker": failure.worker or None,
+                "start_ns": failure.start_ns or None, "end_ns": failure.end_ns or None,
                 "inputs": [r.id for refs in q.inputs.values() for r in refs], "outputs": []}
 
     def register(self, results: Sequence[QuantumResult], failures: Sequence[dict[str, Any]]) -> None:

@@ -17,10 +17,13 @@ from butler import DataCoordinate, DatasetRef
 
 from ._pipeline import TaskDef
 
-__all__ = ["Plan", "Quantum", "RUN", "SKIP"]
+__all__ = ["Plan", "Quantum", "RERUN_CHANGED", "RERUN_REMADE", "RUN", "SKIP"]
 
 RUN = "run"
 SKIP = "skip"
+# Why a quantum whose outputs exist runs again (``Quantum.context["rerun"]``, the start of its reason).
+RERUN_CHANGED = "inputs changed"
+RERUN_REMADE = "inputs re-made in this execution"
 
 
 @dataclass(slots=True)
@@ -47,8 +50,9 @@ class Quantum:
         ins = ", ".join(f"{k}: {len(v)}" for k, v in self.inputs.items())
         outs = ", ".join(f"{k}: {r.dataset_type.name}" for k, r in self.outputs.items())
         reason = self.reason
-        if not reason and self.context.get("clobber"):
-            reason = f"removes {len(self.context['clobber'])} existing output(s) first: --clobber-outputs"
+        if self.context.get("clobber"):
+            removes = f"removes {len(self.context['clobber'])} existing output(s) first"
+            reason = f"{reason}; {removes}" if reason else f"{removes}: --clobber-outputs"
         why = f" ({reason})" if reason else ""
         return (f"{self.task} {self.data_id}: {self.status.upper()}{why}; inputs [{ins}]; "
                 f"outputs [{outs}]; upstream quanta {list(self.upstream)}")
@@ -88,6 +92,8 @@ class Plan:
         for q in self.quanta:
             if q.status != RUN:
                 reasons[q.task][q.reason] += 1
+            elif "rerun" in q.context:
+                reasons[q.task][f"run again, {q.context['rerun']}"] += 1
         counts = self.counts()
         width = max([len("task")] + [len(d.label) for d in self.tasks])
         lines = [f"{'task':<{width}}  {'run':>7}  {'skip':>7}  reasons",
@@ -97,6 +103,16 @@ class Plan:
             lines.append(f"{d.label:<{width}}  {counts[d.label][RUN]:>7}  {counts[d.label][SKIP]:>7}  {why}")
         lines.append(f"output run: {self.output_run}; inputs: {', '.join(self.input_collections)}")
         lines.extend(self.notes)
+        return "\n".join(lines)
+
+    def reruns(self, limit: int = 20) -> str:
+        """One line per quantum (the first ``limit``) that runs again although its outputs exist, and why."""
+        found = [q for q in self.quanta if q.status == RUN and "rerun" in q.context]
+        lines = [f"{q.task} {q.data_id}: RUN ({q.reason}"
+                 + (f"; removes {len(q.context['clobber'])} existing output(s) first)" if q.context.get("clobber") else ")")
+                 for q in found[:limit]]
+        if len(found) > limit:
+            lines.append(f"... and {len(found) - limit} more (--explain TASK shows each)")
         return "\n".join(lines)
 
     def explain(self, task: str, data_id: Mapping[str, Any] | None = None, **kwargs: Any) -> str:

@@ -9,6 +9,11 @@
 3. Inputs are resolved with one set-based lookup per dataset type (existing datasets) or taken
    from the upstream quantum that predicts them; existing outputs are found with one set-based
    lookup per output type, which decides skips on resume.
+4. A quantum whose outputs all exist is complete only if its inputs are the ones the quantum that
+   wrote them recorded (one bulk query of those provenance records per task) and none of them is
+   re-made by a quantum that runs in this execution; otherwise it runs again, its old outputs
+   removed first. Outputs without a provenance record (written by hand) count as complete, and
+   the plan says their inputs were not checked.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from typing import Any
 
 from butler import Butler, DataCoordinate, DatasetRef, DatasetType
 from butler._gc import gc_paused
+from butler._provenance import decode_inputs, recorded_inputs, same_inputs
 from butler.errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
 
 from ._connections import Connection, Input, PrerequisiteInput
 from ._pipeline import Pipeline, PipelineError, TaskDef
-from ._plan import RUN, SKIP, Plan, Quantum
+from ._plan import RERUN_CHANGED, RERUN_REMADE, RUN, SKIP, Plan, Quantum
 from ._provenance import init_output_types
 
 __all__ = ["Planner", "PlanningError"]
@@ -38,6 +44,8 @@ class Planner:
 
     def __init__(self, butler: Butler) -> None:
         self.butler = butler
+        self._producers: Mapping[str, str] = {}
+        self._made_here: set[uuid.UUID] = set()  # predicted output ids of quanta that run in this plan
 
     @gc_paused()
     def build(
@@ -65,6 +73,7 @@ class Planner:
         extend_run = extend_run or resume
         run_exists = self._check_output_run(output_run, extend_run)
         producers = {c.dataset_type: d.label for d in defs for c in d.task_class.outputs().values()}
+        self._producers, self._made_here = producers, set()
         self._check_dataset_types(defs, producers)
         constraints = dict(butler._constraints(data_id, {})) if data_id else {}
 
@@ -251,6 +260,8 @@ class Planner:
                 ref = q.outputs[name]
                 if q.status == RUN or q.reason.startswith("outputs exist"):
                     produced.setdefault(c.dataset_type, {})[ref.data_id.values] = (q.index, ref)
+        if output_lookup or skip_colls:  # only then can a later task's quantum be found complete
+            self._made_here.update(ref.id for q in quanta if q.status == RUN for ref in q.outputs.values())
         return quanta
 
     def _resolve_connection(self, d: TaskDef, name: str, c: Any, cg: Any, quanta: list[Quantum],
@@ -339,13 +350,13 @@ class Planner:
             in_run[name] = self._find_refs(c.dataset_type, coords, output_lookup) if output_lookup else {}
             elsewhere[name] = self._find_refs(c.dataset_type, coords, skip_colls) if skip_colls else {}
         n_outputs = len(names)
+        complete: list[tuple[Quantum, dict[str, DatasetRef], str]] = []  # pending the provenance check
         for q in quanta:
             did = q.data_id
             have = {n: ref for n in names if (ref := in_run[n].get(did)) is not None}
             if len(have) == n_outputs:
                 if resume:
-                    q.status, q.reason = SKIP, "outputs exist (resume)"
-                    q.outputs.update(have)
+                    complete.append((q, have, "outputs exist (resume)"))
                     continue
                 if not clobber_outputs:
                     raise ConflictError(
@@ -363,5 +374,53 @@ class Planner:
             if skip_colls:
                 found = {n: ref for n in names if (ref := elsewhere[n].get(did)) is not None}
                 if len(found) == n_outputs:
-                    q.status, q.reason = SKIP, "outputs exist in --skip-existing-in collections"
-                    q.outputs.update(found)
+                    complete.append((q, found, "outputs exist in --skip-existing-in collections"))
+        self._check_provenance(complete, names[0])
+
+    def _check_provenance(self, complete: list[tuple[Quantum, dict[str, DatasetRef], str]], first: str) -> None:
+        """Skip the quanta whose existing outputs were made from the inputs they would use now; run the
+        others again (removing outputs of the output run first). One provenance query for all."""
+        if not complete:
+            return
+        recorded = recorded_inputs(self.butler, [have[first] for _, have, _ in complete])
+        made_here = self._made_here
+        for (q, have, reason), stored in zip(complete, recorded):
+            current = [r for refs in q.inputs.values() for r in refs]
+            remade = [r for r in current if r.id in made_here] if made_here else []
+            if remade:
+                why = RERUN_REMADE, f"{RERUN_REMADE}: {self._describe_inputs(remade)} will be made again"
+            elif stored is None:
+                q.status, q.reason = SKIP, f"{reason}; no provenance recorded, inputs not checked"
+                q.outputs.update(have)
+                continue
+            else:
+                if same_inputs(stored, [r.id for r in current]):
+                    new, gone = [], 0
+                else:
+                    inputs = decode_inputs(stored)
+                    new = [r for r in current if r.id.hex not in inputs]
+                    gone = len(inputs) - (len(current) - len(new))
+                if not new and not gone:
+                    q.status, q.reason = SKIP, reason
+                    q.outputs.update(have)
+                    continue
+                parts = [f"{self._describe_inputs(new)} {'is' if len(new) == 1 else 'are'} new"] if new else []
+                if gone:
+                    parts.append(f"{gone} recorded input(s) no longer used")
+                why = RERUN_CHANGED, f"{RERUN_CHANGED}: {'; '.join(parts)}"
+            if q.status != RUN:  # an input is missing now: it cannot run, and its old outputs are stale
+                q.reason = f"{q.reason}; its existing outputs are not used ({why[1]})"
+                continue
+            q.context["rerun"], q.reason = why
+            clobber = [ref for ref in have.values() if ref.run == q.outputs[first].run]  # in the output run
+            if clobber:
+                q.context["clobber"] = clobber
+
+    def _describe_inputs(self, refs: list[DatasetRef]) -> str:
+        """``add output added {...}`` (and how many more), for restart reasons."""
+        ref = refs[0]
+        name = ref.dataset_type.name
+        producer = self._producers.get(name)
+        data_id = "{" + ", ".join(f"{k}: {v!r}" for k, v in ref.data_id.to_dict().items()) + "}"  # required keys
+        text = f"{producer} output {name} {data_id}" if producer else f"input {name} {data_id}"
+        return text + (f" (and {len(refs) - 1} more)" if len(refs) > 1 else "")

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-__all__ = ["run", "parse_id", "make_client"]
+__all__ = ["DASHBOARD_ADDRESS", "dashboard_link", "run", "parse_id", "make_client"]
 
 _TERM = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_.]*)=(?P<value>.+)$")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?::(\d+))?$")
@@ -57,8 +57,16 @@ def parse_id(text: str, aliases: dict[str, str] | None = None) -> tuple[str, dic
     return " AND ".join(terms), bind
 
 
-def make_client(spec: str) -> Any:
-    """A distributed Client for ``local[:N]``, ``threads[:N]``, a scheduler address, ``slurm`` or ``pbs``."""
+DASHBOARD_ADDRESS = "127.0.0.1:0"
+
+
+def make_client(spec: str, *, dashboard_address: str = DASHBOARD_ADDRESS) -> Any:
+    """A distributed Client for ``local[:N]``, ``threads[:N]``, a scheduler address, ``slurm`` or ``pbs``.
+
+    The dashboard of a cluster started here listens on ``dashboard_address``: by default this
+    machine only (a port alone, ``:0``, would bind every interface and show other users' data
+    paths and tracebacks to the network), on a free port.
+    """
     import os
 
     from distributed import Client, LocalCluster
@@ -66,11 +74,11 @@ def make_client(spec: str) -> Any:
     name, _, arg = spec.partition(":") if not spec.startswith(("tcp://", "tls://", "ucx://")) else (spec, "", "")
     if name == "local":
         n = int(arg) if arg else min(os.cpu_count() or 1, 8)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dashboard_address)
         return Client(cluster)
     if name == "threads":
         n = int(arg) if arg else (os.cpu_count() or 1)
-        return Client(processes=False, n_workers=1, threads_per_worker=n, dashboard_address=":0")
+        return Client(processes=False, n_workers=1, threads_per_worker=n, dashboard_address=dashboard_address)
     if name in ("slurm", "pbs"):
         try:
             import dask_jobqueue
@@ -84,6 +92,21 @@ def make_client(spec: str) -> Any:
         return Client(spec)
     raise click.BadParameter(f"unknown cluster {spec!r}; use local[:N], threads[:N], tcp://host:port, slurm or pbs",
                              param_hint="'--cluster'")
+
+
+def dashboard_link(client: Any, dashboard_address: str = DASHBOARD_ADDRESS) -> str | None:
+    """The dashboard's URL on the host it listens on (Dask names the machine's address in the link of
+    an in-process cluster even when the dashboard only listens on 127.0.0.1)."""
+    from urllib.parse import urlsplit
+
+    link = getattr(client, "dashboard_link", None)
+    if not link:
+        return None
+    host = dashboard_address.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        return link
+    parts = urlsplit(link)
+    return parts._replace(netloc=f"{host}:{parts.port}").geturl()
 
 
 @click.command("run")
@@ -101,6 +124,9 @@ def make_client(spec: str) -> Any:
 @click.option("--cluster", default="local", show_default=True,
               help="local[:N] (LocalCluster of N processes), threads[:N] (in-process, for debugging), "
                    "tcp://scheduler:8786 (an existing cluster), slurm or pbs (dask-jobqueue).")
+@click.option("--dashboard-address", default=DASHBOARD_ADDRESS, show_default=True, metavar="HOST:PORT",
+              help="Where the dashboard of a local[:N] or threads[:N] cluster listens: this machine only by default; "
+                   "e.g. 0.0.0.0:8787 to reach it from other machines.")
 @click.option("--retries", default=0, show_default=True, help="Times to retry a failing quantum.")
 @click.option("--resume", is_flag=True, help="Finish an existing run: skip quanta whose outputs all exist.")
 @click.option("--extend-run", is_flag=True, help="Add to an existing output run (existing outputs are an error).")
@@ -119,7 +145,8 @@ def make_client(spec: str) -> Any:
 def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_text: str, where: str,
         overrides: Sequence[str], tasks: str | None, cluster: str, retries: int, resume: bool, extend_run: bool,
         clobber_outputs: bool, skip_existing_in: Sequence[str], replace_run: bool, dry_run: bool,
-        explain: str | None, save_plan: str | None, progress: bool | None, calibs: Sequence[str] = ()) -> None:
+        explain: str | None, save_plan: str | None, progress: bool | None, calibs: Sequence[str] = (),
+        dashboard_address: str = DASHBOARD_ADDRESS) -> None:
     """Plan PIPELINE (a YAML file) over REPO and execute it on Dask.
 
     \b
@@ -164,6 +191,9 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
         if save_plan:
             plan.save(save_plan)
         click.echo(plan.summary())
+        reruns = plan.reruns()
+        if reruns:  # quanta whose outputs exist but whose inputs are not those recorded (provenance)
+            click.echo(reruns)
         if dry_run:
             if explain:
                 label, _, terms = explain.partition(":")
@@ -174,8 +204,8 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
         resume_cmd = "butler " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--replace-run",))
         if "--resume" not in resume_cmd:
             resume_cmd += " --resume"
-        with make_client(cluster) as client:
-            link = getattr(client, "dashboard_link", None)
+        with make_client(cluster, dashboard_address=dashboard_address) as client:
+            link = dashboard_link(client, dashboard_address)
             if link:
                 click.echo(f"dashboard: {link}", err=True)
             executor = DaskExecutor(client, retries=retries, progress=progress, resume_command=resume_cmd)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from butler import Butler
 from butler.cli import cli
 from orchestration import Plan
-from orchestration.cli import parse_id
+from orchestration.cli import dashboard_link, make_client, parse_id
 from orchestration.testing import make_metrics_repo
 
 OUT = "u/tester/cli"
@@ -133,6 +134,9 @@ def test_query_provenance_lists_failures_and_the_quantum_of_a_dataset(repo, pipe
     assert "detector=2" in failed["data_id"] and "visit=0" in failed["data_id"]
     assert failed["error"].startswith("ValueError: detector 2 is configured to fail")
     assert (failed["inputs"], failed["outputs"]) == (1, 0)
+    assert failed["host"] == socket.gethostname() and failed["worker"].startswith("inproc://")  # threads cluster
+    assert failed["start"] <= failed["end"] and failed["seconds"] >= 0
+    assert failed["start"].endswith("+00:00") and len(failed["start"]) == len("2026-12-01T22:00:00.000+00:00")
     result = CliRunner().invoke(cli, ["query-provenance", repo.root, "--run", OUT, "--status", "succeeded",
                                       "--format", "json"])
     assert sorted((r["task"], r["inputs"], r["outputs"]) for r in json.loads(result.output)) == [("add", 1, 1)] * 3
@@ -237,3 +241,34 @@ def test_real_subprocess_on_a_local_cluster(repo, pipeline):
     assert f"to retry what failed: butler run {' '.join(args)} --resume".replace(
         "visit=2^3 detector=0..1", "'visit=2^3 detector=0..1'") in result.stdout
     assert outputs(repo) == [(2, 0), (3, 0)]
+
+
+# -- the dashboard of clusters started by butler run -------------------------------------------------
+def listening_hosts(port: int) -> set[str]:
+    """The addresses this process listens on at ``port`` (what the OS bound, not what a link says)."""
+    import psutil
+
+    return {c.laddr.ip for c in psutil.Process().net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def dashboard_port(client) -> int:
+    from urllib.parse import urlsplit
+
+    return urlsplit(client.dashboard_link).port
+
+
+@pytest.mark.parametrize("spec", ["local:1", "threads:1"])
+def test_dashboard_listens_on_this_machine_only_unless_asked(spec):
+    with make_client(spec) as client:
+        assert listening_hosts(dashboard_port(client)) == {"127.0.0.1"}
+        assert dashboard_link(client) == f"http://127.0.0.1:{dashboard_port(client)}/status"  # the link works
+    with make_client(spec, dashboard_address="0.0.0.0:0") as client:  # asked for: every interface
+        assert listening_hosts(dashboard_port(client)) == {"0.0.0.0"}
+
+
+def test_run_passes_the_dashboard_address(repo, pipeline):
+    result = butler_run(repo, pipeline, "--id", "visit=0", "--dashboard-address", "127.0.0.1:0")
+    assert "dashboard: http://127.0.0.1:" in result.stderr
+    result = CliRunner().invoke(cli, ["run", "--help"])
+    assert "--dashboard-address HOST:PORT" in result.output and "[default: 127.0.0.1:0]" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -75,6 +76,26 @@ def test_failing_quantum_blocks_downstream_only(repo, cluster_client):
     assert repo.query_datasets("visit_sum", collections=OUT) == []
     assert len(repo.query_provenance(run=OUT, status="failed")) == 4
     assert repo.verify() == [] and files_on_disk(repo.root, OUT) == registered_files(repo, OUT)
+
+
+def test_failed_quanta_record_host_worker_and_times(repo, cluster_client):
+    t0 = time.time_ns()
+    plan = Planner(repo).build(add_sum(fail_on_detector=4), inputs=["in"], output_run=OUT, where="visit < 2")
+    report = DaskExecutor(cluster_client, progress=False).run(plan, repo)
+    t1 = time.time_ns()
+    assert len(report.failed) == 2
+    workers = set(cluster_client.scheduler_info()["workers"])
+    assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
+    for failure in report.failed:  # the driver's report knows them too
+        assert failure.host == socket.gethostname() and failure.worker in workers
+        assert t0 < failure.start_ns < failure.end_ns < t1
+    records = repo.query_provenance(run=OUT, status="failed")
+    assert sorted(r["data_id"]["visit"] for r in records) == [0, 1]
+    for record in records:
+        assert record["host"] == socket.gethostname()
+        assert record["worker"] in workers
+        assert t0 < record["start_ns"] < record["end_ns"] < t1
+        assert record["error"] == "ValueError: detector 4 is configured to fail"
 
 
 def test_retries(repo, cluster_client, tmp_path):

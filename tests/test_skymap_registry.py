@@ -238,6 +238,45 @@ def test_define_visits_regions_follow_the_camera_geometry(sky, rings):
     assert sky.define_visits("SimCam") == 0  # every exposure has its visit: nothing to do
 
 
+def test_define_visits_uses_the_camera_version_of_each_exposure(repo_factory):
+    """A second camera version (twice the pixel scale, detector 4 rotated) certified from December:
+    visits of November exposures get the first geometry, December ones the second."""
+    from butler._skymaps import sky_vectors
+    from butler.instrument import Camera
+
+    butler = Butler(repo_factory().root, run="u/tester/run1")
+    butler.register_instrument(SimCam())  # the first version, certified for all time
+    definition = SimCam().definition()
+    for det in definition["detectors"]:
+        det["pixel_scale_arcsec"] *= 2
+    definition["detectors"][4]["rotation_deg"] = 30.0
+    butler.certify_camera(Camera.from_dict(definition), "2026-12-01")
+    ra, dec, angle = 150.0, 2.0, 10.0
+    butler.insert_dimension_records("exposure", [
+        {**exposure_record(1, ra, dec, angle=angle), "begin": "2026-11-30T23:00:00", "end": "2026-11-30T23:00:30"},
+        {**exposure_record(2, ra, dec, angle=angle), "begin": "2026-12-01T01:00:00", "end": "2026-12-01T01:00:30",
+         "day_obs": 20261201},
+    ])
+    assert butler.define_visits("SimCam") == 2
+    regions = detector_regions(butler)
+    old, new = (butler.get("camera", instrument="SimCam", exposure=e) for e in (1, 2))
+    assert old == Camera.from_instrument(SimCam()) and new == Camera.from_dict(definition)
+    for visit, camera in ((1, old), (2, new)):
+        expected = sky_vectors([ra], [dec], [angle], np.array([camera.detector_corners(d) for d in range(9)]))[0]
+        for d in range(9):
+            got = np.array([[v.x(), v.y(), v.z()] for v in regions[(visit, d)].getVertices()])
+            # every corner of the version's geometry is a vertex of the stored region (to ~0.2 mas)
+            assert np.abs(got[None, :, :] - expected[d][:, None, :]).max(axis=2).min(axis=1).max() < 1e-9, (visit, d)
+    # Twice the pixel scale: each December detector spans twice the angle of its November self.
+    for d in range(9):
+        ratio = (regions[(2, d)].getBoundingCircle().getOpeningAngle().asRadians()
+                 / regions[(1, d)].getBoundingCircle().getOpeningAngle().asRadians())
+        assert ratio == pytest.approx(2.0, rel=1e-3)
+    visits = {v.id: v for v in butler.query_dimension_records("visit", instrument="SimCam")}
+    assert visits[2].region.getBoundingCircle().getOpeningAngle().asRadians() == pytest.approx(
+        2 * visits[1].region.getBoundingCircle().getOpeningAngle().asRadians(), rel=1e-3)
+
+
 def test_both_directions_agree_with_each_other_and_with_the_skymap(sky, rings):
     regions = detector_regions(sky)
     # visit+detector -> patches, compared with an exact overlap test against the skymap's patches.

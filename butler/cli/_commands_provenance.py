@@ -29,7 +29,7 @@ _STATUSES = ("succeeded", "no-work", "failed")
 @format_option
 def query_provenance(repo: str, run: str | None, task: str | None, statuses: Sequence[str], dataset_type: str | None,
                      collections: Sequence[str], where: str | None, data_id: dict[str, Any], fmt: str) -> None:
-    """List the quanta that pipelines executed in REPO: task, data ID, status, host, times, errors.
+    """List the quanta that pipelines executed in REPO: task, data ID, status, host, worker, times, errors.
 
     \b
     Examples:
@@ -55,7 +55,8 @@ def query_provenance(repo: str, run: str | None, task: str | None, statuses: Seq
                     and (not statuses or record["status"] in statuses) and (run is None or record["run"] == run):
                 records.append({**record, "dataset": str(ref.id)})
     rows = [_row(r) for r in records]
-    columns = ["task", "status", "data_id", "run", "host", "start", "seconds", "inputs", "outputs", "error"]
+    columns = ["task", "status", "data_id", "run", "host", "worker", "start", "end", "seconds", "inputs", "outputs",
+               "error"]
     if dataset_type is not None:
         columns.insert(0, "dataset")
     print_rows(rows, columns, fmt, empty="no provenance records match")
@@ -65,8 +66,8 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     start, end = record.get("start_ns"), record.get("end_ns")
     row = dict(record)
     row["data_id"] = " ".join(f"{k}={v}" for k, v in record["data_id"].items())
-    row["start"] = datetime.datetime.fromtimestamp(start / 1e9, datetime.UTC).isoformat(timespec="seconds") \
-        if start else None
+    row["start"], row["end"] = (datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC).isoformat(timespec="milliseconds")
+                                if ns else None for ns in (start, end))
     row["seconds"] = round((end - start) / 1e9, 3) if start and end else None
     row["inputs"] = len(record.get("inputs") or ())
     row["outputs"] = len(record.get("outputs") or ()) if "outputs" in record else None

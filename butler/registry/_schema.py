@@ -237,6 +237,7 @@ class RegistrySchema:
             sa.Column("data_id", sa.Text, nullable=False),
             sa.Column("config_digest", string(64), nullable=True),
             sa.Column("host", string(128), nullable=True),
+            sa.Column("worker", string(256), nullable=True),  # the Dask worker address (failed quanta)
             sa.Column("start_ns", sa.BigInteger, nullable=True),
             sa.Column("end_ns", sa.BigInteger, nullable=True),
             sa.Column("status", string(16), nullable=False),
