@@ -243,6 +243,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
     # unlinked after it, so a crash at any instant loses no source file.
     journal = registry.journal
     op = new_operation()
+    registry.upgrade_for_writes()
     if transfer != "direct":
         action = MOVE if transfer == "move" else STAGE
         journal.record(op, run_name, action, [(rel, ref.id, source if transfer == "move" else None)

@@ -48,6 +48,7 @@ def insert_provenance(butler: Butler, conn: sa.Connection, run_id: int, records:
 
 def _row_to_dict(butler: Butler, row: Any) -> dict[str, Any]:
     d = dict(row._mapping)
+    d.setdefault("worker", None)  # repositories before schema_minor 2
     d["data_id"] = json.loads(d["data_id"])
     d["inputs"] = [uuid.UUID(h) for h in json.loads(d["inputs"] or "[]")]
     d["run"] = butler.registry.collections.by_id(d.pop("run_id")).name
@@ -58,7 +59,8 @@ def provenance_of(butler: Butler, ref: DatasetRef) -> dict[str, Any] | None:
     """The record of the quantum that wrote ``ref`` (None for datasets not made by a pipeline)."""
     schema = butler.registry.schema
     q, o = schema.quantum, schema.quantum_output
-    stmt = sa.select(q).select_from(q.join(o, o.c.quantum_id == q.c.quantum_id)).where(o.c.dataset_id == ref.id)
+    stmt = (sa.select(*butler.registry.quantum_columns()).select_from(q.join(o, o.c.quantum_id == q.c.quantum_id))
+            .where(o.c.dataset_id == ref.id))
     with butler.registry.db.transaction() as conn:
         row = conn.execute(stmt).first()
         if row is None:
@@ -73,7 +75,7 @@ def query_provenance(butler: Butler, *, run: str | None = None, task: str | None
                      status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
     schema = butler.registry.schema
     q = schema.quantum
-    stmt = sa.select(q)
+    stmt = sa.select(*butler.registry.quantum_columns())
     if run is not None:
         stmt = stmt.where(q.c.run_id == butler.registry.collections.get(run).id)
     if task is not None:

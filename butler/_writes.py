@@ -99,6 +99,7 @@ def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
     for ref in refs:
         by_run.setdefault(ref.run, []).append((datastore.planned_path(ref, butler._template_values(ref)), ref.id, None))
     op = new_operation()
+    butler._registry.upgrade_for_writes()
     for run_name, items in by_run.items():
         butler._registry.journal.record(op, run_name, STAGE, items)
 
@@ -169,7 +170,7 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
     plans += [(ref, planned) for ref, planned, _ in component_plans]
 
     op = new_operation()
-    journal.ensure_table()
+    registry.upgrade_for_writes()
     journal.record(op, run_name, STAGE, [(planned.path, ref.id, None) for ref, planned in plans])
     prepared: list[PreparedWrite] = []
     old_paths: list[str] = []
@@ -328,7 +329,7 @@ def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: boo
     op = new_operation()
     n = 0
     paths: list[str] = []
-    registry.journal.ensure_table()
+    registry.upgrade_for_writes()
     with ExitStack() as locks:
         for run_name in sorted(by_run):
             locks.enter_context(run_lock(butler.root, run_name, action="remove datasets from", shared=True))
@@ -376,7 +377,7 @@ def _remove_runs(butler: Butler, runs: list[Any], allow_foreign_run: bool = Fals
     d = registry.schema.dataset
     op = new_operation()
     paths: list[str] = []
-    registry.journal.ensure_table()
+    registry.upgrade_for_writes()
     with registry.db.transaction(write=True) as conn:
         locked = {r.name: check_run_owner(registry, conn, r, action="remove it", allow_foreign=allow_foreign_run,
                                           exclusive=True) for r in sorted(runs, key=lambda r: r.id)}  # lock order

@@ -159,7 +159,8 @@ def test_concurrent_replaces_of_one_dataset_converge_without_spurious_conflicts(
 
 
 def test_a_repository_made_before_the_journal_gets_it_on_first_write(tmp_path):
-    """Old repositories (no journal table, no path index) are upgraded by the first write."""
+    """Old repositories (no journal table, no path index, no quantum.worker) are read as they are
+    and upgraded by the first write."""
     import sqlalchemy as sa
 
     butler = Butler.create(tmp_path / "repo", run="u/tester/run1")
@@ -167,14 +168,18 @@ def test_a_repository_made_before_the_journal_gets_it_on_first_write(tmp_path):
     with db.transaction(write=True) as conn:
         conn.execute(sa.text("DROP TABLE file_journal"))
         conn.execute(sa.text("DROP INDEX file_record_path"))
-        conn.execute(sa.text("DELETE FROM butler_attributes WHERE name = 'file_journal_version'"))
+        conn.execute(sa.text("DELETE FROM butler_attributes WHERE name IN ('file_journal_version', 'schema_minor')"))
+        conn.execute(sa.text("ALTER TABLE quantum DROP COLUMN worker"))
     from butler.testing import forget_open_repositories
 
     forget_open_repositories()
     old = Butler(butler.root, run="u/tester/run1")
     assert old.verify() == []  # reading needs no journal
+    assert old.query_provenance() == []
     old.register_dataset_type(DatasetType("cfg", (), "StructuredData"))
     old.put({"a": 1}, "cfg")
     with old.registry.db.transaction() as conn:
         assert sa.inspect(conn).has_table("file_journal")
+        assert "worker" in {c["name"] for c in sa.inspect(conn).get_columns("quantum")}
+    assert old.registry.schema_minor == 2
     assert old.get("cfg") == {"a": 1} and old.verify() == []

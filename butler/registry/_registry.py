@@ -32,7 +32,7 @@ from ._dataset_types import DatasetTypeManager
 from ._datasets import DatasetManager
 from ._dimension_records import DimensionRecordManager
 from ._journal import FileJournal
-from ._schema import SCHEMA_VERSION, RegistrySchema
+from ._schema import SCHEMA_MINOR, SCHEMA_VERSION, RegistrySchema
 
 if TYPE_CHECKING:
     from ._query import QueryBuilder
@@ -112,6 +112,7 @@ class Registry:
             "universe_version": str(universe.version),
             **_universe_json(universe),
             "file_journal_version": "1",  # the journal table exists (see _journal.py)
+            "schema_minor": str(SCHEMA_MINOR),
             **(extra or {}),
         }
         with db.transaction(write=True) as conn:
@@ -152,6 +153,43 @@ class Registry:
         universe = _universe_from_attributes(rows)
         _OPENED[key] = (rows["universe"], rows)
         return cls(db, universe, rows)
+
+    @property
+    def schema_minor(self) -> int:
+        """Additions to schema version 1 this registry has (2: the file journal, the path index of
+        file records and ``quantum.worker``); older repositories get them on their first write."""
+        return int(self.attributes.get("schema_minor", "1"))
+
+    def upgrade_for_writes(self) -> None:
+        """Add what this repository predates (see `schema_minor`) before the first write: the
+        additions are tables, an index and a nullable column, so old readers keep working. Reads
+        never upgrade (a read-only open writes nothing); they work without the additions."""
+        if self.schema_minor >= SCHEMA_MINOR:
+            return
+        with self._lock:
+            self.refresh_attributes()
+            if self.schema_minor >= SCHEMA_MINOR:
+                return
+            self.journal.ensure_table()
+            q = self.schema.quantum
+            with self.db.transaction(write=True) as conn:
+                present = {c["name"] for c in sa.inspect(conn).get_columns(q.name, schema=self.db.namespace)}
+            if "worker" not in present:
+                column = q.c.worker
+                prep = self.db.engine.dialect.identifier_preparer
+                ddl = column.type.compile(dialect=self.db.engine.dialect)
+                with self.db.engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(q)} ADD COLUMN {prep.quote('worker')} {ddl}")
+            attrs = self.schema.attributes
+            with self.db.transaction(write=True) as conn:
+                conn.execute(attrs.delete().where(attrs.c.name == "schema_minor"))
+                conn.execute(attrs.insert().values(name="schema_minor", value=str(SCHEMA_MINOR)))
+            self.attributes["schema_minor"] = str(SCHEMA_MINOR)
+
+    def quantum_columns(self) -> list[sa.Column]:
+        """The columns of ``quantum`` this repository has (``worker`` since `schema_minor` 2)."""
+        q = self.schema.quantum
+        return [c for c in q.c if c.name != "worker" or self.schema_minor >= 2]
 
     def refresh(self) -> None:
         """Reload cached collections and dataset types (to see what other processes added)."""
