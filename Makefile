@@ -24,4 +24,4 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(DEMO_REPO) .bench .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEMO_REPO) $(DEMO_REPO)-preview-*.png .bench .pytest_cache .hypothesis

@@ -1,14 +1,14 @@
 """Run locks: one executor (or remover, or cleaner) at a time per RUN collection of a repository.
 
 An executor's workers write files into the run before the driver registers them, and at start an
-executor deletes the run's unregistered files as orphans of a killed run. Two executors on the
+executor cleans up what a killed execution of the run journaled and never registered. Two executors on the
 same run would therefore delete each other's fresh outputs (and race to register the same
 quanta). The lock makes the second one fail at once, naming the holder.
 
 The lock is an advisory ``flock`` on ``<root>/.locks/run-<digest>.lock``: the kernel releases it
 when the holding process dies, even by SIGKILL, so a crashed run can always be resumed and there
-is no stale-lock clean-up or heartbeat to get wrong. The file exists only while held (a killed
-holder leaves an unlocked one behind, which the next holder reuses and removes). Holding is
+is no stale-lock clean-up or heartbeat to get wrong. An exclusive holder removes the file when it
+lets go (a killed holder leaves an unlocked one behind, which the next holder reuses). Holding is
 re-entrant for the holding thread; other threads of the process are refused. The file holds who
 locked it (host, pid, time, command) for the error message.
 

@@ -164,7 +164,7 @@ def _commit_or_adopt(p: Any) -> Any:
     """Move a staged output into place and return its file record.
 
     The file may already be there when Dask re-executes a quantum whose result was lost with a
-    worker (its dependents still needed it): orphans of earlier runs are removed before execution,
+    worker (its dependents still needed it): leftovers of earlier executions are cleaned up before this one,
     so a file at this run's predicted path is this quantum's own earlier output, possibly already
     registered. It is kept (never replaced under a registered checksum) and described as it is.
     """

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(coadds)} coadds in run {OUTPUT_RUN!r} of {repo}:")
     for ref in sorted(coadds, key=lambda r: tuple(str(v) for v in r.data_id.values))[:12]:
         print(f"  {ref.data_id}")
-    preview = os.path.join(repo, "preview-coadd-45-r-deep.png")
+    # Beside the repository, not in it: a repository holds only what its registry knows (verify).
+    preview = os.path.abspath(repo).rstrip(os.sep) + "-preview-coadd-45-r-deep.png"
     coadd = butler.get("coadd", skymap=skymap.name, tract=9000, patch=45, band="r", flavor="deep",
                        collections=OUTPUT_RUN)
     write_preview(coadd, preview)

@@ -28,7 +28,7 @@ def test_demo_builds_coadds_then_resumes(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     assert "158 quanta succeeded (0 with nothing to do), 0 skipped, 0 failed, 0 blocked" in first.stdout
     assert f"24 coadds in run 'demo/coadd' of {repo}" in first.stdout
-    preview = repo / "preview-coadd-45-r-deep.png"
+    preview = tmp_path / "demo-repo-preview-coadd-45-r-deep.png"
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     butler = Butler(repo)

@@ -1,7 +1,7 @@
 """Checksummed, atomic file writes and verification for the datastore.
 
 Writes go to a temporary file in the destination directory (name starting with
-``.tmp-`` so cleanup after a crash can find orphans) and are then moved into place,
+``.tmp-`` so clean-up after a crash can find them next to the journaled path) and are then moved into place,
 so a reader never sees a half-written dataset.
 
 No-overwrite semantics: the move uses ``os.link`` (fails atomically if the target
