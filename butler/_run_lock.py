@@ -87,13 +87,7 @@ def run_lock(root: str, run: str, *, action: str = "execute", shared: bool = Fal
             yield
         return
     with _guard:
-        entry = _held.get(path)
-        if entry is not None:
-            if entry[2] != me:
-                raise RunLockedError(f"cannot {action} run {run!r}: it is locked by another thread of this process "
-                                     f"(pid {os.getpid()}); wait for it to finish")
-            entry[1] += 1
-        else:
+        if not _nest_in_exclusive(path, run, action, me):
             _held[path] = [_acquire(path, run, action), 1, me]
     try:
         yield
@@ -114,6 +108,19 @@ def run_lock(root: str, run: str, *, action: str = "execute", shared: bool = Fal
                     os.close(entry[0])
 
 
+def _nest_in_exclusive(path: str, run: str, action: str, me: int) -> bool:
+    """Whether this thread holds ``path`` exclusively already (then one level deeper); another
+    thread of this process holding it is refused like another process. Called under ``_guard``."""
+    entry = _held.get(path)
+    if entry is None:
+        return False
+    if entry[2] != me:
+        raise RunLockedError(f"cannot {action} run {run!r}: it is locked by another thread of this process "
+                             f"(pid {os.getpid()}); wait for it to finish")
+    entry[1] += 1
+    return True
+
+
 # Shared holds reuse one open descriptor per lock file and process: a put costs two flock calls
 # and a stat, not a file creation and removal (~0.5 ms on a slow file system).
 _shared_fds: dict[str, int] = {}
@@ -123,25 +130,18 @@ _shared_fds: dict[str, int] = {}
 def _shared_lock(path: str, run: str, action: str, me: int) -> Iterator[None]:
     key = (path, me)
     with _guard:
-        entry = _held.get(path)
-        if entry is not None:
-            if entry[2] != me:
-                raise RunLockedError(f"cannot {action} run {run!r}: it is locked by another thread of this process "
-                                     f"(pid {os.getpid()}); wait for it to finish")
-            entry[1] += 1  # inside our own exclusive hold
-            nested_in = _held
-        else:
+        nested = _nest_in_exclusive(path, run, action, me)
+        if not nested:
             own = _shared.get(key)
             if own is not None:
                 own[1] += 1
             else:
                 _shared[key] = [_acquire_shared(path, run, action), 1]
-            nested_in = None
     try:
         yield
     finally:
         with _guard:
-            if nested_in is not None:
+            if nested:
                 _held[path][1] -= 1
             else:
                 own = _shared[key]
