@@ -98,6 +98,10 @@ class Butler:
         self._implied_cache: dict[tuple[str, tuple], dict[str, Any]] = {}
         if not _lazy:
             self._registry  # noqa: B018 - connect now so a bad repository fails at open
+            if self.calibs:
+                from ._calibs import check_calib_collections
+
+                check_calib_collections(self, self.calibs)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
