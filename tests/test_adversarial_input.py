@@ -639,3 +639,20 @@ def test_cli_subprocess_prints_no_traceback(damaged):
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "registry.db must be a string" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_query_beyond_the_parameter_limit_is_an_expression_error(tmp_path):
+    """What cannot be merged into one IN (33,000 two-column terms: 66,000 parameters) exceeds
+    PostgreSQL's 65,535 parameters: an ExpressionError that counts the terms and suggests IN."""
+    url = backend_url("postgresql")
+    if url is None:
+        pytest.skip("postgresql backend not configured")
+    factory = RepoFactory(str(tmp_path), "postgresql")
+    try:
+        butler = Butler(factory().root, run=RUN)
+        butler.register_instrument(SimCam(), calibs=False)
+        where = " OR ".join(f"(visit = {i} AND detector = {i})" for i in range(33_000))
+        with pytest.raises(ExpressionError, match=r"has 66000 comparisons: write equalities .* as IN \(\.\.\.\)"):
+            butler.query_data_ids(["visit", "detector"], where=where, instrument="SimCam")
+    finally:
+        factory.cleanup()
