@@ -118,7 +118,6 @@ class Butler:
     ) -> Butler:
         """Create a repository at ``root`` (SQLite inside it unless ``db`` is a server URL)."""
         from .datastore._templates import TemplateSet
-
         from .registry._database import validate_namespace
 
         validate_namespace(namespace)  # it becomes a schema name in SQL: refuse before anything is written

@@ -200,7 +200,6 @@ def check_calib_collections(butler: Butler, calibs: Mapping[str, Any]) -> None:
                 )
 
 
-
 def calib_search_path(butler: Butler, dataset_type: str, instrument: str | None, collections: Any = None
                       ) -> list[str]:
     """Collections searched for a calibration type: ``collections`` if given, else

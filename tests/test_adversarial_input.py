@@ -503,9 +503,8 @@ def test_read_only_open_of_a_missing_sqlite_file_creates_nothing(damaged):
     before = sorted(os.listdir(damaged))
     with pytest.raises(RepositoryConfigError, match=r"butler.sqlite3 is missing"):
         Butler(damaged)
-    assert sorted(os.listdir(damaged)) == before == ["butler.yaml", "counts"] or \
-        sorted(os.listdir(damaged)) == before
-    assert not os.path.exists(os.path.join(damaged, "butler.sqlite3"))
+    assert sorted(os.listdir(damaged)) == before
+    assert not any(name.startswith("butler.sqlite3") for name in before)
 
 
 # -- 11. calibration collections and data ID constraints ----------------------------------------

@@ -325,9 +325,19 @@ def _closest(value: Any, existing: Sequence[Any], n: int = 5) -> list[Any]:
     return difflib.get_close_matches(str(value), [str(e) for e in existing], n=n, cutoff=0.0)
 
 
+_KEY_LENGTHS: dict[DimensionElement, dict[str, int]] = {}
+
+
 def _key_lengths(element: DimensionElement) -> dict[str, int]:
     """Maximum lengths of the string key columns of ``element``'s table (its own key, the keys of
-    the dimensions it requires and implies), as the schema sizes them."""
+    the dimensions it requires and implies), as the schema sizes them; computed once per element."""
+    cached = _KEY_LENGTHS.get(element)
+    if cached is None:
+        cached = _KEY_LENGTHS[element] = _compute_key_lengths(element)
+    return cached
+
+
+def _compute_key_lengths(element: DimensionElement) -> dict[str, int]:
     universe = element.universe
     out = {}
     for name in (*element.primary_key_columns, *element.implies):
