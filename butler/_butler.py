@@ -77,13 +77,15 @@ class Butler:
         if run is not None:
             from .registry._collections import validate_collection_name
 
-            validate_collection_name(run)
+            validate_collection_name(run, reserved=self._config.root_files)
         if writeable is False and run is not None:
             raise ValueError("a Butler with a run is writeable; drop run= or writeable=False")
         self.run = run
         self.writeable = bool(writeable) if writeable is not None else run is not None
-        if isinstance(collections, str):
-            collections = [collections]
+        if collections is not None:
+            from .registry._collections import check_collection_names
+
+            collections = check_collection_names(collections)
         self.collections: tuple[str, ...] = tuple(collections) if collections else ((run,) if run else ())
         self.calibs = dict(calibs or {})
         self.verify_reads = verify_reads
@@ -93,6 +95,10 @@ class Butler:
         self._implied_cache: dict[tuple[str, tuple], dict[str, Any]] = {}
         if not _lazy:
             self._registry  # noqa: B018 - connect now so a bad repository fails at open
+            if self.calibs:
+                from ._calibs import check_calib_collections
+
+                check_calib_collections(self, self.calibs)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -109,7 +115,9 @@ class Butler:
     ) -> Butler:
         """Create a repository at ``root`` (SQLite inside it unless ``db`` is a server URL)."""
         from .datastore._templates import TemplateSet
+        from .registry._database import validate_namespace
 
+        validate_namespace(namespace)  # it becomes a schema name in SQL: refuse before anything is written
         root = os.path.abspath(os.fspath(root))
         if os.path.exists(os.path.join(root, CONFIG_NAME)):
             raise ConflictError(f"{root} already holds a butler repository ({CONFIG_NAME} exists)")

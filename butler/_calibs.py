@@ -184,6 +184,25 @@ def decertify(butler: Butler, collection: str, dataset_type: str, valid_from: An
 
 
 # -- search paths and observation times ------------------------------------------------------------
+def check_calib_collections(butler: Butler, calibs: Mapping[str, Any]) -> None:
+    """``Butler(calibs=...)`` must name CALIBRATION collections (or chains of them): a RUN there
+    would be skipped by every calibration lookup, silently finding nothing."""
+    from .registry._collections import CollectionType
+
+    collections = butler._registry.collections
+    for dataset_type, chosen in calibs.items():
+        names = [chosen] if isinstance(chosen, str) else chosen
+        for name in names:
+            bad = [rec for rec in collections.resolve(name) if rec.type != CollectionType.CALIBRATION]
+            if bad:
+                inside = f" (in the chain {name!r})" if bad[0].name != name else ""
+                raise CollectionError(
+                    f"calibs={{{dataset_type!r}: {name!r}}}: {bad[0].name!r}{inside} is a {bad[0].type.name} "
+                    "collection, but calibrations are looked up in CALIBRATION collections (or CHAINED collections "
+                    "of them); certify the datasets into a CALIBRATION collection and name that"
+                )
+
+
 def calib_search_path(butler: Butler, dataset_type: str, instrument: str | None, collections: Any = None
                       ) -> list[str]:
     """Collections searched for a calibration type: ``collections`` if given, else
@@ -192,7 +211,9 @@ def calib_search_path(butler: Butler, dataset_type: str, instrument: str | None,
         return [collections] if isinstance(collections, str) else list(collections)
     chosen = butler.calibs.get(dataset_type)
     if chosen:
-        return [chosen] if isinstance(chosen, str) else list(chosen)
+        names = [chosen] if isinstance(chosen, str) else list(chosen)
+        check_calib_collections(butler, {dataset_type: names})  # in memory: collections are cached
+        return names
     if instrument is None:
         raise CollectionError(
             f"no collections to search for the calibration {dataset_type!r}: give instrument= (to search "

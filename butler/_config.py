@@ -7,16 +7,20 @@ formatter overrides). It is read once per process per modification time.
 The file is written as JSON, which is also YAML: opening a repository parses it with ``json``
 (PyYAML costs ~10 ms to import, a fifth of the first-open budget), and a file that a person
 rewrote in block-style YAML is still read, with ``yaml``.
+
+A file that does not parse, is not a mapping, or has values of the wrong type is a
+`RepositoryConfigError` naming the file and the key; so is a repository path that is a file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RepositoryNotFoundError
+from .errors import RepositoryConfigError, RepositoryNotFoundError
 
 __all__ = ["RepoConfig", "CONFIG_NAME", "DEFAULT_SQLITE"]
 
@@ -27,7 +31,7 @@ _CACHE: dict[str, tuple[int, RepoConfig]] = {}
 _HEADER = "# Butler repository configuration (JSON, which is also YAML: either syntax may be used).\n"
 
 
-def _parse(text: str) -> dict[str, Any]:
+def _parse(text: str, path: str) -> dict[str, Any]:
     """The configuration mapping: JSON after leading ``#`` comment lines, else any YAML."""
     body = text
     while body.lstrip().startswith("#"):
@@ -37,8 +41,54 @@ def _parse(text: str) -> dict[str, Any]:
     except ValueError:
         import yaml
 
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return data or {}
+        try:
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            raise RepositoryConfigError(
+                f"the repository configuration {path} is neither valid JSON nor valid YAML{at}: "
+                f"{getattr(err, 'problem', None) or err}; restore it from a backup or a copy of the repository"
+            ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RepositoryConfigError(
+            f"the repository configuration {path} must be a mapping with 'registry' and 'datastore' keys, "
+            f"but it holds a {type(data).__name__}"
+        )
+    return data
+
+
+def _section(data: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RepositoryConfigError(
+            f"in the repository configuration {path}, {key!r} must be a mapping, not {type(value).__name__} "
+            f"({value!r:.60})"
+        )
+    return value
+
+
+def _typed(section: dict[str, Any], key: str, where: str, path: str, *, mapping: bool = False) -> Any:
+    """``section[key]``: a string (or, with ``mapping``, a mapping of strings to strings), or None."""
+    value = section.get(key)
+    if value is None:
+        return None
+    if mapping:
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return value
+        wanted = "a mapping of names to strings"
+    else:
+        if isinstance(value, str):
+            return value
+        wanted = "a string"
+    raise RepositoryConfigError(
+        f"in the repository configuration {path}, {where}.{key} must be {wanted}, not "
+        f"{type(value).__name__} ({value!r:.60})"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +106,13 @@ class RepoConfig:
             rel = self.db[len("sqlite:///"):]
             return "sqlite:///" + os.path.join(self.root, rel)
         return self.db
+
+    @property
+    def root_files(self) -> tuple[str, ...]:
+        """Names at the root that belong to the repository (a RUN must not be named like them)."""
+        if self.db.startswith("sqlite:///") and not self.db.startswith("sqlite:////"):
+            return (self.db[len("sqlite:///"):].split("/", 1)[0],)
+        return ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +133,10 @@ class RepoConfig:
         path = os.path.join(root, CONFIG_NAME)
         try:
             st = os.stat(path)
+        except NotADirectoryError:
+            raise RepositoryConfigError(
+                f"{root} is a file, not a repository directory; give the directory that holds {CONFIG_NAME}"
+            ) from None
         except FileNotFoundError:
             if not os.path.isdir(root):
                 raise RepositoryNotFoundError(
@@ -85,19 +146,33 @@ class RepoConfig:
             raise RepositoryNotFoundError(
                 f"{root} is not a butler repository: it has no {CONFIG_NAME}; create one with `butler create`"
             ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise RepositoryConfigError(f"the repository configuration {path} is not a regular file")
         cached = _CACHE.get(path)
         if cached is not None and cached[0] == st.st_mtime_ns:
             return cached[1]
-        with open(path) as f:
-            data = _parse(f.read())
-        registry = data.get("registry", {})
-        datastore = data.get("datastore", {})
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise RepositoryConfigError(f"cannot read the repository configuration {path}: {err}") from None
+        data = _parse(text, path)
+        registry = _section(data, "registry", path)
+        datastore = _section(data, "datastore", path)
+        namespace = _typed(registry, "namespace", "registry", path)
+        if namespace is not None:
+            from .registry._database import validate_namespace
+
+            try:
+                validate_namespace(namespace)
+            except ValueError as err:
+                raise RepositoryConfigError(f"in the repository configuration {path}: {err}") from None
         config = cls(
             root=root,
-            db=registry.get("db") or DEFAULT_SQLITE,
-            namespace=registry.get("namespace"),
-            templates=dict(datastore.get("templates") or {}),
-            formatters=dict(datastore.get("formatters") or {}),
+            db=_typed(registry, "db", "registry", path) or DEFAULT_SQLITE,
+            namespace=namespace,
+            templates=dict(_typed(datastore, "templates", "datastore", path, mapping=True) or {}),
+            formatters=dict(_typed(datastore, "formatters", "datastore", path, mapping=True) or {}),
         )
         _CACHE[path] = (st.st_mtime_ns, config)
         return config

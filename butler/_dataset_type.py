@@ -11,14 +11,17 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .errors import DatasetTypeError
+from .errors import DatasetTypeError, InvalidNameError
 
 if TYPE_CHECKING:
     from .dimensions import DimensionGroup, DimensionUniverse
 
-__all__ = ["DatasetType", "split_component"]
+__all__ = ["DatasetType", "NAME_LENGTH", "split_component"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+NAME_LENGTH = 128
+"""Longest dataset type name: the registry column's length, the same on every backend."""
 
 
 def split_component(name: str) -> tuple[str, str | None]:
@@ -44,6 +47,11 @@ class DatasetType:
             raise DatasetTypeError(
                 f"invalid dataset type name {name!r}: use letters, digits and '_', not starting with a digit "
                 "(components are named 'parent.component' and come from the storage class)"
+            )
+        if len(name) > NAME_LENGTH:
+            raise InvalidNameError(
+                f"dataset type name {name[:40]!r}... is {len(name)} characters long; at most {NAME_LENGTH} "
+                "fit in the registry (the same limit on every backend)"
             )
         if isinstance(dimensions, str):
             raise DatasetTypeError(

@@ -98,9 +98,41 @@ def query_data_ids(butler: Butler, dimensions: str | Iterable[str], *, where: st
     from_values = DataCoordinate.from_values
     with registry.db.transaction() as conn:
         rows = built.execute(conn, cols, distinct=bool(type_recs), order_by=cols[:n_req])
+        if not rows and constraints:
+            _check_constraints_exist(registry, constraints, conn)
     if implied:
         return [from_values(group, tuple(r[:n_req]), dict(zip(implied, r[n_req:]))) for r in rows]
     return [from_values(group, tuple(r)) for r in rows]
+
+
+def _check_constraints_exist(registry: Any, constraints: Mapping[str, Any], conn: Any) -> None:
+    """After an empty result, raise `DataIdError` for a constraint value that is not in the registry
+    (``tract=999`` of a skymap with 100 tracts), so a typo is not read as "no data": one small query
+    per constrained dimension, and only when nothing was found."""
+    import sqlalchemy as sa
+
+    universe = registry.universe
+    for key in universe.dimensions:
+        if key not in constraints:
+            continue
+        element = universe[key]
+        if not all(d in constraints for d in element.required):
+            continue
+        table = registry.schema.elements[key]
+        conditions = [table.c[element.key.name if d == key else d] == constraints[d] for d in element.required]
+        if conn.execute(sa.select(sa.literal(1)).select_from(table).where(*conditions).limit(1)).first():
+            continue
+        given = ", ".join(f"{d}={constraints[d]!r}" for d in element.required)
+        hint = ""
+        if key == "tract":
+            skymaps = registry.schema.elements["skymap"]
+            row = conn.execute(sa.select(skymaps.c.tract_max).where(skymaps.c.name == constraints["skymap"])).first()
+            if row is not None and 0 <= constraints["tract"] < row[0]:
+                hint = (f"; tract {constraints['tract']} of skymap {constraints['skymap']!r} (tracts 0..{row[0] - 1}) "
+                        "is not registered: register it with register_skymap(..., tracts=[...])")
+            elif row is not None:
+                hint = f"; skymap {constraints['skymap']!r} has tracts 0..{row[0] - 1}"
+        raise DataIdError(f"no {key} record matches {given}{hint}; the constraint names a {key} that does not exist")
 
 
 def query_dimension_records(butler: Butler, element: str, *, where: str | None = None,

@@ -145,7 +145,7 @@ def run_record(butler: Butler, run: str | None, allow_foreign_run: bool) -> tupl
     if rec is None:
         from .registry._collections import validate_collection_name
 
-        validate_collection_name(name)
+        validate_collection_name(name, reserved=butler._config.root_files)
         return name, None
     if rec.type != CollectionType.RUN:
         raise CollectionError(f"cannot write into {name!r}: it is a {rec.type.name} collection, not a RUN")

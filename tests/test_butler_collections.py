@@ -15,6 +15,7 @@ from butler.errors import (
     ButlerError,
     CollectionError,
     ConflictError,
+    InvalidNameError,
     ReadOnlyError,
 )
 from butler.testing import snapshot_repo
@@ -79,11 +80,11 @@ def test_invalid_collection_names_are_refused(simcam_repo):
         ):
             try:
                 call()
-            except CollectionError as err:
+            except InvalidNameError as err:  # a bad value (ValueError), not a missing collection
                 assert "invalid collection name" in str(err), (what, name, str(err))
             else:
                 raise AssertionError(f"{what} accepted the collection name {name!r}")
-    with pytest.raises(CollectionError, match="invalid collection name"):
+    with pytest.raises(InvalidNameError, match="invalid collection name"):
         Butler(butler.root, run="../escape")
     assert snapshot_repo(butler) == before
     assert not os.path.exists(os.path.join(butler.root, "..", "escape"))

@@ -26,7 +26,7 @@ import pytest
 
 from butler import Butler, DatasetType
 from butler.instrument import SimCam
-from butler.testing import count_crash_points, crash_at, repository_state
+from butler.testing import count_crash_points, crash_at, release_repo, repository_state
 
 RUN = "u/tester/run1"
 OTHER = "u/tester/run2"
@@ -191,14 +191,6 @@ def _copy(base: str, sources: str, dest: str) -> tuple[str, str]:
     return root, src
 
 
-def _close(butler: Butler) -> None:
-    from butler._butler import _REGISTRIES
-
-    db = butler.registry.db
-    _REGISTRIES.pop((db.url, db.namespace), None)
-    db.engine.dispose()
-
-
 def _tmp_names(root: str) -> list[str]:
     return [os.path.join(d, n) for d, dirs, names in os.walk(root) for n in names + dirs if n.startswith(".tmp-")]
 
@@ -232,7 +224,7 @@ def _check_survivor(root: str, src: str, sources: dict[str, bytes], before: dict
                 with open(full, "rb") as f:
                     assert f.read() == data, f"{path.id} killed at point {n}: source {name} lost or changed"
     finally:
-        _close(b)
+        release_repo(b)
     if not path.atomic:  # resuming completes it, with nothing left over
         assert not crash_at(lambda: path.operation(root, src), 10**9, os.path.dirname(root)).killed
         b = Butler(root, writeable=True)
@@ -241,7 +233,7 @@ def _check_survivor(root: str, src: str, sources: dict[str, bytes], before: dict
             assert set(repository_state(b)) == set(after), f"{path.id} killed at point {n}: resume did not complete"
             assert b.verify() == [] and b.registry.journal.pending() == []
         finally:
-            _close(b)
+            release_repo(b)
     return which
 
 
@@ -263,12 +255,12 @@ def test_every_crash_point_leaves_a_consistent_repository(path: WritePath, base:
     root, src = _copy(start, str(tmp_path / "sources"), str(tmp_path / "complete"))
     before_butler = Butler(root)
     before = repository_state(before_butler)
-    _close(before_butler)
+    release_repo(before_butler)
     outcome = count_crash_points(lambda: path.operation(root, src), str(tmp_path))
     assert not outcome.killed and outcome.points >= path.min_points, outcome.trail
     after_butler = Butler(root)
     after = repository_state(after_butler)
-    _close(after_butler)
+    release_repo(after_butler)
     assert (after != before) == path.changes_datasets
     seen = set()
     for n in range(1, outcome.points + 1):

@@ -217,9 +217,13 @@ def test_bad_tracts_are_rejected_and_nothing_is_written(repo, rings, tracts, mat
     assert repo.query_dimension_records("skymap") == []
 
 
-def test_queries_on_a_tract_outside_the_skymap_find_nothing(repo, rings):
+def test_queries_on_a_tract_not_registered_name_the_tract(repo, rings):
+    """An unregistered tract as a constraint is an error naming it, not an empty result that
+    reads as "no data" (issue 11)."""
     repo.register_skymap(rings, tracts=[TRACT])
-    assert repo.query_data_ids(["patch"], skymap="rings12", tract=NEIGHBOUR) == []
+    with pytest.raises(DataIdError, match=rf"tract {NEIGHBOUR} of skymap 'rings12' .* is not registered"):
+        repo.query_data_ids(["patch"], skymap="rings12", tract=NEIGHBOUR)
+    assert repo.query_data_ids(["patch"], skymap="rings12", tract=TRACT, where="patch < 0") == []
 
 
 # -- visits and spatial queries ------------------------------------------------------------------

@@ -6,6 +6,13 @@ dataset type's data IDs do not have it. Fields are ``run``, ``dataset_type``, ``
 ``id`` and any dimension name (implied ones such as ``band`` or ``day_obs`` included).
 Templates are validated when a dataset type is registered: one that could give two datasets
 the same path is an error then, not at ``put``.
+
+Every *formatted* path is checked too, before any byte is written (a format spec such as
+``{instrument:.>9}`` or a value with a separator can make ``..`` or extra components that the
+template text does not show): it must be relative, with no empty component, no component
+starting with ``.``, no ``..``, no backslash or NUL, and exactly the ``/`` of the template text
+plus those of the run name. The check costs a few string operations per path (ingest formats
+tens of thousands of paths a second).
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ class FileTemplate:
         # format() compiles the template once per (required dimensions, which fields are None)
         # into a str.format pattern: ~3x faster than walking the fields for every dataset.
         self._value_names = tuple(dict.fromkeys(f.name for f in self.fields if f.name != "dims"))
-        self._compiled: dict[tuple[Any, ...], str | None] = {}
+        self._compiled: dict[tuple[Any, ...], tuple[str, int] | None] = {}
+        self._runs = sum(f.name == "run" for f in self.fields)
 
     def validate(self, *, dataset_type: str, required: tuple[str, ...], available: frozenset[str],
                  per_type: bool, per_instrument: bool) -> None:
@@ -81,29 +89,67 @@ class FileTemplate:
             )
 
     def format(self, values: Mapping[str, Any], required: tuple[str, ...]) -> str:
-        """The relative path (without extension) for one dataset."""
+        """The relative path (without extension) for one dataset.
+
+        Raises `TemplateError` (naming the value) when the formatted path would not be a plain
+        relative path inside the repository.
+        """
         get = values.get
         key = (required, *[get(n) is None for n in self._value_names])
-        pattern = self._compiled.get(key)
-        if pattern is None and key not in self._compiled:
-            pattern = self._compiled[key] = self._compile(key[1:], required)
-        if pattern is not None:
-            return pattern.format_map(values).replace("//", "/")
-        return self._format_fields(values, required)  # raises the error about the missing field
+        compiled = self._compiled.get(key)
+        if compiled is None and key not in self._compiled:
+            compiled = self._compiled[key] = self._compile(key[1:], required)
+        if compiled is None:
+            return self._format_fields(values, required)  # raises the error about the missing field
+        pattern, slashes = compiled
+        path = pattern.format_map(values)
+        run = get("run") if self._runs else None
+        if self._runs and type(run) is str:
+            slashes += self._runs * run.count("/")
+        if (path.count("/") != slashes or ".." in path or "/." in path or path[:1] in ("", ".", "/")
+                or "\\" in path or "\x00" in path):
+            self._refuse(path, values, required)
+        return path.replace("//", "/") if "//" in path else path
 
-    def _compile(self, missing: tuple[bool, ...], required: tuple[str, ...]) -> str | None:
-        """A ``str.format`` pattern giving what ``_format_fields`` gives when exactly the fields
+    def _refuse(self, path: str, values: Mapping[str, Any], required: tuple[str, ...]) -> None:
+        """Raise the `TemplateError` for an unsafe formatted path, naming the value that made it."""
+        for f in self.fields:
+            names = required if f.name == "dims" else (f.name,)
+            for name in names:
+                value = values.get(name)
+                if value is None:
+                    continue
+                try:
+                    text = format(value, f.spec) if f.spec and f.name != "dims" else str(value)
+                except (ValueError, TypeError):
+                    continue
+                problem = _path_part_problem(text, allow_slash=name == "run")
+                if problem:
+                    shown = f"{{{f.name}:{f.spec}}}" if f.spec else f"{{{name}}}"
+                    raise TemplateError(
+                        f"file template {self.text!r}: the value {value!r} of {name!r} gives {text!r} for {shown}, "
+                        f"which {problem}; paths must stay inside the repository (fix the value or the template)"
+                    )
+        raise TemplateError(
+            f"file template {self.text!r} gives the path {path!r}, which is not a plain relative path inside the "
+            "repository (no empty or '.'-starting component, no '..', no backslash or NUL)"
+        )
+
+    def _compile(self, missing: tuple[bool, ...], required: tuple[str, ...]) -> tuple[str, int] | None:
+        """A ``str.format`` pattern (and the number of '/' in its literal text) giving what ``_format_fields`` gives when exactly the fields
         flagged in ``missing`` are None; None to use ``_format_fields`` (a required field is
         missing, or the template has names or specs that ``str.format`` reads differently)."""
         if not all(n.isidentifier() for n in (*self._value_names, *required)) or any(
                 "{" in f.spec or "}" in f.spec for f in self.fields):
             return None
+        slashes = 0
         absent = {n for n, m in zip(self._value_names, missing) if m}
         out = []
         pos = 0
         text = self.text
         for f in self.fields:
             out.append(text[pos:f.start])
+            slashes += text.count("/", pos, f.start)
             pos = f.end
             if f.name == "dims":
                 out.append("_".join("{" + d + "}" for d in required))
@@ -116,14 +162,17 @@ class FileTemplate:
                 continue
             out.append("{" + f.name + (":" + f.spec if f.spec else "") + "}")
         out.append(text[pos:])
-        return "".join(out)
+        slashes += text.count("/", pos)
+        return "".join(out), slashes
 
     def _format_fields(self, values: Mapping[str, Any], required: tuple[str, ...]) -> str:
         out = []
         pos = 0
         text = self.text
+        slashes = 0
         for f in self.fields:
             out.append(text[pos:f.start])
+            slashes += text.count("/", pos, f.start)
             pos = f.end
             if f.name == "dims":
                 out.append("_".join(str(values[d]) for d in required))
@@ -135,9 +184,33 @@ class FileTemplate:
                         pos += 1
                     continue
                 raise TemplateError(f"file template {text!r} needs {f.name!r}, which is not known for this dataset")
+            if f.name == "run" and isinstance(value, str):
+                slashes += value.count("/")
             out.append(format(value, f.spec) if f.spec else str(value))
         out.append(text[pos:])
-        return "".join(out).replace("//", "/")
+        slashes += text.count("/", pos)
+        path = "".join(out)
+        if (path.count("/") != slashes or ".." in path or "/." in path or path[:1] in ("", ".", "/")
+                or "\\" in path or "\x00" in path):
+            self._refuse(path, values, required)
+        return path.replace("//", "/")
+
+
+def _path_part_problem(text: str, *, allow_slash: bool) -> str | None:
+    """Why ``text`` cannot be (part of) a path component, or None."""
+    if not text:
+        return "is empty"
+    if "\x00" in text:
+        return f"contains a NUL character at position {text.index(chr(0))}"
+    if "\\" in text:
+        return "contains a backslash"
+    if not allow_slash and "/" in text:
+        return "contains the path separator '/'"
+    if ".." in text:
+        return "contains '..'"
+    if text.startswith(".") or "/." in text:
+        return "starts a path component with '.'"
+    return None
 
 
 class TemplateSet:

@@ -28,6 +28,11 @@ _SAFE_STR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-:@=,]*")
 def validate_path_value(key: str, value: str) -> str:
     """Reject string values that could escape a file path (separators, ``..``, control chars)."""
     if _SAFE_STR.fullmatch(value) is None or ".." in value:
+        if "\x00" in value:
+            raise DataIdError(
+                f"invalid value {value!r} for {key!r}: it contains a NUL character at position "
+                f"{value.index(chr(0))}, which no registry database can store or compare"
+            )
         raise DataIdError(
             f"invalid value {value!r} for {key!r}: string data ID values must start with a letter, "
             "digit or '_' and contain only letters, digits and _ . + - : @ = , (no path separators, "

@@ -11,17 +11,16 @@ import difflib
 import enum
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from ..dimensions import validate_path_value
-from ..errors import CollectionError, ConflictError
+from ..errors import CollectionError, ConflictError, InvalidNameError
 from ._database import Database
 from ._schema import NAME_LENGTH, RegistrySchema
 
-__all__ = ["CollectionManager", "CollectionRecord", "CollectionType", "validate_collection_name"]
+__all__ = ["CollectionManager", "CollectionRecord", "CollectionType", "check_collection_names", "validate_collection_name"]
 
 
 class CollectionType(enum.IntEnum):
@@ -43,18 +42,84 @@ class CollectionRecord:
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def validate_collection_name(name: str) -> str:
-    """Collection names become directories of RUN files: each '/'-part must be path-safe."""
-    if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
-        raise CollectionError(f"invalid collection name {name!r}: use 1 to {NAME_LENGTH} characters")
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-:@=,]*")
+_RESERVED_FIRST = ("butler.yaml", "butler.sqlite3")
+"""Names of repository files at the root: a RUN's files live in ``<root>/<first part>/...``."""
+
+
+def validate_collection_name(name: object, *, reserved: tuple[str, ...] = ()) -> str:
+    """Check a collection name; raise `InvalidNameError` saying what is wrong.
+
+    Collection names become directories of RUN files, so each '/'-part must be one safe path
+    component (letters, digits and ``_ . + - : @ = ,``, not starting with '.', no '..'), and
+    the first part must not be a repository file (``butler.yaml``, ``butler.sqlite3*``, or a
+    name starting with one of ``reserved``: the repository's own registry file).
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(f"a collection name must be a string, got {name!r} ({type(name).__name__})")
+    if not name or len(name) > NAME_LENGTH:
+        raise InvalidNameError(
+            f"invalid collection name {_shown(name)}: use 1 to {NAME_LENGTH} characters (it has {len(name)})")
     if name.startswith("/") or name.endswith("/"):
-        raise CollectionError(f"invalid collection name {name!r}: it must not start or end with '/'")
+        raise InvalidNameError(f"invalid collection name {name!r}: it must not start or end with '/'")
     for part in name.split("/"):
-        try:
-            validate_path_value("collection name part", part)
-        except ValueError as err:
-            raise CollectionError(f"invalid collection name {name!r}: {err}") from None
+        if _NAME_PART.fullmatch(part) is None or ".." in part:
+            raise InvalidNameError(
+                f"invalid collection name {name!r}: the part {part!r} {_part_problem(part)}; each '/'-separated "
+                "part must start with a letter, digit or '_' and contain only letters, digits and _ . + - : @ = ,"
+            )
+    first = name.split("/", 1)[0]
+    if first == _RESERVED_FIRST[0] or any(first.startswith(r) for r in (_RESERVED_FIRST[1], *reserved)):
+        raise InvalidNameError(
+            f"invalid collection name {name!r}: {first!r} is the name of a repository file at the root "
+            "(the run's files would go there); choose another name"
+        )
     return name
+
+
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= 60 else repr(name[:40]) + "..."
+
+
+def _part_problem(part: str) -> str:
+    """Why one '/'-part of a collection name is not a safe path component."""
+    if not part:
+        return "is empty ('//')"
+    if part in (".", ".."):
+        return "is a relative directory reference"
+    if part.startswith("."):
+        return "starts with '.' (hidden or reserved, like '.locks')"
+    if ".." in part:
+        return "contains '..'"
+    for i, ch in enumerate(part):
+        if ch == "\x00":
+            return f"contains a NUL character at position {i}"
+        if ch == "\\":
+            return "contains a backslash"
+        if not ch.isprintable() or ch.isspace():
+            return f"contains the control or space character {ch!r} at position {i}"
+    bad = next((ch for ch in part if _NAME_PART.fullmatch("a" + ch) is None), part[:1])
+    return f"contains the character {bad!r}"
+
+
+def check_collection_names(collections: object) -> list[str]:
+    """``collections`` as a list of names: a name or a sequence of names, else `InvalidNameError`."""
+    if isinstance(collections, str):
+        return [collections]
+    if collections is None or isinstance(collections, (Mapping, bytes, bytearray)) or not isinstance(
+            collections, Iterable):
+        raise InvalidNameError(
+            f"collections must be a collection name or a sequence of names, not {type(collections).__name__} "
+            f"({_shown(repr(collections))})"
+        )
+    items = list(collections)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InvalidNameError(
+                f"collections must be names (strings): item {i} of {_shown(repr(items))} is "
+                f"{item!r} ({type(item).__name__})"
+            )
+    return items
 
 
 class CollectionManager:
@@ -270,7 +335,7 @@ class CollectionManager:
 
     def resolve(self, collections: str | Sequence[str]) -> list[CollectionRecord]:
         """Flatten a search path: chains expanded in order, globs expanded by name, no duplicates."""
-        items = [collections] if isinstance(collections, str) else list(collections)
+        items = check_collection_names(collections)
         out: dict[int, CollectionRecord] = {}
         for item in items:
             if _GLOB_CHARS.search(item):

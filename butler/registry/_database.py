@@ -10,6 +10,7 @@ the lock instead of failing on a read-to-write upgrade.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -17,9 +18,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ..errors import RegistryConnectionError
+from ..errors import InvalidNameError, RegistryConnectionError
 
-__all__ = ["Database", "open_database"]
+__all__ = ["Database", "close_engine", "open_database", "validate_namespace"]
+
+_NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 _ENGINES: dict[str, sa.Engine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -67,10 +70,24 @@ def _engine_for(url: str) -> sa.Engine:
         return engine
 
 
+def validate_namespace(namespace: object) -> str | None:
+    """A namespace (PostgreSQL schema, MySQL database) is a plain identifier of at most 63
+    characters (PostgreSQL's limit): letters, digits and '_', not starting with a digit."""
+    if namespace is None:
+        return None
+    if not isinstance(namespace, str) or _NAMESPACE.fullmatch(namespace) is None:
+        raise InvalidNameError(
+            f"invalid registry namespace {namespace!r}: use 1 to 63 letters, digits and '_', "
+            "not starting with a digit (it names a PostgreSQL schema or a MySQL database)"
+        )
+    return namespace
+
+
 class Database:
     """A SQLAlchemy engine plus the namespace that holds this repository's tables."""
 
     def __init__(self, url: str, namespace: str | None = None):
+        validate_namespace(namespace)
         self.url = url
         self.namespace = namespace
         self.engine = _engine_for(url)
@@ -95,6 +112,14 @@ class Database:
         finally:
             conn.info.pop("write", None)
             conn.close()
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The file of a SQLite registry (None for servers and in-memory databases)."""
+        if self.dialect != "sqlite":
+            return None
+        path = self.engine.url.database
+        return path if path and path != ":memory:" and not path.startswith("file:") else None
 
     @property
     def safe_url(self) -> str:
@@ -154,21 +179,23 @@ class Database:
     def create_namespace(self) -> None:
         if self.namespace is None or self.dialect == "sqlite":
             return
+        name = self.engine.dialect.identifier_preparer.quote_identifier(validate_namespace(self.namespace))
         with self.transaction(write=True) as conn:
             if self.dialect == "postgresql":
-                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.namespace}"'))
+                conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {name}")
             else:
-                conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{self.namespace}`"))
+                conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {name}")
 
     def drop_namespace(self) -> None:
         """Drop every table of the namespace (tests use one namespace each)."""
         if self.namespace is None or self.dialect == "sqlite":
             raise ValueError("only PostgreSQL schemas and MySQL databases can be dropped")
+        name = self.engine.dialect.identifier_preparer.quote_identifier(validate_namespace(self.namespace))
         with self.transaction(write=True) as conn:
             if self.dialect == "postgresql":
-                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.namespace}" CASCADE'))
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
             else:
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{self.namespace}`"))
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
 
     def analyze(self, tables: Sequence[sa.Table]) -> None:
         """Refresh the query planner's statistics after a bulk load (SQLite otherwise picks bad join
@@ -210,6 +237,15 @@ class Database:
     def execute_many(self, conn: sa.Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
             conn.execute(stmt, list(rows))
+
+
+def close_engine(url: str) -> None:
+    """Close every pooled connection to ``url`` and forget its engine (the next use reconnects);
+    for tests that damage a registry file and then open it as a new process would."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def open_database(url: str, namespace: str | None) -> Database:

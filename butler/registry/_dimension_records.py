@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from .._time import from_nsec, to_nsec
 from ..dimensions import DimensionElement, DimensionRecord, DimensionUniverse, coerce_value
-from ..errors import ConflictError, DataIdError
+from ..errors import ConflictError, DataIdError, InvalidNameError
 from ._database import Database
 from ._schema import RegistrySchema
 from ._spatial import RegionError, SpatialIndex, validate_region
@@ -67,8 +67,11 @@ class DimensionRecordManager:
                 f"unknown field(s) {unknown} for {element.name} records; fields are {list(types)}"
             )
         row: dict[str, Any] = {}
-        nullable = {f.name for f in element.fields if f.nullable} | set(element.implies)
+        # Implied values are required: a visit without its day_obs would be in the registry but
+        # invisible to every query that relates visits to days (their join would drop it).
+        nullable = {f.name for f in element.fields if f.nullable}
         lengths = {f.name: f.length for f in element.fields if f.type == "str" and f.length}
+        key_lengths = _key_lengths(element)
         if element.spatial:
             nullable.add("region")
         for name, kind in types.items():
@@ -79,7 +82,12 @@ class DimensionRecordManager:
                 continue
             value = record[name]
             if name in element.primary_key_columns or name in element.implies:
-                row[name] = coerce_value(f"{element.name}.{name}", kind, value)
+                row[name] = value = coerce_value(f"{element.name}.{name}", kind, value)
+                if name in key_lengths and len(value) > key_lengths[name]:
+                    raise InvalidNameError(
+                        f"{element.name}.{name} {value[:40]!r}... is {len(value)} characters long; at most "
+                        f"{key_lengths[name]} fit (the registry column's length, the same on every backend)"
+                    )
             elif kind == "time":
                 try:
                     row[name] = to_nsec(value)
@@ -315,3 +323,26 @@ def _closest(value: Any, existing: Sequence[Any], n: int = 5) -> list[Any]:
     if isinstance(value, int):
         return sorted(existing, key=lambda v: abs(v - value) if isinstance(v, int) else 0)[:n]
     return difflib.get_close_matches(str(value), [str(e) for e in existing], n=n, cutoff=0.0)
+
+
+_KEY_LENGTHS: dict[DimensionElement, dict[str, int]] = {}
+
+
+def _key_lengths(element: DimensionElement) -> dict[str, int]:
+    """Maximum lengths of the string key columns of ``element``'s table (its own key, the keys of
+    the dimensions it requires and implies), as the schema sizes them; computed once per element."""
+    cached = _KEY_LENGTHS.get(element)
+    if cached is None:
+        cached = _KEY_LENGTHS[element] = _compute_key_lengths(element)
+    return cached
+
+
+def _compute_key_lengths(element: DimensionElement) -> dict[str, int]:
+    universe = element.universe
+    out = {}
+    for name in (*element.primary_key_columns, *element.implies):
+        spec = element.key if element.is_dimension and name == element.key.name else (  # type: ignore[union-attr]
+            universe[name].key if name in universe.dimensions else None)
+        if spec is not None and spec.type == "str" and spec.length:
+            out[name] = spec.length
+    return out

@@ -20,11 +20,15 @@ import sqlalchemy as sa
 from .._time import to_nsec
 from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse
 from ..errors import ExpressionError
-from .expressions import Identifier, Node, ResolvedColumn, identifiers, to_sql
+from .expressions import Comparison, Identifier, InList, Node, ResolvedColumn, identifiers, to_sql, walk
 from ._schema import RegistrySchema
 from ._spatial import regions_overlap
 
 __all__ = ["QueryBuilder", "BuiltQuery"]
+
+_TOO_BIG = ("Expression tree is too large", "too many SQL variables", "number of parameters must be between",
+            "too many terms", "Prepared statement contains too many placeholders", "stack depth limit exceeded")
+"""Messages of the backends' size limits (expression depth, bound parameters) for one statement."""
 
 
 @dataclass
@@ -36,6 +40,7 @@ class BuiltQuery:
     where: list[sa.ColumnElement[bool]] = field(default_factory=list)
     element_tables: dict[str, sa.Table] = field(default_factory=dict)
     refine: list[tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]] = field(default_factory=list)
+    where_tree: Node | None = None
 
     def dimension_column(self, name: str) -> sa.ColumnElement[Any]:
         return self.columns[name][0]
@@ -53,6 +58,20 @@ class BuiltQuery:
     def execute(self, conn: sa.Connection, columns: list[sa.ColumnElement[Any]], *, distinct: bool = False,
                 order_by: list[sa.ColumnElement[Any]] | None = None) -> list[tuple[Any, ...]]:
         """Run the query; spatial candidates from the pixel join are refined by exact overlap."""
+        try:
+            return self._execute(conn, columns, distinct=distinct, order_by=order_by)
+        except sa.exc.DBAPIError as err:
+            if not any(marker in str(err.orig) for marker in _TOO_BIG):
+                raise
+            terms = sum(isinstance(n, (Comparison, InList)) for n in walk(self.where_tree)) if self.where_tree else 0
+            raise ExpressionError(
+                f"the query is larger than the {conn.dialect.name} database accepts ({err.orig}); its where-expression "
+                f"has {terms} comparisons: write equalities on one dimension as IN (...) or bind a list "
+                "(visit IN (:ids)), which is sent as a single parameter"
+            ) from None
+
+    def _execute(self, conn: sa.Connection, columns: list[sa.ColumnElement[Any]], *, distinct: bool,
+                 order_by: list[sa.ColumnElement[Any]] | None) -> list[tuple[Any, ...]]:
         if not self.refine:
             stmt = self.select(*columns, distinct=distinct)
             if order_by:
@@ -136,6 +155,7 @@ class QueryBuilder:
         for key, value in (data_id or {}).items():
             q.where.append(q.dimension_column(key) == value)
         if where is not None:
+            q.where_tree = where
             resolve = lambda ident: self._resolve(q, ident, where_text)  # noqa: E731
             q.where.append(to_sql(where, resolve, bind, text=where_text or None))
         return q

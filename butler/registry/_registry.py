@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3  # noqa: F401 - the default backend's driver, imported by the first open otherwise
 import threading
 from collections.abc import Iterable, Mapping
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 import sqlalchemy.dialects.sqlite  # the default backend; create_engine would import it at open
 
 from ..dimensions import DimensionUniverse
-from ..errors import ButlerError, RegistryConnectionError, RepositoryNotFoundError
+from ..errors import ButlerError, RegistryConnectionError, RepositoryConfigError, RepositoryNotFoundError
 from ._collections import CollectionManager
 from ._database import Database
 from ._dataset_types import DatasetTypeManager
@@ -129,28 +130,51 @@ class Registry:
 
     @classmethod
     def open(cls, db: Database) -> Registry:
-        """Open an existing registry with one small query."""
+        """Open an existing registry with one small query.
+
+        Writes nothing: a SQLite registry file that is missing is a `RepositoryConfigError` (SQLite
+        would create an empty one), as is one that is not a SQLite database or holds no registry.
+        """
         key = (db.url, db.namespace)
+        sqlite_path = db.sqlite_path
+        if sqlite_path is not None:
+            _check_sqlite_file(sqlite_path)
         try:
             with db.transaction() as conn:
                 t = _attributes_table(db.namespace)
                 rows = dict(conn.execute(sa.select(t.c.name, t.c.value)).all())
-        except RegistryConnectionError:
+        except RegistryConnectionError as err:
+            if sqlite_path is not None:
+                raise RepositoryConfigError(f"cannot open the registry file {sqlite_path}: {err}") from None
             raise
-        except sa.exc.OperationalError as err:
+        except sa.exc.DBAPIError as err:
+            if sqlite_path is not None:
+                raise RepositoryConfigError(
+                    f"the registry file {sqlite_path} is not a readable butler registry (corrupted, truncated "
+                    f"or not a SQLite database: {err.orig}); restore it from a backup"
+                ) from None
+            if not isinstance(err, (sa.exc.OperationalError, sa.exc.ProgrammingError)):
+                raise
             raise RepositoryNotFoundError(
                 f"no butler registry in {db.safe_url} (namespace {db.namespace!r}): {err.orig}"
             ) from None
-        except sa.exc.ProgrammingError as err:
-            raise RepositoryNotFoundError(
-                f"no butler registry in {db.safe_url} (namespace {db.namespace!r}): {err.orig}"
-            ) from None
-        if int(rows.get("schema_version", -1)) != SCHEMA_VERSION:
+        version = rows.get("schema_version")
+        if version is None or "universe" not in rows:
+            raise RepositoryConfigError(
+                f"the registry in {sqlite_path or db.safe_url} (namespace {db.namespace!r}) lacks its "
+                f"{'schema_version' if version is None else 'universe'} attribute: it is damaged or not a butler registry"
+            )
+        if version != str(SCHEMA_VERSION):
             raise ButlerError(
                 f"registry schema version {rows.get('schema_version')} is not supported by this butler "
                 f"(version {SCHEMA_VERSION})"
             )
-        universe = _universe_from_attributes(rows)
+        try:
+            universe = _universe_from_attributes(rows)
+        except (ValueError, KeyError, TypeError) as err:
+            raise RepositoryConfigError(
+                f"the dimension universe stored in the registry {sqlite_path or db.safe_url} cannot be read: {err}"
+            ) from None
         _OPENED[key] = (rows["universe"], rows)
         return cls(db, universe, rows)
 
@@ -223,6 +247,26 @@ class Registry:
     def table_row_counts(self, tables: Iterable[sa.Table]) -> dict[str, int]:
         with self.db.transaction() as conn:
             return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for t in tables}
+
+
+def _check_sqlite_file(path: str) -> None:
+    """Refuse, before connecting, a registry file that SQLite would create or initialise (missing,
+    empty) instead of reporting it: opening must not write anything into a broken repository."""
+    try:
+        size = os.stat(path).st_size if os.path.isfile(path) else None
+    except OSError:
+        size = None
+    if size is None:
+        what = "is a directory, not a file" if os.path.isdir(path) else "is missing"
+        raise RepositoryConfigError(
+            f"the repository's registry file {path} {what}; the repository cannot be opened without it "
+            "(restore it from a backup; nothing was created)"
+        )
+    if size < 100:  # shorter than a SQLite header: an empty or truncated file, not a registry
+        raise RepositoryConfigError(
+            f"the repository's registry file {path} is {size} bytes long, too short for a SQLite database "
+            "(empty or truncated); restore it from a backup"
+        )
 
 
 def _universe_json(universe: DimensionUniverse) -> dict[str, str]:

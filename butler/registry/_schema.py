@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .._dataset_type import NAME_LENGTH as DATASET_TYPE_NAME_LENGTH
 from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse, FieldSpec
 
 __all__ = ["RegistrySchema", "SCHEMA_VERSION"]
@@ -24,6 +25,7 @@ SCHEMA_MINOR = 2
 """Backward-compatible additions to version 1 (see `Registry.upgrade_for_writes`)."""
 
 NAME_LENGTH = 255
+"""Longest collection name (validated by ``validate_collection_name``)."""
 
 
 _new = object.__new__
@@ -178,7 +180,7 @@ class RegistrySchema:
             "dataset_type",
             md,
             sa.Column("dataset_type_id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("name", string(128), nullable=False, unique=True),
+            sa.Column("name", string(DATASET_TYPE_NAME_LENGTH), nullable=False, unique=True),
             sa.Column("dimensions", string(512), nullable=False),
             sa.Column("storage_class", string(64), nullable=False),
             sa.Column("is_calibration", sa.Boolean, nullable=False, default=False),

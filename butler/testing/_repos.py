@@ -61,6 +61,21 @@ class RepoFactory:
             _REGISTRIES.pop((db.url, db.namespace), None)
 
 
+def release_repo(butler: Any) -> None:
+    """Make this process forget a repository's registry and close its connections (a SQLite WAL
+    is checkpointed into the main file first), so the next ``Butler(root)`` opens it from disk as
+    a new process would: for tests that damage or remove registry files."""
+    from .._butler import _REGISTRIES
+    from ..registry._database import close_engine
+
+    db = butler.registry.db
+    if db.dialect == "sqlite":
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    _REGISTRIES.pop((db.url, db.namespace), None)
+    close_engine(db.url)
+
+
 def snapshot_repo(butler: Any) -> tuple[dict[str, list], dict[str, str]]:
     """Every registry row and every file (path -> content digest) of a repository.
 

@@ -386,4 +386,10 @@ def parse_expression(text: str) -> Node | None:
         raise LocatedExpressionError(
             f"a where-expression must be a string, not {type(text).__name__}", None, 0
         )
+    if "\x00" in text:  # PostgreSQL cannot compare it; no backend can store it in a name
+        position = text.index("\x00")
+        raise LocatedExpressionError(
+            f"the where-expression contains a NUL character (\\x00) at position {position} (after "
+            f"{text[max(0, position - 20):position]!r}); remove it", None, position + 1
+        )
     return _Parser(text).parse()

@@ -9,7 +9,11 @@ integer nanoseconds since 1970 UTC (`butler._time.to_nsec`), the way the registr
 
 IN lists become one ``IN`` with an expanding bind parameter for the plain values, plus one
 ``BETWEEN`` (and a modulo test when there is a step) per range, so ``1..1000000`` costs
-nothing.
+nothing. Lists longer than `LONG_IN_LIST` values bind a single parameter holding all of them
+(`in_values`), so 100,000 values fit every backend's parameter limit; long AND/OR chains become
+balanced trees (`balanced`), and a long OR of ``column = value`` terms becomes one IN, so
+thousands of terms stay within SQLite's expression depth. A NUL character (which PostgreSQL
+cannot store or compare) in a string value is an `ExpressionError` naming its position.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from ._ast import (
     to_text,
 )
 from ._parser import parse_expression
+from ._sql_constructs import balanced, in_values
 
 Kind: TypeAlias = Literal["int", "float", "str", "time", "bool", "bytes"]
 
@@ -203,6 +208,9 @@ class _Translator:
             value = self.bind_value(node)
             kind, value = _python_kind(value)
             description = f"the bind parameter :{node.name} = {_short(value)}"
+            if kind == "str" and "\x00" in value:
+                raise self.error(f"{description} contains a NUL character at position {value.index(chr(0))}",
+                                 node, "a string without NUL (\\x00), which no registry database can compare")
             return _Value(value, kind, description, node)
         if isinstance(node, RangeLiteral):
             raise self.error("a range is only allowed inside an IN list", node)
@@ -246,9 +254,9 @@ class _Translator:
 
     def condition(self, node: Node) -> sa.ColumnElement[bool]:
         if isinstance(node, And):
-            return sa.and_(*(self.condition(op) for op in node.operands))
+            return balanced(sa.and_, [self.condition(op) for op in node.operands])
         if isinstance(node, Or):
-            return sa.or_(*(self.condition(op) for op in node.operands))
+            return balanced(sa.or_, [self.condition(op) for op in _equalities_as_in(node.operands)])
         if isinstance(node, Not):
             return sa.not_(self.condition(node.operand))
         if isinstance(node, Comparison):
@@ -323,15 +331,18 @@ class _Translator:
                     )
                     conditions.append(condition)
             elif operand.kind == "list":
-                for element in operand.value:
+                for position, element in enumerate(operand.value):
                     kind, element = _python_kind(element)
-                    described = f"{_short(element)} (in {operand.description})"
+                    described = f"{_short(element)} (item {position} of {operand.description})"
+                    if kind == "str" and "\x00" in element:
+                        raise self.error(f"{described} contains a NUL character at position "
+                                         f"{element.index(chr(0))}", item, "strings without NUL (\\x00)")
                     values.append(self.in_value(target, _Value(element, kind, described, item)))
             else:
                 values.append(self.in_value(target, operand))
         if values:
-            conditions.insert(0, target.expr.in_(values))
-        result = sa.or_(*conditions) if conditions else sa.false()
+            conditions.insert(0, in_values(target.expr, values, target.kind))
+        result = balanced(sa.or_, conditions) if conditions else sa.false()
         return sa.not_(result) if node.negated else result
 
     def in_value(self, target: _Column, value: _Value) -> Any:
@@ -355,6 +366,30 @@ class _Translator:
         if step == 1:
             return between
         return sa.and_(between, (target.expr - start) % step == 0)
+
+
+def _equalities_as_in(operands: tuple[Node, ...]) -> list[Node]:
+    """The operands of a long OR, with its ``identifier = value`` terms on one identifier merged
+    into one IN list (so 5,000 ``visit = n`` terms are one IN, not 5,000 SQL comparisons)."""
+    if len(operands) <= 64:
+        return list(operands)
+    merged: dict[tuple[str, str | None], list[Comparison]] = {}
+    out: list[Node] = []
+    for op in operands:
+        if (isinstance(op, Comparison) and op.operator == "=" and isinstance(op.left, Identifier)
+                and isinstance(op.right, (IntLiteral, FloatLiteral, StringLiteral, TimeLiteral))):
+            group = merged.setdefault((op.left.name, op.left.field), [])
+            if not group:
+                out.append(op)  # placeholder, replaced below
+            group.append(op)
+        else:
+            out.append(op)
+    for i, op in enumerate(out):
+        if isinstance(op, Comparison) and isinstance(op.left, Identifier):
+            group = merged.get((op.left.name, op.left.field))
+            if group and group[0] is op and len(group) > 1:
+                out[i] = InList(op.left, tuple(c.right for c in group), column=op.column)
+    return out
 
 
 def to_sql(
