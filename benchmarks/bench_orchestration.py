@@ -34,7 +34,7 @@ from ._fixtures import cached_repo, schema_digest
 from ._runner import Context, Result, benchmark, percentile
 
 COADD_VERSION = "3"  # 3: repos built since the butler ANALYZEs after bulk loads
-COMPLETION_VERSION = "2"  # 2: with the quantum records of the outputs (provenance check)
+COMPLETION_VERSION = "3"  # 2: with the quantum records of the outputs (provenance check); 3: covering index
 RAW_RUN = "BenchCam/raw/all"
 BANDS = "ugrizy"
 

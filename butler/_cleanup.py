@@ -214,7 +214,7 @@ def _unregistered(butler: Butler, known: set[str]) -> list[VerifyProblem]:
             filenames = [n for n in filenames if n not in _REPO_FILES]
         for name in list(dirnames):
             rel = os.path.join(rel_dir, name)
-            if rel in registered:  # a directory dataset (zarr store)
+            if rel in registered or rel in known:  # a directory dataset (zarr store), or a journaled one
                 dirnames.remove(name)
             elif name.startswith(_TMP_PREFIX):
                 dirnames.remove(name)

@@ -80,6 +80,18 @@ def _ingest(transfer: str) -> Callable[[str, str], None]:
     return ingest
 
 
+def _put_exposure(replace: bool) -> Callable[[str, str], None]:
+    """A directory dataset (a zarr store: staged as a directory, renamed into place)."""
+    def put(root: str, _: str) -> None:
+        from test_exposure import make_exposure
+
+        exposure = make_exposure(shape=(64, 48))
+        if replace:
+            exposure.image[:] = -1.0
+        _butler(root).put(exposure, "calexp", DATA, detector=2 if replace else 3, replace=replace)
+    return put
+
+
 def _remove(root: str, _: str) -> None:
     b = _butler(root)
     b.remove([b.find_dataset("metrics", DATA, detector=d, collections=RUN) for d in (1, 2)])
@@ -147,6 +159,9 @@ WRITE_PATHS = [
     WritePath("ingest_hardlink", _ingest("hardlink"), sources=3),
     WritePath("ingest_symlink", _ingest("symlink"), sources=3),
     WritePath("ingest_move", _ingest("move"), sources=3, move=True, min_points=10),
+    WritePath("ingest_direct", _ingest("direct"), sources=3, min_points=2),
+    WritePath("put_exposure", _put_exposure(replace=False)),
+    WritePath("put_exposure_replace", _put_exposure(replace=True), min_points=8),
     WritePath("remove", _remove),
     WritePath("remove_runs", _remove_runs),
     WritePath("certify", _certify, min_points=2),
@@ -165,6 +180,10 @@ def _make_base(root: str) -> None:
     b.put_many([({"value": d}, "metrics", DATA, {"detector": d}) for d in range(4)])
     b.register_dataset_type(DatasetType("metrics_in", ("instrument", "visit", "detector"), "StructuredData"))
     b.put_many([({"value": d, "detector": d}, "metrics_in", DATA, {"detector": d}) for d in range(3)])
+    from test_exposure import make_exposure
+
+    b.register_dataset_type(DatasetType("calexp", ("instrument", "visit", "detector"), "Exposure"))
+    b.put(make_exposure(shape=(64, 48)), "calexp", DATA, detector=2)
     b.register_dataset_type(DatasetType("bias", ("instrument", "detector"), "StructuredData", is_calibration=True))
     b.put({"level": 1.0}, "bias", instrument="SimCam", detector=1)
     b.put_many([({"value": 100 + d}, "metrics", DATA, {"detector": d}) for d in range(3)], run=OTHER)

@@ -181,7 +181,8 @@ class Registry:
     @property
     def schema_minor(self) -> int:
         """Additions to schema version 1 this registry has (2: the file journal, the path index of
-        file records and ``quantum.worker``); older repositories get them on their first write."""
+        file records and ``quantum.worker``; 3: a covering index of quantum outputs by quantum);
+        older repositories get them on their first write."""
         return int(self.attributes.get("schema_minor", "1"))
 
     def upgrade_for_writes(self) -> None:
@@ -204,6 +205,7 @@ class Registry:
                 ddl = column.type.compile(dialect=self.db.engine.dialect)
                 with self.db.engine.begin() as conn:
                     conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(q)} ADD COLUMN {prep.quote('worker')} {ddl}")
+            self.schema.quantum_output_index.create(self.db.engine, checkfirst=True)
             attrs = self.schema.attributes
             with self.db.transaction(write=True) as conn:
                 conn.execute(attrs.delete().where(attrs.c.name == "schema_minor"))

@@ -21,7 +21,7 @@ from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse, Fi
 __all__ = ["RegistrySchema", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
-SCHEMA_MINOR = 2
+SCHEMA_MINOR = 3
 """Backward-compatible additions to version 1 (see `Registry.upgrade_for_writes`)."""
 
 NAME_LENGTH = 255
@@ -147,6 +147,7 @@ class RegistrySchema:
     elements: dict[str, sa.Table] = field(init=False)
     quantum: sa.Table = field(init=False)
     quantum_output: sa.Table = field(init=False)
+    quantum_output_index: sa.Index = field(init=False)
     skypix: dict[str, sa.Table] = field(init=False)
     calibs: sa.Table = field(init=False)
     _tags: dict[str, sa.Table] = field(init=False)
@@ -254,8 +255,11 @@ class RegistrySchema:
             sa.Column("dataset_id", DatasetIdType, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),
                       primary_key=True),
             sa.Column("quantum_id", DatasetIdType, sa.ForeignKey(self.quantum.c.quantum_id, ondelete="CASCADE"),
-                      nullable=False, index=True),
+                      nullable=False),
         )
+        # Covering: the restart check joins a run's quanta to their outputs without reading rows.
+        self.quantum_output_index = sa.Index("quantum_output_by_quantum", self.quantum_output.c.quantum_id,
+                                             self.quantum_output.c.dataset_id)
         # CALIBRATION collections (issue 7): one generic table; a calib's data ID is the one of
         # its RUN tags row (see butler/registry/_calibrations.py). Validity is [begin, end) in ns.
         self.calibs = sa.Table(
