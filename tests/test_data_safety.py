@@ -158,32 +158,73 @@ def test_concurrent_replaces_of_one_dataset_converge_without_spurious_conflicts(
     assert files_on_disk(simcam_repo.root, "u/tester/run1") == registered_files(simcam_repo, "u/tester/run1")
 
 
-def test_a_repository_made_before_the_journal_gets_it_on_first_write(tmp_path):
+def _make_pre_journal(butler: Butler) -> None:
+    """Turn a new repository into one made before schema minor 2 (no journal, no path index, no
+    quantum.worker, no covering index of quantum outputs)."""
+    db = butler.registry.db
+    prep = db.engine.dialect.identifier_preparer
+    ns = f"{prep.quote(db.namespace)}." if db.namespace else ""
+    on = {"mysql": lambda table: f" ON {ns}{table}"}.get(db.dialect, lambda table: "")
+    index = (lambda name, table: f"DROP INDEX {name}{on(table)}") if db.dialect == "mysql" else \
+        (lambda name, table: f"DROP INDEX {ns}{name}")
+    with db.transaction(write=True) as conn:
+        for sql in (f"DROP TABLE {ns}file_journal", index("file_record_path", "file_record"),
+                    f"CREATE INDEX ix_quantum_output_quantum_id ON {ns}quantum_output (quantum_id)",
+                    index("quantum_output_by_quantum", "quantum_output"), f"ALTER TABLE {ns}quantum DROP COLUMN worker",
+                    f"DELETE FROM {ns}butler_attributes WHERE name IN ('file_journal_version', 'schema_minor')"):
+            conn.exec_driver_sql(sql)
+    from butler.testing import release_repo
+
+    release_repo(butler)
+
+
+def test_a_repository_made_before_the_journal_gets_it_on_first_write(repo_factory):
     """Old repositories (no journal table, no path index, no quantum.worker) are read as they are
     and upgraded by the first write."""
     import sqlalchemy as sa
 
-    butler = Butler.create(tmp_path / "repo", run="u/tester/run1")
-    db = butler.registry.db
-    with db.transaction(write=True) as conn:
-        conn.execute(sa.text("DROP TABLE file_journal"))
-        conn.execute(sa.text("DROP INDEX file_record_path"))
-        conn.execute(sa.text("DROP INDEX quantum_output_by_quantum"))
-        conn.execute(sa.text("DELETE FROM butler_attributes WHERE name IN ('file_journal_version', 'schema_minor')"))
-        conn.execute(sa.text("ALTER TABLE quantum DROP COLUMN worker"))
-    from butler.testing import forget_open_repositories
+    from butler.registry._schema import SCHEMA_MINOR
 
-    forget_open_repositories()
+    butler = repo_factory(run="u/tester/run1")
+    _make_pre_journal(butler)
     old = Butler(butler.root, run="u/tester/run1")
     assert old.verify() == []  # reading needs no journal
     assert old.query_provenance() == []
     old.register_dataset_type(DatasetType("cfg", (), "StructuredData"))
     old.put({"a": 1}, "cfg")
-    with old.registry.db.transaction() as conn:
-        assert sa.inspect(conn).has_table("file_journal")
-        assert "worker" in {c["name"] for c in sa.inspect(conn).get_columns("quantum")}
-        assert "quantum_output_by_quantum" in {i["name"] for i in sa.inspect(conn).get_indexes("quantum_output")}
-    from butler.registry._schema import SCHEMA_MINOR
-
+    db = old.registry.db
+    with db.transaction() as conn:
+        inspector = sa.inspect(conn)
+        assert inspector.has_table("file_journal", schema=db.namespace)
+        assert "worker" in {c["name"] for c in inspector.get_columns("quantum", schema=db.namespace)}
+        assert "quantum_output_by_quantum" in {i["name"] for i in inspector.get_indexes("quantum_output",
+                                                                                          schema=db.namespace)}
     assert old.registry.schema_minor == SCHEMA_MINOR
     assert old.get("cfg") == {"a": 1} and old.verify() == []
+
+
+def _first_write(root: str, run: str, barrier, queue) -> None:
+    import traceback
+
+    try:
+        butler = Butler(root, run=run)
+        butler.refresh()
+        barrier.wait()
+        butler.put({"run": run}, "cfg")
+        butler.remove([butler.find_dataset("cfg")])  # a removal journals too
+        butler.put({"run": run}, "cfg")
+        queue.put(("ok", os.getpid(), None))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        queue.put(("error", os.getpid(), traceback.format_exc()))
+
+
+def test_processes_upgrading_an_old_repository_at_once_are_serialised(repo_factory):
+    """Three first writes at the same moment: one upgrades, the others wait and see it done."""
+    butler = repo_factory(run="u/tester/run1")
+    butler.register_dataset_type(DatasetType("cfg", (), "StructuredData"))
+    _make_pre_journal(butler)
+    runs = [f"u/tester/first{i}" for i in range(3)]
+    run_concurrently(multiprocessing.get_context("spawn"), _first_write, [(butler.root, run) for run in runs])
+    reopened = Butler(butler.root, writeable=True)
+    assert [reopened.get("cfg", collections=run) for run in runs] == [{"run": run} for run in runs]
+    assert reopened.verify() == [] and reopened.registry.journal.pending() == []

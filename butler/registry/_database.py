@@ -113,6 +113,32 @@ class Database:
             conn.info.pop("write", None)
             conn.close()
 
+    @contextlib.contextmanager
+    def schema_lock(self) -> Iterator[sa.Connection]:
+        """A connection in which schema changes run one process at a time, committed at the end.
+
+        SQLite: a ``BEGIN IMMEDIATE`` transaction (its DDL is transactional). PostgreSQL: a
+        transaction holding an advisory lock. MySQL (whose DDL commits implicitly): a named lock
+        held for the block. Callers re-check, inside, whether the change is still to be made.
+        """
+        if self.dialect in ("sqlite", "postgresql"):
+            with self.transaction(write=True) as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                                 {"name": f"butler-schema-{self.namespace}"})
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            name = f"butler-schema-{self.namespace}"[:64]
+            if conn.execute(sa.text("SELECT GET_LOCK(:name, 120)"), {"name": name}).scalar() != 1:
+                raise RegistryConnectionError(f"timed out waiting for another process to upgrade {self.safe_url}")
+            try:
+                yield conn
+                conn.commit()
+            finally:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                conn.commit()
+
     @property
     def sqlite_path(self) -> str | None:
         """The file of a SQLite registry (None for servers and in-memory databases)."""

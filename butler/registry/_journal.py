@@ -29,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -74,26 +74,22 @@ class JournalEntry:
 class FileJournal:
     """Records and clears intents; each call is one bulk statement."""
 
-    def __init__(self, db: Database, schema: RegistrySchema, attributes: dict[str, str]) -> None:
+    def __init__(self, db: Database, schema: RegistrySchema, attributes: dict[str, str], *,
+                 upgrade: Callable[[], None]) -> None:
         self._db = db
         self._table = schema.file_journal
         self._schema = schema
         self._ready = _ATTRIBUTE in attributes
-        self._attributes = attributes
+        self._upgrade = upgrade
 
-    # -- table (created lazily in repositories made before the journal existed) ----------------
+    # -- table (created by the first write into a repository made before the journal existed) ---
     def ensure_table(self) -> None:
-        """Create the journal table and the path index of file records if this repository predates them."""
-        if self._ready:
-            return
-        t = self._table
-        t.create(self._db.engine, checkfirst=True)
-        index = self._schema.file_record_path_index
-        index.create(self._db.engine, checkfirst=True)
-        attrs = self._schema.attributes
-        with self._db.transaction(write=True) as conn:
-            conn.execute(self._db.insert_ignore(attrs).values(name=_ATTRIBUTE, value="1"))
-        self._attributes[_ATTRIBUTE] = "1"
+        """Make sure the journal table exists (`Registry.upgrade_for_writes` creates it)."""
+        if not self._ready:
+            self._upgrade()
+
+    def mark_ready(self) -> None:
+        """The table exists (the registry created it, or saw another process's upgrade)."""
         self._ready = True
 
     # -- record -------------------------------------------------------------------------------
@@ -118,6 +114,8 @@ class FileJournal:
         that makes those files unreferenced: both commit or neither). Call `ensure_table` before
         that transaction begins (creating a table inside it would wait for the transaction itself
         on SQLite, and commit it implicitly on MySQL)."""
+        if not self._ready:
+            self._refresh_ready(conn)
         if not self._ready:
             raise RuntimeError("FileJournal.ensure_table() must be called before the transaction that records")
         now, host, pid = time.time_ns(), socket.gethostname()[:128], os.getpid()
@@ -192,7 +190,6 @@ class FileJournal:
             with self._db.transaction() as c:
                 value = c.execute(stmt).scalar()
         if value is not None:
-            self._attributes[_ATTRIBUTE] = value
             self._ready = True
 
     def registered_paths(self, conn: sa.Connection, paths: Iterable[str]) -> set[str]:

@@ -97,7 +97,7 @@ class Registry:
             records = DimensionRecordManager(db, schema)
             datasets = DatasetManager(db, schema, dataset_types, collections, records)
             # "datasets" last: its presence says that every part is there.
-            journal = FileJournal(db, schema, self.attributes)
+            journal = FileJournal(db, schema, self.attributes, upgrade=self.upgrade_for_writes)
             self.__dict__.update(schema=schema, collections=collections, dataset_types=dataset_types,
                                  records=records, journal=journal)
             self.__dict__["datasets"] = datasets
@@ -187,30 +187,39 @@ class Registry:
 
     def upgrade_for_writes(self) -> None:
         """Add what this repository predates (see `schema_minor`) before the first write: the
-        additions are tables, an index and a nullable column, so old readers keep working. Reads
-        never upgrade (a read-only open writes nothing); they work without the additions."""
+        additions are tables, indexes and a nullable column, so old readers keep working. Reads
+        never upgrade (a read-only open writes nothing); they work without the additions. Processes
+        upgrading at once are serialised (`Database.schema_lock`) and each re-checks inside."""
         if self.schema_minor >= SCHEMA_MINOR:
             return
         with self._lock:
-            self.refresh_attributes()
             if self.schema_minor >= SCHEMA_MINOR:
                 return
-            self.journal.ensure_table()
-            q = self.schema.quantum
-            with self.db.transaction(write=True) as conn:
-                present = {c["name"] for c in sa.inspect(conn).get_columns(q.name, schema=self.db.namespace)}
-            if "worker" not in present:
-                column = q.c.worker
-                prep = self.db.engine.dialect.identifier_preparer
-                ddl = column.type.compile(dialect=self.db.engine.dialect)
-                with self.db.engine.begin() as conn:
-                    conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(q)} ADD COLUMN {prep.quote('worker')} {ddl}")
-            self.schema.quantum_output_index.create(self.db.engine, checkfirst=True)
-            attrs = self.schema.attributes
-            with self.db.transaction(write=True) as conn:
-                conn.execute(attrs.delete().where(attrs.c.name == "schema_minor"))
-                conn.execute(attrs.insert().values(name="schema_minor", value=str(SCHEMA_MINOR)))
-            self.attributes["schema_minor"] = str(SCHEMA_MINOR)
+            schema, db = self.schema, self.db
+            attrs = schema.attributes
+            with db.schema_lock() as conn:
+                current = conn.execute(sa.select(attrs.c.value).where(attrs.c.name == "schema_minor")).scalar()
+                if int(current or 1) < SCHEMA_MINOR:
+                    self._add_minor_changes(conn)
+                    conn.execute(attrs.delete().where(attrs.c.name.in_(["schema_minor", "file_journal_version"])))
+                    conn.execute(attrs.insert(), [{"name": "schema_minor", "value": str(SCHEMA_MINOR)},
+                                                  {"name": "file_journal_version", "value": "1"}])
+            self.attributes.update(schema_minor=str(SCHEMA_MINOR), file_journal_version="1")
+            self.journal.mark_ready()
+
+    def _add_minor_changes(self, conn: sa.Connection) -> None:
+        """The DDL of schema minors 2 and 3, each step skipped if already there."""
+        schema, db = self.schema, self.db
+        schema.file_journal.create(conn, checkfirst=True)
+        schema.file_record_path_index.create(conn, checkfirst=True)
+        q = schema.quantum
+        if "worker" not in {c["name"] for c in sa.inspect(conn).get_columns(q.name, schema=db.namespace)}:
+            prep = conn.dialect.identifier_preparer
+            ddl = q.c.worker.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {prep.format_table(q)} ADD COLUMN {prep.quote('worker')} {ddl}")
+        existing = {i["name"] for i in sa.inspect(conn).get_indexes("quantum_output", schema=db.namespace)}
+        if schema.quantum_output_index.name not in existing:
+            schema.quantum_output_index.create(conn)
 
     def quantum_columns(self) -> list[sa.Column]:
         """The columns of ``quantum`` this repository has (``worker`` since `schema_minor` 2)."""
