@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ._dataset_ref import DatasetRef
 from ._faults import crash_point
 from ._gc import gc_paused
+from ._run_lock import run_lock
 from .datastore import checksum_bytes, checksum_file, get_storage_class
 from .datastore._formatters import get_formatter
 from .dimensions import DataCoordinate
@@ -180,10 +181,13 @@ def ingest_files(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, A
                  transfer: str, allow_foreign_run: bool) -> list[DatasetRef]:
     if transfer not in TRANSFER_MODES:
         raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {transfer!r}")
+    run_name, _ = butler._run_record(run, allow_foreign_run)
     # Ingest makes ~10 objects per file, none of them in reference cycles: the cyclic garbage
     # collector would only rescan the whole heap every few thousand files (~5% of the time).
-    with gc_paused():
-        return _ingest(butler, dataset_type, files, run=run, transfer=transfer, allow_foreign_run=allow_foreign_run)
+    # The run's lock is held shared, as by every write: clean-up of the run waits for it.
+    with gc_paused(), run_lock(butler.root, run_name, action="ingest into", shared=True):
+        return _ingest(butler, dataset_type, files, run=run_name, transfer=transfer,
+                       allow_foreign_run=allow_foreign_run)
 
 
 def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]], *, run: str | None,
@@ -267,6 +271,10 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
                     _transfer(source, dest, transfer)
                 except FileExistsError:
                     raise ConflictError(f"cannot ingest {source}: {dest} already exists") from None
+                except BaseException:
+                    if check_exists:  # a copy that failed part-way (no space...) is ours to remove
+                        _unlink_quietly(dest)
+                    raise
                 done.append((source, dest))
         with registry.db.transaction(write=True) as conn:
             try:
@@ -283,10 +291,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
         crash_point("ingest: registry committed")
     except BaseException:
         for _, dest in reversed(done):
-            try:
-                os.unlink(dest)  # for a move too: the source is still there
-            except FileNotFoundError:
-                pass
+            _unlink_quietly(dest)  # for a move too: the source is still there
         if transfer != "direct":
             journal.clear_now(op)
         raise
@@ -299,6 +304,13 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
                 pass
         journal.clear_now(op)
     return refs
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _transfer(source: str, dest: str, mode: str) -> None:

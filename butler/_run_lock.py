@@ -16,8 +16,8 @@ Ordinary writes (``put``, ``ingest``, ``remove``) take the lock *shared*: any nu
 write into a run at once, but not while an executor, ``remove_runs`` or clean-up holds it
 exclusively, because clean-up deletes the staged files of writes it believes dead (see
 ``butler/_cleanup.py``); a write in flight must never look dead. Shared holders keep the lock file
-(and their descriptor, for the next write) instead of removing it: a run written by ``put`` leaves
-one empty file in ``.locks``, removed by the next exclusive holder. ``flock`` works on
+instead of removing it (the next write opens it without creating it): a run written by ``put``
+leaves one empty file in ``.locks``, removed by the next exclusive holder. ``flock`` works on
 local file systems and on NFSv4; every executor of a run shares the repository's file system
 because its workers write there.
 """
@@ -87,8 +87,11 @@ def run_lock(root: str, run: str, *, action: str = "execute", shared: bool = Fal
             yield
         return
     with _guard:
-        if not _nest_in_exclusive(path, run, action, me):
-            _held[path] = [_acquire(path, run, action), 1, me]
+        nested = _nest_in_exclusive(path, run, action, me)
+    if not nested:
+        fd = _acquire(path, run, action)  # outside the guard: it may retry for a while
+        with _guard:
+            _held[path] = [fd, 1, me]
     try:
         yield
     finally:
@@ -121,22 +124,20 @@ def _nest_in_exclusive(path: str, run: str, action: str, me: int) -> bool:
     return True
 
 
-# Shared holds reuse one open descriptor per lock file and process: a put costs two flock calls
-# and a stat, not a file creation and removal (~0.5 ms on a slow file system).
-_shared_fds: dict[str, int] = {}
-
-
 @contextmanager
 def _shared_lock(path: str, run: str, action: str, me: int) -> Iterator[None]:
+    """A shared hold: each thread's on a descriptor of its own (shared flocks coexist), closed
+    when its outermost hold ends (the file stays, so the next write opens it without creating it)."""
     key = (path, me)
     with _guard:
         nested = _nest_in_exclusive(path, run, action, me)
-        if not nested:
-            own = _shared.get(key)
-            if own is not None:
-                own[1] += 1
-            else:
-                _shared[key] = [_acquire_shared(path, run, action), 1]
+        own = None if nested else _shared.get(key)
+        if own is not None:
+            own[1] += 1
+    if not nested and own is None:
+        fd = _acquire(path, run, action, shared=True)  # outside the guard: it may retry for a while
+        with _guard:
+            _shared[key] = [fd, 1]
     try:
         yield
     finally:
@@ -148,28 +149,7 @@ def _shared_lock(path: str, run: str, action: str, me: int) -> Iterator[None]:
                 own[1] -= 1
                 if own[1] == 0:
                     del _shared[key]
-                    if not any(k[0] == path for k in _shared):  # other threads' holds share the flock
-                        fcntl.flock(own[0], fcntl.LOCK_UN)
-
-
-def _acquire_shared(path: str, run: str, action: str) -> int:
-    """The cached descriptor of ``path``, flocked shared (re-opened if the file was replaced)."""
-    if any(k[0] == path for k in _shared):  # another thread of this process holds it shared already
-        return _shared_fds[path]
-    fd = _shared_fds.get(path)
-    if fd is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        else:
-            if _is_current(fd, path):
-                return fd
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        del _shared_fds[path]
-        os.close(fd)
-    fd = _shared_fds[path] = _acquire(path, run, action, shared=True)
-    return fd
+                    os.close(own[0])  # releases this description's shared flock
 
 
 _lock_dirs: set[str] = set()
@@ -178,17 +158,13 @@ _lock_dirs: set[str] = set()
 def _forget_after_fork() -> None:
     """A forked child holds nothing: the descriptors it inherited share the parent's flocks, so it
     must neither use nor unlock them (closing its copies leaves the parent's locks held)."""
-    for fd in _shared_fds.values():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    for entry in _held.values():
+    global _guard
+    _guard = threading.Lock()  # another thread may have held it at the fork
+    for entry in (*_held.values(), *_shared.values()):
         try:
             os.close(entry[0])
         except OSError:
             pass
-    _shared_fds.clear()
     _shared.clear()
     _held.clear()
 

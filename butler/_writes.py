@@ -20,6 +20,7 @@ exclusively), so clean-up never mistakes a write in flight for a dead one.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -98,6 +99,15 @@ def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
     by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
     for ref in refs:
         by_run.setdefault(ref.run, []).append((datastore.planned_path(ref, butler._template_values(ref)), ref.id, None))
+    # Whatever the workers find at these paths must be theirs (an earlier attempt of the same
+    # quantum): a file that is there already is somebody else's, and would be adopted as an output.
+    taken = [path for items in by_run.values() for path, _, _ in items if os.path.lexists(datastore.abspath(path))]
+    if taken:
+        raise ConflictError(
+            f"{len(taken)} output path(s) already hold a file the registry does not know, e.g. "
+            f"{', '.join(taken[:3])}; `butler verify --orphans {butler.root}` lists them: remove them (or "
+            "write to another run) and start again"
+        )
     op = new_operation()
     butler._registry.upgrade_for_writes()
     for run_name, items in by_run.items():
@@ -163,6 +173,11 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
         for planned in datastore.plan(ref, obj, butler._template_values(ref), fresh_name=replace):
             entry[2].append((ref, planned))
         refs.append(ref)
+    for name, (_, type_refs, _) in planned_by_type.items():
+        if len({r.data_id for r in type_refs}) != len(type_refs):
+            seen: set[Any] = set()
+            twice = next(r.data_id for r in type_refs if r.data_id in seen or seen.add(r.data_id))
+            raise ConflictError(f"dataset {name!r} {twice} is given twice in one put_many")
     batch_formatters = {ref.id: planned.formatter.name for _, _, plans in planned_by_type.values()
                         for ref, planned in plans if not planned.component}
     component_plans = _plan_components(butler, component_items, refs, run_name, run_rec, replace, batch_formatters)
@@ -199,7 +214,9 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
                             raise _Contended() from None
                         raise
                 old_paths += _insert_components(butler, conn, component_writes, replace)
-                old_paths = [p for p in old_paths if not os.path.isabs(p)]
+                # Never a path written now: a replaced dataset whose file was missing is rewritten there.
+                new_paths = {planned.path for _, planned in plans}
+                old_paths = [p for p in old_paths if not os.path.isabs(p) and p not in new_paths]
                 journal.record_in(conn, op, run_name, DELETE, [(p, None, None) for p in old_paths])
                 journal.clear(conn, op, STAGE)
                 try:
@@ -219,9 +236,7 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
         datastore.discard(prepared)
         journal.clear_now(op)
         raise
-    if old_paths:
-        datastore.remove_files(old_paths)
-        journal.clear_now(op)
+    _finish_deletes(butler, op, old_paths)
     return refs  # type: ignore[return-value]  # every None was filled by _plan_components
 
 
@@ -349,10 +364,21 @@ def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: boo
 
 
 def _finish_deletes(butler: Butler, op: str, paths: Sequence[str]) -> None:
-    """Remove the files the registry no longer references, then their ``delete`` intents."""
-    if paths:
-        butler._datastore.remove_files(paths)
-        butler._registry.journal.clear_now(op)
+    """Remove the files the registry no longer references (checked again: never one it does), then
+    their ``delete`` intents. The change is committed: a file that cannot be removed now (EACCES...)
+    is logged and left journaled, for `butler verify` to report and `butler cleanup` to retry."""
+    if not paths:
+        return
+    registry = butler._registry
+    with registry.db.transaction() as conn:
+        referenced = registry.journal.registered_paths(conn, paths)
+    try:
+        butler._datastore.remove_files([p for p in paths if p not in referenced])
+    except OSError as err:
+        logging.getLogger("butler").warning("committed, but could not remove %d replaced or removed file(s) "
+                                            "(%s); `butler cleanup` removes them later", len(paths), err)
+        return
+    registry.journal.clear_now(op)
 
 
 def remove_runs(butler: Butler, pattern: str | Sequence[str], *, allow_foreign_run: bool = False) -> list[str]:

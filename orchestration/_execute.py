@@ -164,23 +164,23 @@ def _commit_or_adopt(p: Any) -> Any:
     """Move a staged output into place and return its file record.
 
     The file may already be there when Dask re-executes a quantum whose result was lost with a
-    worker (its dependents still needed it): leftovers of earlier executions are cleaned up before this one,
-    so a file at this run's predicted path is this quantum's own earlier output, possibly already
-    registered. It is kept (never replaced under a registered checksum) and described as it is.
+    worker (its dependents still needed it). The executor refused to start if any output path held
+    a file it had not journaled (`Butler.intend_writes`), so a file there now is this quantum's own
+    earlier output, possibly registered already: it is kept as it is (never replaced under a
+    recorded checksum) and described by its own bytes.
     """
+    from butler.datastore._directory_io import checksum_directory
+    from butler.datastore._file_io import checksum_file
     from butler.registry._datasets import FileRecord
 
     try:
         p.staged.commit()
         checksum, size = p.staged.checksum, p.staged.size
     except FileExistsError:
+        p.staged.discard()
         if os.path.isdir(p.staged.path):
-            p.staged.commit(overwrite=True)  # directory datasets carry per-chunk checksums of their own
-            checksum, size = p.staged.checksum, p.staged.size
+            size, checksum = checksum_directory(p.staged.path)
         else:
-            from butler.datastore._file_io import checksum_file
-
-            p.staged.discard()
             checksum, size = checksum_file(p.staged.path), os.path.getsize(p.staged.path)
     return FileRecord(p.component, p.path, p.formatter, p.storage_class, checksum, size)
 

@@ -228,3 +228,54 @@ def test_processes_upgrading_an_old_repository_at_once_are_serialised(repo_facto
     reopened = Butler(butler.root, writeable=True)
     assert [reopened.get("cfg", collections=run) for run in runs] == [{"run": run} for run in runs]
     assert reopened.verify() == [] and reopened.registry.journal.pending() == []
+
+
+def test_replacing_a_dataset_whose_file_is_missing_repairs_it(simcam_repo):
+    """The natural repair of a `missing` report: the new bytes land at the free template path and
+    are not mistaken for the replaced file's (which used to delete them after the commit)."""
+    ref = simcam_repo.put({"a": 1}, "metrics", DATA, detector=1)
+    os.unlink(os.path.join(simcam_repo.root, _path_of(simcam_repo, ref)))
+    assert [p.problem for p in simcam_repo.verify()] == ["missing"]
+    simcam_repo.put({"a": 2}, "metrics", DATA, detector=1, replace=True)
+    assert simcam_repo.get("metrics", DATA, detector=1) == {"a": 2}
+    assert simcam_repo.verify() == [] and simcam_repo.registry.journal.pending() == []
+
+
+def test_a_data_id_given_twice_is_one_clear_conflict_even_with_replace(simcam_repo):
+    before = snapshot_repo(simcam_repo)
+    for replace in (False, True):
+        with pytest.raises(ConflictError, match=r"is given twice"):
+            simcam_repo.put_many([({"a": 1}, "metrics", DATA, {"detector": 1}),
+                                  ({"a": 2}, "metrics", DATA, {"detector": 1})], replace=replace)
+        assert snapshot_repo(simcam_repo) == before
+
+
+def test_an_ingest_in_flight_holds_off_cleanup(simcam_repo, tmp_path):
+    """Clean-up of a run waits for writes into it (shared lock): an ingest between its journal and
+    its commit used to lose its files (a move: its data) to a concurrent clean-up."""
+    from butler import _faults
+    from butler._run_lock import run_lock
+    from butler.errors import RunLockedError
+
+    source = tmp_path / "src.json"
+    source.write_text('{"a": 1}')
+    seen = {}
+
+    def cleanup_now(label: str) -> None:  # a second process's clean-up at the worst moment
+        if label == "ingest: transfer a file" and not seen:
+            try:
+                with run_lock(simcam_repo.root, "u/tester/run1", action="clean up"):
+                    seen["locked"] = True
+            except RunLockedError as err:
+                seen["refused"] = str(err)
+
+    original = _faults.crash_point
+    import butler._ingest as ingest_module
+
+    ingest_module.crash_point = cleanup_now
+    try:
+        simcam_repo.ingest("metrics", [(str(source), {**DATA, "detector": 1})], transfer="move")
+    finally:
+        ingest_module.crash_point = original
+    assert "refused" in seen and "locked" not in seen
+    assert simcam_repo.get("metrics", DATA, detector=1) == {"a": 1} and simcam_repo.verify() == []

@@ -254,3 +254,25 @@ def test_ctrl_c_cancels_the_runs_tasks_before_releasing_the_lock(repo, cluster_c
     assert report.ok, report.summary()
     assert len(repo.query_datasets("added", collections=OUT)) == 45 and repo.verify() == []
     assert files_on_disk(repo.root, OUT) == registered_files(repo, OUT)
+
+
+def test_a_foreign_file_at_an_output_path_is_refused_not_adopted(repo, cluster_client):
+    """A file the journal does not know, lying where a quantum will write its output (a stale copy,
+    a pre-journal leftover), used to be adopted as that quantum's output; now nothing starts."""
+    from butler.errors import ConflictError
+
+    plan = Planner(repo).build(add_sum(), inputs=["in"], output_run=OUT, where="visit = 0")
+    DaskExecutor(cluster_client, progress=False).run(plan, repo)
+    path = sorted(registered_files(repo, OUT) - {p for p in registered_files(repo, OUT) if "config" in p
+                                                 or "packages" in p})[0]
+    repo.remove_runs(OUT)
+    stale = os.path.join(repo.root, path)
+    os.makedirs(os.path.dirname(stale), exist_ok=True)
+    with open(stale, "w") as f:
+        f.write('{"value": -12345, "stale": true}')
+    plan = Planner(repo).build(add_sum(), inputs=["in"], output_run=OUT, where="visit = 0")
+    with pytest.raises(ConflictError, match=r"output path\(s\) already hold a file the registry does not know"):
+        DaskExecutor(cluster_client, progress=False).run(plan, repo)
+    with open(stale) as f:
+        assert "stale" in f.read()  # kept: not ours to delete
+    assert not repo.query_datasets("added", collections=OUT) and not repo.query_datasets("visit_sum", collections=OUT)

@@ -217,3 +217,47 @@ def test_shared_and_exclusive_never_overlap_under_contention(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert sum(r[2] for r in results) == 0
     assert sum(r[0] for r in results) > 0 and sum(r[1] for r in results) > 0
+
+
+def test_a_process_writing_into_many_runs_keeps_no_descriptors(tmp_path):
+    """Shared holds close their descriptor when they end (a notebook writing into thousands of
+    runs must not run out of file descriptors)."""
+    root = str(tmp_path)
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(300):
+        with run_lock(root, f"u/a/run{i}", shared=True):
+            pass
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_a_child_forked_while_another_thread_waits_for_a_lock_can_lock(tmp_path):
+    """The lock table's guard is not held across a wait, and a forked child starts with a fresh one."""
+    import threading
+
+    root = str(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_SHARED, root, "u/a/busy"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    try:
+        waiting = threading.Thread(target=lambda: pytest.raises(RunLockedError, _take, root, "u/a/busy"))
+        waiting.start()  # retries for about a second against the other process's shared hold
+        with run_lock(root, "u/a/other"):  # meanwhile, other runs lock at once
+            pass
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                with run_lock(root, "u/a/child"):
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        waiting.join(30)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _take(root: str, run: str) -> None:
+    with run_lock(root, run, action="clean up"):
+        pass
