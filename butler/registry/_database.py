@@ -91,6 +91,7 @@ class Database:
         self.url = url
         self.namespace = namespace
         self.engine = _engine_for(url)
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
         self.dialect = self.engine.dialect.name  # "sqlite", "postgresql", "mysql"
         self._user: str | None = None
 
@@ -257,6 +258,27 @@ class Database:
         try:
             for start in range(0, len(rows), chunk):
                 cursor.executemany(sql, rows[start:start + chunk])
+        finally:
+            cursor.close()
+
+    def execute_compiled(self, conn: sa.Connection, key: str, make: Any, params: dict[str, Any]) -> list[Any]:
+        """Run the statement ``make()`` (compiled once per ``key``) on the driver's cursor: a hot
+        statement costs ~10 us this way, ~100 us through SQLAlchemy's ``execute``. ``params`` are
+        in database form (no type processing happens). Returns the rows, if the statement has any."""
+        cached = self._compiled.get(key)
+        if cached is None:
+            compiled = make().compile(dialect=conn.dialect)
+            names = tuple(compiled.positiontup or ()) if compiled.positional else None
+            cached = self._compiled[key] = (str(compiled), names)
+        sql, names = cached
+        args = tuple(params[n] for n in names) if names is not None else params
+        dbapi = conn.dialect.loaded_dbapi
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, args)
+            return cursor.fetchall() if cursor.description else []
+        except dbapi.Error as err:  # as SQLAlchemy would raise it
+            raise sa.exc.DBAPIError.instance(sql, args, err, dbapi.Error) from err
         finally:
             cursor.close()
 

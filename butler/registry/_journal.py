@@ -128,10 +128,17 @@ class FileJournal:
     # -- clear --------------------------------------------------------------------------------
     def clear(self, conn: sa.Connection, op: str, action: str | None = None) -> None:
         """Delete the rows of operation ``op`` (of one ``action`` if given) in the caller's transaction."""
-        if self._ready:
-            t = self._table
-            stmt = t.delete().where(t.c.op == op)
-            conn.execute(stmt if action is None else stmt.where(t.c.action == action))
+        if not self._ready:
+            return
+        t = self._table
+        if action is None:
+            self._db.execute_compiled(conn, "journal.clear", lambda: t.delete().where(t.c.op == sa.bindparam("op")),
+                                      {"op": op})
+        else:
+            self._db.execute_compiled(
+                conn, "journal.clear_action",
+                lambda: t.delete().where(t.c.op == sa.bindparam("op")).where(t.c.action == sa.bindparam("action")),
+                {"op": op, "action": action})
 
     def clear_now(self, op: str) -> None:
         """Delete the rows of ``op`` in a transaction of their own (the last step of an operation)."""
