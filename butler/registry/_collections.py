@@ -2,7 +2,11 @@
 
 All collection rows are small, so the manager caches them in memory; a name that is not in
 the cache is looked up in the database before it is called unknown, so collections made by
-other processes are found without an explicit refresh.
+other processes are found without an explicit refresh. A change that makes cached records wrong
+(a removal, a hand-over, new chain children) writes a new random token to the
+``collections_generation`` attribute in its transaction; every lookup by name (`get`, `resolve`)
+first reads that one row and reloads the cache if the token changed, so no process goes on
+searching a removed run, or a run's old id (which SQLite may give to a new collection).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import difflib
 import enum
 import fnmatch
 import re
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +27,9 @@ from ._database import Database
 from ._schema import NAME_LENGTH, RegistrySchema
 
 __all__ = ["CollectionManager", "CollectionRecord", "CollectionType", "validate_collection_name"]
+
+GENERATION_ATTRIBUTE = "collections_generation"
+_UNKNOWN = "?"  # never a token: the cache is reloaded at the next lookup
 
 
 class CollectionType(enum.IntEnum):
@@ -68,13 +76,38 @@ class CollectionManager:
         self._by_id: dict[int, CollectionRecord] = {}
         self._chains: dict[int, tuple[int, ...]] = {}
         self._locked_sql: dict[bool, tuple[str, bool]] = {}
+        self._attributes = schema.attributes
+        self._generation: str | None = _UNKNOWN  # the token the cache was loaded at (None: never changed)
 
     # -- cache ----------------------------------------------------------------------------
     def refresh(self) -> None:
         with self._db.transaction() as conn:
             self._load(conn)
 
+    def _read_generation(self, conn: sa.Connection) -> str | None:
+        a = self._attributes
+        return conn.execute(sa.select(a.c.value).where(a.c.name == GENERATION_ATTRIBUTE)).scalar()
+
+    def revalidate(self) -> None:
+        """Reload the cache if another process removed a collection, handed a run over or changed
+        a chain since it was loaded (one single-row SELECT)."""
+        if self._by_name is None:
+            return
+        with self._db.transaction() as conn:
+            if self._read_generation(conn) != self._generation:
+                self._load(conn)
+
+    def _changed(self, conn: sa.Connection) -> None:
+        """Invalidate every process's cache (`revalidate`) when ``conn`` commits; this process's
+        cache too, as it may have missed a change made before this one."""
+        a = self._attributes
+        token = uuid.uuid4().hex
+        if conn.execute(a.update().where(a.c.name == GENERATION_ATTRIBUTE).values(value=token)).rowcount == 0:
+            conn.execute(self._db.insert_ignore(a).values(name=GENERATION_ATTRIBUTE, value=token))  # first ever
+        self._generation = _UNKNOWN
+
     def _load(self, conn: sa.Connection) -> None:
+        self._generation = self._read_generation(conn)
         t = self._table
         by_name = {}
         by_id = {}
@@ -105,6 +138,11 @@ class CollectionManager:
         return rec
 
     def get(self, name: str) -> CollectionRecord:
+        """The record of ``name`` as committed now (see `revalidate`), or a CollectionError."""
+        self.revalidate()
+        return self._get(name)
+
+    def _get(self, name: str) -> CollectionRecord:
         rec = self.find(name)
         if rec is None:
             close = difflib.get_close_matches(name, list(self._names), n=3)
@@ -200,6 +238,7 @@ class CollectionManager:
     def set_owner(self, conn: sa.Connection, rec: CollectionRecord, owner: str) -> CollectionRecord:
         """Record ``owner`` for ``rec`` (locked by the caller with ``read_locked(exclusive=True)``)."""
         conn.execute(self._table.update().where(self._table.c.collection_id == rec.id).values(owner=owner))
+        self._changed(conn)
         return self._cache(CollectionRecord(rec.id, rec.name, rec.type, owner, rec.doc))
 
     def _cache(self, rec: CollectionRecord) -> CollectionRecord:
@@ -212,10 +251,10 @@ class CollectionManager:
         return rec
 
     def set_chain(self, name: str, children: Sequence[str], conn: sa.Connection) -> None:
-        parent = self.get(name)
+        parent = self._get(name)
         if parent.type != CollectionType.CHAINED:
             raise CollectionError(f"collection {name!r} is {parent.type.name}, not CHAINED; cannot set its children")
-        child_recs = [self.get(c) for c in children]
+        child_recs = [self._get(c) for c in children]
         for child in child_recs:
             if self._reaches(child.id, parent.id):
                 raise CollectionError(f"adding {child.name!r} to chain {name!r} would create a cycle")
@@ -226,6 +265,7 @@ class CollectionManager:
                 [{"parent_id": parent.id, "position": i, "child_id": c.id} for i, c in enumerate(child_recs)],
             )
         self._chains[parent.id] = tuple(c.id for c in child_recs)
+        self._changed(conn)
 
     def _reaches(self, start: int, target: int) -> bool:
         if start == target:
@@ -251,6 +291,7 @@ class CollectionManager:
                     f"{self.by_id(parent_id).name!r}; remove it from the chain first"
                 )
         conn.execute(self._table.delete().where(self._table.c.collection_id.in_(ids)))
+        self._changed(conn)
         self._by_name = None
 
     # -- resolution -----------------------------------------------------------------------
@@ -271,6 +312,7 @@ class CollectionManager:
     def resolve(self, collections: str | Sequence[str]) -> list[CollectionRecord]:
         """Flatten a search path: chains expanded in order, globs expanded by name, no duplicates."""
         items = [collections] if isinstance(collections, str) else list(collections)
+        self.revalidate()
         out: dict[int, CollectionRecord] = {}
         for item in items:
             if _GLOB_CHARS.search(item):
@@ -281,7 +323,7 @@ class CollectionManager:
                     )
                 recs = matched
             else:
-                recs = [self.get(item)]
+                recs = [self._get(item)]
             for rec in recs:
                 self._flatten(rec, out)
         return list(out.values())
