@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from butler import Butler, DataCoordinate, DatasetRef, DatasetType, DimensionUniverse
 from butler.errors import CollectionError, DataIdError, DatasetTypeError, RunOwnershipError
+from butler.testing import TEST_ROLES, create_login_roles
 
 DATA_ID = {"instrument": "SimCam", "visit": 12, "detector": 3}
+NEW_OWNER = TEST_ROLES[1]
 PICKLERS = [pickle, cloudpickle]
 
 
@@ -208,10 +210,11 @@ def test_runs_removed_recreated_or_handed_over_by_another_process_without_refres
     read as the new run (never as whichever collection now has the old run's id), and a hand-over
     shows the new owner: no process needs ``refresh()`` after another one changed a run."""
     butler = simcam_repo
+    create_login_roles(butler, [NEW_OWNER])  # on servers an owner is a role
     butler.put({"v": "old a"}, "metrics", DATA_ID, run="u/tester/a")
     butler.put({"v": "gone"}, "metrics", DATA_ID, run="u/tester/gone")
     assert butler.get("metrics", DATA_ID, collections="u/tester/a") == {"v": "old a"}
-    assert butler.collection_info("u/tester/a").owner == "tester"  # every cache is warm
+    assert butler.collection_info("u/tester/a").owner == butler.user  # every cache is warm
     _run_python("""
         import sys
         from butler import Butler
@@ -220,8 +223,8 @@ def test_runs_removed_recreated_or_handed_over_by_another_process_without_refres
         butler.remove_runs(["u/tester/a", "u/tester/gone"])
         butler.put({"v": "b"}, "metrics", data_id, run="u/tester/b")  # may get a removed run's id
         butler.put({"v": "new a"}, "metrics", data_id, run="u/tester/a")
-        butler.chown_run("u/tester/a", "somebody")
-    """, butler.root)
+        butler.chown_run("u/tester/a", sys.argv[2])
+    """, butler.root, NEW_OWNER)
     with pytest.raises(CollectionError, match="'u/tester/gone' does not exist"):
         butler.get("metrics", DATA_ID, collections="u/tester/gone")
     with pytest.raises(CollectionError, match="'u/tester/gone' does not exist"):
@@ -229,6 +232,6 @@ def test_runs_removed_recreated_or_handed_over_by_another_process_without_refres
     assert butler.get("metrics", DATA_ID, collections="u/tester/a") == {"v": "new a"}
     assert [butler.get(r) for r in butler.query_datasets("metrics", collections="u/tester/a")] == [{"v": "new a"}]
     assert [r.run for r in butler.query_datasets("metrics", collections="u/tester/a")] == ["u/tester/a"]
-    assert butler.collection_info("u/tester/a").owner == "somebody"
-    with pytest.raises(RunOwnershipError, match="belongs to 'somebody'"):
+    assert butler.collection_info("u/tester/a").owner == NEW_OWNER
+    with pytest.raises(RunOwnershipError, match=f"belongs to {NEW_OWNER!r}"):
         butler.put({"v": "mine?"}, "metrics", DATA_ID, run="u/tester/a", replace=True)

@@ -42,5 +42,5 @@ def test_repository_equals_the_model(user_processes):
     admin, clients = user_processes
     machine = bind_machine(admin, clients)
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=40, stateful_step_count=30, deadline=None,
+        max_examples=30, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow]))

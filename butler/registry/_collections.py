@@ -78,6 +78,7 @@ class CollectionManager:
         self._locked_sql: dict[bool, tuple[str, bool]] = {}
         self._attributes = schema.attributes
         self._generation: str | None = _UNKNOWN  # the token the cache was loaded at (None: never changed)
+        self._generation_sql: str | None = None
 
     # -- cache ----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -85,17 +86,32 @@ class CollectionManager:
             self._load(conn)
 
     def _read_generation(self, conn: sa.Connection) -> str | None:
-        a = self._attributes
-        return conn.execute(sa.select(a.c.value).where(a.c.name == GENERATION_ATTRIBUTE)).scalar()
+        """The token in ``conn`` (compiled once, run on the driver's cursor: it precedes every lookup)."""
+        if self._generation_sql is None:
+            a = self._attributes
+            stmt = sa.select(a.c.value).where(a.c.name == sa.literal(GENERATION_ATTRIBUTE, literal_execute=True))
+            self._generation_sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(self._generation_sql)
+            row = cursor.fetchone()
+        except conn.dialect.loaded_dbapi.Error as err:  # as SQLAlchemy would raise it
+            raise sa.exc.DBAPIError.instance(self._generation_sql, (), err, conn.dialect.loaded_dbapi.Error) from err
+        finally:
+            cursor.close()
+        return None if row is None else row[0]
 
-    def revalidate(self) -> None:
+    def revalidate(self, conn: sa.Connection | None = None) -> None:
         """Reload the cache if another process removed a collection, handed a run over or changed
-        a chain since it was loaded (one single-row SELECT)."""
+        a chain since it was loaded (one single-row SELECT, in ``conn`` if given: a read that
+        resolves collections in its own transaction sees them as of its snapshot)."""
         if self._by_name is None:
             return
-        with self._db.transaction() as conn:
-            if self._read_generation(conn) != self._generation:
-                self._load(conn)
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.revalidate(c)
+        if self._read_generation(conn) != self._generation:
+            self._load(conn)
 
     def _changed(self, conn: sa.Connection) -> None:
         """Invalidate every process's cache (`revalidate`) when ``conn`` commits; this process's
@@ -309,10 +325,11 @@ class CollectionManager:
                 out.append(rec)
         return out
 
-    def resolve(self, collections: str | Sequence[str]) -> list[CollectionRecord]:
-        """Flatten a search path: chains expanded in order, globs expanded by name, no duplicates."""
+    def resolve(self, collections: str | Sequence[str], conn: sa.Connection | None = None) -> list[CollectionRecord]:
+        """Flatten a search path: chains expanded in order, globs expanded by name, no duplicates
+        (as committed now: `revalidate`, in ``conn`` if given)."""
         items = [collections] if isinstance(collections, str) else list(collections)
-        self.revalidate()
+        self.revalidate(conn)
         out: dict[int, CollectionRecord] = {}
         for item in items:
             if _GLOB_CHARS.search(item):

@@ -20,10 +20,18 @@ from typing import Any
 
 from ._repos import backend_url
 
-__all__ = ["TEST_ROLES", "share_repository"]
+__all__ = ["TEST_ROLES", "create_login_roles", "share_repository"]
 
 TEST_ROLES = ("butler_alice", "butler_bob")
 """The login roles (SQLite: ``$BUTLER_USER`` values) that tests use as two different users."""
+
+
+def create_login_roles(admin: Any, roles: Sequence[str] = TEST_ROLES) -> None:
+    """On a server registry, login roles ``roles`` (kept between test runs) allowed everything on
+    the namespace of ``admin``'s repository, as it is now; nothing on SQLite."""
+    backend = admin.registry.db.dialect
+    if backend != "sqlite":
+        _create_roles(backend, admin.registry.db.namespace, roles)
 
 
 def _create_roles(backend: str, namespace: str, roles: Sequence[str]) -> None:
@@ -85,9 +93,8 @@ def share_repository(admin: Any, homes: str, users: Sequence[str] = TEST_ROLES) 
     directory for per-user client configuration files. Call it once the administrator has
     registered what the users need (server tables created later are not granted to them)."""
     backend = admin.registry.db.dialect
-    backend = "sqlite" if backend == "sqlite" else backend
     if backend != "sqlite":
-        _create_roles(backend, admin.registry.db.namespace, users)
+        create_login_roles(admin, users)
         _anonymous_config(admin, backend)
     envs = {}
     for i, user in enumerate(users):
