@@ -141,6 +141,7 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
     planned_by_type: dict[str, tuple[Any, list[DatasetRef], list[tuple[DatasetRef, Any]]]] = {}
     refs: list[DatasetRef | None] = []
     component_items: list[tuple[int, Any, str, str, Any, dict]] = []
+    seen: set[tuple[str, Any]] = set()
     for item in items:
         obj, dataset_type, data_id = item[0], item[1], item[2]
         extra = item[3] if len(item) > 3 else {}
@@ -157,6 +158,9 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
                 f"{type_rec.dataset_type.describe_difference(dataset_type)}"
             )
         coord = butler._standardize(type_rec.group, data_id, extra)
+        if (name, coord) in seen:  # before any I/O (with replace=True the insert would fail on every retry)
+            raise ConflictError(f"dataset {name!r} {coord} is given twice in one put_many; give each dataset once")
+        seen.add((name, coord))
         ref = DatasetRef._trusted(type_rec.dataset_type, coord, run_name, uuid.uuid4())
         entry = planned_by_type.setdefault(name, (type_rec, [], []))
         entry[1].append(ref)

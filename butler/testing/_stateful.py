@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ DETECTORS = (0, 1)
 PATTERNS = ("u", "u/alice/a", "u/alice/*", "u*", "u/alice/a/*", "x/*")
 
 Key = tuple[str, str, int, int | None]  # (run, dataset type, visit, detector or None)
+Refusal = tuple[str, str] | None  # (ButlerError class name, regex its message matches), None: success
 
 
 def prepare_repository(admin: Any) -> None:
@@ -201,16 +203,22 @@ class RepositoryMachine(RuleBasedStateMachine):
         self.serial += 1  # every write stores a different value: a stale read cannot pass for a fresh one
         return {"n": self.serial, **drawn}
 
-    def _refusal(self, user: str, runs: Sequence[str], allow_foreign: bool) -> str | None:
+    def _refusal(self, user: str, runs: Sequence[str], allow_foreign: bool) -> Refusal:
+        """The error of a write or removal by ``user`` touching ``runs``, if one is not theirs."""
         if allow_foreign:
             return None
-        return next(("RunOwnershipError" for r in runs if self.owners.get(r, user) != user), None)
+        owner = next((self.owners[r] for r in runs if self.owners.get(r, user) != user), None)
+        if owner is None:
+            return None
+        return ("RunOwnershipError", re.escape(f"belongs to {owner!r}, not to you ({user!r})"))
 
-    def _expect(self, outcome: Outcome, error: str | None, what: str) -> None:
+    def _expect(self, outcome: Outcome, error: Refusal, what: str) -> None:
+        """``outcome`` is a success (``error`` None) or the error class with a message matching it."""
         if error is None:
             assert outcome.error is None, f"{what}: expected success, got {outcome.error}: {outcome.message}"
         else:
-            assert outcome.error == error, f"{what}: expected {error}, got {outcome}"
+            assert outcome.error == error[0] and re.search(error[1], outcome.message), \
+                f"{what}: expected {error[0]} matching {error[1]!r}, got {outcome}"
 
     def _write(self, client: UserProcess, run: str, items: list[tuple[str, int, int, dict]], replace: bool,
                allow_foreign: bool) -> list[Any]:
@@ -218,9 +226,9 @@ class RepositoryMachine(RuleBasedStateMachine):
         values = [self._value(x) for *_, x in items]
         error = self._refusal(client.user, [run], allow_foreign)
         if error is None and len(set(keys)) < len(keys):
-            error = "ConflictError"  # the same dataset twice in one call
+            error = ("ConflictError", "is given twice in one put_many")
         if error is None and not replace and any(k in self.datasets for k in keys):
-            error = "ConflictError"
+            error = ("ConflictError", f"already exists in run {re.escape(repr(run))}; pass replace=True")
         outcome = client.call("put_many", [(value, t, _data_id(t, v, d)) for (t, v, d, _), value in zip(items, values)],
                               run=run, replace=replace, allow_foreign_run=allow_foreign)
         self._expect(outcome, error, f"{client.name} put_many into {run!r} {keys} replace={replace}")
@@ -317,7 +325,7 @@ class RepositoryMachine(RuleBasedStateMachine):
         client = self.clients[who]
         new_owner = self.clients[new_owner].user
         if run not in self.owners:
-            error = "CollectionError"
+            error = ("CollectionError", f"{re.escape(repr(run))} does not exist")
         else:
             error = self._refusal(client.user, [run], False)
         outcome = client.call("chown_run", run, new_owner)
@@ -335,15 +343,16 @@ class RepositoryMachine(RuleBasedStateMachine):
         dataset_type, visit, detector = item
         outcome = client.call("get", dataset_type, _data_id(dataset_type, visit, detector), collections=search)
         what = f"{client.name} get {item} in {search}"
-        if any(r not in self.owners for r in search):
-            self._expect(outcome, "CollectionError", what)
+        missing = [r for r in search if r not in self.owners]
+        if missing:
+            self._expect(outcome, ("CollectionError", f"collection {re.escape(repr(missing[0]))} does not exist"), what)
             return
         found = [self.datasets[k] for r in search if (k := _key(r, dataset_type, visit, detector)) in self.datasets]
         if found:
             self._expect(outcome, None, what)
             assert outcome.value == found[0][1], (what, outcome.value, found[0])
         else:
-            self._expect(outcome, "DatasetNotFoundError", what)
+            self._expect(outcome, ("DatasetNotFoundError", f"no {dataset_type!r} for .* in collections"), what)
 
     @rule(who=_clients, ref=refs)
     def get_ref(self, who: str, ref: Any) -> None:
@@ -354,7 +363,8 @@ class RepositoryMachine(RuleBasedStateMachine):
             self._expect(outcome, None, f"{client.name} get {ref}")
             assert outcome.value == entry[1]
         else:
-            self._expect(outcome, "DatasetNotFoundError", f"{client.name} get {ref} (replaced or removed)")
+            self._expect(outcome, ("DatasetNotFoundError", "is not in the repository"),
+                         f"{client.name} get {ref} (replaced or removed)")
 
     @precondition(lambda self: self.owners)
     @rule(data=st.data(), who=_clients, dataset_type=_types)
@@ -367,7 +377,9 @@ class RepositoryMachine(RuleBasedStateMachine):
         what = f"{client.name} query_datasets {dataset_type!r} in {pattern!r}"
         matched = [r for r in self.owners if fnmatch.fnmatchcase(r, pattern)]
         if not matched:
-            self._expect(outcome, "CollectionError", what)
+            absent = (f"no collection matches the pattern {re.escape(repr(pattern))}" if "*" in pattern
+                      else f"collection {re.escape(repr(pattern))} does not exist")
+            self._expect(outcome, ("CollectionError", absent), what)
             return []
         self._expect(outcome, None, what)
         expected = {(k, i) for k, (i, _) in self.datasets.items() if k[0] in matched and k[1] == dataset_type}
