@@ -25,6 +25,7 @@ from butler import Butler, DatasetType
 from butler.cli import cli
 from butler.errors import ButlerError, CollectionError, InvalidNameError, RunOwnershipError
 from butler.testing import RepoFactory, backend_url, run_concurrently, share_repository, snapshot_repo
+from butler.testing._stateful import UserProcess
 
 ALICE, BOB = "butler_alice", "butler_bob"
 RUN = "u/shared/run"
@@ -424,3 +425,28 @@ def test_two_users_racing_to_create_a_run(shared_repo):
     assert len(refs) == 3 and admin.collection_info(RUN).owner == winner
     assert len(_data_files(admin.root)) == 3  # the loser's staged files are gone
     assert admin.verify() == []
+
+
+def test_a_stale_cache_never_skips_the_owner_check_of_a_removal(shared_repo):
+    """Alice's process removed her run; bob's new run may get its id (SQLite reuses the highest).
+    Alice's process, which remembered that id as her removed run, must still be refused bob's
+    datasets (it used to skip the check, taking the run for one already removed, and delete them)."""
+    admin, envs = shared_repo
+    ctx = multiprocessing.get_context("spawn")
+    alice, bob = UserProcess(ctx, admin.root, envs[ALICE], "alice"), UserProcess(ctx, admin.root, envs[BOB], "bob")
+    try:
+        alice.wait_ready()
+        bob.wait_ready()
+        items = [({"d": d}, "metrics", {"instrument": "SimCam", "visit": 12, "detector": d}) for d in (0, 1)]
+        assert alice.call("put_many", items, run="u/alice/gone").error is None
+        assert alice.call("remove_runs", "u/alice/gone").value == ["u/alice/gone"]
+        refs = bob.call("put_many", items, run="u/bob/run").value
+        before = snapshot_repo(admin)
+        refused = alice.call("remove", refs)
+        assert refused.error == "RunOwnershipError", refused
+        assert f"run 'u/bob/run' belongs to {BOB!r}, not to you ({ALICE!r})" in refused.message
+        assert snapshot_repo(admin) == before
+        assert alice.call("remove", refs, allow_foreign_run=True).value == 2
+    finally:
+        alice.close()
+        bob.close()

@@ -309,6 +309,7 @@ class CollectionManager:
         conn.execute(self._table.delete().where(self._table.c.collection_id.in_(ids)))
         self._changed(conn)
         self._by_name = None
+        self._by_id = {}  # an id may be given to a new collection (SQLite reuses the highest)
 
     # -- resolution -----------------------------------------------------------------------
     def query(self, pattern: str | Sequence[str] = "*", types: Iterable[CollectionType] | None = None

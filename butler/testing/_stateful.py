@@ -348,6 +348,8 @@ class RepositoryMachine(RuleBasedStateMachine):
             self._expect(outcome, ("CollectionError", f"collection {re.escape(repr(missing[0]))} does not exist"), what)
             return
         found = [self.datasets[k] for r in search if (k := _key(r, dataset_type, visit, detector)) in self.datasets]
+        exists = client.call("exists", dataset_type, _data_id(dataset_type, visit, detector), collections=search)
+        assert exists == Outcome(bool(found)), (what, exists)
         if found:
             self._expect(outcome, None, what)
             assert outcome.value == found[0][1], (what, outcome.value, found[0])
