@@ -5,10 +5,11 @@ remove runs, hand runs over, get and query through the Butlers of several long-l
 (`UserProcess`: one Butler each, commands over a pipe, so its caches live across steps as a
 user's session would), and check every answer against an in-memory model of what the repository
 must hold: ``{(run, dataset type, data ID): (dataset id, value)}``, the runs and their owners.
-After every step the administrator's Butler (in this process: a third process with caches of its
-own) must find exactly the model, `Butler.verify` must report nothing and the file journal must
-be empty. No process calls ``refresh()``: a committed write of one process must be visible to
-every other on its next call.
+After every step the administrator's Butler (in the test's own process, with caches of its own)
+must find exactly the model, `Butler.verify` must report nothing and the file journal must be
+empty. No process calls ``refresh()``: a committed write of one process must be visible to every
+other on its next call. Each example starts from an empty repository and processes that reopen
+it with nothing cached, so that a failing example replays, and shrinks, the same way.
 
 The space is small on purpose, so that collisions happen: three runs with nested names, two
 dataset types of different dimensions, four data IDs. `bind_machine` makes the machine class for
