@@ -206,13 +206,13 @@ class Butler:
         """Normalise free-form data ID constraints of a query (any dimension, aliases accepted)."""
         return _data_ids.constraints(self, data_id, kwargs)
 
-    def _resolve_collections(self, collections: str | Sequence[str] | None) -> list[CollectionRecord]:
+    def _resolve_collections(self, collections: str | Sequence[str] | None, conn: Any = None) -> list[CollectionRecord]:
         wanted = collections if collections is not None else self.collections
         if not wanted:
             raise CollectionError(
                 "no collections to search: pass collections=... to this call or to Butler(...)"
             )
-        return self._registry.collections.resolve(wanted)
+        return self._registry.collections.resolve(wanted, conn)
 
     def _run_record(self, run: str | None, allow_foreign_run: bool) -> tuple[str, CollectionRecord | None]:
         from ._registration import run_record
@@ -587,7 +587,7 @@ class Butler:
                 records = conn.execute(stmt).all()
             else:
                 # Datasets of any collection type (RUN, TAGGED...) are found through the tags tables.
-                ids = [c.id for c in registry.collections.resolve(collections)]
+                ids = [c.id for c in registry.collections.resolve(collections, conn)]
                 tags_tables = {r.tags.name: r.tags for r in registry.dataset_types.all()}
                 records = []
                 for tags in tags_tables.values():

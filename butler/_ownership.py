@@ -114,7 +114,9 @@ def ensure_run(registry: Registry, conn: Any, name: str, *, expected: Collection
 def check_runs_of_datasets(registry: Registry, conn: Any, dataset_ids: Sequence[Any], *,
                            allow_foreign: bool) -> None:
     """Lock and check the run of every dataset about to be deleted in ``conn`` (the registry says
-    which runs hold them, not the refs). Runs already removed hold nothing to delete."""
+    which runs hold them, not the refs; the cache that names them is checked in ``conn`` first, as
+    an id may now belong to another run). Runs already removed hold nothing to delete."""
+    registry.collections.revalidate(conn)
     for run_id in sorted(registry.datasets.run_ids_of(conn, dataset_ids)):  # one lock order: no deadlocks
         rec = registry.collections.read_locked(conn, registry.collections.by_id(run_id).name)
         if rec is not None:

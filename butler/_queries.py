@@ -33,26 +33,26 @@ def query_datasets(butler: Butler, dataset_type: str | DatasetType, *, collectio
     name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
     type_rec = registry.dataset_types.get(name)
     wanted = collections if collections is not None else butler.collections
-    colls = butler._resolve_collections(wanted)
-    if find_first is None:
-        find_first = not _has_glob(wanted)
-    constraints = butler._constraints(data_id, kwargs)
-    tree = parse_expression(where) if where else None
-    tags = type_rec.tags
-    built = registry.query_builder.build(dimensions=type_rec.group, data_id=constraints, where=tree, bind=bind,
-                                         tags=(tags, type_rec.group), where_text=where or "")
-    coll_ids = [c.id for c in colls]
-    built.where.append(tags.c.dataset_type_id == type_rec.id)
-    built.where.append(tags.c.collection_id.in_(coll_ids) if len(coll_ids) > 1 else tags.c.collection_id == coll_ids[0])
-    if registry.datasets.run_ids_only(colls):
-        run_col = tags.c.collection_id
-    else:
-        d = registry.schema.dataset
-        built.froms.append(d)
-        built.where.append(d.c.dataset_id == tags.c.dataset_id)
-        run_col = d.c.run_id
-    columns = [tags.c.dataset_id, tags.c.collection_id, run_col, *[tags.c[dim] for dim in type_rec.group.required]]
     with registry.db.transaction() as conn:
+        colls = butler._resolve_collections(wanted, conn)  # as of this query's snapshot
+        if find_first is None:
+            find_first = not _has_glob(wanted)
+        constraints = butler._constraints(data_id, kwargs)
+        tree = parse_expression(where) if where else None
+        tags = type_rec.tags
+        built = registry.query_builder.build(dimensions=type_rec.group, data_id=constraints, where=tree, bind=bind,
+                                             tags=(tags, type_rec.group), where_text=where or "")
+        coll_ids = [c.id for c in colls]
+        built.where.append(tags.c.dataset_type_id == type_rec.id)
+        built.where.append(tags.c.collection_id.in_(coll_ids) if len(coll_ids) > 1 else tags.c.collection_id == coll_ids[0])
+        if registry.datasets.run_ids_only(colls):
+            run_col = tags.c.collection_id
+        else:
+            d = registry.schema.dataset
+            built.froms.append(d)
+            built.where.append(d.c.dataset_id == tags.c.dataset_id)
+            run_col = d.c.run_id
+        columns = [tags.c.dataset_id, tags.c.collection_id, run_col, *[tags.c[dim] for dim in type_rec.group.required]]
         rows = built.execute(conn, columns)
     return registry.datasets.rows_to_refs(type_rec, rows, colls, find_first=find_first)
 

@@ -48,8 +48,8 @@ def find(butler: Butler, dataset_type: str | DatasetType | DatasetRef, data_id: 
 
         return find_calib(butler, type_rec, data_id, kwargs, collections, required=required)
     coord = butler._standardize(type_rec.group, data_id, kwargs)
-    colls = butler._resolve_collections(collections)
     with registry.db.transaction() as conn:
+        colls = butler._resolve_collections(collections, conn)
         found = registry.datasets.find(conn, type_rec, coord, colls)
         if found is None and required:
             raise not_found(butler, conn, type_rec, coord, colls)

@@ -151,6 +151,7 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
     planned_by_type: dict[str, tuple[Any, list[DatasetRef], list[tuple[DatasetRef, Any]]]] = {}
     refs: list[DatasetRef | None] = []
     component_items: list[tuple[int, Any, str, str, Any, dict]] = []
+    seen: set[tuple[str, Any]] = set()
     for item in items:
         obj, dataset_type, data_id = item[0], item[1], item[2]
         extra = item[3] if len(item) > 3 else {}
@@ -167,17 +168,15 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
                 f"{type_rec.dataset_type.describe_difference(dataset_type)}"
             )
         coord = butler._standardize(type_rec.group, data_id, extra)
+        if (name, coord) in seen:  # before any I/O (with replace=True the insert would fail on every retry)
+            raise ConflictError(f"dataset {name!r} {coord} is given twice in one put_many; give each dataset once")
+        seen.add((name, coord))
         ref = DatasetRef._trusted(type_rec.dataset_type, coord, run_name, uuid.uuid4())
         entry = planned_by_type.setdefault(name, (type_rec, [], []))
         entry[1].append(ref)
         for planned in datastore.plan(ref, obj, butler._template_values(ref), fresh_name=replace):
             entry[2].append((ref, planned))
         refs.append(ref)
-    for name, (_, type_refs, _) in planned_by_type.items():
-        if len({r.data_id for r in type_refs}) != len(type_refs):
-            seen: set[Any] = set()
-            twice = next(r.data_id for r in type_refs if r.data_id in seen or seen.add(r.data_id))
-            raise ConflictError(f"dataset {name!r} {twice} is given twice in one put_many")
     batch_formatters = {ref.id: planned.formatter.name for _, _, plans in planned_by_type.values()
                         for ref, planned in plans if not planned.component}
     component_plans = _plan_components(butler, component_items, refs, run_name, run_rec, replace, batch_formatters)

@@ -18,9 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from butler import Butler, DataCoordinate, DatasetRef, DatasetType, DimensionUniverse
-from butler.errors import DataIdError, DatasetTypeError
+from butler.errors import CollectionError, DataIdError, DatasetTypeError, RunOwnershipError
+from butler.testing import TEST_ROLES, create_login_roles
 
 DATA_ID = {"instrument": "SimCam", "visit": 12, "detector": 3}
+NEW_OWNER = TEST_ROLES[1]
 PICKLERS = [pickle, cloudpickle]
 
 
@@ -201,3 +203,35 @@ def test_new_datasets_visible_to_queries_without_refresh(simcam_repo):
     assert sorted((r.data_id["visit"], r.data_id["detector"]) for r in found) == [(12, 3), (14, 1)]
     assert reader.get("metrics", instrument="SimCam", visit=14, detector=1) == {"b": 2}
     assert reader.exists("metrics", instrument="SimCam", visit=14, detector=1)
+
+
+def test_runs_removed_recreated_or_handed_over_by_another_process_without_refresh(simcam_repo):
+    """A removed run is gone for every process at once, a run re-created under the same name is
+    read as the new run (never as whichever collection now has the old run's id), and a hand-over
+    shows the new owner: no process needs ``refresh()`` after another one changed a run."""
+    butler = simcam_repo
+    create_login_roles(butler, [NEW_OWNER])  # on servers an owner is a role
+    butler.put({"v": "old a"}, "metrics", DATA_ID, run="u/tester/a")
+    butler.put({"v": "gone"}, "metrics", DATA_ID, run="u/tester/gone")
+    assert butler.get("metrics", DATA_ID, collections="u/tester/a") == {"v": "old a"}
+    assert butler.collection_info("u/tester/a").owner == butler.user  # every cache is warm
+    _run_python("""
+        import sys
+        from butler import Butler
+        butler = Butler(sys.argv[1], writeable=True)
+        data_id = {"instrument": "SimCam", "visit": 12, "detector": 3}
+        butler.remove_runs(["u/tester/a", "u/tester/gone"])
+        butler.put({"v": "b"}, "metrics", data_id, run="u/tester/b")  # may get a removed run's id
+        butler.put({"v": "new a"}, "metrics", data_id, run="u/tester/a")
+        butler.chown_run("u/tester/a", sys.argv[2])
+    """, butler.root, NEW_OWNER)
+    with pytest.raises(CollectionError, match="'u/tester/gone' does not exist"):
+        butler.get("metrics", DATA_ID, collections="u/tester/gone")
+    with pytest.raises(CollectionError, match="'u/tester/gone' does not exist"):
+        butler.query_datasets("metrics", collections="u/tester/gone")
+    assert butler.get("metrics", DATA_ID, collections="u/tester/a") == {"v": "new a"}
+    assert [butler.get(r) for r in butler.query_datasets("metrics", collections="u/tester/a")] == [{"v": "new a"}]
+    assert [r.run for r in butler.query_datasets("metrics", collections="u/tester/a")] == ["u/tester/a"]
+    assert butler.collection_info("u/tester/a").owner == NEW_OWNER
+    with pytest.raises(RunOwnershipError, match=f"belongs to {NEW_OWNER!r}"):
+        butler.put({"v": "mine?"}, "metrics", DATA_ID, run="u/tester/a", replace=True)

@@ -211,6 +211,23 @@ def test_put_many_is_all_or_nothing(simcam_repo):
     ]
 
 
+def test_put_many_refuses_a_dataset_given_twice_before_writing_anything(simcam_repo):
+    """With or without replace=True, and whether the dataset exists yet or not: replace does not
+    pick one of two objects for one dataset (it used to retry 8 times and then blame concurrent
+    writers)."""
+    butler = simcam_repo
+    butler.put({"existing": 1}, "metrics", instrument="SimCam", visit=14, detector=0)
+    before = snapshot_repo(butler)
+    for detector in (0, 1):  # exists / does not exist yet
+        data_id = {"instrument": "SimCam", "visit": 14, "detector": detector}
+        for replace in (False, True):
+            with pytest.raises(ConflictError, match=r"dataset 'metrics' \{.*detector: %d.*\} is given twice in one "
+                                                    r"put_many; give each dataset once" % detector):
+                butler.put_many([({"a": 1}, "metrics", data_id), ({"a": 2}, "metrics", data_id)], replace=replace)
+            assert snapshot_repo(butler) == before
+    assert butler.registry.journal.pending() == []
+
+
 def test_failed_put_into_a_new_run_leaves_nothing_behind(simcam_repo):
     butler = simcam_repo
     butler.put({"a": 1}, "metrics", DATA_ID)

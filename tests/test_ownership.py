@@ -24,7 +24,8 @@ from click.testing import CliRunner
 from butler import Butler, DatasetType
 from butler.cli import cli
 from butler.errors import ButlerError, CollectionError, InvalidNameError, RunOwnershipError
-from butler.testing import RepoFactory, backend_url, run_concurrently, snapshot_repo
+from butler.testing import RepoFactory, backend_url, run_concurrently, share_repository, snapshot_repo
+from butler.testing._stateful import UserProcess
 
 ALICE, BOB = "butler_alice", "butler_bob"
 RUN = "u/shared/run"
@@ -282,69 +283,12 @@ def test_the_identity_is_what_each_backend_can_vouch_for(repo_factory, monkeypat
 
 
 # -- several users in processes of their own, on every backend ----------------------------------------
-def _admin_engine(backend: str) -> sa.Engine:
-    return sa.create_engine(backend_url(backend), poolclass=sa.pool.NullPool)
-
-
-def _create_roles(backend: str, namespace: str) -> None:
-    """Login roles alice and bob (kept between test runs), allowed everything on the test namespace."""
-    engine = _admin_engine(backend)
-    with engine.begin() as conn:
-        for role in (ALICE, BOB):
-            if backend == "postgresql":
-                conn.exec_driver_sql(
-                    f"DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation "
-                    "THEN NULL; END $$")
-                conn.exec_driver_sql(f'GRANT USAGE, CREATE ON SCHEMA "{namespace}" TO {role}')
-                conn.exec_driver_sql(f'GRANT ALL ON ALL TABLES IN SCHEMA "{namespace}" TO {role}')
-                conn.exec_driver_sql(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA "{namespace}" TO {role}')
-            else:
-                for host in ("%", "localhost"):
-                    conn.execute(sa.text(f"CREATE USER IF NOT EXISTS '{role}'@'{host}'"))
-                    conn.execute(sa.text(f"GRANT ALL ON `{namespace}`.* TO '{role}'@'{host}'"))
-    engine.dispose()
-
-
-def _user_env(backend: str, user: str, home: str) -> dict[str, str]:
-    """The environment of a process of ``user``: on servers their credentials, and a $BUTLER_USER
-    naming the other user, which must change nothing."""
-    if backend == "sqlite":
-        return {"BUTLER_USER": user}
-    other = BOB if user == ALICE else ALICE
-    if backend == "postgresql":
-        return {"PGUSER": user, "BUTLER_USER": other}
-    os.makedirs(home, exist_ok=True)
-    with open(os.path.join(home, ".my.cnf"), "w") as f:
-        f.write(f"[client]\nuser={user}\n")
-    return {"HOME": home, "BUTLER_USER": other}
-
-
 @pytest.fixture
 def shared_repo(repo_factory, tmp_path):
-    """A repository made by an administrator, used by alice and bob: (admin Butler, env of each user).
-
-    On servers the configuration is rewritten to name no database user, so each process connects
-    as the role its own credentials say (PGUSER, ~/.my.cnf), as users of a shared repository do.
-    """
-    backend = repo_factory.backend
+    """A repository made by an administrator, used by alice and bob: (admin Butler, env of each user)
+    (`butler.testing.share_repository`: on servers each user is a login role of their own)."""
     admin = _setup(repo_factory())
-    if backend != "sqlite":
-        _create_roles(backend, admin.registry.db.namespace)
-        admin_url = sa.engine.make_url(backend_url(backend))
-        url = sa.engine.URL.create(admin_url.drivername, host=admin_url.host, port=admin_url.port,
-                                   database=admin_url.database, query=admin_url.query)  # no user, no password
-        if backend == "mysql":  # the users may use only the repository's database
-            url = url.set(database=admin.registry.db.namespace).update_query_dict({"read_default_file": "~/.my.cnf"})
-        path = os.path.join(admin.root, "butler.yaml")
-        with open(path) as f:
-            text = f.read()
-        header, _, body = text.partition("{")
-        config = json.loads("{" + body)
-        config["registry"]["db"] = url.render_as_string(hide_password=False)
-        with open(path, "w") as f:
-            f.write(header + json.dumps(config, indent=2) + "\n")
-    envs = {user: _user_env(backend, user, str(tmp_path / f"home-{user}")) for user in (ALICE, BOB)}
-    return admin, envs
+    return admin, share_repository(admin, str(tmp_path), (ALICE, BOB))
 
 
 def _context() -> Any:
@@ -481,3 +425,28 @@ def test_two_users_racing_to_create_a_run(shared_repo):
     assert len(refs) == 3 and admin.collection_info(RUN).owner == winner
     assert len(_data_files(admin.root)) == 3  # the loser's staged files are gone
     assert admin.verify() == []
+
+
+def test_a_stale_cache_never_skips_the_owner_check_of_a_removal(shared_repo):
+    """Alice's process removed her run; bob's new run may get its id (SQLite reuses the highest).
+    Alice's process, which remembered that id as her removed run, must still be refused bob's
+    datasets (it used to skip the check, taking the run for one already removed, and delete them)."""
+    admin, envs = shared_repo
+    ctx = multiprocessing.get_context("spawn")
+    alice, bob = UserProcess(ctx, admin.root, envs[ALICE], "alice"), UserProcess(ctx, admin.root, envs[BOB], "bob")
+    try:
+        alice.wait_ready()
+        bob.wait_ready()
+        items = [({"d": d}, "metrics", {"instrument": "SimCam", "visit": 12, "detector": d}) for d in (0, 1)]
+        assert alice.call("put_many", items, run="u/alice/gone").error is None
+        assert alice.call("remove_runs", "u/alice/gone").value == ["u/alice/gone"]
+        refs = bob.call("put_many", items, run="u/bob/run").value
+        before = snapshot_repo(admin)
+        refused = alice.call("remove", refs)
+        assert refused.error == "RunOwnershipError", refused
+        assert f"run 'u/bob/run' belongs to {BOB!r}, not to you ({ALICE!r})" in refused.message
+        assert snapshot_repo(admin) == before
+        assert alice.call("remove", refs, allow_foreign_run=True).value == 2
+    finally:
+        alice.close()
+        bob.close()

@@ -2,7 +2,11 @@
 
 All collection rows are small, so the manager caches them in memory; a name that is not in
 the cache is looked up in the database before it is called unknown, so collections made by
-other processes are found without an explicit refresh.
+other processes are found without an explicit refresh. A change that makes cached records wrong
+(a removal, a hand-over, new chain children) writes a new random token to the
+``collections_generation`` attribute in its transaction; every lookup by name (`get`, `resolve`)
+first reads that one row and reloads the cache if the token changed, so no process goes on
+searching a removed run, or a run's old id (which SQLite may give to a new collection).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import difflib
 import enum
 import fnmatch
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +26,9 @@ from ._database import Database
 from ._schema import NAME_LENGTH, RegistrySchema
 
 __all__ = ["CollectionManager", "CollectionRecord", "CollectionType", "check_collection_names", "validate_collection_name"]
+
+GENERATION_ATTRIBUTE = "collections_generation"
+_UNKNOWN = "?"  # never a token: the cache is reloaded at the next lookup
 
 
 class CollectionType(enum.IntEnum):
@@ -133,13 +141,54 @@ class CollectionManager:
         self._by_id: dict[int, CollectionRecord] = {}
         self._chains: dict[int, tuple[int, ...]] = {}
         self._locked_sql: dict[bool, tuple[str, bool]] = {}
+        self._attributes = schema.attributes
+        self._generation: str | None = _UNKNOWN  # the token the cache was loaded at (None: never changed)
+        self._generation_sql: str | None = None
 
     # -- cache ----------------------------------------------------------------------------
     def refresh(self) -> None:
         with self._db.transaction() as conn:
             self._load(conn)
 
+    def _read_generation(self, conn: sa.Connection) -> str | None:
+        """The token in ``conn`` (compiled once, run on the driver's cursor: it precedes every lookup)."""
+        if self._generation_sql is None:
+            a = self._attributes
+            stmt = sa.select(a.c.value).where(a.c.name == sa.literal(GENERATION_ATTRIBUTE, literal_execute=True))
+            self._generation_sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(self._generation_sql)
+            row = cursor.fetchone()
+        except conn.dialect.loaded_dbapi.Error as err:  # as SQLAlchemy would raise it
+            raise sa.exc.DBAPIError.instance(self._generation_sql, (), err, conn.dialect.loaded_dbapi.Error) from err
+        finally:
+            cursor.close()
+        return None if row is None else row[0]
+
+    def revalidate(self, conn: sa.Connection | None = None) -> None:
+        """Reload the cache if another process removed a collection, handed a run over or changed
+        a chain since it was loaded (one single-row SELECT, in ``conn`` if given: a read that
+        resolves collections in its own transaction sees them as of its snapshot)."""
+        if self._by_name is None:
+            return
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.revalidate(c)
+        if self._read_generation(conn) != self._generation:
+            self._load(conn)
+
+    def _changed(self, conn: sa.Connection) -> None:
+        """Invalidate every process's cache (`revalidate`) when ``conn`` commits; this process's
+        cache too, as it may have missed a change made before this one."""
+        a = self._attributes
+        token = uuid.uuid4().hex
+        if conn.execute(a.update().where(a.c.name == GENERATION_ATTRIBUTE).values(value=token)).rowcount == 0:
+            conn.execute(self._db.insert_ignore(a).values(name=GENERATION_ATTRIBUTE, value=token))  # first ever
+        self._generation = _UNKNOWN
+
     def _load(self, conn: sa.Connection) -> None:
+        self._generation = self._read_generation(conn)
         t = self._table
         by_name = {}
         by_id = {}
@@ -170,6 +219,11 @@ class CollectionManager:
         return rec
 
     def get(self, name: str) -> CollectionRecord:
+        """The record of ``name`` as committed now (see `revalidate`), or a CollectionError."""
+        self.revalidate()
+        return self._get(name)
+
+    def _get(self, name: str) -> CollectionRecord:
         rec = self.find(name)
         if rec is None:
             close = difflib.get_close_matches(name, list(self._names), n=3)
@@ -265,6 +319,7 @@ class CollectionManager:
     def set_owner(self, conn: sa.Connection, rec: CollectionRecord, owner: str) -> CollectionRecord:
         """Record ``owner`` for ``rec`` (locked by the caller with ``read_locked(exclusive=True)``)."""
         conn.execute(self._table.update().where(self._table.c.collection_id == rec.id).values(owner=owner))
+        self._changed(conn)
         return self._cache(CollectionRecord(rec.id, rec.name, rec.type, owner, rec.doc))
 
     def _cache(self, rec: CollectionRecord) -> CollectionRecord:
@@ -277,10 +332,10 @@ class CollectionManager:
         return rec
 
     def set_chain(self, name: str, children: Sequence[str], conn: sa.Connection) -> None:
-        parent = self.get(name)
+        parent = self._get(name)
         if parent.type != CollectionType.CHAINED:
             raise CollectionError(f"collection {name!r} is {parent.type.name}, not CHAINED; cannot set its children")
-        child_recs = [self.get(c) for c in children]
+        child_recs = [self._get(c) for c in children]
         for child in child_recs:
             if self._reaches(child.id, parent.id):
                 raise CollectionError(f"adding {child.name!r} to chain {name!r} would create a cycle")
@@ -291,6 +346,7 @@ class CollectionManager:
                 [{"parent_id": parent.id, "position": i, "child_id": c.id} for i, c in enumerate(child_recs)],
             )
         self._chains[parent.id] = tuple(c.id for c in child_recs)
+        self._changed(conn)
 
     def _reaches(self, start: int, target: int) -> bool:
         if start == target:
@@ -316,7 +372,9 @@ class CollectionManager:
                     f"{self.by_id(parent_id).name!r}; remove it from the chain first"
                 )
         conn.execute(self._table.delete().where(self._table.c.collection_id.in_(ids)))
+        self._changed(conn)
         self._by_name = None
+        self._by_id = {}  # an id may be given to a new collection (SQLite reuses the highest)
 
     # -- resolution -----------------------------------------------------------------------
     def query(self, pattern: str | Sequence[str] = "*", types: Iterable[CollectionType] | None = None
@@ -333,9 +391,11 @@ class CollectionManager:
                 out.append(rec)
         return out
 
-    def resolve(self, collections: str | Sequence[str]) -> list[CollectionRecord]:
-        """Flatten a search path: chains expanded in order, globs expanded by name, no duplicates."""
+    def resolve(self, collections: str | Sequence[str], conn: sa.Connection | None = None) -> list[CollectionRecord]:
+        """Flatten a search path: chains expanded in order, globs expanded by name, no duplicates
+        (as committed now: `revalidate`, in ``conn`` if given)."""
         items = check_collection_names(collections)
+        self.revalidate(conn)
         out: dict[int, CollectionRecord] = {}
         for item in items:
             if _GLOB_CHARS.search(item):
@@ -346,7 +406,7 @@ class CollectionManager:
                     )
                 recs = matched
             else:
-                recs = [self.get(item)]
+                recs = [self._get(item)]
             for rec in recs:
                 self._flatten(rec, out)
         return list(out.values())

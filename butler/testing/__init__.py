@@ -1,9 +1,11 @@
-"""Helpers for testing code that uses the butler: repositories on each registry backend."""
+"""Helpers for testing code that uses the butler: repositories on each registry backend, several
+users in processes of their own, crash enumeration."""
 
 from ._crash import CrashOutcome, count_crash_points, crash_at, forget_open_repositories, repository_state
 from ._processes import run_concurrently
 from ._repos import BACKENDS, RepoFactory, backend_url, make_repo, release_repo, snapshot_repo
+from ._users import TEST_ROLES, create_login_roles, share_repository
 
-__all__ = ["BACKENDS", "CrashOutcome", "RepoFactory", "backend_url", "count_crash_points", "crash_at",
-           "forget_open_repositories", "make_repo", "release_repo", "repository_state", "run_concurrently",
-           "snapshot_repo"]
+__all__ = ["BACKENDS", "TEST_ROLES", "CrashOutcome", "RepoFactory", "backend_url", "count_crash_points", "crash_at",
+           "create_login_roles", "forget_open_repositories", "make_repo", "release_repo", "repository_state",
+           "run_concurrently", "share_repository", "snapshot_repo"]

@@ -30,9 +30,10 @@ class CrashOutcome:
     trail: tuple[str, ...]
 
 
-def forget_open_repositories() -> None:
-    """Drop this process's cached engines, registries and configs (without closing connections
-    that a parent process still uses), so repositories are opened afresh."""
+def forget_open_repositories(*, close: bool = False) -> None:
+    """Drop this process's cached engines, registries and configs, so repositories are opened
+    afresh; their connections are closed only with ``close`` (a forked child must not close the
+    connections its parent still uses)."""
     from .._butler import _REGISTRIES
     from .._config import _CACHE
     from ..registry import _database
@@ -41,7 +42,7 @@ def forget_open_repositories() -> None:
     _CACHE.clear()
     with _database._ENGINES_LOCK:
         for engine in _database._ENGINES.values():
-            engine.dispose(close=False)
+            engine.dispose(close=close)
         _database._ENGINES.clear()
 
 
