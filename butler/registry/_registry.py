@@ -27,7 +27,7 @@ import sqlalchemy.dialects.sqlite  # the default backend; create_engine would im
 
 from ..dimensions import DimensionUniverse
 from ..errors import ButlerError, RegistryConnectionError, RepositoryConfigError, RepositoryNotFoundError
-from ._collections import CollectionManager
+from ._collections import GENERATION_ATTRIBUTE, CollectionManager
 from ._database import Database
 from ._dataset_types import DatasetTypeManager
 from ._datasets import DatasetManager
@@ -114,6 +114,7 @@ class Registry:
             **_universe_json(universe),
             "file_journal_version": "1",  # the journal table exists (see _journal.py)
             "schema_minor": str(SCHEMA_MINOR),
+            GENERATION_ATTRIBUTE: "0",  # updated by changes that invalidate collection caches
             **(extra or {}),
         }
         with db.transaction(write=True) as conn:
@@ -181,7 +182,8 @@ class Registry:
     @property
     def schema_minor(self) -> int:
         """Additions to schema version 1 this registry has (2: the file journal, the path index of
-        file records and ``quantum.worker``; 3: a covering index of quantum outputs by quantum);
+        file records and ``quantum.worker``; 3: a covering index of quantum outputs by quantum; 4: the
+        collections generation row);
         older repositories get them on their first write."""
         return int(self.attributes.get("schema_minor", "1"))
 
@@ -204,6 +206,9 @@ class Registry:
                     conn.execute(attrs.delete().where(attrs.c.name.in_(["schema_minor", "file_journal_version"])))
                     conn.execute(attrs.insert(), [{"name": "schema_minor", "value": str(SCHEMA_MINOR)},
                                                   {"name": "file_journal_version", "value": "1"}])
+                    # An existing row, so that concurrent cache invalidations only UPDATE it (an
+                    # update-or-insert of a missing row deadlocks on InnoDB's gap locks).
+                    conn.execute(db.insert_ignore(attrs).values(name=GENERATION_ATTRIBUTE, value="0"))
             self.attributes.update(schema_minor=str(SCHEMA_MINOR), file_journal_version="1")
             self.journal.mark_ready()
 

@@ -21,7 +21,7 @@ from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse, Fi
 __all__ = ["RegistrySchema", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
-SCHEMA_MINOR = 3
+SCHEMA_MINOR = 4
 """Backward-compatible additions to version 1 (see `Registry.upgrade_for_writes`)."""
 
 NAME_LENGTH = 255
