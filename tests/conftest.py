@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from butler.testing import BACKENDS, RepoFactory, backend_url
+from butler.testing import BACKENDS, SIMCAM_VISITS, RepoFactory, backend_url
 
 os.environ.setdefault("BUTLER_USER", "tester")
 
@@ -36,11 +36,6 @@ def simcam_repo(repo_factory):
     repo = repo_factory()
     butler = Butler(repo.root, run="u/tester/run1")
     butler.register_instrument(SimCam(), calibs=False)  # no <instrument>/calib chain nor camera dataset
-    butler.insert_dimension_records("visit", [
-        {"instrument": "SimCam", "id": 12, "physical_filter": "SimCam-r", "day_obs": 20261124,
-         "exposure_time": 30.0, "begin": "2026-11-24T03:00:00", "end": "2026-11-24T03:00:30"},
-        {"instrument": "SimCam", "id": 14, "physical_filter": "SimCam-g", "day_obs": 20261124,
-         "exposure_time": 5.0, "begin": "2026-11-24T04:00:00", "end": "2026-11-24T04:00:05"},
-    ])
+    butler.insert_dimension_records("visit", SIMCAM_VISITS)
     butler.register_dataset_type(DatasetType("metrics", ("instrument", "visit", "detector"), "StructuredData"))
     return butler

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from butler import Butler, DatasetType
 from butler.cli import cli
 from butler.errors import ButlerError, CollectionError, InvalidNameError, RunOwnershipError
-from butler.testing import RepoFactory, backend_url, run_concurrently, share_repository, snapshot_repo
+from butler.testing import SIMCAM_VISITS, RepoFactory, backend_url, run_concurrently, share_repository, snapshot_repo
 from butler.testing._stateful import UserProcess
 
 ALICE, BOB = "butler_alice", "butler_bob"
@@ -37,11 +37,7 @@ def _setup(butler: Butler) -> Butler:
     from butler.instrument import SimCam
 
     butler.register_instrument(SimCam(), calibs=False)
-    butler.insert_dimension_records("visit", [
-        {"instrument": "SimCam", "id": 12, "physical_filter": "SimCam-r", "day_obs": 20261124,
-         "exposure_time": 30.0, "begin": "2026-11-24T03:00:00", "end": "2026-11-24T03:00:30"},
-        {"instrument": "SimCam", "id": 14, "physical_filter": "SimCam-g", "day_obs": 20261124,
-         "exposure_time": 5.0, "begin": "2026-11-24T04:00:00", "end": "2026-11-24T04:00:05"}])
+    butler.insert_dimension_records("visit", SIMCAM_VISITS)
     butler.register_dataset_type(DatasetType("metrics", ("instrument", "visit", "detector"), "StructuredData"))
     return butler
 

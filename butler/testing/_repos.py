@@ -18,6 +18,15 @@ BACKENDS = ("sqlite", "postgresql", "mysql")
 _ENV = {"postgresql": "BUTLER_TEST_POSTGRES_URL", "mysql": "BUTLER_TEST_MYSQL_URL"}
 
 
+SIMCAM_VISITS = (
+    {"instrument": "SimCam", "id": 12, "physical_filter": "SimCam-r", "day_obs": 20261124,
+     "exposure_time": 30.0, "begin": "2026-11-24T03:00:00", "end": "2026-11-24T03:00:30"},
+    {"instrument": "SimCam", "id": 14, "physical_filter": "SimCam-g", "day_obs": 20261124,
+     "exposure_time": 5.0, "begin": "2026-11-24T04:00:00", "end": "2026-11-24T04:00:05"},
+)
+"""The two visits of the small SimCam test repositories (r band, g band, one night)."""
+
+
 def backend_url(backend: str) -> str | None:
     """The server URL for a backend (None for SQLite or when the variable is unset)."""
     if backend == "sqlite":

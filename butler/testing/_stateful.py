@@ -29,6 +29,8 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, precondition, rule
 
+from ._repos import SIMCAM_VISITS
+
 __all__ = ["CLIENTS", "RUNS", "UserProcess", "bind_machine", "prepare_repository"]
 
 RUNS = ("u", "u/alice/a", "u/alice/a/b")
@@ -48,11 +50,7 @@ def prepare_repository(admin: Any) -> None:
     from ..instrument import SimCam
 
     admin.register_instrument(SimCam(), calibs=False)
-    admin.insert_dimension_records("visit", [
-        {"instrument": "SimCam", "id": 12, "physical_filter": "SimCam-r", "day_obs": 20261124,
-         "exposure_time": 30.0, "begin": "2026-11-24T03:00:00", "end": "2026-11-24T03:00:30"},
-        {"instrument": "SimCam", "id": 14, "physical_filter": "SimCam-g", "day_obs": 20261124,
-         "exposure_time": 5.0, "begin": "2026-11-24T04:00:00", "end": "2026-11-24T04:00:05"}])
+    admin.insert_dimension_records("visit", SIMCAM_VISITS)
     for name, dims in TYPES.items():
         admin.register_dataset_type(DatasetType(name, dims, "StructuredData"))
 
