@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._faults import crash_point
+from ._ownership import require_owner
 from ._run_lock import run_lock
 from .datastore._directory_io import remove_path
 from .datastore._file_io import checksum_file
 from .errors import RunLockedError, RunOwnershipError
+from .registry._collections import CollectionType
 from .registry._journal import DELETE, MOVE, STAGE, JournalEntry
 
 if TYPE_CHECKING:
@@ -67,10 +69,13 @@ def cleanup(butler: Butler, runs: Sequence[str] | None = None, *, allow_foreign_
         if rec is None:
             registry.collections.refresh()
             rec = registry.collections.find(run)
-        if rec is not None and rec.owner and rec.owner != user and not allow_foreign_run:
-            report.skipped[run] = (f"owned by {rec.owner!r}, not by you ({user!r}); its owner can clean it, or pass "
-                                   "allow_foreign_run=True (--allow-foreign-run)")
-            continue
+        if rec is not None and rec.type == CollectionType.RUN:  # a removed run's leftovers are anybody's
+            # to finish (its owner removed it), even once the name is another collection's
+            try:
+                require_owner(rec, user, action="clean it up", allow_foreign=allow_foreign_run)
+            except RunOwnershipError as err:
+                report.skipped[run] = f"owned by {rec.owner!r}: {err}"
+                continue
         try:
             with run_lock(butler.root, run, action="clean up"):
                 _clean_run(butler, run, report)

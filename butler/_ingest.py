@@ -29,6 +29,7 @@ from ._faults import crash_point
 from ._gc import gc_paused
 from ._run_lock import run_lock
 from .datastore import checksum_bytes, checksum_file, get_storage_class
+from .datastore._file_io import unlink_quietly
 from .datastore._formatters import get_formatter
 from .dimensions import DataCoordinate
 from .errors import ConflictError, StorageClassError
@@ -273,7 +274,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
                     raise ConflictError(f"cannot ingest {source}: {dest} already exists") from None
                 except BaseException:
                     if check_exists:  # a copy that failed part-way (no space...) is ours to remove
-                        _unlink_quietly(dest)
+                        unlink_quietly(dest)
                     raise
                 done.append((source, dest))
         with registry.db.transaction(write=True) as conn:
@@ -291,26 +292,16 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
         crash_point("ingest: registry committed")
     except BaseException:
         for _, dest in reversed(done):
-            _unlink_quietly(dest)  # for a move too: the source is still there
+            unlink_quietly(dest)  # for a move too: the source is still there
         if transfer != "direct":
             journal.clear_now(op)
         raise
     if transfer == "move":
         for source, _, _ in plan:
             crash_point("ingest: unlink a moved source")
-            try:
-                os.unlink(source)
-            except FileNotFoundError:
-                pass
+            unlink_quietly(source)
         journal.clear_now(op)
     return refs
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _transfer(source: str, dest: str, mode: str) -> None:

@@ -171,8 +171,7 @@ def _make_pre_journal(butler: Butler) -> None:
         for sql in (f"DROP TABLE {ns}file_journal", index("file_record_path", "file_record"),
                     f"CREATE INDEX ix_quantum_output_quantum_id ON {ns}quantum_output (quantum_id)",
                     index("quantum_output_by_quantum", "quantum_output"), f"ALTER TABLE {ns}quantum DROP COLUMN worker",
-                    f"DELETE FROM {ns}butler_attributes WHERE name IN ('file_journal_version', 'schema_minor', "
-                    "'collections_generation')"):
+                    f"DELETE FROM {ns}butler_attributes WHERE name IN ('schema_minor', 'collections_generation')"):
             conn.exec_driver_sql(sql)
     from butler.testing import release_repo
 

@@ -39,6 +39,7 @@ __all__ = [
     "checksum_bytes",
     "checksum_file",
     "stage",
+    "unlink_quietly",
     "verify_bytes",
     "verify_file",
     "write_atomic",
@@ -185,12 +186,13 @@ def _write_temp(path: str, data: Buffer, *, make_dirs: bool, fsync: bool) -> str
         finally:
             os.close(fd)
     except BaseException:
-        _unlink_quietly(temp)
+        unlink_quietly(temp)
         raise
     return temp
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
+    """Remove a file; one that is already gone is not an error."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -281,7 +283,7 @@ class StagedFile:
         _move_into_place(self.temp_path, self.path, overwrite=overwrite)
 
     def _remove_temp(self) -> None:
-        _unlink_quietly(self.temp_path)
+        unlink_quietly(self.temp_path)
 
     def __enter__(self) -> Self:
         return self

@@ -46,7 +46,7 @@ MOVE = "move"
 
 _CHUNK = 5000
 _COLUMNS = ("op", "run", "action", "path", "dataset_id", "source", "committed", "created_ns", "host", "pid")
-_ATTRIBUTE = "file_journal_version"
+_SINCE_MINOR = 2  # the schema minor version that added the table (see `Registry.schema_minor`)
 
 
 def new_operation() -> str:
@@ -79,7 +79,7 @@ class FileJournal:
         self._db = db
         self._table = schema.file_journal
         self._schema = schema
-        self._ready = _ATTRIBUTE in attributes
+        self._ready = int(attributes.get("schema_minor", "1")) >= _SINCE_MINOR
         self._upgrade = upgrade
 
     # -- table (created by the first write into a repository made before the journal existed) ---
@@ -190,13 +190,13 @@ class FileJournal:
     def _refresh_ready(self, conn: sa.Connection | None) -> None:
         """Another process may have created the table since this registry was opened."""
         attrs = self._schema.attributes
-        stmt = sa.select(attrs.c.value).where(attrs.c.name == _ATTRIBUTE)
+        stmt = sa.select(attrs.c.value).where(attrs.c.name == "schema_minor")
         if conn is not None:
             value = conn.execute(stmt).scalar()
         else:
             with self._db.transaction() as c:
                 value = c.execute(stmt).scalar()
-        if value is not None:
+        if value is not None and int(value) >= _SINCE_MINOR:
             self._ready = True
 
     def registered_paths(self, conn: sa.Connection, paths: Iterable[str]) -> set[str]:

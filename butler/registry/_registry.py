@@ -112,7 +112,6 @@ class Registry:
             "universe": universe.text,
             "universe_version": str(universe.version),
             **_universe_json(universe),
-            "file_journal_version": "1",  # the journal table exists (see _journal.py)
             "schema_minor": str(SCHEMA_MINOR),
             GENERATION_ATTRIBUTE: "0",  # updated by changes that invalidate collection caches
             **(extra or {}),
@@ -203,13 +202,12 @@ class Registry:
                 current = conn.execute(sa.select(attrs.c.value).where(attrs.c.name == "schema_minor")).scalar()
                 if int(current or 1) < SCHEMA_MINOR:
                     self._add_minor_changes(conn)
-                    conn.execute(attrs.delete().where(attrs.c.name.in_(["schema_minor", "file_journal_version"])))
-                    conn.execute(attrs.insert(), [{"name": "schema_minor", "value": str(SCHEMA_MINOR)},
-                                                  {"name": "file_journal_version", "value": "1"}])
+                    conn.execute(attrs.delete().where(attrs.c.name == "schema_minor"))
+                    conn.execute(attrs.insert().values(name="schema_minor", value=str(SCHEMA_MINOR)))
                     # An existing row, so that concurrent cache invalidations only UPDATE it (an
                     # update-or-insert of a missing row deadlocks on InnoDB's gap locks).
                     conn.execute(db.insert_ignore(attrs).values(name=GENERATION_ATTRIBUTE, value="0"))
-            self.attributes.update(schema_minor=str(SCHEMA_MINOR), file_journal_version="1")
+            self.attributes["schema_minor"] = str(SCHEMA_MINOR)
             self.journal.mark_ready()
 
     def _add_minor_changes(self, conn: sa.Connection) -> None:
