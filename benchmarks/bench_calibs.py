@@ -46,7 +46,7 @@ def _build(ctx: Context):
     def insert(dt, run, data_ids):
         rec, _ = registry.collections.register(run, CollectionType.RUN, owner="bench")
         type_rec = registry.dataset_types.get(dt.name)
-        refs = [DatasetRef(dt, b._standardize(type_rec.group, d, {}), run, uuid.uuid4()) for d in data_ids]
+        refs = [DatasetRef(dt, b.registry.data_ids.standardize(type_rec.group, d, {}), run, uuid.uuid4()) for d in data_ids]
         with registry.db.transaction(write=True) as conn:
             registry.datasets.insert(conn, type_rec, rec, refs)
         return refs

@@ -6,7 +6,7 @@ pickled Butler is a few hundred bytes that reconnects when first used in a worke
 
 The methods with sizeable bodies delegate to one module per concern, as functions taking the
 Butler: `_registration` (instruments, dataset types, collections, the run of a write),
-`_data_ids` (query constraints, implied values), `_reads` (finding a dataset), `_writes`,
+`_reads` (finding a dataset), `_writes`,
 `_ingest`, `_queries`, `_skymaps`, `_calibs`, `_provenance`.
 """
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 # Opening a repository needs the registry (SQLAlchemy and its SQLite dialect): import it with
 # the class, so `from butler import Butler` carries that cost and the first open does not
 # (`import butler` alone stays cheap: ``Butler`` is one of its lazy attributes).
-from . import _data_ids, _reads
+from . import _reads
 from ._config import CONFIG_NAME, DEFAULT_SQLITE, RepoConfig
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
@@ -92,7 +92,6 @@ class Butler:
         self._reg: Registry | None = None
         self._store: FileDatastore | None = None
         self._checked_runs: dict[str, CollectionRecord] = {}
-        self._implied_cache: dict[tuple[str, tuple], dict[str, Any]] = {}
         if not _lazy:
             self._registry  # noqa: B018 - connect now so a bad repository fails at open
             if self.calibs:
@@ -152,16 +151,21 @@ class Butler:
         return reg
 
     @property
-    def _datastore(self) -> FileDatastore:
+    def datastore(self) -> FileDatastore:
+        """The datastore behind this butler: where dataset files are and how they are read and written."""
         store = self._store
         if store is None:
             from .datastore._datastore import FileDatastore
             from .datastore._templates import TemplateSet
 
-            inst_templates = {name: info["templates"] for name, info in self._registry.instruments.items()}
+            registry = self._registry
+            inst_templates = {name: info["templates"] for name, info in registry.instruments.items()}
             templates = TemplateSet(self._config.templates, inst_templates)
-            store = self._store = FileDatastore(self._config.root, templates, self._config.formatters)
+            store = self._store = FileDatastore(self._config.root, templates, self._config.formatters,
+                                                implied=registry.data_ids.expand_implied)
         return store
+
+    _datastore = datastore
 
     @property
     def root(self) -> str:
@@ -176,35 +180,14 @@ class Butler:
         """The registry behind this butler (for advanced use and tests)."""
         return self._registry
 
-    def _require_writeable(self) -> None:
+    def require_writeable(self) -> None:
+        """Raise `ReadOnlyError` unless this Butler may write."""
         if not self.writeable:
             raise ReadOnlyError(
                 f"this Butler of {self.root} is read-only; open it with run='...' or writeable=True to write"
             )
 
-    def _aliases(self, instrument: Any) -> dict[str, str]:
-        """Alias keys of ``instrument`` (or of all instruments when none is named)."""
-        instruments = self._registry.instruments
-        if isinstance(instrument, str):
-            info = instruments.get(instrument)
-            return info["aliases"] if info else {}
-        merged: dict[str, str] = {}
-        for info in instruments.values():
-            for alias, target in info["aliases"].items():
-                merged.setdefault(alias, target)
-        return merged
-
-    def _standardize(self, group: DimensionGroup, data_id: Any, kwargs: Mapping[str, Any]) -> DataCoordinate:
-        if isinstance(data_id, DataCoordinate) and not kwargs and data_id.group is group:
-            return data_id
-        merged = dict(data_id) if data_id else {}
-        merged.update(kwargs)
-        aliases = self._aliases(merged.get("instrument"))
-        return DataCoordinate.standardize(merged, group, aliases=aliases)
-
-    def _constraints(self, data_id: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Normalise free-form data ID constraints of a query (any dimension, aliases accepted)."""
-        return _data_ids.constraints(self, data_id, kwargs)
+    _require_writeable = require_writeable
 
     def _resolve_collections(self, collections: str | Sequence[str] | None, conn: Any = None) -> list[CollectionRecord]:
         wanted = collections if collections is not None else self.collections
@@ -225,33 +208,6 @@ class Butler:
         from ._registration import ensure_run
 
         return ensure_run(self, conn, name, rec, allow_foreign_run=allow_foreign_run)
-
-    def _template_values(self, ref: DatasetRef) -> dict[str, Any]:
-        data_id = ref.data_id
-        values = data_id.to_dict(implied=True)
-        group = data_id.group
-        if group.implied:
-            template, _, _ = self._datastore.templates.lookup(ref.dataset_type.name, values.get("instrument"))
-            needed = [n for n in group.implied if n in template.names and n not in values]
-            if needed:
-                values.update(self._expand_implied(data_id))
-        return values
-
-    def _expand_implied(self, data_id: DataCoordinate) -> dict[str, Any]:
-        """Implied values (band, physical_filter, day_obs...) of a data ID, cached per record.
-
-        Implied values come from the records of the required dimensions that imply them (a
-        visit's filter and day), so the cache is keyed by those records: all detectors of a
-        visit share one lookup.
-        """
-        return _data_ids.expand_implied(self, data_id)
-
-    def _prime_implied(self, coords: Sequence[DataCoordinate]) -> None:
-        """Fetch the implied values of many data IDs with one query per implying element."""
-        _data_ids.prime_implied(self, coords)
-
-    def _missing_dimension_message(self, data_id: DataCoordinate) -> str | None:
-        return _data_ids.missing_dimension_message(self, data_id)
 
     # -- registration -------------------------------------------------------------------------
     def register_instrument(self, instrument: Any, *, update: bool = False, calibs: bool = True) -> None:
@@ -566,7 +522,7 @@ class Butler:
         self._registry.refresh_attributes()
         self._store = None
         self._checked_runs.clear()
-        self._implied_cache.clear()
+        self._registry.data_ids.clear()
 
     def verify(self, *, collections: Any = None, orphans: bool | None = None) -> list[VerifyProblem]:
         """Recompute the checksum and size of every file (of the given collections) and list problems.

@@ -175,7 +175,7 @@ def decertify(butler: Butler, collection: str, dataset_type: str, valid_from: An
     type_rec = _calibration_type(butler, dataset_type)
     keys = None
     if data_id is not None or kwargs:
-        keys = [butler._standardize(type_rec.group, data_id, kwargs).values]
+        keys = [butler.registry.data_ids.standardize(type_rec.group, data_id, kwargs).values]
     manager = calibrations_of(registry)
     if not manager.has_table():
         return 0
@@ -284,7 +284,7 @@ def find_calib(butler: Butler, type_rec: DatasetTypeRecord, data_id: Any, kwargs
     merged = dict(data_id) if data_id else {}
     merged.update(kwargs)
     time_value = merged.pop("time", None)
-    constraints = butler._constraints(merged, {})
+    constraints = butler.registry.data_ids.constraints(merged, {})
     t, implied, what = _observation(butler, constraints)
     if time_value is not None:
         t, what = _ns(time_value, 0), f"time {format_ns(_ns(time_value, 0))}"
@@ -423,7 +423,7 @@ def query_calibrations(butler: Butler, collections: Any, dataset_type: str, *, d
 
     registry = butler._registry
     type_rec = _calibration_type(butler, dataset_type)
-    constraints = butler._constraints(data_id, kwargs)
+    constraints = butler.registry.data_ids.constraints(data_id, kwargs)
     t, implied, _ = _observation(butler, constraints)
     if time is not None:
         t = _ns(time, 0)

@@ -99,7 +99,7 @@ def _uuid4s(n: int) -> list[uuid.UUID]:
 
 
 def _coordinate_maker(butler: Butler, group: Any) -> Any:
-    """``standardize(data_id)`` for the data IDs of one ingest, like ``Butler._standardize``.
+    """``standardize(data_id)`` for the data IDs of one ingest, like ``DataIdResolver.standardize``.
 
     A plain dict of exactly the group's required keys, with 64-bit ints for integer keys and,
     for string keys, values that the general path has already accepted in this ingest (the
@@ -107,7 +107,8 @@ def _coordinate_maker(butler: Butler, group: Any) -> Any:
     implied keys, values to convert, a string not seen yet) takes the general path, whose
     checks and errors therefore apply to every data ID.
     """
-    general = butler._standardize
+    resolver = butler.registry.data_ids
+    general = resolver.standardize
     no_kwargs: dict[str, Any] = {}
     required = group.required
     universe = group.universe
@@ -120,7 +121,7 @@ def _coordinate_maker(butler: Butler, group: Any) -> Any:
     n = len(required)
     str_keys = [(i, name) for i, (name, kind) in enumerate(zip(required, kinds)) if kind == "str"]
     # Aliases that are also dimension names would make a plain dict mean something else.
-    clash = bool(set(butler._aliases(None)) & set(required))
+    clash = bool(set(butler.registry.data_ids.aliases(None)) & set(required))
 
     def standardize(data_id: Any) -> DataCoordinate:
         if type(data_id) is dict and len(data_id) == n and not clash:
@@ -147,7 +148,7 @@ def _coordinate_maker(butler: Butler, group: Any) -> Any:
 
 
 def _path_maker(butler: Butler, datastore: Any, dataset_type: str, group: Any, run: str) -> Any:
-    """``path(ref, extension)``: ``datastore.relative_path(ref, butler._template_values(ref), extension)``
+    """``path(ref, extension)``: ``datastore.relative_path(ref, datastore.template_values(ref), extension)``
     for the refs of one ingest (one dataset type and run, no component), with the template of
     each instrument looked up once, and the values dictionary built once per ref instead of three
     times."""
@@ -155,7 +156,7 @@ def _path_maker(butler: Butler, datastore: Any, dataset_type: str, group: Any, r
     by_instrument: dict[Any, tuple[Any, tuple[str, ...], bool]] = {}
     required = group.required
     implied = group.implied
-    expand_implied = butler._expand_implied
+    expand_implied = butler.registry.data_ids.expand_implied
 
     def path(ref: DatasetRef, extension: str) -> str:
         coord = ref.data_id
@@ -214,7 +215,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
             raise FileNotFoundError(f"cannot ingest {source}: not a regular file")
         items.append((source, st.st_size, standardize(data_id)))
     if transfer != "direct":
-        butler._prime_implied([coord for _, _, coord in items])
+        butler.registry.data_ids.prime_implied([coord for _, _, coord in items])
 
     # Pass 2: refs, destination paths, checksums.
     refs: list[DatasetRef] = []

@@ -37,7 +37,7 @@ def query_datasets(butler: Butler, dataset_type: str | DatasetType, *, collectio
         colls = butler._resolve_collections(wanted, conn)  # as of this query's snapshot
         if find_first is None:
             find_first = not _has_glob(wanted)
-        constraints = butler._constraints(data_id, kwargs)
+        constraints = butler.registry.data_ids.constraints(data_id, kwargs)
         tree = parse_expression(where) if where else None
         tags = type_rec.tags
         built = registry.query_builder.build(dimensions=type_rec.group, data_id=constraints, where=tree, bind=bind,
@@ -68,7 +68,7 @@ def query_data_ids(butler: Butler, dimensions: str | Iterable[str], *, where: st
         group = universe.group(dims)
     except KeyError as err:
         raise DataIdError(str(err.args[0])) from None
-    constraints = butler._constraints(data_id, kwargs)
+    constraints = butler.registry.data_ids.constraints(data_id, kwargs)
     tree = parse_expression(where) if where else None
     type_recs = []
     colls = []
@@ -144,7 +144,7 @@ def query_dimension_records(butler: Butler, element: str, *, where: str | None =
         raise DataIdError(f"unknown dimension element {element!r}; known: {[e.name for e in universe.elements]}")
     el = universe[element]
     group = universe.group(el.required)
-    constraints = butler._constraints(data_id, kwargs)
+    constraints = butler.registry.data_ids.constraints(data_id, kwargs)
     tree = parse_expression(where) if where else None
     built = registry.query_builder.build(dimensions=group, data_id=constraints, where=tree, bind=bind, element=el,
                                          where_text=where or "")

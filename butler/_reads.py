@@ -47,7 +47,7 @@ def find(butler: Butler, dataset_type: str | DatasetType | DatasetRef, data_id: 
         from ._calibs import find_calib
 
         return find_calib(butler, type_rec, data_id, kwargs, collections, required=required)
-    coord = butler._standardize(type_rec.group, data_id, kwargs)
+    coord = butler.registry.data_ids.standardize(type_rec.group, data_id, kwargs)
     with registry.db.transaction() as conn:
         colls = butler._resolve_collections(collections, conn)
         found = registry.datasets.find(conn, type_rec, coord, colls)

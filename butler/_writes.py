@@ -95,10 +95,10 @@ def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
     for ref in refs:
         by_group.setdefault(ref.data_id.group, []).append(ref.data_id)
     for coords in by_group.values():
-        butler._prime_implied(coords)
+        butler.registry.data_ids.prime_implied(coords)
     by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
     for ref in refs:
-        by_run.setdefault(ref.run, []).append((datastore.planned_path(ref, butler._template_values(ref)), ref.id, None))
+        by_run.setdefault(ref.run, []).append((datastore.planned_path(ref), ref.id, None))
     # Whatever the workers find at these paths must be theirs (an earlier attempt of the same
     # quantum): a file that is there already is somebody else's, and would be adopted as an output.
     taken = [path for items in by_run.values() for path, _, _ in items if os.path.lexists(datastore.abspath(path))]
@@ -167,14 +167,14 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
                 f"dataset type {name!r} given differs from the registered one: "
                 f"{type_rec.dataset_type.describe_difference(dataset_type)}"
             )
-        coord = butler._standardize(type_rec.group, data_id, extra)
+        coord = butler.registry.data_ids.standardize(type_rec.group, data_id, extra)
         if (name, coord) in seen:  # before any I/O (with replace=True the insert would fail on every retry)
             raise ConflictError(f"dataset {name!r} {coord} is given twice in one put_many; give each dataset once")
         seen.add((name, coord))
         ref = DatasetRef._trusted(type_rec.dataset_type, coord, run_name, uuid.uuid4())
         entry = planned_by_type.setdefault(name, (type_rec, [], []))
         entry[1].append(ref)
-        for planned in datastore.plan(ref, obj, butler._template_values(ref), fresh_name=replace):
+        for planned in datastore.plan(ref, obj, fresh_name=replace):
             entry[2].append((ref, planned))
         refs.append(ref)
     batch_formatters = {ref.id: planned.formatter.name for _, _, plans in planned_by_type.values()
@@ -258,7 +258,7 @@ def _plan_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, 
     out = []
     for index, obj, parent, component, data_id, extra in items:
         type_rec = registry.dataset_types.get(parent)
-        coord = butler._standardize(type_rec.group, data_id, extra)
+        coord = butler.registry.data_ids.standardize(type_rec.group, data_id, extra)
         ref = batch.get((parent, coord))
         existing = None
         if ref is not None:  # the composite is earlier in this put_many
@@ -280,7 +280,7 @@ def _plan_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, 
                     f"component {component!r} of {parent!r} {coord} in run {run_name!r} was already written on "
                     "its own; pass replace=True to replace it"
                 )
-        planned = datastore.plan_component(ref, component, obj, butler._template_values(ref), parent_formatter,
+        planned = datastore.plan_component(ref, component, obj, parent_formatter,
                                            fresh_name=existing is not None)
         out.append((ref, planned, existing))
         refs[index] = ref

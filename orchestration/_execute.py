@@ -132,7 +132,7 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
         written = []
         try:
             for name, ref in quantum.outputs.items():
-                prepared = datastore.prepare(ref, produced[name], butler._template_values(ref))
+                prepared = datastore.prepare(ref, produced[name])
                 written.append(prepared)
                 result.outputs.append((ref.id, [_commit_or_adopt(p) for p in prepared]))
         except BaseException:

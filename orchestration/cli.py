@@ -174,7 +174,7 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
     pipe = Pipeline.from_yaml(pipeline).apply_overrides(overrides)
     if tasks:
         pipe = pipe.subset(tasks if tasks in pipe.subsets else tasks.split(","))
-    id_where, bind = parse_id(id_text, butler._aliases(None)) if id_text else ("", {})
+    id_where, bind = parse_id(id_text, butler.registry.data_ids.aliases(None)) if id_text else ("", {})
     full_where = " AND ".join(f"({w})" for w in (where, id_where) if w)
     with ExitStack() as held:
         if not dry_run:  # plan and execute under the run's lock: no other executor changes what exists

@@ -203,12 +203,13 @@ def test_ingest_paths_are_the_datastore_paths(simcam_repo, templates, instrument
     from butler.datastore._templates import TemplateSet
 
     butler = simcam_repo
-    datastore = FileDatastore(butler.root, TemplateSet(templates, instrument_templates))
+    datastore = FileDatastore(butler.root, TemplateSet(templates, instrument_templates),
+                              implied=butler.registry.data_ids.expand_implied)
     type_rec = butler.registry.dataset_types.get("metrics")
     path = _path_maker(butler, datastore, "metrics", type_rec.group, "u/tester/run1")
     for visit, detector in [(12, 0), (14, 8)]:
         for data_id in ({"instrument": "SimCam", "visit": visit, "detector": detector},
                         {"instrument": "SimCam", "visit": visit, "detector": detector, "band": "zz"}):
-            coord = butler._standardize(type_rec.group, data_id, {})
+            coord = butler.registry.data_ids.standardize(type_rec.group, data_id, {})
             ref = DatasetRef(type_rec.dataset_type, coord, "u/tester/run1")
-            assert path(ref, ".json") == datastore.relative_path(ref, butler._template_values(ref), ".json")
+            assert path(ref, ".json") == datastore.relative_path(ref, datastore.template_values(ref), ".json")

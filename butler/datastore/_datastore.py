@@ -9,9 +9,9 @@ are stored relative to the root, so a repository can be moved or copied as a dir
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._dataset_ref import DatasetRef
 from ..errors import ChecksumError, DatasetNotFoundError
@@ -21,6 +21,9 @@ from ._formatters import formatter_for
 from ._storage_class import StorageClass, get_storage_class
 from ._templates import TemplateSet
 from ._verified_reads import load_verified
+
+if TYPE_CHECKING:
+    from ..dimensions import DataCoordinate
 
 __all__ = ["FileDatastore", "PlannedWrite", "PreparedWrite", "VerifyProblem"]
 
@@ -57,14 +60,32 @@ class VerifyProblem:
 
 
 class FileDatastore:
-    """Reads and writes dataset files below ``root``."""
+    """Reads and writes dataset files below ``root``.
 
-    def __init__(self, root: str, templates: TemplateSet, formatter_overrides: Mapping[str, str] | None = None):
+    ``implied`` gives the implied values of a data ID (band, day_obs...) that file templates may
+    use; the registry answers it (`DataIdResolver.expand_implied`), called only when a template
+    names an implied value the data ID does not carry.
+    """
+
+    def __init__(self, root: str, templates: TemplateSet, formatter_overrides: Mapping[str, str] | None = None,
+                 implied: Callable[[DataCoordinate], Mapping[str, Any]] | None = None):
         self.root = os.path.abspath(root)
         self.templates = templates
         self.formatter_overrides = dict(formatter_overrides or {})
+        self._implied = implied
 
     # -- paths ----------------------------------------------------------------------------
+    def template_values(self, ref: DatasetRef) -> dict[str, Any]:
+        """The data ID values of ``ref`` with the implied ones its file template uses."""
+        data_id = ref.data_id
+        values = data_id.to_dict(implied=True)
+        group = data_id.group
+        if group.implied and self._implied is not None:
+            template, _, _ = self.templates.lookup(ref.dataset_type.name, values.get("instrument"))
+            if any(n in template.names and n not in values for n in group.implied):
+                values.update(self._implied(data_id))
+        return values
+
     def relative_path(self, ref: DatasetRef, values: Mapping[str, Any], extension: str,
                       component: str | None = None) -> str:
         instrument = values.get("instrument")
@@ -88,14 +109,13 @@ class FileDatastore:
     def formatter_name(self, dataset_type: str, storage_class: StorageClass) -> str:
         return self.formatter_overrides.get(dataset_type) or storage_class.formatter
 
-    def planned_path(self, ref: DatasetRef, values: Mapping[str, Any]) -> str:
+    def planned_path(self, ref: DatasetRef) -> str:
         """The relative path `prepare` will write ``ref`` to (executors journal it beforehand)."""
         storage_class = get_storage_class(ref.dataset_type.storage_class)
         formatter = formatter_for(storage_class, self.formatter_name(ref.dataset_type.name, storage_class))
-        return self.relative_path(ref, values, formatter.extension)
+        return self.relative_path(ref, self.template_values(ref), formatter.extension)
 
-    def plan(self, ref: DatasetRef, obj: Any, values: Mapping[str, Any], *, fresh_name: bool = False
-             ) -> list[PlannedWrite]:
+    def plan(self, ref: DatasetRef, obj: Any, *, fresh_name: bool = False) -> list[PlannedWrite]:
         """Validate ``obj`` and choose where it goes; no file-system change.
 
         ``fresh_name``: if the template's path is taken (the dataset being replaced lives there),
@@ -105,7 +125,7 @@ class FileDatastore:
         storage_class = get_storage_class(ref.dataset_type.storage_class)
         storage_class.validate(obj, dataset_type=ref.dataset_type.name)
         formatter = formatter_for(storage_class, self.formatter_name(ref.dataset_type.name, storage_class))
-        rel = self.relative_path(ref, values, formatter.extension)
+        rel = self.relative_path(ref, self.template_values(ref), formatter.extension)
         if fresh_name:
             rel = self._fresh(rel, formatter.extension)
         return [PlannedWrite(obj, rel, formatter, storage_class.name)]
@@ -124,9 +144,9 @@ class FileDatastore:
         staged = self._stage(planned.formatter, planned.obj, os.path.join(self.root, planned.path))
         return PreparedWrite(staged, planned.path, planned.formatter.name, planned.storage_class, planned.component)
 
-    def prepare(self, ref: DatasetRef, obj: Any, values: Mapping[str, Any]) -> list[PreparedWrite]:
+    def prepare(self, ref: DatasetRef, obj: Any) -> list[PreparedWrite]:
         """`plan` and `stage` in one: nothing is visible until ``commit``."""
-        return [self.stage(p) for p in self.plan(ref, obj, values)]
+        return [self.stage(p) for p in self.plan(ref, obj)]
 
     @staticmethod
     def _stage(formatter: Any, obj: Any, full: str) -> StagedFile | StagedDirectory:
@@ -134,8 +154,8 @@ class FileDatastore:
         stage_to = getattr(formatter, "stage_to", None)
         return stage_to(obj, full) if stage_to is not None else stage(full, formatter.to_bytes(obj))
 
-    def plan_component(self, ref: DatasetRef, component: str, obj: Any, values: Mapping[str, Any],
-                       parent_formatter: str, *, fresh_name: bool = False) -> PlannedWrite:
+    def plan_component(self, ref: DatasetRef, component: str, obj: Any, parent_formatter: str, *,
+                       fresh_name: bool = False) -> PlannedWrite:
         """Plan one component of the existing composite ``ref`` written on its own (e.g. a new WCS)."""
         from ..errors import StorageClassError
 
@@ -150,7 +170,7 @@ class FileDatastore:
             )
         component_class.validate(obj, dataset_type=f"{ref.dataset_type.name}.{component}")
         formatter = formatter_for(component_class)
-        rel = self.relative_path(ref, values, formatter.extension, component=component)
+        rel = self.relative_path(ref, self.template_values(ref), formatter.extension, component=component)
         if fresh_name:
             rel = self._fresh(rel, formatter.extension)
         return PlannedWrite(obj, rel, formatter, component_class.name, component)

@@ -28,6 +28,7 @@ import sqlalchemy.dialects.sqlite  # the default backend; create_engine would im
 from ..dimensions import DimensionUniverse
 from ..errors import ButlerError, RegistryConnectionError, RepositoryConfigError, RepositoryNotFoundError
 from ._collections import GENERATION_ATTRIBUTE, CollectionManager
+from ._data_ids import DataIdResolver
 from ._database import Database
 from ._dataset_types import DatasetTypeManager
 from ._datasets import DatasetManager
@@ -68,6 +69,7 @@ class Registry:
         self.attributes = dict(attributes)
         self._instruments: dict[str, dict[str, Any]] | None = None
         self._lock = threading.RLock()
+        self.data_ids = DataIdResolver(self)
         if schema is not None:
             self._build(schema)
 
