@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 # Opening a repository needs the registry (SQLAlchemy and its SQLite dialect): import it with
@@ -24,7 +25,7 @@ from . import _reads
 from ._config import CONFIG_NAME, DEFAULT_SQLITE, RepoConfig
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
-from .dimensions import DataCoordinate, DimensionGroup, DimensionUniverse
+from .dimensions import DataCoordinate, DimensionUniverse
 from .errors import CollectionError, ConflictError, ReadOnlyError
 from .registry._database import Database
 from .registry._registry import Registry
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .datastore._datastore import FileDatastore, VerifyProblem
     from .dimensions import DimensionRecord
     from .registry._collections import CollectionRecord, CollectionType
-    from .registry._datasets import FoundDataset
+    from .registry._datasets import FileRecord, FoundDataset
 
 __all__ = ["Butler", "DeferredDatasetHandle"]
 
@@ -307,6 +308,20 @@ class Butler:
         chown_run(self._registry, run, new_owner)
         self._checked_runs.pop(run, None)
 
+    def check_run_access(self, run: str | None = None) -> None:
+        """Raise unless this Butler may write into ``run`` (default: its own): a valid new name, or
+        an existing RUN owned by `user` (`RunOwnershipError`, `CollectionError`, `ReadOnlyError`)."""
+        self.require_writeable()
+        self._run_record(run, False)
+
+    def lock_run(self, run: str, *, action: str = "execute") -> AbstractContextManager[None]:
+        """Hold the lock of RUN ``run`` exclusively (across processes on this file system): while it
+        is held, writes into the run, its removal and its clean-up by others wait or are refused with
+        `RunLockedError` naming the holder. Executors hold it for a whole execution."""
+        from ._run_lock import run_lock
+
+        return run_lock(self.root, run, action=action)
+
     def register_collection(self, name: str, type: CollectionType | str, *, doc: str | None = None) -> bool:
         """Create a TAGGED, CHAINED or CALIBRATION collection (or a RUN); return whether it was new."""
         from ._registration import register_collection
@@ -406,6 +421,15 @@ class Butler:
         from ._writes import intend_writes
 
         intend_writes(self, refs)
+
+    def register_outputs(self, run: str, outputs: Sequence[tuple[DatasetRef, Sequence[FileRecord]]], *,
+                         provenance: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Register datasets whose files an executor's workers wrote (``datastore.write_unregistered``,
+        after `intend_writes`), with the provenance records of their quanta, in one transaction. For
+        executors; see `butler.provenance` for the record fields."""
+        from ._writes import register_outputs
+
+        register_outputs(self, run, outputs, provenance=provenance)
 
     def remove(self, refs: Iterable[DatasetRef], *, allow_foreign_run: bool = False) -> int:
         """Delete datasets (rows and files); returns how many were removed.

@@ -18,28 +18,25 @@ existing destination, so they need no existence check first).
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._dataset_ref import DatasetRef
-from ._faults import crash_point
 from ._gc import gc_paused
 from ._run_lock import run_lock
+from ._write_path import JournaledWrite
 from .datastore import checksum_bytes, checksum_file, get_storage_class
-from .datastore._file_io import unlink_quietly
 from .datastore._formatters import get_formatter
 from .dimensions import DataCoordinate
 from .errors import ConflictError, StorageClassError
 from .registry._datasets import FileRecord
-from .registry._journal import MOVE, STAGE, new_operation
 
 if TYPE_CHECKING:
     from ._butler import Butler
 
-__all__ = ["ingest_files", "TRANSFER_MODES"]
+__all__ = ["TRANSFER_MODES", "ingest_files"]
 
 TRANSFER_MODES = ("copy", "move", "hardlink", "symlink", "direct")
 
@@ -244,83 +241,23 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
         records[id_] = [FileRecord("", rel, fmt[0], sc_name, checksum, size)]
         refs.append(ref)
 
-    # Pass 3: journal the destinations, transfer, then insert every row in one transaction; undo
-    # the transfers on failure. A move only links (or copies) until the commit: the sources are
-    # unlinked after it, so a crash at any instant loses no source file.
-    journal = registry.journal
-    op = new_operation()
-    registry.upgrade_for_writes()
-    if transfer != "direct":
-        action = MOVE if transfer == "move" else STAGE
-        journal.record(op, run_name, action, [(rel, ref.id, source if transfer == "move" else None)
-                                              for (source, _, rel), ref in zip(plan, refs)])
-    done: list[tuple[str, str]] = []
-    try:
+    # Pass 3: journal the destinations, transfer, then insert every row in one transaction, through
+    # the one write path (`butler._write_path`): it undoes the transfers on failure, and a move only
+    # links (or copies) until the commit, its sources unlinked after it (no crash loses a source).
+    with JournaledWrite(registry, datastore, "ingest") as write:
         if transfer != "direct":
-            made: set[str] = set()
-            check_exists = transfer in ("copy", "move")  # these would replace an existing file
-            lexists = os.path.lexists
-            dirname = os.path.dirname
+            write.intend(run_name, [(rel, ref.id, source if transfer == "move" else None)
+                                    for (source, _, rel), ref in zip(plan, refs)], move=transfer == "move")
             for source, dest, _ in plan:
-                d = dirname(dest)
-                if d not in made:
-                    os.makedirs(d, exist_ok=True)
-                    made.add(d)
-                if check_exists and lexists(dest):
-                    raise ConflictError(f"cannot ingest {source}: {dest} already exists")
-                crash_point("ingest: transfer a file")
                 try:
-                    _transfer(source, dest, transfer)
-                except FileExistsError:
+                    write.place(source, dest, transfer)
+                except ConflictError:
                     raise ConflictError(f"cannot ingest {source}: {dest} already exists") from None
-                except BaseException:
-                    if check_exists:  # a copy that failed part-way (no space...) is ours to remove
-                        unlink_quietly(dest)
-                    raise
-                done.append((source, dest))
-        with registry.db.transaction(write=True) as conn:
-            try:
+        try:
+            with write.registering() as conn:
                 run_rec = butler._ensure_run(conn, run_name, run_rec, allow_foreign_run=allow_foreign_run)
                 registry.datasets.insert(conn, type_rec, run_rec, refs, records)
-                if transfer == "move":
-                    journal.mark_committed(conn, op)
-                elif transfer != "direct":
-                    journal.clear(conn, op, STAGE)
-                crash_point("ingest: before registry commit")
-            except BaseException:
-                registry.collections.forget(run_name)
-                raise
-        crash_point("ingest: registry committed")
-    except BaseException:
-        for _, dest in reversed(done):
-            unlink_quietly(dest)  # for a move too: the source is still there
-        if transfer != "direct":
-            journal.clear_now(op)
-        raise
-    if transfer == "move":
-        for source, _, _ in plan:
-            crash_point("ingest: unlink a moved source")
-            unlink_quietly(source)
-        journal.clear_now(op)
+        except BaseException:
+            registry.collections.forget(run_name)
+            raise
     return refs
-
-
-def _transfer(source: str, dest: str, mode: str) -> None:
-    if mode == "hardlink":
-        os.link(source, dest)
-    elif mode == "copy":
-        shutil.copyfile(source, dest)
-    elif mode == "move":
-        _link_or_copy(source, dest)  # the source is unlinked after the registry commit
-    elif mode == "symlink":
-        os.symlink(source, dest)
-
-
-def _link_or_copy(source: str, dest: str) -> None:
-    """A second name for ``source`` at ``dest``: a hard link where possible, else a copy."""
-    try:
-        os.link(source, dest)
-    except FileExistsError:
-        raise
-    except OSError:  # another file system, or no hard links here
-        shutil.copyfile(source, dest)

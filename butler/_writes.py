@@ -1,45 +1,30 @@
 """Write operations of the Butler: put, remove, tag.
 
-Every write follows one order, so that a crash (SIGKILL, power cut) at any instant leaves the
-registry describing exactly the bytes on disk, and every other file it leaves findable:
-
-1. plan: validate the objects and data IDs and choose the paths (no file-system change);
-2. journal the paths in a committed transaction (``registry/_journal.py``);
-3. stage the bytes under temporary names next to the final paths;
-4. one registry transaction inserts the rows, moves the staged files into place (never over an
-   existing file), records the files it makes unreferenced (replaced or removed datasets) as
-   ``delete`` intents and drops the ``stage`` intents;
-5. only after that commit are unreferenced files removed, then their intents.
-
-A replaced dataset's new bytes go to a new name, so the old file is never touched before the
-registry stops referencing it. Any failure discards what was staged and rolls back, so the
-repository is left exactly as it was; a crash leaves journaled files that `butler cleanup`
-(``butler/_cleanup.py``) removes. Writes hold the run's lock shared (clean-up holds it
-exclusively), so clean-up never mistakes a write in flight for a dead one.
+Every write goes through the one journaled write path (``butler/_write_path.py``): plan, journal,
+stage, one registry transaction that inserts the rows and links the staged files into place, then
+removal of what it made unreferenced. A replaced dataset's new bytes go to a new name, so the old
+file is never touched before the registry stops referencing it. Writes hold the run's lock shared
+(clean-up holds it exclusively), so clean-up never mistakes a write in flight for a dead one.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
-from ._faults import crash_point
 from ._run_lock import run_lock
+from ._write_path import JournaledWrite
 from .errors import CollectionError, ConflictError
 from .registry._datasets import FileRecord
-from .registry._journal import DELETE, STAGE, new_operation
+from .registry._journal import STAGE, new_operation
 
 if TYPE_CHECKING:
     from ._butler import Butler
-    from .datastore._datastore import PreparedWrite
     from .registry._collections import CollectionRecord
 
 __all__ = ["associate", "put_many", "remove", "remove_runs"]
@@ -61,7 +46,7 @@ def associate(butler: Butler, collection: str, refs: Iterable[DatasetRef]) -> No
         for name, group_refs in by_type.items():
             type_rec = registry.dataset_types.get(name)
             existing = registry.datasets.find_many(conn, type_rec, [r.data_id for r in group_refs], [rec])
-            rows = []
+            new: list[DatasetRef] = []
             for ref in group_refs:
                 present = existing.get(ref.data_id)
                 if present is not None:
@@ -71,15 +56,9 @@ def associate(butler: Butler, collection: str, refs: Iterable[DatasetRef]) -> No
                             f"(id {present.id} from run {present.run!r}); disassociate it first"
                         )
                     continue
-                row = dict(zip(type_rec.group.required, ref.data_id.values))
-                row.update(dataset_type_id=type_rec.id, dataset_id=ref.id, collection_id=rec.id)
-                rows.append(row)
+                new.append(ref)
                 existing[ref.data_id] = ref
-            if rows:
-                try:
-                    conn.execute(type_rec.tags.insert(), rows)
-                except sa.exc.IntegrityError as err:
-                    raise ConflictError(f"cannot tag {name!r} refs into {collection!r}: {err.orig}") from None
+            registry.datasets.tag(conn, type_rec, rec, new)
 
 
 def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
@@ -114,6 +93,24 @@ def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
         butler._registry.journal.record(op, run_name, STAGE, items)
 
 
+def register_outputs(butler: Butler, run: str, outputs: Sequence[tuple[DatasetRef, Sequence[FileRecord]]], *,
+                     provenance: Sequence[Mapping[str, Any]] = ()) -> None:
+    """Register, in one transaction, datasets whose files are already in place (written by an
+    executor's workers with `FileDatastore.write_unregistered` after `intend_writes`), clearing their
+    intents, with the provenance records of the quanta that made them."""
+    butler.require_writeable()
+    from ._ownership import check_run_owner
+    from ._provenance import insert_provenance
+
+    registry = butler.registry
+    with JournaledWrite(registry, butler.datastore, "executor") as write:
+        write.adopt_intents(ref.id for ref, _ in outputs)
+        with write.registering() as conn:
+            run_rec = check_run_owner(registry, conn, run, action="write into it", allow_foreign=False)
+            write.insert_datasets(conn, run_rec, [ref for ref, _ in outputs], {ref.id: files for ref, files in outputs})
+            insert_provenance(butler, conn, run_rec.id, provenance)
+
+
 def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | None = None, replace: bool = False,
              allow_foreign_run: bool = False) -> list[DatasetRef]:
     """Store many objects in one transaction: ``items`` are ``(obj, dataset_type, data_id[, kwargs])``."""
@@ -146,7 +143,6 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
     then remove replaced files. A crash at any point leaves only journaled files behind."""
     registry = butler._registry
     datastore = butler._datastore
-    journal = registry.journal
     run_name, run_rec = butler._run_record(run_name, allow_foreign_run)
     planned_by_type: dict[str, tuple[Any, list[DatasetRef], list[tuple[DatasetRef, Any]]]] = {}
     refs: list[DatasetRef | None] = []
@@ -183,59 +179,40 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
     plans = [rp for _, _, type_plans in planned_by_type.values() for rp in type_plans]
     plans += [(ref, planned) for ref, planned, _ in component_plans]
 
-    op = new_operation()
-    registry.upgrade_for_writes()
-    journal.record(op, run_name, STAGE, [(planned.path, ref.id, None) for ref, planned in plans])
-    prepared: list[PreparedWrite] = []
-    old_paths: list[str] = []
-    try:
-        for _, planned in plans:
-            prepared.append(datastore.stage(planned))
+    with JournaledWrite(registry, datastore, "put") as write:
+        write.intend(run_name, [(planned.path, ref.id, None) for ref, planned in plans])
+        prepared = [write.stage(planned) for _, planned in plans]
         n_plain = sum(len(type_plans) for _, _, type_plans in planned_by_type.values())
         files: dict[uuid.UUID, list[FileRecord]] = {}
         for (ref, _), p in zip(plans[:n_plain], prepared):
             files.setdefault(ref.id, []).append(
                 FileRecord(p.component, p.path, p.formatter, p.storage_class, p.staged.checksum, p.staged.size))
         component_writes = [(ref, p, existing) for (ref, _, existing), p in zip(component_plans, prepared[n_plain:])]
-        with registry.db.transaction(write=True) as conn:
-            try:
+        try:
+            with write.registering() as conn:
                 if replace and run_rec is not None:  # replaces in one run run one at a time: the loser of
                     registry.collections.read_locked(conn, run_name, exclusive=True)  # a race would retry forever
                 run_rec = butler._ensure_run(conn, run_name, run_rec, allow_foreign_run=allow_foreign_run)
+                old_paths: list[str] = []
                 for type_rec, type_refs, _ in planned_by_type.values():
                     if replace:
                         old_paths += _remove_same(butler, conn, type_rec, run_rec, type_refs)
-                    try:
-                        registry.datasets.insert(conn, type_rec, run_rec, type_refs,
-                                                 {r.id: files[r.id] for r in type_refs})
-                    except ConflictError:
-                        if replace:  # a concurrent replace inserted the same data ID first
-                            raise _Contended() from None
-                        raise
+                    write.insert_datasets(conn, run_rec, type_refs, files)
                 old_paths += _insert_components(butler, conn, component_writes, replace)
                 # Never a path written now: a replaced dataset whose file was missing is rewritten there.
                 new_paths = {planned.path for _, planned in plans}
-                old_paths = [p for p in old_paths if not os.path.isabs(p) and p not in new_paths]
-                journal.record_in(conn, op, run_name, DELETE, [(p, None, None) for p in old_paths])
-                journal.clear(conn, op, STAGE)
-                try:
-                    datastore.commit(prepared)
-                except ConflictError:
-                    if replace:  # the fresh name was taken meanwhile: plan again
-                        raise _Contended() from None
-                    raise
-                crash_point("put: before registry commit")
-            except BaseException:
-                butler._checked_runs.pop(run_name, None)
-                registry.collections.forget(run_name)
-                raise
-        crash_point("put: registry committed")
+                write.delete_after_commit(run_name, [p for p in old_paths if p not in new_paths])
+        except ConflictError:
+            butler._checked_runs.pop(run_name, None)
+            registry.collections.forget(run_name)
+            if replace:  # a concurrent replace inserted the same data ID (or took the fresh name) first
+                raise _Contended() from None
+            raise
+        except BaseException:
+            butler._checked_runs.pop(run_name, None)
+            registry.collections.forget(run_name)
+            raise
         butler._checked_runs[run_name] = run_rec
-    except BaseException:
-        datastore.discard(prepared)
-        journal.clear_now(op)
-        raise
-    _finish_deletes(butler, op, old_paths)
     return refs  # type: ignore[return-value]  # every None was filled by _plan_components
 
 
@@ -292,19 +269,16 @@ def _insert_components(butler: Butler, conn: Any, writes: list[tuple[DatasetRef,
     """Insert the file records of staged components; return the paths of records they replace."""
     if not writes:
         return []
-    f = butler._registry.schema.file_record
+    datasets = butler._registry.datasets
     old_paths = []
-    rows = []
+    records: list[tuple[uuid.UUID, FileRecord]] = []
     for ref, p, existing in writes:
         if existing is not None and replace:
-            conn.execute(f.delete().where(f.c.dataset_id == ref.id).where(f.c.component == p.component))
+            datasets.delete_file_records(conn, ref.id, p.component)
             old_paths.append(existing.path)
-        rows.append({"dataset_id": ref.id, "component": p.component, "path": p.path, "formatter": p.formatter,
-                     "storage_class": p.storage_class, "checksum": p.staged.checksum, "file_size": p.staged.size})
-    try:
-        conn.execute(f.insert(), rows)
-    except sa.exc.IntegrityError as err:
-        raise ConflictError(f"component file records conflict (written twice, or concurrently?): {err.orig}") from None
+        records.append((ref.id, FileRecord(p.component, p.path, p.formatter, p.storage_class, p.staged.checksum,
+                                           p.staged.size)))
+    datasets.insert_file_records(conn, records)
     return old_paths
 
 
@@ -314,19 +288,8 @@ def _remove_same(butler: Butler, conn: Any, type_rec: Any, run_rec: CollectionRe
     existing = registry.datasets.find_many(conn, type_rec, [r.data_id for r in refs], [run_rec])
     if not existing:
         return []
-    _, paths = _delete_datasets(registry, conn, [r.id for r in existing.values()])
+    _, paths = registry.datasets.delete(conn, [r.id for r in existing.values()])
     return paths
-
-
-def _delete_datasets(registry: Any, conn: Any, ids: Sequence[Any]) -> tuple[int, list[str]]:
-    """Delete dataset rows (cascading to tags and file records) in chunks; return the count and
-    the paths of their files, for the caller to remove once the transaction commits."""
-    paths = [f.path for fs in registry.datasets.files_of(conn, ids).values() for f in fs]
-    table = registry.schema.dataset
-    n = 0
-    for start in range(0, len(ids), 5000):
-        n += conn.execute(table.delete().where(table.c.dataset_id.in_(ids[start:start + 5000]))).rowcount
-    return n, paths
 
 
 def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: bool = False) -> int:
@@ -340,44 +303,18 @@ def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: boo
         by_run.setdefault(r.run, []).append(r.id)
     if not by_run:
         return 0
-    op = new_operation()
     n = 0
-    paths: list[str] = []
-    registry.upgrade_for_writes()
     with ExitStack() as locks:
         for run_name in sorted(by_run):
             locks.enter_context(run_lock(butler.root, run_name, action="remove datasets from", shared=True))
-        with registry.db.transaction(write=True) as conn:
+        with JournaledWrite(registry, butler.datastore, "remove") as write, write.registering() as conn:
             check_runs_of_datasets(registry, conn, [i for ids in by_run.values() for i in ids],
                                    allow_foreign=allow_foreign_run)
             for run_name, ids in by_run.items():
-                removed, run_paths = _delete_datasets(registry, conn, list(dict.fromkeys(ids)))
-                run_paths = [p for p in run_paths if not os.path.isabs(p)]  # "direct" ingests: not ours
-                registry.journal.record_in(conn, op, run_name, DELETE, [(p, None, None) for p in run_paths])
+                removed, run_paths = registry.datasets.delete(conn, list(dict.fromkeys(ids)))
+                write.delete_after_commit(run_name, run_paths)
                 n += removed
-                paths += run_paths
-            crash_point("remove: before registry commit")
-        crash_point("remove: registry committed")
-        _finish_deletes(butler, op, paths)
     return n
-
-
-def _finish_deletes(butler: Butler, op: str, paths: Sequence[str]) -> None:
-    """Remove the files the registry no longer references (checked again: never one it does), then
-    their ``delete`` intents. The change is committed: a file that cannot be removed now (EACCES...)
-    is logged and left journaled, for `butler verify` to report and `butler cleanup` to retry."""
-    if not paths:
-        return
-    registry = butler._registry
-    with registry.db.transaction() as conn:
-        referenced = registry.journal.registered_paths(conn, paths)
-    try:
-        butler._datastore.remove_files([p for p in paths if p not in referenced])
-    except OSError as err:
-        logging.getLogger("butler").warning("committed, but could not remove %d replaced or removed file(s) "
-                                            "(%s); `butler cleanup` removes them later", len(paths), err)
-        return
-    registry.journal.clear_now(op)
 
 
 def remove_runs(butler: Butler, pattern: str | Sequence[str], *, allow_foreign_run: bool = False) -> list[str]:
@@ -399,26 +336,17 @@ def _remove_runs(butler: Butler, runs: list[Any], allow_foreign_run: bool = Fals
     from ._ownership import check_run_owner
 
     registry = butler._registry
-    d = registry.schema.dataset
-    op = new_operation()
-    paths: list[str] = []
-    registry.upgrade_for_writes()
-    with registry.db.transaction(write=True) as conn:
-        locked = {r.name: check_run_owner(registry, conn, r, action="remove it", allow_foreign=allow_foreign_run,
-                                          exclusive=True) for r in sorted(runs, key=lambda r: r.id)}  # lock order
-        runs = [locked[r.name] for r in runs]
-        ids = [r.id for r in runs]
+    with JournaledWrite(registry, butler.datastore, "remove_runs") as write:
+        with write.registering() as conn:
+            locked = {r.name: check_run_owner(registry, conn, r, action="remove it", allow_foreign=allow_foreign_run,
+                                              exclusive=True) for r in sorted(runs, key=lambda r: r.id)}  # lock order
+            runs = [locked[r.name] for r in runs]
+            for r in runs:
+                write.delete_after_commit(r.name, registry.datasets.paths_in_runs(conn, [r.id]))
+            registry.datasets.delete_runs(conn, [r.id for r in runs])
+            registry.collections.remove(runs, conn)
         for r in runs:
-            run_paths = [p for p in registry.datasets.paths_in_runs(conn, [r.id]) if not os.path.isabs(p)]
-            registry.journal.record_in(conn, op, r.name, DELETE, [(p, None, None) for p in run_paths])
-            paths += run_paths
-        conn.execute(d.delete().where(d.c.run_id.in_(ids)))
-        registry.collections.remove(runs, conn)
-        crash_point("remove_runs: before registry commit")
-    crash_point("remove_runs: registry committed")
-    for r in runs:
-        butler._checked_runs.pop(r.name, None)
-    _finish_deletes(butler, op, paths)
+            butler._checked_runs.pop(r.name, None)
     for r in runs:
         run_dir = os.path.join(butler.root, r.name)
         if os.path.isdir(run_dir) and not os.listdir(run_dir):

@@ -9,7 +9,6 @@ A Butler is opened once per worker process (by its pickled configuration).
 from __future__ import annotations
 
 import inspect
-import os
 import socket
 import time
 import traceback
@@ -25,7 +24,7 @@ from ._pipeline import TaskDef
 from ._plan import Quantum
 from ._task import NoWorkFound
 
-__all__ = ["ButlerConfig", "QuantumResult", "QuantumFailure", "execute_quantum", "worker_butler"]
+__all__ = ["ButlerConfig", "QuantumFailure", "QuantumResult", "execute_quantum", "worker_butler"]
 
 _BUTLERS: dict[Any, Butler] = {}
 _TASKS: dict[tuple, Any] = {}
@@ -91,7 +90,7 @@ def _task_instance(task_def: TaskDef) -> Any:
 def _read(butler: Butler, ref: DatasetRef, known: Mapping[uuid.UUID, list[Any]]) -> Any:
     files = known.get(ref.id)
     if files is not None:
-        return butler._datastore.read(ref, files, verify=butler.verify_reads)
+        return butler.datastore.read(ref, files, verify=butler.verify_reads)
     return butler.get(ref)
 
 
@@ -128,23 +127,14 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
         if missing:
             raise RuntimeError(f"run() returned no {sorted(missing)}; it must return every output connection")
         result = QuantumResult(quantum.index, uuid.uuid4(), start_ns=start, host=socket.gethostname())
-        datastore = butler._datastore
-        written = []
-        try:
-            for name, ref in quantum.outputs.items():
-                prepared = datastore.prepare(ref, produced[name])
-                written.append(prepared)
-                result.outputs.append((ref.id, [_commit_or_adopt(p) for p in prepared]))
-        except BaseException:
-            for prepared in written:
-                datastore.remove_files(p.path for p in prepared if p.staged.state == "committed")
-                datastore.discard(prepared)
-            raise
+        datastore = butler.datastore
+        for name, ref in quantum.outputs.items():
+            result.outputs.append((ref.id, datastore.write_unregistered(ref, produced[name])))
         result.end_ns = time.time_ns()
         return result
     except QuantumFailure:
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - whatever a task raises becomes a QuantumFailure
         raise QuantumFailure(quantum.index, quantum.task, str(quantum.data_id), f"{type(err).__name__}: {err}",
                              traceback.format_exc(), socket.gethostname(), _worker_address(), start,
                              time.time_ns()) from None
@@ -158,31 +148,6 @@ def _worker_address() -> str:
         return get_worker().address
     except (ImportError, ValueError):
         return ""
-
-
-def _commit_or_adopt(p: Any) -> Any:
-    """Move a staged output into place and return its file record.
-
-    The file may already be there when Dask re-executes a quantum whose result was lost with a
-    worker (its dependents still needed it). The executor refused to start if any output path held
-    a file it had not journaled (`Butler.intend_writes`), so a file there now is this quantum's own
-    earlier output, possibly registered already: it is kept as it is (never replaced under a
-    recorded checksum) and described by its own bytes.
-    """
-    from butler.datastore._directory_io import checksum_directory
-    from butler.datastore._file_io import checksum_file
-    from butler.registry._datasets import FileRecord
-
-    try:
-        p.staged.commit()
-        checksum, size = p.staged.checksum, p.staged.size
-    except FileExistsError:
-        p.staged.discard()
-        if os.path.isdir(p.staged.path):
-            size, checksum = checksum_directory(p.staged.path)
-        else:
-            checksum, size = checksum_file(p.staged.path), os.path.getsize(p.staged.path)
-    return FileRecord(p.component, p.path, p.formatter, p.storage_class, checksum, size)
 
 
 _ACCEPTS: dict[type, bool] = {}

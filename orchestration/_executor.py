@@ -17,11 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from butler import Butler
-from butler._provenance import insert_provenance
-from butler._faults import crash_point
-from butler._ownership import check_run_owner
-from butler._run_lock import run_lock
+from butler import Butler, DatasetRef
 
 from ._execute import ButlerConfig, QuantumFailure, QuantumResult, execute_quantum
 from ._plan import RUN, Plan
@@ -45,8 +41,8 @@ class ExecutionReport:
         return not self.failed and not self.blocked
 
     def summary(self) -> str:
-        lines = [f"{self.succeeded} quanta succeeded ({self.no_work} with nothing to do), {self.skipped} skipped, "
-                 f"{len(self.failed)} failed, {len(self.blocked)} blocked by failures, in {self.seconds:.1f} s"]
+        lines = [(f"{self.succeeded} quanta succeeded ({self.no_work} with nothing to do), {self.skipped} skipped, "
+                 f"{len(self.failed)} failed, {len(self.blocked)} blocked by failures, in {self.seconds:.1f} s")]
         for f in self.failed:
             lines.append(f"FAILED {f.task} {f.data_id}: {f.error}")
             lines.append("  " + f.tb.strip().replace("\n", "\n  "))
@@ -80,8 +76,8 @@ def prepare_run(plan: Plan, butler: Butler) -> None:
     """
     check_picklable(plan)
     run = plan.output_run
-    butler._run_record(run, False)  # ownership check (an existing run must be ours), before any write
-    with run_lock(butler.root, run):
+    butler.check_run_access(run)  # an existing run must be ours: checked before any write
+    with butler.lock_run(run):
         _prepare_locked(plan, butler)
 
 
@@ -126,7 +122,7 @@ class DaskExecutor:
     def run(self, plan: Plan, butler: Butler) -> ExecutionReport:
         """Execute the plan's quanta to run; raises ``RunLockedError`` while another process runs it."""
         start = time.perf_counter()
-        with run_lock(butler.root, plan.output_run):  # held until every result is registered
+        with butler.lock_run(plan.output_run):  # held until every result is registered
             return self._run_locked(plan, butler, start)
 
     def _run_locked(self, plan: Plan, butler: Butler, start: float) -> ExecutionReport:
@@ -266,8 +262,6 @@ class _Registrar:
     def __init__(self, butler: Butler, plan: Plan):
         self.butler = butler
         self.plan = plan
-        self.registry = butler.registry
-        self.run_rec = self.registry.collections.get(plan.output_run)
         self.digests = {d.label: d.config_digest for d in plan.tasks}
 
     def failure_record(self, index: int, failure: QuantumFailure) -> dict[str, Any]:
@@ -283,17 +277,12 @@ class _Registrar:
     def register(self, results: Sequence[QuantumResult], failures: Sequence[dict[str, Any]]) -> None:
         if not results and not failures:
             return
-        registry = self.registry
-        by_type: dict[str, tuple[Any, list, dict]] = {}
+        outputs: list[tuple[DatasetRef, list[Any]]] = []
         records = list(failures)
         for result in results:
             q = self.plan.quanta[result.index]
             refs = {ref.id: ref for ref in q.outputs.values()}
-            for ref_id, files in result.outputs:
-                ref = refs[ref_id]
-                entry = by_type.setdefault(ref.dataset_type.name, (None, [], {}))
-                entry[1].append(ref)
-                entry[2][ref_id] = files
+            outputs += [(refs[ref_id], files) for ref_id, files in result.outputs]
             records.append({
                 "quantum_id": result.quantum_id, "task": q.task, "data_id": q.data_id.to_dict(),
                 "config_digest": self.digests[q.task], "host": result.host, "start_ns": result.start_ns,
@@ -302,14 +291,7 @@ class _Registrar:
                 "inputs": [r.id for refs in q.inputs.values() for r in refs],
                 "outputs": [ref_id for ref_id, _ in result.outputs],
             })
-        with registry.db.transaction(write=True) as conn:
-            check_run_owner(registry, conn, self.run_rec, action="write into it", allow_foreign=False)
-            for name, (_, refs, files) in by_type.items():
-                registry.datasets.insert(conn, registry.dataset_types.get(name), self.run_rec, refs, files)
-                registry.journal.clear_datasets(conn, [r.id for r in refs])
-            insert_provenance(self.butler, conn, self.run_rec.id, records)
-            crash_point("executor: before registry commit")
-        crash_point("executor: registry committed")
+        self.butler.register_outputs(self.plan.output_run, outputs, provenance=records)
 
 
 class _Completion:

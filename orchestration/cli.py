@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-__all__ = ["DASHBOARD_ADDRESS", "dashboard_link", "run", "parse_id", "make_client"]
+__all__ = ["DASHBOARD_ADDRESS", "dashboard_link", "make_client", "parse_id", "run"]
 
 _TERM = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_.]*)=(?P<value>.+)$")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?::(\d+))?$")
@@ -157,7 +157,6 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
       butler run ... --dry-run       # per task: quanta to run / skip, and why
     """
     from butler import Butler
-    from butler._run_lock import run_lock
 
     from ._executor import DaskExecutor
     from ._pipeline import Pipeline
@@ -178,9 +177,9 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
     full_where = " AND ".join(f"({w})" for w in (where, id_where) if w)
     with ExitStack() as held:
         if not dry_run:  # plan and execute under the run's lock: no other executor changes what exists
-            held.enter_context(run_lock(butler.root, output_run))
+            held.enter_context(butler.lock_run(output_run))
         if replace_run and butler.query_collections(output_run):
-            butler._run_record(output_run, False)  # refuse to remove somebody else's run
+            butler.check_run_access(output_run)  # refuse to remove somebody else's run
             if not dry_run:
                 butler.remove_runs(output_run)
             else:  # plan as the replacement will run: every quantum, whatever the old run holds

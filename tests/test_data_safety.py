@@ -270,7 +270,7 @@ def test_an_ingest_in_flight_holds_off_cleanup(simcam_repo, tmp_path):
                 seen["refused"] = str(err)
 
     original = _faults.crash_point
-    import butler._ingest as ingest_module
+    import butler._write_path as ingest_module
 
     ingest_module.crash_point = cleanup_now
     try:

@@ -24,6 +24,7 @@ from ._verified_reads import load_verified
 
 if TYPE_CHECKING:
     from ..dimensions import DataCoordinate
+    from ..registry._datasets import FileRecord
 
 __all__ = ["FileDatastore", "PlannedWrite", "PreparedWrite", "VerifyProblem"]
 
@@ -174,6 +175,41 @@ class FileDatastore:
         if fresh_name:
             rel = self._fresh(rel, formatter.extension)
         return PlannedWrite(obj, rel, formatter, component_class.name, component)
+
+    def write_unregistered(self, ref: DatasetRef, obj: Any) -> list[FileRecord]:
+        """Write ``obj``'s files for ``ref`` at their final paths now and return their records, for
+        the caller to register later (an executor's worker writes, its driver registers in bulk;
+        the driver journaled the paths first with `Butler.intend_writes`). Nothing is left on failure.
+
+        A file may already be at a path when Dask re-executes a quantum whose result was lost with
+        a worker: the driver refused to start if any output path held a file it had not journaled,
+        so a file there now is this dataset's own earlier output, possibly registered already: it is
+        kept as it is (never replaced under a recorded checksum) and described by its own bytes.
+        """
+        prepared = self.prepare(ref, obj)
+        try:
+            return [self._commit_or_adopt(p) for p in prepared]
+        except BaseException:
+            self.remove_files(p.path for p in prepared if p.staged.state == "committed")
+            self.discard(prepared)
+            raise
+
+    @staticmethod
+    def _commit_or_adopt(p: PreparedWrite) -> FileRecord:
+        from ..registry._datasets import FileRecord
+        from ._directory_io import checksum_directory
+        from ._file_io import checksum_file
+
+        try:
+            p.staged.commit()
+            checksum, size = p.staged.checksum, p.staged.size
+        except FileExistsError:
+            p.staged.discard()
+            if os.path.isdir(p.staged.path):
+                size, checksum = checksum_directory(p.staged.path)
+            else:
+                checksum, size = checksum_file(p.staged.path), os.path.getsize(p.staged.path)
+        return FileRecord(p.component, p.path, p.formatter, p.storage_class, checksum, size)
 
     @staticmethod
     def commit(prepared: Iterable[PreparedWrite]) -> None:

@@ -153,6 +153,53 @@ class DatasetManager:
         except self._integrity_errors as err:
             raise self._explain(type_rec, run, refs, err) from None
 
+    def insert_file_records(self, conn: sa.Connection, records: Sequence[tuple[uuid.UUID, FileRecord]]) -> None:
+        """Insert more file records of existing datasets (components written on their own)."""
+        if not records:
+            return
+        try:
+            conn.execute(self._schema.file_record.insert(), [f.to_row(i) for i, f in records])
+        except sa.exc.IntegrityError as err:
+            raise ConflictError(f"component file records conflict (written twice, or concurrently?): {err.orig}"
+                                ) from None
+
+    def delete_file_records(self, conn: sa.Connection, dataset_id: uuid.UUID, component: str) -> None:
+        """Delete the file record of one component of a dataset (replaced by a new one)."""
+        f = self._schema.file_record
+        conn.execute(f.delete().where(f.c.dataset_id == dataset_id).where(f.c.component == component))
+
+    def tag(self, conn: sa.Connection, type_rec: DatasetTypeRecord, collection: CollectionRecord,
+            refs: Sequence[DatasetRef]) -> None:
+        """Add refs of one type to a TAGGED collection (one INSERT)."""
+        if not refs:
+            return
+        rows = []
+        for ref in refs:
+            row: dict[str, Any] = dict(zip(type_rec.group.required, ref.data_id.values))
+            row.update(dataset_type_id=type_rec.id, dataset_id=ref.id, collection_id=collection.id)
+            rows.append(row)
+        try:
+            conn.execute(type_rec.tags.insert(), rows)
+        except sa.exc.IntegrityError as err:
+            raise ConflictError(f"cannot tag {type_rec.dataset_type.name!r} refs into {collection.name!r}: {err.orig}"
+                                ) from None
+
+    # -- delete -----------------------------------------------------------------------------
+    def delete(self, conn: sa.Connection, dataset_ids: Sequence[uuid.UUID]) -> tuple[int, list[str]]:
+        """Delete datasets (cascading to tags and file records) in chunks; return how many and the
+        paths of their files, for the caller to remove once the transaction commits."""
+        paths = [f.path for fs in self.files_of(conn, dataset_ids).values() for f in fs]
+        table = self._schema.dataset
+        n = 0
+        for start in range(0, len(dataset_ids), 5000):  # an IN list within every backend's parameter limit
+            n += conn.execute(table.delete().where(table.c.dataset_id.in_(dataset_ids[start:start + 5000]))).rowcount
+        return n, paths
+
+    def delete_runs(self, conn: sa.Connection, run_ids: Sequence[int]) -> None:
+        """Delete every dataset of these runs (their collections are removed by the caller)."""
+        d = self._schema.dataset
+        conn.execute(d.delete().where(d.c.run_id.in_(list(run_ids))))
+
     @property
     def _native_ids(self) -> bool:
         """Whether the driver takes ``uuid.UUID`` ids (PostgreSQL) rather than hex strings."""
