@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from ._dataset_type import DatasetType
+from ._typing import CollectionsLike, DataIdLike, DatasetTypeLike, RefOrTypeLike, TimeLike
 
 if TYPE_CHECKING:
     from ._butler import Butler, DeferredDatasetHandle
@@ -20,12 +21,17 @@ if TYPE_CHECKING:
 __all__ = [
     "Butler",
     "CollectionType",
+    "CollectionsLike",
     "DataCoordinate",
+    "DataIdLike",
     "DatasetRef",
     "DatasetType",
+    "DatasetTypeLike",
     "DeferredDatasetHandle",
     "DimensionRecord",
     "DimensionUniverse",
+    "RefOrTypeLike",
+    "TimeLike",
     "errors",
 ]
 

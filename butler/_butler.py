@@ -32,8 +32,10 @@ from .registry._registry import Registry
 
 if TYPE_CHECKING:
     from ._cleanup import CleanupReport
+    from ._typing import CollectionsLike, DataIdLike, DatasetTypeLike, RefOrTypeLike, TimeLike
     from .datastore._datastore import FileDatastore, VerifyProblem
     from .dimensions import DimensionRecord
+    from .instrument import Instrument
     from .registry._collections import CollectionRecord, CollectionType
     from .registry._datasets import FileRecord, FoundDataset
 
@@ -211,7 +213,7 @@ class Butler:
         return ensure_run(self, conn, name, rec, allow_foreign_run=allow_foreign_run)
 
     # -- registration -------------------------------------------------------------------------
-    def register_instrument(self, instrument: Any, *, update: bool = False, calibs: bool = True) -> None:
+    def register_instrument(self, instrument: Instrument | str, *, update: bool = False, calibs: bool = True) -> None:
         """Register a camera (an ``Instrument``, its name, class path or YAML path) and its records.
 
         With ``calibs`` (default) also create the ``<instrument>/calib`` chain and certify the camera
@@ -344,7 +346,8 @@ class Butler:
         associate(self, collection, refs)
 
     # -- calibrations (issue 7; see butler/_calibs.py) ------------------------------------------
-    def certify(self, collection: str, refs: Iterable[DatasetRef], valid_from: Any = None, valid_to: Any = None,
+    def certify(self, collection: str, refs: Iterable[DatasetRef], valid_from: TimeLike = None,
+                valid_to: TimeLike = None,
                 *, split: bool = False) -> int:
         """Certify calibration refs into a CALIBRATION collection (created if absent) for the
         half-open range [valid_from, valid_to) (None: unbounded). An overlap with a range already
@@ -353,28 +356,30 @@ class Butler:
 
         return certify(self, collection, refs, valid_from, valid_to, split=split)
 
-    def decertify(self, collection: str, dataset_type: str, valid_from: Any = None, valid_to: Any = None, *,
-                  data_id: Any = None, **kwargs: Any) -> int:
+    def decertify(self, collection: str, dataset_type: str, valid_from: TimeLike = None, valid_to: TimeLike = None,
+                  *, data_id: DataIdLike = None, **kwargs: Any) -> int:
         """Remove [valid_from, valid_to) from the validity ranges of a type (of one data ID if given)."""
         from ._calibs import decertify
 
         return decertify(self, collection, dataset_type, valid_from, valid_to, data_id=data_id, **kwargs)
 
-    def find_calibs(self, dataset_type: str, pairs: Sequence[tuple[Any, Any]], collections: Any = None
+    def find_calibs(self, dataset_type: str, pairs: Sequence[tuple[DataIdLike, TimeLike]],
+                    collections: CollectionsLike = None
                     ) -> dict[tuple[DataCoordinate, int], DatasetRef]:
         """Set-based lookup: {(data ID, time ns): ref} of the calibs valid at each (data ID, time)."""
         from ._calibs import find_calibs
 
         return find_calibs(self, dataset_type, pairs, collections)
 
-    def query_calibrations(self, collections: Any, dataset_type: str, *, data_id: Any = None, time: Any = None,
+    def query_calibrations(self, collections: CollectionsLike, dataset_type: str, *, data_id: DataIdLike = None,
+                           time: TimeLike = None,
                            **kwargs: Any) -> list[dict[str, Any]]:
         """Certified validity ranges of a type in CALIBRATION collections."""
         from ._calibs import query_calibrations
 
         return query_calibrations(self, collections, dataset_type, data_id=data_id, time=time, **kwargs)
 
-    def certify_camera(self, instrument: Any, valid_from: Any, valid_to: Any = None, *,
+    def certify_camera(self, instrument: Instrument | str, valid_from: TimeLike, valid_to: TimeLike = None, *,
                        collection: str | None = None) -> DatasetRef:
         """Store a camera version and certify it for [valid_from, valid_to) (default collection
         ``<instrument>/calib/unbounded``), cutting earlier versions where it applies."""
@@ -383,7 +388,7 @@ class Butler:
         return certify_camera(self, instrument, valid_from, valid_to, collection=collection)
 
     # -- writes -------------------------------------------------------------------------------
-    def put(self, obj: Any, dataset_type: str | DatasetType, data_id: Any = None, *, run: str | None = None,
+    def put(self, obj: Any, dataset_type: DatasetTypeLike, data_id: DataIdLike = None, *, run: str | None = None,
             replace: bool = False, allow_foreign_run: bool = False, **kwargs: Any) -> DatasetRef:
         """Store ``obj`` as one dataset and return its ref.
 
@@ -401,7 +406,7 @@ class Butler:
 
         return put_many(self, items, run=run, replace=replace, allow_foreign_run=allow_foreign_run)
 
-    def ingest(self, dataset_type: str, files: Iterable[tuple[str | os.PathLike[str], Any]], *,
+    def ingest(self, dataset_type: str, files: Iterable[tuple[str | os.PathLike[str], DataIdLike]], *,
                run: str | None = None, transfer: str = "copy", allow_foreign_run: bool = False) -> list[DatasetRef]:
         """Register existing files as datasets in one transaction (set-based).
 
@@ -450,16 +455,17 @@ class Butler:
         return remove_runs(self, pattern, allow_foreign_run=allow_foreign_run)
 
     # -- reads --------------------------------------------------------------------------------
-    def find_dataset(self, dataset_type: str, data_id: Any = None, *, collections: Any = None,
+    def find_dataset(self, dataset_type: DatasetTypeLike, data_id: DataIdLike = None, *,
+                     collections: CollectionsLike = None,
                      **kwargs: Any) -> DatasetRef | None:
         found = self._find(dataset_type, data_id, collections, kwargs, required=False)
         return found.ref if found else None
 
-    def _find(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any, collections: Any,
+    def _find(self, dataset_type: RefOrTypeLike, data_id: DataIdLike, collections: CollectionsLike,
               kwargs: Mapping[str, Any], *, required: bool = True) -> FoundDataset | None:
         return _reads.find(self, dataset_type, data_id, collections, kwargs, required=required)
 
-    def get(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any = None, *, collections: Any = None,
+    def get(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *, collections: CollectionsLike = None,
             component: str | None = None, parameters: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """Read a dataset (``component=`` for one part of a composite, ``parameters=`` e.g. a bbox)."""
         found = self._find(dataset_type, data_id, collections, kwargs)
@@ -469,14 +475,14 @@ class Butler:
         return self._datastore.read(found.ref, found.files, component=component, parameters=parameters,
                                     verify=self.verify_reads)
 
-    def get_deferred(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any = None, *,
-                     collections: Any = None, **kwargs: Any) -> DeferredDatasetHandle:
+    def get_deferred(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *,
+                     collections: CollectionsLike = None, **kwargs: Any) -> DeferredDatasetHandle:
         """Find the dataset now; read it later with ``handle.get(...)``."""
         found = self._find(dataset_type, data_id, collections, kwargs)
         assert found is not None
         return DeferredDatasetHandle(self, found)
 
-    def exists(self, dataset_type: str | DatasetType | DatasetRef, data_id: Any = None, *, collections: Any = None,
+    def exists(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *, collections: CollectionsLike = None,
                **kwargs: Any) -> bool:
         """Whether the dataset is registered and its file is present."""
         found = self._find(dataset_type, data_id, collections, kwargs, required=False)
@@ -485,8 +491,9 @@ class Butler:
         return all(os.path.exists(self._datastore.abspath(f.path)) for f in found.files)
 
     # -- queries ------------------------------------------------------------------------------
-    def query_datasets(self, dataset_type: str | DatasetType, *, collections: Any = None, where: str | None = None,
-                       bind: Mapping[str, Any] | None = None, data_id: Any = None, find_first: bool | None = None,
+    def query_datasets(self, dataset_type: DatasetTypeLike, *, collections: CollectionsLike = None,
+                       where: str | None = None,
+                       bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None, find_first: bool | None = None,
                        **kwargs: Any) -> list[DatasetRef]:
         """Refs of one dataset type matching data ID constraints and a where-expression."""
         from ._queries import query_datasets
@@ -495,8 +502,8 @@ class Butler:
                               data_id=data_id, find_first=find_first, **kwargs)
 
     def query_data_ids(self, dimensions: str | Iterable[str], *, where: str | None = None,
-                       bind: Mapping[str, Any] | None = None, data_id: Any = None,
-                       datasets: str | Iterable[str] | None = None, collections: Any = None,
+                       bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
+                       datasets: str | Iterable[str] | None = None, collections: CollectionsLike = None,
                        **kwargs: Any) -> list[DataCoordinate]:
         """Data IDs of the given dimensions (with implied values) that exist and match the constraints."""
         from ._queries import query_data_ids
@@ -505,7 +512,7 @@ class Butler:
                               collections=collections, **kwargs)
 
     def query_dimension_records(self, element: str, *, where: str | None = None,
-                                bind: Mapping[str, Any] | None = None, data_id: Any = None,
+                                bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
                                 **kwargs: Any) -> list[DimensionRecord]:
         from ._queries import query_dimension_records
 
@@ -548,7 +555,7 @@ class Butler:
         self._checked_runs.clear()
         self._registry.data_ids.clear()
 
-    def verify(self, *, collections: Any = None, orphans: bool | None = None) -> list[VerifyProblem]:
+    def verify(self, *, collections: CollectionsLike = None, orphans: bool | None = None) -> list[VerifyProblem]:
         """Recompute the checksum and size of every file (of the given collections) and list problems.
 
         Also lists what interrupted writes left (files the journal names: `cleanup` removes them)

@@ -24,10 +24,18 @@ from ._pipeline import TaskDef
 from ._plan import Quantum
 from ._task import NoWorkFound
 
-__all__ = ["ButlerConfig", "QuantumFailure", "QuantumResult", "execute_quantum", "worker_butler"]
+__all__ = ["ButlerConfig", "QuantumFailure", "QuantumResult", "execute_quantum", "running_quanta", "worker_butler"]
 
 _BUTLERS: dict[Any, Butler] = {}
 _TASKS: dict[tuple, Any] = {}
+_RUNNING: set[tuple[str, str, int]] = set()  # (root, output run, quantum index) running in this process
+
+
+def running_quanta() -> list[tuple[str, str, int]]:
+    """The quanta this process's threads execute now, as (repository root, output run, quantum index):
+    after cancelling a run the driver asks every worker (``client.run``) until none of its quanta is
+    left, since Dask cannot interrupt a running task (it only forgets it)."""
+    return list(_RUNNING)
 
 
 @dataclass
@@ -98,6 +106,16 @@ def execute_quantum(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, *
                     ) -> QuantumResult:
     """Run one quantum; raise QuantumFailure (with the traceback) if the task fails."""
     start = time.time_ns()
+    running = (config.root, config.collections[0], quantum.index)
+    _RUNNING.add(running)
+    try:
+        return _execute(config, task_def, quantum, upstream, start)
+    finally:
+        _RUNNING.discard(running)
+
+
+def _execute(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, upstream: tuple[QuantumResult, ...],
+             start: int) -> QuantumResult:
     butler = worker_butler(config)
     known = {ref_id: files for result in upstream if result is not None for ref_id, files in result.outputs}
     upstream_no_work = [r.no_work for r in upstream if r is not None and r.no_work]

@@ -19,7 +19,7 @@ from typing import Any
 
 from butler import Butler, DatasetRef
 
-from ._execute import ButlerConfig, QuantumFailure, QuantumResult, execute_quantum
+from ._execute import ButlerConfig, QuantumFailure, QuantumResult, execute_quantum, running_quanta
 from ._plan import RUN, Plan
 from ._provenance import write_init_outputs
 
@@ -168,7 +168,7 @@ class DaskExecutor:
             finished = True
         finally:
             if not finished:  # Ctrl-C or a lost scheduler: stop the run's tasks before the lock goes
-                _cancel_and_drain(self.client, futures)
+                _cancel_and_drain(self.client, futures, butler.root, plan.output_run)
             accounts.flush()
             if bar is not None:
                 bar.close()
@@ -232,28 +232,25 @@ def _killed_worker() -> type:
     return KilledWorker
 
 
-def _cancel_and_drain(client: Any, futures: list[Any], timeout: float = 60.0) -> None:
+def _cancel_and_drain(client: Any, futures: list[Any], root: str, run: str, timeout: float = 60.0) -> None:
     """Cancel the run's unfinished tasks and wait (up to ``timeout``) until no worker thread still
-    executes one (Dask cannot interrupt a running task: it only forgets it), so nothing writes
-    into the run after its lock is released."""
-    keys = {f.key for f in futures if not f.done()}
-    if not keys:
+    executes one of its quanta (Dask cannot interrupt a running task: it only forgets it), so
+    nothing writes into the run after its lock is released."""
+    unfinished = [f for f in futures if not f.done()]
+    if not unfinished:
         return
+    indices = {int(f.key.rpartition("-")[2]) for f in unfinished}
     try:
-        client.cancel([f for f in futures if f.key in keys])
+        client.cancel(unfinished)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            executing = {k for ks in client.run(_executing_keys).values() for k in ks}
-            if not executing & keys:
+            running = {index for quanta in client.run(running_quanta).values()
+                       for r, o, index in quanta if r == root and o == run}
+            if not running & indices:
                 return
-            time.sleep(0.05)
+            time.sleep(0.05)  # polls the workers; not a synchronisation by sleeping
     except Exception:  # noqa: BLE001 - the scheduler or workers are gone: so are the tasks
         return
-
-
-def _executing_keys(dask_worker: Any) -> list[str]:
-    """Keys of the tasks a worker's threads are running now (cancelled ones included)."""
-    return [ts.key for ts in dask_worker.state.executing]
 
 
 class _Registrar:
