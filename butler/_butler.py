@@ -33,7 +33,8 @@ from .registry._registry import Registry
 if TYPE_CHECKING:
     from ._cleanup import CleanupReport
     from ._typing import CollectionsLike, DataIdLike, DatasetTypeLike, RefOrTypeLike, TimeLike
-    from .datastore._datastore import FileDatastore, VerifyProblem
+    from .datastore._datastore import VerifyProblem
+    from .datastore._interface import Datastore
     from .dimensions import DimensionRecord
     from .instrument import Instrument
     from .registry._collections import CollectionRecord, CollectionType
@@ -93,7 +94,7 @@ class Butler:
         self.calibs = dict(calibs or {})
         self.verify_reads = verify_reads
         self._reg: Registry | None = None
-        self._store: FileDatastore | None = None
+        self._store: Datastore | None = None
         self._checked_runs: dict[str, CollectionRecord] = {}
         if not _lazy:
             self._registry  # noqa: B018 - connect now so a bad repository fails at open
@@ -154,7 +155,7 @@ class Butler:
         return reg
 
     @property
-    def datastore(self) -> FileDatastore:
+    def datastore(self) -> Datastore:
         """The datastore behind this butler: where dataset files are and how they are read and written."""
         store = self._store
         if store is None:
@@ -192,13 +193,18 @@ class Butler:
 
     _require_writeable = require_writeable
 
-    def _resolve_collections(self, collections: str | Sequence[str] | None, conn: Any = None) -> list[CollectionRecord]:
+    def search_path(self, collections: CollectionsLike = None) -> str | Sequence[str]:
+        """The collections a read searches: ``collections``, else this Butler's (`CollectionError`
+        when neither names any)."""
         wanted = collections if collections is not None else self.collections
         if not wanted:
             raise CollectionError(
                 "no collections to search: pass collections=... to this call or to Butler(...)"
             )
-        return self._registry.collections.resolve(wanted, conn)
+        return wanted
+
+    def _resolve_collections(self, collections: CollectionsLike, conn: Any = None) -> list[CollectionRecord]:
+        return self._registry.collections.resolve(self.search_path(collections), conn)
 
     def _run_record(self, run: str | None, allow_foreign_run: bool) -> tuple[str, CollectionRecord | None]:
         from ._registration import run_record
@@ -284,7 +290,7 @@ class Butler:
         return data_id_packer(self, kind, **data_id)
 
     def get_dataset_type(self, name: str) -> DatasetType:
-        return self._registry.dataset_types.get(name).dataset_type
+        return self._registry.dataset_type(name)
 
     @property
     def user(self) -> str:
@@ -337,7 +343,7 @@ class Butler:
         set_chain(self, name, children)
 
     def get_chain(self, name: str) -> list[str]:
-        return self._registry.collections.chain_children(name)
+        return self._registry.chain_children(name)
 
     def associate(self, collection: str, refs: Iterable[DatasetRef]) -> None:
         """Add refs to a TAGGED collection (set-based); a different ref for the same data ID conflicts."""
@@ -472,7 +478,7 @@ class Butler:
         assert found is not None
         if component is None and isinstance(dataset_type, str):
             component = split_component(dataset_type)[1]
-        return self._datastore.read(found.ref, found.files, component=component, parameters=parameters,
+        return self.datastore.read(found.ref, found.files, component=component, parameters=parameters,
                                     verify=self.verify_reads)
 
     def get_deferred(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *,
@@ -488,7 +494,7 @@ class Butler:
         found = self._find(dataset_type, data_id, collections, kwargs, required=False)
         if found is None or not found.files:
             return False
-        return all(os.path.exists(self._datastore.abspath(f.path)) for f in found.files)
+        return self.datastore.has_files(found.files)
 
     # -- queries ------------------------------------------------------------------------------
     def query_datasets(self, dataset_type: DatasetTypeLike, *, collections: CollectionsLike = None,
@@ -519,7 +525,7 @@ class Butler:
         return query_dimension_records(self, element, where=where, bind=bind, data_id=data_id, **kwargs)
 
     def query_dataset_types(self, pattern: str = "*") -> list[DatasetType]:
-        return self._registry.dataset_types.query(pattern)
+        return self._registry.query_dataset_types(pattern)
 
     def query_collections(self, pattern: str | Sequence[str] = "*", *, types: Iterable[Any] | None = None
                           ) -> list[str]:
@@ -527,10 +533,10 @@ class Butler:
 
         if types is not None:
             types = [CollectionType[t.upper()] if isinstance(t, str) else t for t in types]
-        return [r.name for r in self._registry.collections.query(pattern, types)]
+        return [r.name for r in self._registry.query_collections(pattern, types)]
 
     def collection_info(self, name: str) -> CollectionRecord:
-        return self._registry.collections.get(name)
+        return self._registry.collection(name)
 
     # -- provenance -----------------------------------------------------------------------------
     def provenance(self, ref: DatasetRef) -> dict[str, Any] | None:
@@ -580,7 +586,7 @@ class Butler:
                 for tags in tags_tables.values():
                     member = sa.select(tags.c.dataset_id).where(tags.c.collection_id.in_(ids))
                     records += conn.execute(stmt.where(f.c.dataset_id.in_(member))).all()
-        problems = self._datastore.verify(records)
+        problems = self.datastore.verify(records)
         return problems + leftovers(self, walk=collections is None if orphans is None else orphans)
 
     def cleanup(self, runs: str | Sequence[str] | None = None, *, allow_foreign_run: bool = False) -> CleanupReport:
@@ -612,7 +618,7 @@ class DeferredDatasetHandle:
         return self._found.ref
 
     def get(self, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
-        return self._butler._datastore.read(self._found.ref, self._found.files, component=component,
+        return self._butler.datastore.read(self._found.ref, self._found.files, component=component,
                                             parameters=parameters, verify=self._butler.verify_reads)
 
 

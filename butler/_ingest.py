@@ -28,9 +28,10 @@ from ._gc import gc_paused
 from ._run_lock import run_lock
 from ._write_path import JournaledWrite
 from .datastore import checksum_bytes, checksum_file, get_storage_class
+from .datastore._datastore import FileDatastore
 from .datastore._formatters import get_formatter
 from .dimensions import DataCoordinate
-from .errors import ConflictError, StorageClassError
+from .errors import ButlerError, ConflictError, StorageClassError
 from .registry._datasets import FileRecord
 
 if TYPE_CHECKING:
@@ -191,8 +192,10 @@ def ingest_files(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, A
 
 def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]], *, run: str | None,
             transfer: str, allow_foreign_run: bool) -> list[DatasetRef]:
-    registry = butler._registry
-    datastore = butler._datastore
+    registry = butler.registry
+    datastore = butler.datastore
+    if not isinstance(datastore, FileDatastore):
+        raise ButlerError(f"ingest lays files out in a file datastore; this Butler's is a {type(datastore).__name__}")
     type_rec = registry.dataset_types.get(dataset_type)
     dt = type_rec.dataset_type
     group = type_rec.group

@@ -9,7 +9,7 @@ dimension record missing from the registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._dataset_ref import DatasetRef
@@ -18,23 +18,22 @@ from .errors import DatasetNotFoundError
 
 if TYPE_CHECKING:
     from ._butler import Butler
-    from .dimensions import DataCoordinate
-    from .registry._collections import CollectionRecord
+    from ._typing import CollectionsLike, DataIdLike, RefOrTypeLike
     from .registry._datasets import FoundDataset
+    from .registry._interface import RegistryReader
 
-__all__ = ["find", "not_found"]
+__all__ = ["find"]
 
 
-def find(butler: Butler, dataset_type: str | DatasetType | DatasetRef, data_id: Any, collections: Any,
+def find(butler: Butler, dataset_type: RefOrTypeLike, data_id: DataIdLike, collections: CollectionsLike,
          kwargs: Mapping[str, Any], *, required: bool = True) -> FoundDataset | None:
     """The dataset and its file records; None if it is not there and not ``required`` (else raise)."""
-    registry = butler._registry
+    registry: RegistryReader = butler.registry
     if isinstance(dataset_type, DatasetRef):
         from .registry._datasets import FoundDataset
 
         ref = dataset_type
-        with registry.db.transaction() as conn:
-            files = registry.datasets.files_of(conn, [ref.id]).get(ref.id)
+        files = registry.files_of([ref.id]).get(ref.id)
         if files is None:
             if required:
                 raise DatasetNotFoundError(f"{ref} is not in the repository {butler.root} (removed?)")
@@ -42,36 +41,15 @@ def find(butler: Butler, dataset_type: str | DatasetType | DatasetRef, data_id: 
         return FoundDataset(ref, tuple(files))
     name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
     parent, _ = split_component(name)
-    type_rec = registry.dataset_types.get(parent)
-    if type_rec.dataset_type.is_calibration:  # found by validity time (issue 7)
+    dt = registry.dataset_type(parent)
+    if dt.is_calibration:  # found by validity time (issue 7)
         from ._calibs import find_calib
 
-        return find_calib(butler, type_rec, data_id, kwargs, collections, required=required)
-    coord = butler.registry.data_ids.standardize(type_rec.group, data_id, kwargs)
-    with registry.db.transaction() as conn:
-        colls = butler._resolve_collections(collections, conn)
-        found = registry.datasets.find(conn, type_rec, coord, colls)
-        if found is None and required:
-            raise not_found(butler, conn, type_rec, coord, colls)
+        return find_calib(butler, butler.registry.dataset_types.get(parent), data_id, kwargs, collections,
+                          required=required)
+    coord = registry.data_ids.standardize(dt.group(registry.universe), data_id, kwargs)
+    search = butler.search_path(collections)
+    found = registry.find_dataset(parent, coord, search)
+    if found is None and required:
+        raise DatasetNotFoundError(registry.explain_not_found(parent, coord, search))
     return found
-
-
-def not_found(butler: Butler, conn: Any, type_rec: Any, coord: DataCoordinate, colls: Sequence[CollectionRecord]
-              ) -> DatasetNotFoundError:
-    """The error for a dataset missing from ``colls``: where else it is, or which record is missing."""
-    registry = butler._registry
-    message = (f"no {type_rec.dataset_type.name!r} for {coord} in collections "
-               f"{[c.name for c in colls]}")
-    elsewhere = registry.datasets.locate_elsewhere(conn, type_rec, coord, colls)
-    if elsewhere:
-        message += f"; found in {', '.join(elsewhere)}"
-    else:
-        missing = None
-        rows = [coord.to_dict()]
-        for dim in coord.group.required:
-            missing = registry.records.missing_keys(butler.universe[dim], rows, conn)
-            if missing:
-                break
-        if missing:
-            message += f"; {missing}"
-    return DatasetNotFoundError(message)

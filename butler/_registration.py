@@ -74,11 +74,7 @@ def register_dataset_type(butler: Butler, dataset_type: DatasetType) -> bool:
     from .datastore import get_storage_class
 
     get_storage_class(dataset_type.storage_class)
-    group = dataset_type.group(butler.universe)
-    available = frozenset(group.names)
-    for template, per_type, per_instrument in butler._datastore.templates.all_for(dataset_type.name):
-        template.validate(dataset_type=dataset_type.name, required=group.required, available=available,
-                          per_type=per_type, per_instrument=per_instrument)
+    butler.datastore.validate_dataset_type(dataset_type, dataset_type.group(butler.universe))
     _, created = butler._registry.dataset_types.register(dataset_type)
     return created
 

@@ -69,7 +69,7 @@ def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
     butler._require_writeable()
     if not refs:
         return
-    datastore = butler._datastore
+    datastore = butler.datastore
     by_group: dict[Any, list[Any]] = {}
     for ref in refs:
         by_group.setdefault(ref.data_id.group, []).append(ref.data_id)
@@ -142,7 +142,7 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
     """One attempt: plan (no I/O), journal the paths, stage, register + link in one transaction,
     then remove replaced files. A crash at any point leaves only journaled files behind."""
     registry = butler._registry
-    datastore = butler._datastore
+    datastore = butler.datastore
     run_name, run_rec = butler._run_record(run_name, allow_foreign_run)
     planned_by_type: dict[str, tuple[Any, list[DatasetRef], list[tuple[DatasetRef, Any]]]] = {}
     refs: list[DatasetRef | None] = []
@@ -230,7 +230,7 @@ def _plan_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, 
     from .errors import DatasetNotFoundError
 
     registry = butler._registry
-    datastore = butler._datastore
+    datastore = butler.datastore
     batch = {(r.dataset_type.name, r.data_id): r for r in refs if r is not None}
     out = []
     for index, obj, parent, component, data_id, extra in items:

@@ -23,7 +23,8 @@ from ._templates import TemplateSet
 from ._verified_reads import load_verified
 
 if TYPE_CHECKING:
-    from ..dimensions import DataCoordinate
+    from .._dataset_type import DatasetType
+    from ..dimensions import DataCoordinate, DimensionGroup
     from ..registry._datasets import FileRecord
 
 __all__ = ["FileDatastore", "PlannedWrite", "PreparedWrite", "VerifyProblem"]
@@ -103,8 +104,20 @@ class FileDatastore:
             path = f"{path}.{component}"
         return path + extension
 
+    def validate_dataset_type(self, dataset_type: DatasetType, group: DimensionGroup) -> None:
+        """Check that every file template that could apply to ``dataset_type`` makes unique paths
+        from its data IDs (`ValueError` naming the template and what it lacks)."""
+        available = frozenset(group.names)
+        for template, per_type, per_instrument in self.templates.all_for(dataset_type.name):
+            template.validate(dataset_type=dataset_type.name, required=group.required, available=available,
+                              per_type=per_type, per_instrument=per_instrument)
+
     def abspath(self, relative: str) -> str:
         return relative if os.path.isabs(relative) else os.path.join(self.root, relative)
+
+    def has_files(self, files: Iterable[FileRecord]) -> bool:
+        """Whether every file of these records is present (not checked against its checksum)."""
+        return all(os.path.exists(self.abspath(f.path)) for f in files)
 
     # -- write ----------------------------------------------------------------------------
     def formatter_name(self, dataset_type: str, storage_class: StorageClass) -> str:

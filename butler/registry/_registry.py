@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3  # noqa: F401 - the default backend's driver, imported by the first open otherwise
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -37,6 +37,12 @@ from ._journal import FileJournal
 from ._schema import SCHEMA_MINOR, SCHEMA_VERSION, RegistrySchema
 
 if TYPE_CHECKING:
+    import uuid
+
+    from .._dataset_type import DatasetType
+    from ..dimensions import DataCoordinate
+    from ._collections import CollectionRecord, CollectionType
+    from ._datasets import FileRecord, FoundDataset
     from ._query import QueryBuilder
 
 __all__ = ["Registry"]
@@ -230,6 +236,51 @@ class Registry:
         """The columns of ``quantum`` this repository has (``worker`` since `schema_minor` 2)."""
         q = self.schema.quantum
         return [c for c in q.c if c.name != "worker" or self.schema_minor >= 2]
+
+    # -- reads of the RegistryReader interface (whole operations, each in its own transaction) ----------
+    def dataset_type(self, name: str) -> DatasetType:
+        return self.dataset_types.get(name).dataset_type
+
+    def query_dataset_types(self, pattern: str = "*") -> list[DatasetType]:
+        return self.dataset_types.query(pattern)
+
+    def collection(self, name: str) -> CollectionRecord:
+        return self.collections.get(name)
+
+    def query_collections(self, pattern: str | Sequence[str] = "*",
+                          types: Iterable[CollectionType] | None = None) -> list[CollectionRecord]:
+        return self.collections.query(pattern, types)
+
+    def chain_children(self, name: str) -> list[str]:
+        return self.collections.chain_children(name)
+
+    def resolve_collections(self, collections: str | Sequence[str]) -> list[CollectionRecord]:
+        return self.collections.resolve(collections)
+
+    def find_dataset(self, dataset_type: str, data_id: DataCoordinate,
+                     collections: str | Sequence[str]) -> FoundDataset | None:
+        type_rec = self.dataset_types.get(dataset_type)
+        with self.db.transaction() as conn:  # the search path and the lookup in one snapshot
+            return self.datasets.find(conn, type_rec, data_id, self.collections.resolve(collections, conn))
+
+    def files_of(self, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:
+        with self.db.transaction() as conn:
+            return self.datasets.files_of(conn, dataset_ids)
+
+    def explain_not_found(self, dataset_type: str, data_id: DataCoordinate, collections: str | Sequence[str]) -> str:
+        type_rec = self.dataset_types.get(dataset_type)
+        with self.db.transaction() as conn:
+            colls = self.collections.resolve(collections, conn)
+            message = f"no {dataset_type!r} for {data_id} in collections {[c.name for c in colls]}"
+            elsewhere = self.datasets.locate_elsewhere(conn, type_rec, data_id, colls)
+            if elsewhere:
+                return f"{message}; found in {', '.join(elsewhere)}"
+            rows = [data_id.to_dict()]
+            for dim in data_id.group.required:
+                missing = self.records.missing_keys(self.universe[dim], rows, conn)
+                if missing:
+                    return f"{message}; {missing}"
+        return message
 
     def refresh(self) -> None:
         """Reload cached collections and dataset types (to see what other processes added)."""

@@ -1,0 +1,76 @@
+"""What the Butler needs of a registry to read, as a typed interface (the SQL registry is one
+implementation; a remote client of `butler serve` is to be another).
+
+Every method here is whole: it opens and closes its own transaction, so an implementation needs
+no connection object and may answer over a network. Writes stay with the SQL `Registry`'s
+managers, inside the one write path's transaction (``butler/_write_path.py``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .._dataset_type import DatasetType
+    from ..dimensions import DataCoordinate, DimensionUniverse
+    from ._collections import CollectionRecord, CollectionType
+    from ._data_ids import DataIdResolver
+    from ._datasets import FileRecord, FoundDataset
+
+__all__ = ["RegistryReader"]
+
+
+@runtime_checkable
+class RegistryReader(Protocol):
+    """Finding datasets, dataset types and collections of one repository."""
+
+    universe: DimensionUniverse
+    data_ids: DataIdResolver
+
+    @property
+    def instruments(self) -> dict[str, dict[str, Any]]:
+        """Registered instruments: digest, class name, aliases and file templates of each."""
+        ...
+
+    def dataset_type(self, name: str) -> DatasetType:
+        """The registered dataset type ``name`` (`MissingDatasetTypeError` naming the close ones)."""
+        ...
+
+    def query_dataset_types(self, pattern: str = "*") -> list[DatasetType]:
+        ...
+
+    def collection(self, name: str) -> CollectionRecord:
+        """The record of collection ``name`` (`MissingCollectionError` if absent)."""
+        ...
+
+    def query_collections(self, pattern: str | Sequence[str] = "*",
+                          types: Iterable[CollectionType] | None = None) -> list[CollectionRecord]:
+        ...
+
+    def chain_children(self, name: str) -> list[str]:
+        ...
+
+    def resolve_collections(self, collections: str | Sequence[str]) -> list[CollectionRecord]:
+        """The flattened search path of ``collections`` (globs expanded, chains followed)."""
+        ...
+
+    def find_dataset(self, dataset_type: str, data_id: DataCoordinate,
+                     collections: str | Sequence[str]) -> FoundDataset | None:
+        """The first dataset of the type with that data ID along the search path ``collections``
+        (names, globs, chains: resolved in the same snapshot as the lookup), with its files."""
+        ...
+
+    def files_of(self, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:
+        """The file records of datasets (those not registered are absent from the answer)."""
+        ...
+
+    def explain_not_found(self, dataset_type: str, data_id: DataCoordinate, collections: str | Sequence[str]) -> str:
+        """The message of a dataset not found: where it was looked for, and the collections that
+        do hold it or the dimension record that is missing."""
+        ...
+
+    def refresh(self) -> None:
+        """See what other processes registered since this registry cached it."""
+        ...
