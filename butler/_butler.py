@@ -26,12 +26,13 @@ from ._config import CONFIG_NAME, DEFAULT_SQLITE, RepoConfig
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
 from .dimensions import DataCoordinate, DimensionUniverse
-from .errors import CollectionError, ConflictError, ReadOnlyError
+from .errors import ButlerError, CollectionError, ConflictError, ReadOnlyError
 from .registry._database import Database
 from .registry._registry import Registry
 
 if TYPE_CHECKING:
     from ._cleanup import CleanupReport
+    from ._registration import RunAccess
     from ._typing import CollectionsLike, DataIdLike, DatasetTypeLike, RefOrTypeLike, TimeLike
     from .datastore._datastore import VerifyProblem
     from .datastore._interface import Datastore
@@ -95,7 +96,7 @@ class Butler:
         self.verify_reads = verify_reads
         self._reg: Registry | None = None
         self._store: Datastore | None = None
-        self._checked_runs: dict[str, CollectionRecord] = {}
+        self._run_access: RunAccess | None = None
         if not _lazy:
             self._registry  # noqa: B018 - connect now so a bad repository fails at open
             if self.calibs:
@@ -206,17 +207,22 @@ class Butler:
     def _resolve_collections(self, collections: CollectionsLike, conn: Any = None) -> list[CollectionRecord]:
         return self._registry.collections.resolve(self.search_path(collections), conn)
 
-    def _run_record(self, run: str | None, allow_foreign_run: bool) -> tuple[str, CollectionRecord | None]:
-        from ._registration import run_record
+    @property
+    def _runs(self) -> RunAccess:
+        runs = self._run_access
+        if runs is None:
+            from ._registration import RunAccess
 
-        return run_record(self, run, allow_foreign_run)
+            runs = self._run_access = RunAccess(self._registry, self._config.root_files)
+        return runs
 
-    def _ensure_run(self, conn: Any, name: str, rec: CollectionRecord | None, *,
-                    allow_foreign_run: bool | None = None) -> CollectionRecord:
-        """The run of a write, registered if new, locked and owner-checked inside ``conn``."""
-        from ._registration import ensure_run
-
-        return ensure_run(self, conn, name, rec, allow_foreign_run=allow_foreign_run)
+    def _write_run(self, run: str | None) -> str:
+        """The run a write goes into: ``run``, else this Butler's."""
+        self.require_writeable()
+        name = run if run is not None else self.run
+        if name is None:
+            raise ButlerError("no run to write into: pass run=... to this call or open the Butler with run=...")
+        return name
 
     # -- registration -------------------------------------------------------------------------
     def register_instrument(self, instrument: Instrument | str, *, update: bool = False, calibs: bool = True) -> None:
@@ -224,9 +230,15 @@ class Butler:
 
         With ``calibs`` (default) also create the ``<instrument>/calib`` chain and certify the camera
         there (see docs/calibrations.md)."""
+        self.require_writeable()
         from ._registration import register_instrument
 
-        register_instrument(self, instrument, update=update, calibs=calibs)
+        inst, new = register_instrument(self.registry, instrument, update=update)
+        self._store = None  # the datastore's templates include the instrument's
+        if calibs and new:  # first registration only: re-registering is a no-op
+            from ._calibs import setup_instrument_calibs
+
+            setup_instrument_calibs(self, inst)  # <instrument>/calib chain and the camera (issue 7)
 
     def insert_dimension_records(self, element: str, records: Iterable[Mapping[str, Any]], *,
                                  conflict: str = "error") -> int:
@@ -240,9 +252,10 @@ class Butler:
         The storage class must exist and every file template that could apply must make unique
         paths for the type's data IDs; a conflicting existing definition is a ``ConflictError``.
         """
+        self.require_writeable()
         from ._registration import register_dataset_type
 
-        return register_dataset_type(self, dataset_type)
+        return register_dataset_type(self.registry, self.datastore, dataset_type)
 
     # -- skymaps and regions -------------------------------------------------------------------
     def register_skymap(self, skymap: Any, tracts: Iterable[int] | int | None = None) -> int:
@@ -303,9 +316,10 @@ class Butler:
 
     def register_run(self, name: str, *, doc: str | None = None) -> None:
         """Create RUN ``name`` owned by `user` (an existing run must be theirs)."""
+        self.require_writeable()
         from ._registration import register_run
 
-        register_run(self, name, doc=doc)
+        register_run(self.registry, name, doc=doc)
 
     def chown_run(self, run: str, new_owner: str) -> None:
         """Hand RUN ``run`` over to ``new_owner`` (only its owner may; on PostgreSQL and MySQL the new
@@ -314,13 +328,13 @@ class Butler:
         from ._ownership import chown_run
 
         chown_run(self._registry, run, new_owner)
-        self._checked_runs.pop(run, None)
+        self._runs.forget(run)
 
     def check_run_access(self, run: str | None = None) -> None:
         """Raise unless this Butler may write into ``run`` (default: its own): a valid new name, or
         an existing RUN owned by `user` (`RunOwnershipError`, `CollectionError`, `ReadOnlyError`)."""
-        self.require_writeable()
-        self._run_record(run, False)
+        name = self._write_run(run)
+        self._runs.check(name, False)
 
     def lock_run(self, run: str, *, action: str = "execute") -> AbstractContextManager[None]:
         """Hold the lock of RUN ``run`` exclusively (across processes on this file system): while it
@@ -332,24 +346,27 @@ class Butler:
 
     def register_collection(self, name: str, type: CollectionType | str, *, doc: str | None = None) -> bool:
         """Create a TAGGED, CHAINED or CALIBRATION collection (or a RUN); return whether it was new."""
+        self.require_writeable()
         from ._registration import register_collection
 
-        return register_collection(self, name, type, doc=doc)
+        return register_collection(self.registry, name, type, doc=doc)
 
     def set_chain(self, name: str, children: Sequence[str]) -> None:
         """Set the ordered children of a CHAINED collection (created if absent)."""
+        self.require_writeable()
         from ._registration import set_chain
 
-        set_chain(self, name, children)
+        set_chain(self.registry, name, children)
 
     def get_chain(self, name: str) -> list[str]:
         return self._registry.chain_children(name)
 
     def associate(self, collection: str, refs: Iterable[DatasetRef]) -> None:
         """Add refs to a TAGGED collection (set-based); a different ref for the same data ID conflicts."""
+        self.require_writeable()
         from ._writes import associate
 
-        associate(self, collection, refs)
+        associate(self.registry, collection, refs)
 
     # -- calibrations (issue 7; see butler/_calibs.py) ------------------------------------------
     def certify(self, collection: str, refs: Iterable[DatasetRef], valid_from: TimeLike = None,
@@ -410,7 +427,8 @@ class Butler:
         """Store many objects in one transaction: ``items`` are ``(obj, dataset_type, data_id[, kwargs])``."""
         from ._writes import put_many
 
-        return put_many(self, items, run=run, replace=replace, allow_foreign_run=allow_foreign_run)
+        return put_many(self.registry, self.datastore, self._runs, items, run=self._write_run(run), replace=replace,
+                        allow_foreign_run=allow_foreign_run)
 
     def ingest(self, dataset_type: str, files: Iterable[tuple[str | os.PathLike[str], DataIdLike]], *,
                run: str | None = None, transfer: str = "copy", allow_foreign_run: bool = False) -> list[DatasetRef]:
@@ -419,46 +437,49 @@ class Butler:
         ``transfer`` is "copy", "move", "hardlink", "symlink" or "direct" (keep the file where it
         is; its absolute path is recorded). Checksums and sizes are computed from the files.
         """
-        self._require_writeable()
         from ._ingest import ingest_files
 
-        return ingest_files(self, dataset_type, files, run=run, transfer=transfer,
-                            allow_foreign_run=allow_foreign_run)
+        return ingest_files(self.registry, self.datastore, self._runs, dataset_type, files, run=self._write_run(run),
+                            transfer=transfer, allow_foreign_run=allow_foreign_run)
 
     def intend_writes(self, refs: Sequence[DatasetRef]) -> None:
         """Journal the files that other processes (an executor's workers) are about to write for
         ``refs`` and that this process registers later: a crash in between leaves only files that
         `cleanup` knows to remove. For executors; ``put`` does this itself."""
+        self.require_writeable()
         from ._writes import intend_writes
 
-        intend_writes(self, refs)
+        intend_writes(self.registry, self.datastore, refs)
 
     def register_outputs(self, run: str, outputs: Sequence[tuple[DatasetRef, Sequence[FileRecord]]], *,
                          provenance: Sequence[Mapping[str, Any]] = ()) -> None:
         """Register datasets whose files an executor's workers wrote (``datastore.write_unregistered``,
         after `intend_writes`), with the provenance records of their quanta, in one transaction. For
         executors; see `butler.provenance` for the record fields."""
+        self.require_writeable()
         from ._writes import register_outputs
 
-        register_outputs(self, run, outputs, provenance=provenance)
+        register_outputs(self.registry, self.datastore, run, outputs, provenance=provenance)
 
     def remove(self, refs: Iterable[DatasetRef], *, allow_foreign_run: bool = False) -> int:
         """Delete datasets (rows and files); returns how many were removed.
 
         Every run holding them must be yours (`user`), else ``RunOwnershipError`` and nothing is
         removed, unless ``allow_foreign_run=True``."""
+        self.require_writeable()
         from ._writes import remove
 
-        return remove(self, refs, allow_foreign_run=allow_foreign_run)
+        return remove(self.registry, self.datastore, refs, allow_foreign_run=allow_foreign_run)
 
     def remove_runs(self, pattern: str | Sequence[str], *, allow_foreign_run: bool = False) -> list[str]:
         """Delete RUN collections matching the glob(s), with their datasets and files.
 
         Every matching run must be yours (`user`), else ``RunOwnershipError`` and nothing is
         removed, unless ``allow_foreign_run=True``."""
+        self.require_writeable()
         from ._writes import remove_runs
 
-        return remove_runs(self, pattern, allow_foreign_run=allow_foreign_run)
+        return remove_runs(self.registry, self.datastore, self._runs, pattern, allow_foreign_run=allow_foreign_run)
 
     # -- reads --------------------------------------------------------------------------------
     def find_dataset(self, dataset_type: DatasetTypeLike, data_id: DataIdLike = None, *,
@@ -558,7 +579,8 @@ class Butler:
         self._registry.refresh()
         self._registry.refresh_attributes()
         self._store = None
-        self._checked_runs.clear()
+        if self._run_access is not None:
+            self._run_access.clear()
         self._registry.data_ids.clear()
 
     def verify(self, *, collections: CollectionsLike = None, orphans: bool | None = None) -> list[VerifyProblem]:

@@ -35,7 +35,10 @@ from .errors import ButlerError, ConflictError, StorageClassError
 from .registry._datasets import FileRecord
 
 if TYPE_CHECKING:
-    from ._butler import Butler
+    from ._registration import RunAccess
+    from .datastore._interface import Datastore
+    from .registry._data_ids import DataIdResolver
+    from .registry._registry import Registry
 
 __all__ = ["TRANSFER_MODES", "ingest_files"]
 
@@ -96,7 +99,7 @@ def _uuid4s(n: int) -> list[uuid.UUID]:
     return out
 
 
-def _coordinate_maker(butler: Butler, group: Any) -> Any:
+def _coordinate_maker(resolver: DataIdResolver, group: Any) -> Any:
     """``standardize(data_id)`` for the data IDs of one ingest, like ``DataIdResolver.standardize``.
 
     A plain dict of exactly the group's required keys, with 64-bit ints for integer keys and,
@@ -105,7 +108,6 @@ def _coordinate_maker(butler: Butler, group: Any) -> Any:
     implied keys, values to convert, a string not seen yet) takes the general path, whose
     checks and errors therefore apply to every data ID.
     """
-    resolver = butler.registry.data_ids
     general = resolver.standardize
     no_kwargs: dict[str, Any] = {}
     required = group.required
@@ -119,7 +121,7 @@ def _coordinate_maker(butler: Butler, group: Any) -> Any:
     n = len(required)
     str_keys = [(i, name) for i, (name, kind) in enumerate(zip(required, kinds)) if kind == "str"]
     # Aliases that are also dimension names would make a plain dict mean something else.
-    clash = bool(set(butler.registry.data_ids.aliases(None)) & set(required))
+    clash = bool(set(resolver.aliases(None)) & set(required))
 
     def standardize(data_id: Any) -> DataCoordinate:
         if type(data_id) is dict and len(data_id) == n and not clash:
@@ -145,7 +147,7 @@ def _coordinate_maker(butler: Butler, group: Any) -> Any:
     return standardize
 
 
-def _path_maker(butler: Butler, datastore: Any, dataset_type: str, group: Any, run: str) -> Any:
+def _path_maker(resolver: DataIdResolver, datastore: FileDatastore, dataset_type: str, group: Any, run: str) -> Any:
     """``path(ref, extension)``: ``datastore.relative_path(ref, datastore.template_values(ref), extension)``
     for the refs of one ingest (one dataset type and run, no component), with the template of
     each instrument looked up once, and the values dictionary built once per ref instead of three
@@ -154,7 +156,7 @@ def _path_maker(butler: Butler, datastore: Any, dataset_type: str, group: Any, r
     by_instrument: dict[Any, tuple[Any, tuple[str, ...], bool]] = {}
     required = group.required
     implied = group.implied
-    expand_implied = butler.registry.data_ids.expand_implied
+    expand_implied = resolver.expand_implied
 
     def path(ref: DatasetRef, extension: str) -> str:
         coord = ref.data_id
@@ -177,34 +179,35 @@ def _path_maker(butler: Butler, datastore: Any, dataset_type: str, group: Any, r
     return path
 
 
-def ingest_files(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]], *, run: str | None,
+def ingest_files(registry: Registry, datastore: Datastore, runs: RunAccess, dataset_type: str,
+                 files: Iterable[tuple[Any, Any]], *, run: str,
                  transfer: str, allow_foreign_run: bool) -> list[DatasetRef]:
     if transfer not in TRANSFER_MODES:
         raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {transfer!r}")
-    run_name, _ = butler._run_record(run, allow_foreign_run)
+    runs.check(run, allow_foreign_run)
     # Ingest makes ~10 objects per file, none of them in reference cycles: the cyclic garbage
     # collector would only rescan the whole heap every few thousand files (~5% of the time).
     # The run's lock is held shared, as by every write: clean-up of the run waits for it.
-    with gc_paused(), run_lock(butler.root, run_name, action="ingest into", shared=True):
-        return _ingest(butler, dataset_type, files, run=run_name, transfer=transfer,
+    with gc_paused(), run_lock(datastore.root, run, action="ingest into", shared=True):
+        return _ingest(registry, datastore, runs, dataset_type, files, run=run, transfer=transfer,
                        allow_foreign_run=allow_foreign_run)
 
 
-def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]], *, run: str | None,
+def _ingest(registry: Registry, datastore: Datastore, runs: RunAccess, dataset_type: str,
+            files: Iterable[tuple[Any, Any]], *, run: str,
             transfer: str, allow_foreign_run: bool) -> list[DatasetRef]:
-    registry = butler.registry
-    datastore = butler.datastore
     if not isinstance(datastore, FileDatastore):
         raise ButlerError(f"ingest lays files out in a file datastore; this Butler's is a {type(datastore).__name__}")
     type_rec = registry.dataset_types.get(dataset_type)
     dt = type_rec.dataset_type
     group = type_rec.group
     storage_class = get_storage_class(dt.storage_class)
-    run_name, run_rec = butler._run_record(run, allow_foreign_run)
+    run_name = run
+    run_rec = runs.check(run_name, allow_foreign_run)
 
     # Pass 1: validate every source and data ID before anything is transferred.
     items: list[tuple[str, int, Any]] = []
-    standardize = _coordinate_maker(butler, group)
+    standardize = _coordinate_maker(registry.data_ids, group)
     for source, data_id in files:
         source = os.path.abspath(os.fspath(source))
         try:
@@ -215,7 +218,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
             raise FileNotFoundError(f"cannot ingest {source}: not a regular file")
         items.append((source, st.st_size, standardize(data_id)))
     if transfer != "direct":
-        butler.registry.data_ids.prime_implied([coord for _, _, coord in items])
+        registry.data_ids.prime_implied([coord for _, _, coord in items])
 
     # Pass 2: refs, destination paths, checksums.
     refs: list[DatasetRef] = []
@@ -223,7 +226,7 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
     plan: list[tuple[str, str, str]] = []  # (source, absolute destination, destination as recorded)
     formatter_cache: dict[str, tuple[str, str]] = {}  # source extension -> (formatter, its extension)
     trusted = DatasetRef._trusted
-    relative_path = _path_maker(butler, datastore, dt.name, group, run_name)
+    relative_path = _path_maker(registry.data_ids, datastore, dt.name, group, run_name)
     prefix = datastore.root.rstrip("/") + "/"
     splitext = os.path.splitext
     sc_name = storage_class.name
@@ -258,9 +261,9 @@ def _ingest(butler: Butler, dataset_type: str, files: Iterable[tuple[Any, Any]],
                     raise ConflictError(f"cannot ingest {source}: {dest} already exists") from None
         try:
             with write.registering() as conn:
-                run_rec = butler._ensure_run(conn, run_name, run_rec, allow_foreign_run=allow_foreign_run)
+                run_rec = runs.ensure(conn, run_name, run_rec, allow_foreign_run=allow_foreign_run)
                 registry.datasets.insert(conn, type_rec, run_rec, refs, records)
         except BaseException:
-            registry.collections.forget(run_name)
+            runs.forget(run_name)
             raise
     return refs

@@ -10,7 +10,7 @@ the owner column).
 The check is made on the run's row read with a row lock inside the transaction that writes or
 deletes (`check_run_owner`, `ensure_run`), so it cannot be raced: two users creating the same
 run at once are serialised by the unique name, and the second one sees the first one's row.
-A check made earlier, outside the transaction (``Butler._run_record``), only fails fast.
+A check made earlier, outside the transaction (``RunAccess.check``), only fails fast.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from ._butler import Butler
     from ._dataset_ref import DatasetRef
+    from .registry._registry import Registry
 
 __all__ = ["decode_inputs", "encode_inputs", "insert_provenance", "provenance_of", "query_provenance",
            "recorded_inputs", "same_inputs"]
@@ -23,13 +24,13 @@ __all__ = ["decode_inputs", "encode_inputs", "insert_provenance", "provenance_of
 _IN_LIST_LIMIT = 5000  # above this many ids, select by run and dataset type and match in Python
 
 
-def insert_provenance(butler: Butler, conn: sa.Connection, run_id: int, records: Sequence[Mapping[str, Any]]
+def insert_provenance(registry: Registry, conn: sa.Connection, run_id: int, records: Sequence[Mapping[str, Any]]
                       ) -> None:
     """Insert quantum records: each has quantum_id, task, data_id (dict), inputs (ids), outputs (ids),
     config_digest, host, worker (Dask address, optional), start_ns, end_ns, status, error."""
     if not records:
         return
-    schema = butler.registry.schema
+    schema = registry.schema
     rows = []
     outputs = []
     for r in records:

@@ -24,18 +24,18 @@ from .registry._datasets import FileRecord
 from .registry._journal import STAGE, new_operation
 
 if TYPE_CHECKING:
-    from ._butler import Butler
+    from ._registration import RunAccess
+    from .datastore._interface import Datastore
     from .registry._collections import CollectionRecord
+    from .registry._registry import Registry
 
 __all__ = ["associate", "put_many", "remove", "remove_runs"]
 
 
-def associate(butler: Butler, collection: str, refs: Iterable[DatasetRef]) -> None:
+def associate(registry: Registry, collection: str, refs: Iterable[DatasetRef]) -> None:
     """Add refs to a TAGGED collection (set-based); a different ref for the same data ID conflicts."""
-    butler._require_writeable()
     from .registry._collections import CollectionType
 
-    registry = butler._registry
     rec = registry.collections.get(collection)
     if rec.type != CollectionType.TAGGED:
         raise CollectionError(f"{collection!r} is a {rec.type.name} collection; only TAGGED ones take refs")
@@ -61,20 +61,18 @@ def associate(butler: Butler, collection: str, refs: Iterable[DatasetRef]) -> No
             registry.datasets.tag(conn, type_rec, rec, new)
 
 
-def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
+def intend_writes(registry: Registry, datastore: Datastore, refs: Sequence[DatasetRef]) -> None:
     """Journal the files other processes (an executor's workers) will write for ``refs``, which the
     caller registers later (clearing the intents in the same transaction, `FileJournal.clear_datasets`);
     what is left unregistered after a crash is then known to be theirs and `cleanup` removes it.
     The caller holds the runs' locks exclusively, so no clean-up runs meanwhile."""
-    butler._require_writeable()
     if not refs:
         return
-    datastore = butler.datastore
     by_group: dict[Any, list[Any]] = {}
     for ref in refs:
         by_group.setdefault(ref.data_id.group, []).append(ref.data_id)
     for coords in by_group.values():
-        butler.registry.data_ids.prime_implied(coords)
+        registry.data_ids.prime_implied(coords)
     by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
     for ref in refs:
         by_run.setdefault(ref.run, []).append((datastore.planned_path(ref), ref.id, None))
@@ -84,43 +82,41 @@ def intend_writes(butler: Butler, refs: Sequence[DatasetRef]) -> None:
     if taken:
         raise ConflictError(
             f"{len(taken)} output path(s) already hold a file the registry does not know, e.g. "
-            f"{', '.join(taken[:3])}; `butler verify --orphans {butler.root}` lists them: remove them (or "
+            f"{', '.join(taken[:3])}; `butler verify --orphans {datastore.root}` lists them: remove them (or "
             "write to another run) and start again"
         )
     op = new_operation()
-    butler._registry.upgrade_for_writes()
+    registry.upgrade_for_writes()
     for run_name, items in by_run.items():
-        butler._registry.journal.record(op, run_name, STAGE, items)
+        registry.journal.record(op, run_name, STAGE, items)
 
 
-def register_outputs(butler: Butler, run: str, outputs: Sequence[tuple[DatasetRef, Sequence[FileRecord]]], *,
+def register_outputs(registry: Registry, datastore: Datastore, run: str, outputs: Sequence[tuple[DatasetRef, Sequence[FileRecord]]], *,
                      provenance: Sequence[Mapping[str, Any]] = ()) -> None:
     """Register, in one transaction, datasets whose files are already in place (written by an
     executor's workers with `FileDatastore.write_unregistered` after `intend_writes`), clearing their
     intents, with the provenance records of the quanta that made them."""
-    butler.require_writeable()
     from ._ownership import check_run_owner
     from ._provenance import insert_provenance
 
-    registry = butler.registry
-    with JournaledWrite(registry, butler.datastore, "executor") as write:
+    with JournaledWrite(registry, datastore, "executor") as write:
         write.adopt_intents(ref.id for ref, _ in outputs)
         with write.registering() as conn:
             run_rec = check_run_owner(registry, conn, run, action="write into it", allow_foreign=False)
             write.insert_datasets(conn, run_rec, [ref for ref, _ in outputs], {ref.id: files for ref, files in outputs})
-            insert_provenance(butler, conn, run_rec.id, provenance)
+            insert_provenance(registry, conn, run_rec.id, provenance)
 
 
-def put_many(butler: Butler, items: Iterable[tuple[Any, ...]], *, run: str | None = None, replace: bool = False,
-             allow_foreign_run: bool = False) -> list[DatasetRef]:
+def put_many(registry: Registry, datastore: Datastore, runs: RunAccess, items: Iterable[tuple[Any, ...]], *, run: str,
+             replace: bool = False, allow_foreign_run: bool = False) -> list[DatasetRef]:
     """Store many objects in one transaction: ``items`` are ``(obj, dataset_type, data_id[, kwargs])``."""
-    butler._require_writeable()
     items = list(items)
-    run_name, _ = butler._run_record(run, allow_foreign_run)
-    with run_lock(butler.root, run_name, action="write into", shared=True):
+    run_name = run
+    runs.check(run_name, allow_foreign_run)
+    with run_lock(datastore.root, run_name, action="write into", shared=True):
         for attempt in range(_REPLACE_ATTEMPTS):
             try:
-                return _put_many(butler, items, run_name, replace, allow_foreign_run)
+                return _put_many(registry, datastore, runs, items, run_name, replace, allow_foreign_run)
             except _Contended:
                 if attempt == _REPLACE_ATTEMPTS - 1:
                     raise ConflictError(
@@ -137,13 +133,11 @@ class _Contended(Exception):
     """A concurrent replace of the same dataset won: plan again against what it left."""
 
 
-def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, replace: bool,
-              allow_foreign_run: bool) -> list[DatasetRef]:
+def _put_many(registry: Registry, datastore: Datastore, runs: RunAccess, items: list[tuple[Any, ...]], run_name: str,
+              replace: bool, allow_foreign_run: bool) -> list[DatasetRef]:
     """One attempt: plan (no I/O), journal the paths, stage, register + link in one transaction,
     then remove replaced files. A crash at any point leaves only journaled files behind."""
-    registry = butler._registry
-    datastore = butler.datastore
-    run_name, run_rec = butler._run_record(run_name, allow_foreign_run)
+    run_rec = runs.check(run_name, allow_foreign_run)
     planned_by_type: dict[str, tuple[Any, list[DatasetRef], list[tuple[DatasetRef, Any]]]] = {}
     refs: list[DatasetRef | None] = []
     component_items: list[tuple[int, Any, str, str, Any, dict]] = []
@@ -163,7 +157,7 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
                 f"dataset type {name!r} given differs from the registered one: "
                 f"{type_rec.dataset_type.describe_difference(dataset_type)}"
             )
-        coord = butler.registry.data_ids.standardize(type_rec.group, data_id, extra)
+        coord = registry.data_ids.standardize(type_rec.group, data_id, extra)
         if (name, coord) in seen:  # before any I/O (with replace=True the insert would fail on every retry)
             raise ConflictError(f"dataset {name!r} {coord} is given twice in one put_many; give each dataset once")
         seen.add((name, coord))
@@ -175,7 +169,7 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
         refs.append(ref)
     batch_formatters = {ref.id: planned.formatter.name for _, _, plans in planned_by_type.values()
                         for ref, planned in plans if not planned.component}
-    component_plans = _plan_components(butler, component_items, refs, run_name, run_rec, replace, batch_formatters)
+    component_plans = _plan_components(registry, datastore, component_items, refs, run_name, run_rec, replace, batch_formatters)
     plans = [rp for _, _, type_plans in planned_by_type.values() for rp in type_plans]
     plans += [(ref, planned) for ref, planned, _ in component_plans]
 
@@ -192,31 +186,29 @@ def _put_many(butler: Butler, items: list[tuple[Any, ...]], run_name: str, repla
             with write.registering() as conn:
                 if replace and run_rec is not None:  # replaces in one run run one at a time: the loser of
                     registry.collections.read_locked(conn, run_name, exclusive=True)  # a race would retry forever
-                run_rec = butler._ensure_run(conn, run_name, run_rec, allow_foreign_run=allow_foreign_run)
+                run_rec = runs.ensure(conn, run_name, run_rec, allow_foreign_run=allow_foreign_run)
                 old_paths: list[str] = []
                 for type_rec, type_refs, _ in planned_by_type.values():
                     if replace:
-                        old_paths += _remove_same(butler, conn, type_rec, run_rec, type_refs)
+                        old_paths += _remove_same(registry, conn, type_rec, run_rec, type_refs)
                     write.insert_datasets(conn, run_rec, type_refs, files)
-                old_paths += _insert_components(butler, conn, component_writes, replace)
+                old_paths += _insert_components(registry, conn, component_writes, replace)
                 # Never a path written now: a replaced dataset whose file was missing is rewritten there.
                 new_paths = {planned.path for _, planned in plans}
                 write.delete_after_commit(run_name, [p for p in old_paths if p not in new_paths])
         except ConflictError:
-            butler._checked_runs.pop(run_name, None)
-            registry.collections.forget(run_name)
+            runs.forget(run_name)
             if replace:  # a concurrent replace inserted the same data ID (or took the fresh name) first
                 raise _Contended() from None
             raise
         except BaseException:
-            butler._checked_runs.pop(run_name, None)
-            registry.collections.forget(run_name)
+            runs.forget(run_name)
             raise
-        butler._checked_runs[run_name] = run_rec
+        runs.remember(run_name, run_rec)
     return refs  # type: ignore[return-value]  # every None was filled by _plan_components
 
 
-def _plan_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, dict]],
+def _plan_components(registry: Registry, datastore: Datastore, items: list[tuple[int, Any, str, str, Any, dict]],
                      refs: list[DatasetRef | None], run_name: str, run_rec: CollectionRecord | None,
                      replace: bool, batch_formatters: dict[Any, str]) -> list[tuple[DatasetRef, Any, Any]]:
     """Plan components written on their own (``put(wcs, "calexp.wcs", ...)``).
@@ -229,13 +221,11 @@ def _plan_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, 
         return []
     from .errors import DatasetNotFoundError
 
-    registry = butler._registry
-    datastore = butler.datastore
     batch = {(r.dataset_type.name, r.data_id): r for r in refs if r is not None}
     out = []
     for index, obj, parent, component, data_id, extra in items:
         type_rec = registry.dataset_types.get(parent)
-        coord = butler.registry.data_ids.standardize(type_rec.group, data_id, extra)
+        coord = registry.data_ids.standardize(type_rec.group, data_id, extra)
         ref = batch.get((parent, coord))
         existing = None
         if ref is not None:  # the composite is earlier in this put_many
@@ -264,12 +254,12 @@ def _plan_components(butler: Butler, items: list[tuple[int, Any, str, str, Any, 
     return out
 
 
-def _insert_components(butler: Butler, conn: Any, writes: list[tuple[DatasetRef, Any, Any]], replace: bool
+def _insert_components(registry: Registry, conn: Any, writes: list[tuple[DatasetRef, Any, Any]], replace: bool
                        ) -> list[str]:
     """Insert the file records of staged components; return the paths of records they replace."""
     if not writes:
         return []
-    datasets = butler._registry.datasets
+    datasets = registry.datasets
     old_paths = []
     records: list[tuple[uuid.UUID, FileRecord]] = []
     for ref, p, existing in writes:
@@ -282,9 +272,8 @@ def _insert_components(butler: Butler, conn: Any, writes: list[tuple[DatasetRef,
     return old_paths
 
 
-def _remove_same(butler: Butler, conn: Any, type_rec: Any, run_rec: CollectionRecord, refs: Sequence[DatasetRef]
+def _remove_same(registry: Registry, conn: Any, type_rec: Any, run_rec: CollectionRecord, refs: Sequence[DatasetRef]
                  ) -> list[str]:
-    registry = butler._registry
     existing = registry.datasets.find_many(conn, type_rec, [r.data_id for r in refs], [run_rec])
     if not existing:
         return []
@@ -292,12 +281,10 @@ def _remove_same(butler: Butler, conn: Any, type_rec: Any, run_rec: CollectionRe
     return paths
 
 
-def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: bool = False) -> int:
+def remove(registry: Registry, datastore: Datastore, refs: Iterable[DatasetRef], *, allow_foreign_run: bool = False) -> int:
     """Delete datasets (rows, then files); returns how many were removed. Their runs must be the caller's."""
-    butler._require_writeable()
     from ._ownership import check_runs_of_datasets
 
-    registry = butler._registry
     by_run: dict[str, list[uuid.UUID]] = {}
     for r in refs:
         by_run.setdefault(r.run, []).append(r.id)
@@ -306,8 +293,8 @@ def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: boo
     n = 0
     with ExitStack() as locks:
         for run_name in sorted(by_run):
-            locks.enter_context(run_lock(butler.root, run_name, action="remove datasets from", shared=True))
-        with JournaledWrite(registry, butler.datastore, "remove") as write, write.registering() as conn:
+            locks.enter_context(run_lock(datastore.root, run_name, action="remove datasets from", shared=True))
+        with JournaledWrite(registry, datastore, "remove") as write, write.registering() as conn:
             check_runs_of_datasets(registry, conn, [i for ids in by_run.values() for i in ids],
                                    allow_foreign=allow_foreign_run)
             for run_name, ids in by_run.items():
@@ -317,26 +304,25 @@ def remove(butler: Butler, refs: Iterable[DatasetRef], *, allow_foreign_run: boo
     return n
 
 
-def remove_runs(butler: Butler, pattern: str | Sequence[str], *, allow_foreign_run: bool = False) -> list[str]:
+def remove_runs(registry: Registry, datastore: Datastore, access: RunAccess, pattern: str | Sequence[str], *,
+                allow_foreign_run: bool = False) -> list[str]:
     """Delete RUN collections matching the glob(s), with their datasets and files."""
-    butler._require_writeable()
     from .registry._collections import CollectionType
 
-    registry = butler._registry
     runs = registry.collections.query(pattern, types=[CollectionType.RUN])
     if not runs:
         return []
     with ExitStack() as locks:  # never delete a run an executor (or a put) is writing into right now
         for r in runs:
-            locks.enter_context(run_lock(butler.root, r.name, action="remove"))
-        return _remove_runs(butler, runs, allow_foreign_run)
+            locks.enter_context(run_lock(datastore.root, r.name, action="remove"))
+        return _remove_runs(registry, datastore, access, runs, allow_foreign_run)
 
 
-def _remove_runs(butler: Butler, runs: list[Any], allow_foreign_run: bool = False) -> list[str]:
+def _remove_runs(registry: Registry, datastore: Datastore, access: RunAccess, runs: list[Any],
+                 allow_foreign_run: bool = False) -> list[str]:
     from ._ownership import check_run_owner
 
-    registry = butler._registry
-    with JournaledWrite(registry, butler.datastore, "remove_runs") as write:
+    with JournaledWrite(registry, datastore, "remove_runs") as write:
         with write.registering() as conn:
             locked = {r.name: check_run_owner(registry, conn, r, action="remove it", allow_foreign=allow_foreign_run,
                                               exclusive=True) for r in sorted(runs, key=lambda r: r.id)}  # lock order
@@ -346,9 +332,9 @@ def _remove_runs(butler: Butler, runs: list[Any], allow_foreign_run: bool = Fals
             registry.datasets.delete_runs(conn, [r.id for r in runs])
             registry.collections.remove(runs, conn)
         for r in runs:
-            butler._checked_runs.pop(r.name, None)
+            access.forget(r.name)
     for r in runs:
-        run_dir = os.path.join(butler.root, r.name)
+        run_dir = os.path.join(datastore.root, r.name)
         if os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)
     return [r.name for r in runs]

@@ -206,7 +206,7 @@ def test_ingest_paths_are_the_datastore_paths(simcam_repo, templates, instrument
     datastore = FileDatastore(butler.root, TemplateSet(templates, instrument_templates),
                               implied=butler.registry.data_ids.expand_implied)
     type_rec = butler.registry.dataset_types.get("metrics")
-    path = _path_maker(butler, datastore, "metrics", type_rec.group, "u/tester/run1")
+    path = _path_maker(butler.registry.data_ids, datastore, "metrics", type_rec.group, "u/tester/run1")
     for visit, detector in [(12, 0), (14, 8)]:
         for data_id in ({"instrument": "SimCam", "visit": visit, "detector": detector},
                         {"instrument": "SimCam", "visit": visit, "detector": detector, "band": "zz"}):

@@ -298,20 +298,22 @@ def _context() -> Any:
 def _as_user(env: dict[str, str], op: str, args: tuple, gate: Any, barrier: Any, queue: Any) -> None:
     """Run ``OPS[op](*args)`` as the user of ``env``; a ButlerError is a result ("refused"), not a failure.
 
-    ``gate`` (a barrier or None) forces an interleaving: every process passes ``Butler._run_record``
+    ``gate`` (a barrier or None) forces an interleaving: every process passes ``RunAccess.check``
     (the check before the write transaction) before any of them starts its transaction.
     """
     os.environ.update(env)
     try:
         if gate is not None:
-            original = Butler._run_record
+            from butler._registration import RunAccess
 
-            def checked_then_wait(self: Butler, run: str | None, allow_foreign_run: bool) -> Any:
+            original = RunAccess.check
+
+            def checked_then_wait(self: RunAccess, run: str, allow_foreign_run: bool) -> Any:
                 result = original(self, run, allow_foreign_run)
                 gate.wait(timeout=60)
                 return result
 
-            Butler._run_record = checked_then_wait  # type: ignore[method-assign]
+            RunAccess.check = checked_then_wait  # type: ignore[method-assign]
         barrier.wait(timeout=60)
         try:
             payload = OPS[op](*args)
