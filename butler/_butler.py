@@ -141,7 +141,7 @@ class Butler:
         _REGISTRIES[(config.db_url, namespace)] = registry
         return cls(root, run=run, writeable=True)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (
             _butler_from_pickle,
             (self._config.root, self.collections, self.run, self.writeable, self.calibs or None, self.verify_reads),
@@ -644,6 +644,7 @@ class DeferredDatasetHandle:
                                             parameters=parameters, verify=self._butler.verify_reads)
 
 
-def _butler_from_pickle(root, collections, run, writeable, calibs, verify_reads=True):
+def _butler_from_pickle(root: str, collections: tuple[str, ...], run: str | None, writeable: bool,
+                        calibs: dict[str, str] | None, verify_reads: bool = True) -> Butler:
     return Butler(root, collections=collections or None, run=run, writeable=writeable, calibs=calibs,
                   verify_reads=verify_reads, _lazy=True)

@@ -54,7 +54,7 @@ def _formatter_for_extension(storage_class: Any, path: str) -> str:
         ext = os.path.splitext(path[:-3])[1].lower() + ".gz"
     for name in storage_class.allowed_formatters:
         if get_formatter(name).extension.lower() == ext:
-            return name
+            return str(name)
     allowed = {n: get_formatter(n).extension for n in storage_class.allowed_formatters}
     raise StorageClassError(
         f"cannot ingest {path}: storage class {storage_class.name!r} has no formatter for {ext or 'no extension'!r}; "

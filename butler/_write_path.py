@@ -40,7 +40,8 @@ from .registry._journal import DELETE, MOVE, STAGE, new_operation
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from .datastore._datastore import FileDatastore, PlannedWrite, PreparedWrite
+    from .datastore._datastore import PlannedWrite, PreparedWrite
+    from .datastore._interface import Datastore
     from .registry._collections import CollectionRecord
     from .registry._datasets import FileRecord
     from .registry._registry import Registry
@@ -59,7 +60,7 @@ class JournaledWrite:
     commit"``, ``"<label>: registry committed"``).
     """
 
-    def __init__(self, registry: Registry, datastore: FileDatastore, label: str) -> None:
+    def __init__(self, registry: Registry, datastore: Datastore, label: str) -> None:
         self.registry = registry
         self.datastore = datastore
         self.label = label
@@ -189,7 +190,7 @@ class JournaledWrite:
             self.registry.journal.clear_now(self.op)
 
 
-def finish_deletes(registry: Registry, datastore: FileDatastore, op: str, paths: Sequence[str]) -> None:
+def finish_deletes(registry: Registry, datastore: Datastore, op: str, paths: Sequence[str]) -> None:
     """Remove the files the registry no longer references (checked again: never one it does), then
     the intents of ``op``. The change is committed: a file that cannot be removed now (EACCES...)
     is logged and left journaled, for `butler verify` to report and `butler cleanup` to retry."""

@@ -140,7 +140,7 @@ def _put_many(registry: Registry, datastore: Datastore, runs: RunAccess, items: 
     run_rec = runs.check(run_name, allow_foreign_run)
     planned_by_type: dict[str, tuple[Any, list[DatasetRef], list[tuple[DatasetRef, Any]]]] = {}
     refs: list[DatasetRef | None] = []
-    component_items: list[tuple[int, Any, str, str, Any, dict]] = []
+    component_items: list[tuple[int, Any, str, str, Any, dict[str, Any]]] = []
     seen: set[tuple[str, Any]] = set()
     for item in items:
         obj, dataset_type, data_id = item[0], item[1], item[2]
@@ -208,7 +208,8 @@ def _put_many(registry: Registry, datastore: Datastore, runs: RunAccess, items: 
     return refs  # type: ignore[return-value]  # every None was filled by _plan_components
 
 
-def _plan_components(registry: Registry, datastore: Datastore, items: list[tuple[int, Any, str, str, Any, dict]],
+def _plan_components(registry: Registry, datastore: Datastore,
+                     items: list[tuple[int, Any, str, str, Any, dict[str, Any]]],
                      refs: list[DatasetRef | None], run_name: str, run_rec: CollectionRecord | None,
                      replace: bool, batch_formatters: dict[Any, str]) -> list[tuple[DatasetRef, Any, Any]]:
     """Plan components written on their own (``put(wcs, "calexp.wcs", ...)``).

@@ -27,7 +27,7 @@ from ._task import NoWorkFound
 __all__ = ["ButlerConfig", "QuantumFailure", "QuantumResult", "execute_quantum", "running_quanta", "worker_butler"]
 
 _BUTLERS: dict[Any, Butler] = {}
-_TASKS: dict[tuple, Any] = {}
+_TASKS: dict[tuple[Any, ...], Any] = {}
 _RUNNING: set[tuple[str, str, int]] = set()  # (root, output run, quantum index) running in this process
 
 
@@ -73,7 +73,7 @@ class ButlerConfig:
     root: str
     collections: tuple[str, ...]
 
-    def __dask_tokenize__(self) -> tuple:
+    def __dask_tokenize__(self) -> tuple[str, str, tuple[str, ...]]:
         return ("ButlerConfig", self.root, self.collections)
 
 

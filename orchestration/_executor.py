@@ -210,7 +210,7 @@ class _Accounts:
             failure = exc if isinstance(exc, QuantumFailure) else QuantumFailure(
                 index, q.task, str(q.data_id), f"{type(exc).__name__}: {exc}", "".join(_format_tb(future)))
         # Dask hands a failure to every dependent: blame the quantum it came from.
-        blamed_key = exc.task if isinstance(exc, _killed_worker()) else None  # the task that killed workers
+        blamed_key = getattr(exc, "task", None) if isinstance(exc, _killed_worker()) else None  # killed the workers
         if (isinstance(exc, QuantumFailure) and exc.index != index) or \
                 (blamed_key is not None and blamed_key != future.key) or \
                 any(u in self.failed or u in self.blocked for u in q.upstream):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -68,9 +68,13 @@ def make_client(spec: str, *, dashboard_address: str = DASHBOARD_ADDRESS) -> Any
     paths and tracebacks to the network), on a free port.
     """
     import os
+    from typing import cast
 
-    from distributed import Client, LocalCluster
+    import distributed
 
+    # distributed's constructors carry no annotations: call them as what they are to this function.
+    Client = cast("Callable[..., Any]", distributed.Client)
+    LocalCluster = cast("Callable[..., Any]", distributed.LocalCluster)
     name, _, arg = spec.partition(":") if not spec.startswith(("tcp://", "tls://", "ucx://")) else (spec, "", "")
     if name == "local":
         n = int(arg) if arg else min(os.cpu_count() or 1, 8)
@@ -100,7 +104,7 @@ def dashboard_link(client: Any, dashboard_address: str = DASHBOARD_ADDRESS) -> s
     from urllib.parse import urlsplit
 
     link = getattr(client, "dashboard_link", None)
-    if not link:
+    if not isinstance(link, str) or not link:
         return None
     host = dashboard_address.rpartition(":")[0].strip("[]")
     if host in ("", "0.0.0.0", "::"):
@@ -196,8 +200,8 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
         if dry_run:
             if explain:
                 label, _, terms = explain.partition(":")
-                data_id = dict(t.split("=", 1) for t in terms.split(",") if t)
-                data_id = {k: int(v) if _INT.match(v) else v for k, v in data_id.items()}
+                pairs = dict(t.split("=", 1) for t in terms.split(",") if t)
+                data_id: dict[str, int | str] = {k: int(v) if _INT.match(v) else v for k, v in pairs.items()}
                 click.echo(plan.explain(label, data_id))
             return
         resume_cmd = "butler " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--replace-run",))
