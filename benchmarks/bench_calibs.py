@@ -77,7 +77,7 @@ def bench_lookup(ctx: Context) -> Result:
     samples = []
     for _ in range(ctx.size(5, 2)):
         start = time.perf_counter_ns()
-        obs = observation_times(b, "exposure", [("SimCam", e) for e in range(N_EXPOSURES)])
+        obs = observation_times(b.registry, "exposure", [("SimCam", e) for e in range(N_EXPOSURES)])
         pairs = []
         coords = {}
         for e in range(N_EXPOSURES):

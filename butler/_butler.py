@@ -102,7 +102,7 @@ class Butler:
             if self.calibs:
                 from ._calibs import check_calib_collections
 
-                check_calib_collections(self, self.calibs)
+                check_calib_collections(self._registry, self.calibs)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -263,20 +263,22 @@ class Butler:
         and their patches; returns how many tracts were added (0: all were registered already)."""
         from ._skymaps import register_skymap
 
-        return register_skymap(self, skymap, tracts)
+        self.require_writeable()
+        return register_skymap(self._registry, skymap, tracts)
 
     def register_flavors(self, flavors: Iterable[str | Mapping[str, Any]]) -> int:
         """Register coadd flavors (records or strings such as "deep", "nightly-20261124"; see
         ``butler.flavors``); returns how many were new."""
         from .flavors import register_flavors
 
-        return register_flavors(self, flavors)
+        self.require_writeable()
+        return register_flavors(self._registry, flavors)
 
     def get_skymap(self, name: str) -> Any:
         """The registered skymap ``name``, rebuilt from its stored configuration."""
         from ._skymaps import load_skymap
 
-        return load_skymap(self, name)
+        return load_skymap(self._registry, name)
 
     def define_visits(self, instrument: str, *, where: str | None = None, update: bool = False,
                       exposures: Iterable[int] | None = None) -> int:
@@ -297,10 +299,10 @@ class Butler:
         if kind.startswith("instrument_"):
             from ._multi_instrument import joint_packer
 
-            return joint_packer(self, kind, data_id.pop("instruments", None))
+            return joint_packer(self._registry, kind, data_id.pop("instruments", None))
         from ._skymaps import data_id_packer
 
-        return data_id_packer(self, kind, **data_id)
+        return data_id_packer(self._registry, kind, **data_id)
 
     def get_dataset_type(self, name: str) -> DatasetType:
         return self._registry.dataset_type(name)
@@ -377,14 +379,16 @@ class Butler:
         certified for the same type and data ID is a ConflictError unless ``split=True``."""
         from ._calibs import certify
 
-        return certify(self, collection, refs, valid_from, valid_to, split=split)
+        self.require_writeable()
+        return certify(self._registry, collection, refs, valid_from, valid_to, split=split, root=self.root)
 
     def decertify(self, collection: str, dataset_type: str, valid_from: TimeLike = None, valid_to: TimeLike = None,
                   *, data_id: DataIdLike = None, **kwargs: Any) -> int:
         """Remove [valid_from, valid_to) from the validity ranges of a type (of one data ID if given)."""
         from ._calibs import decertify
 
-        return decertify(self, collection, dataset_type, valid_from, valid_to, data_id=data_id, **kwargs)
+        self.require_writeable()
+        return decertify(self._registry, collection, dataset_type, valid_from, valid_to, data_id=data_id, **kwargs)
 
     def find_calibs(self, dataset_type: str, pairs: Sequence[tuple[DataIdLike, TimeLike]],
                     collections: CollectionsLike = None
@@ -392,7 +396,7 @@ class Butler:
         """Set-based lookup: {(data ID, time ns): ref} of the calibs valid at each (data ID, time)."""
         from ._calibs import find_calibs
 
-        return find_calibs(self, dataset_type, pairs, collections)
+        return find_calibs(self._registry, self.calibs, dataset_type, pairs, collections)
 
     def query_calibrations(self, collections: CollectionsLike, dataset_type: str, *, data_id: DataIdLike = None,
                            time: TimeLike = None,
@@ -400,7 +404,7 @@ class Butler:
         """Certified validity ranges of a type in CALIBRATION collections."""
         from ._calibs import query_calibrations
 
-        return query_calibrations(self, collections, dataset_type, data_id=data_id, time=time, **kwargs)
+        return query_calibrations(self._registry, collections, dataset_type, data_id=data_id, time=time, **kwargs)
 
     def certify_camera(self, instrument: Instrument | str, valid_from: TimeLike, valid_to: TimeLike = None, *,
                        collection: str | None = None) -> DatasetRef:
@@ -525,8 +529,9 @@ class Butler:
         """Refs of one dataset type matching data ID constraints and a where-expression."""
         from ._queries import query_datasets
 
-        return query_datasets(self, dataset_type, collections=collections, where=where, bind=bind,
-                              data_id=data_id, find_first=find_first, **kwargs)
+        return query_datasets(self._registry, dataset_type, collections=collections if collections is not None
+                              else self.collections, where=where, bind=bind, data_id=data_id, find_first=find_first,
+                              **kwargs)
 
     def query_data_ids(self, dimensions: str | Iterable[str], *, where: str | None = None,
                        bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
@@ -535,15 +540,15 @@ class Butler:
         """Data IDs of the given dimensions (with implied values) that exist and match the constraints."""
         from ._queries import query_data_ids
 
-        return query_data_ids(self, dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
-                              collections=collections, **kwargs)
+        return query_data_ids(self._registry, dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
+                              collections=collections if collections is not None else self.collections, **kwargs)
 
     def query_dimension_records(self, element: str, *, where: str | None = None,
                                 bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
                                 **kwargs: Any) -> list[DimensionRecord]:
         from ._queries import query_dimension_records
 
-        return query_dimension_records(self, element, where=where, bind=bind, data_id=data_id, **kwargs)
+        return query_dimension_records(self._registry, element, where=where, bind=bind, data_id=data_id, **kwargs)
 
     def query_dataset_types(self, pattern: str = "*") -> list[DatasetType]:
         return self._registry.query_dataset_types(pattern)
@@ -564,14 +569,14 @@ class Butler:
         """How ``ref`` was made: task, data ID, input ids, config digest, host, times, status."""
         from ._provenance import provenance_of
 
-        return provenance_of(self, ref)
+        return provenance_of(self._registry, ref)
 
     def query_provenance(self, *, run: str | None = None, task: str | None = None,
                          status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Quantum records of pipeline executions (e.g. the failures of a run), with their output ids."""
         from ._provenance import query_provenance
 
-        return query_provenance(self, run=run, task=task, status=status)
+        return query_provenance(self._registry, run=run, task=task, status=status)
 
     # -- maintenance ----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -590,26 +595,14 @@ class Butler:
         and, with ``orphans`` (default: when verifying the whole repository), every other file
         under the root that the registry does not know.
         """
-        import sqlalchemy as sa
-
         from ._cleanup import leftovers
 
-        registry = self._registry
-        f = registry.schema.file_record
-        stmt = sa.select(f.c.path, f.c.checksum, f.c.file_size)
-        with registry.db.transaction() as conn:
-            if collections is None:
-                records = conn.execute(stmt).all()
-            else:
-                # Datasets of any collection type (RUN, TAGGED...) are found through the tags tables.
-                ids = [c.id for c in registry.collections.resolve(collections, conn)]
-                tags_tables = {r.tags.name: r.tags for r in registry.dataset_types.all()}
-                records = []
-                for tags in tags_tables.values():
-                    member = sa.select(tags.c.dataset_id).where(tags.c.collection_id.in_(ids))
-                    records += conn.execute(stmt.where(f.c.dataset_id.in_(member))).all()
+        registry = self.registry
+        with registry.transaction() as conn:
+            ids = None if collections is None else [c.id for c in registry.collections.resolve(collections, conn)]
+            records = registry.datasets.file_checks(ids, conn)
         problems = self.datastore.verify(records)
-        return problems + leftovers(self, walk=collections is None if orphans is None else orphans)
+        return problems + leftovers(registry, self.datastore, walk=collections is None if orphans is None else orphans)
 
     def cleanup(self, runs: str | Sequence[str] | None = None, *, allow_foreign_run: bool = False) -> CleanupReport:
         """Remove what interrupted writes left in ``runs`` (default: all of yours), as journaled.
@@ -619,7 +612,9 @@ class Butler:
         """
         from ._cleanup import cleanup
 
-        return cleanup(self, [runs] if isinstance(runs, str) else runs, allow_foreign_run=allow_foreign_run)
+        self.require_writeable()
+        return cleanup(self._registry, self.datastore, [runs] if isinstance(runs, str) else runs, user=self.user,
+                       allow_foreign_run=allow_foreign_run)
 
     def __repr__(self) -> str:
         mode = f"run={self.run!r}" if self.run else ("writeable" if self.writeable else "read-only")

@@ -14,20 +14,19 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType
-from .dimensions import DataCoordinate
 from ._faults import crash_point
+from .dimensions import DataCoordinate
 from .errors import ButlerError, CollectionError, DataIdError, DatasetNotFoundError, DatasetTypeError
-from .registry._calibrations import MAX_NS, MIN_NS, CalibRow, calibrations_of, format_ns, format_range
+from .registry._calibrations import MAX_NS, MIN_NS, CalibRow, format_ns, format_range
 
 if TYPE_CHECKING:
     from ._butler import Butler
     from .registry._collections import CollectionRecord
     from .registry._dataset_types import DatasetTypeRecord
     from .registry._datasets import FoundDataset
+    from .registry._registry import Registry
 
 __all__ = [
     "CAMERA_DATASET_TYPE",
@@ -81,13 +80,13 @@ def time_range(valid_from: Any, valid_to: Any) -> tuple[int, int]:
 
 
 # -- certify / decertify ---------------------------------------------------------------------------
-def _calibration_collection(butler: Butler, name: str, *, create: bool) -> tuple[CollectionRecord | None, bool]:
+def _calibration_collection(registry: Registry, name: str, *, create: bool) -> tuple[CollectionRecord | None, bool]:
     from .registry._collections import CollectionType, validate_collection_name
 
-    rec = butler._registry.collections.find(name)
+    rec = registry.collections.find(name)
     if rec is None:
         if not create:
-            butler._registry.collections.get(name)  # raises CollectionError with close matches
+            registry.collections.get(name)  # raises CollectionError with close matches
         validate_collection_name(name)
         return None, True
     if rec.type != CollectionType.CALIBRATION:
@@ -98,8 +97,8 @@ def _calibration_collection(butler: Butler, name: str, *, create: bool) -> tuple
     return rec, False
 
 
-def _calibration_type(butler: Butler, name: str) -> DatasetTypeRecord:
-    type_rec = butler._registry.dataset_types.get(name)
+def _calibration_type(registry: Registry, name: str) -> DatasetTypeRecord:
+    type_rec = registry.dataset_types.get(name)
     if not type_rec.dataset_type.is_calibration:
         raise DatasetTypeError(
             f"dataset type {name!r} is not a calibration type; register it with "
@@ -108,31 +107,30 @@ def _calibration_type(butler: Butler, name: str) -> DatasetTypeRecord:
     return type_rec
 
 
-def certify(butler: Butler, collection: str, refs: Iterable[DatasetRef], valid_from: Any, valid_to: Any, *,
-            split: bool = False) -> int:
+def certify(registry: Registry, collection: str, refs: Iterable[DatasetRef], valid_from: Any, valid_to: Any, *,
+            split: bool = False, root: str = "") -> int:
     """Certify ``refs`` into the CALIBRATION ``collection`` (created if absent) for [from, to).
 
-    Returns the number of ranges inserted (already identical certifications are skipped).
+    Returns the number of ranges inserted (already identical certifications are skipped). The
+    caller checks that the registry may be written; ``root`` names the repository in errors.
     """
-    butler._require_writeable()
     begin, end = time_range(valid_from, valid_to)
-    registry = butler._registry
-    manager = calibrations_of(registry)
-    rec, create = _calibration_collection(butler, collection, create=True)
+    manager = registry.calibrations
+    rec, create = _calibration_collection(registry, collection, create=True)
     by_type: dict[str, list[DatasetRef]] = {}
     for ref in refs:
         by_type.setdefault(ref.dataset_type.name, []).append(ref)
-    type_recs = {name: _calibration_type(butler, name) for name in by_type}
+    type_recs = {name: _calibration_type(registry, name) for name in by_type}
     manager.ensure_table()
     n = 0
-    with registry.db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         try:
             if create:
                 from .registry._collections import CollectionType
 
                 rec, _ = registry.collections.register(collection, CollectionType.CALIBRATION, conn=conn)
             assert rec is not None
-            _check_refs_exist(butler, conn, [r for refs_ in by_type.values() for r in refs_])
+            _check_refs_exist(registry, conn, [r for refs_ in by_type.values() for r in refs_], root)
             for name, type_refs in by_type.items():
                 type_rec = type_recs[name]
                 items = []
@@ -151,45 +149,39 @@ def certify(butler: Butler, collection: str, refs: Iterable[DatasetRef], valid_f
     return n
 
 
-def _check_refs_exist(butler: Butler, conn: Any, refs: Sequence[DatasetRef]) -> None:
-    d = butler._registry.schema.dataset
-    ids = list({r.id for r in refs})
-    present: set[uuid.UUID] = set()
-    for start in range(0, len(ids), 5000):
-        chunk = ids[start:start + 5000]
-        present.update(conn.execute(sa.select(d.c.dataset_id).where(d.c.dataset_id.in_(chunk))).scalars())
+def _check_refs_exist(registry: Registry, conn: Any, refs: Sequence[DatasetRef], root: str) -> None:
+    present: set[uuid.UUID] = registry.datasets.existing_ids(conn, [r.id for r in refs])
     for ref in refs:
         if ref.id not in present:
-            raise DatasetNotFoundError(f"cannot certify {ref}: it is not in the repository {butler.root} (removed?)")
+            raise DatasetNotFoundError(f"cannot certify {ref}: it is not in the repository {root} (removed?)")
 
 
-def decertify(butler: Butler, collection: str, dataset_type: str, valid_from: Any, valid_to: Any, *,
+def decertify(registry: Registry, collection: str, dataset_type: str, valid_from: Any, valid_to: Any, *,
               data_id: Any = None, **kwargs: Any) -> int:
     """Remove [from, to) from the validity of ``dataset_type`` in ``collection`` (of one data ID
-    when given): ranges inside are removed, ranges across an end are trimmed or split."""
-    butler._require_writeable()
+    when given): ranges inside are removed, ranges across an end are trimmed or split. The caller
+    checks that the registry may be written."""
     begin, end = time_range(valid_from, valid_to)
-    registry = butler._registry
-    rec, _ = _calibration_collection(butler, collection, create=False)
+    rec, _ = _calibration_collection(registry, collection, create=False)
     assert rec is not None
-    type_rec = _calibration_type(butler, dataset_type)
+    type_rec = _calibration_type(registry, dataset_type)
     keys = None
     if data_id is not None or kwargs:
-        keys = [butler.registry.data_ids.standardize(type_rec.group, data_id, kwargs).values]
-    manager = calibrations_of(registry)
+        keys = [registry.data_ids.standardize(type_rec.group, data_id, kwargs).values]
+    manager = registry.calibrations
     if not manager.has_table():
         return 0
-    with registry.db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         return manager.decertify(conn, type_rec, rec, begin, end, keys=keys)
 
 
 # -- search paths and observation times ------------------------------------------------------------
-def check_calib_collections(butler: Butler, calibs: Mapping[str, Any]) -> None:
+def check_calib_collections(registry: Registry, calibs: Mapping[str, Any]) -> None:
     """``Butler(calibs=...)`` must name CALIBRATION collections (or chains of them): a RUN there
     would be skipped by every calibration lookup, silently finding nothing."""
     from .registry._collections import CollectionType
 
-    collections = butler._registry.collections
+    collections = registry.collections
     for dataset_type, chosen in calibs.items():
         names = [chosen] if isinstance(chosen, str) else chosen
         for name in names:
@@ -203,16 +195,16 @@ def check_calib_collections(butler: Butler, calibs: Mapping[str, Any]) -> None:
                 )
 
 
-def calib_search_path(butler: Butler, dataset_type: str, instrument: str | None, collections: Any = None
-                      ) -> list[str]:
+def calib_search_path(registry: Registry, calibs: Mapping[str, Any], dataset_type: str, instrument: str | None,
+                      collections: Any = None) -> list[str]:
     """Collections searched for a calibration type: ``collections`` if given, else
-    ``butler.calibs[dataset_type]``, else ``<instrument>/calib``."""
+    ``calibs[dataset_type]`` (the Butler's), else ``<instrument>/calib``."""
     if collections is not None:
         return [collections] if isinstance(collections, str) else list(collections)
-    chosen = butler.calibs.get(dataset_type)
+    chosen = calibs.get(dataset_type)
     if chosen:
         names = [chosen] if isinstance(chosen, str) else list(chosen)
-        check_calib_collections(butler, {dataset_type: names})  # in memory: collections are cached
+        check_calib_collections(registry, {dataset_type: names})  # in memory: collections are cached
         return names
     if instrument is None:
         raise CollectionError(
@@ -222,45 +214,20 @@ def calib_search_path(butler: Butler, dataset_type: str, instrument: str | None,
     return [f"{instrument}/calib"]
 
 
-def observation_times(butler: Butler, element: str, keys: Iterable[tuple[str, int]], conn: Any = None
+def observation_times(registry: Registry, element: str, keys: Iterable[tuple[str, int]], conn: Any = None
                       ) -> dict[tuple[str, int], dict[str, Any]]:
     """Records (begin time and implied values) of exposures or visits ``(instrument, id)``, set-based."""
-    registry = butler._registry
-    t = registry.schema.elements[element]
-    by_inst: dict[str, list[int]] = {}
-    for inst, id_ in set(keys):
-        by_inst.setdefault(inst, []).append(id_)
-    cols = [t.c.instrument, t.c.id, t.c.begin, t.c.physical_filter, t.c.day_obs]
-    band = registry.schema.elements["physical_filter"]
-    out: dict[tuple[str, int], dict[str, Any]] = {}
-
-    def run(c: Any) -> None:
-        for inst, ids in by_inst.items():
-            for start in range(0, len(ids), 5000):
-                stmt = (sa.select(*cols, band.c.band)
-                        .select_from(t.outerjoin(band, sa.and_(band.c.instrument == t.c.instrument,
-                                                               band.c.name == t.c.physical_filter)))
-                        .where(t.c.instrument == inst, t.c.id.in_(ids[start:start + 5000])))
-                for row in c.execute(stmt):
-                    out[(row[0], row[1])] = {"begin": row[2], "physical_filter": row[3], "day_obs": row[4],
-                                             "band": row[5]}
-
-    if conn is not None:
-        run(conn)
-    else:
-        with registry.db.transaction() as c:
-            run(c)
-    return out
+    return registry.records.observation_times(element, keys, conn)
 
 
-def _observation(butler: Butler, constraints: Mapping[str, Any]) -> tuple[int | None, dict[str, Any], str]:
+def _observation(registry: Registry, constraints: Mapping[str, Any]) -> tuple[int | None, dict[str, Any], str]:
     """Time (ns), implied values and a description of the observation named in a data ID."""
     for element in _OBSERVATION_KEYS:
         if element in constraints:
             inst = constraints.get("instrument")
             if inst is None:
                 raise DataIdError(f"{element}={constraints[element]} needs instrument= to pick a calibration")
-            rec = observation_times(butler, element, [(inst, constraints[element])]).get((inst, constraints[element]))
+            rec = observation_times(registry, element, [(inst, constraints[element])]).get((inst, constraints[element]))
             if rec is None:
                 raise DataIdError(f"no {element} {constraints[element]} of instrument {inst!r} in the repository")
             if rec["begin"] is None:
@@ -276,16 +243,16 @@ def _observation(butler: Butler, constraints: Mapping[str, Any]) -> tuple[int | 
 # -- single lookup -------------------------------------------------------------------------------
 def find_calib(butler: Butler, type_rec: DatasetTypeRecord, data_id: Any, kwargs: Mapping[str, Any],
                collections: Any, *, required: bool = True) -> FoundDataset | None:
-    """The dataset of a calibration type valid at the observation (exposure/visit) or ``time=``."""
+    """The dataset of a calibration type valid at the observation (exposure/visit) or ``time=``,
+    searched in ``collections``, else the Butler's ``calibs`` for the type, else ``<instrument>/calib``."""
     from .registry._collections import CollectionType
-    from .registry._datasets import FoundDataset
 
-    registry = butler._registry
+    registry = butler.registry
     merged = dict(data_id) if data_id else {}
     merged.update(kwargs)
     time_value = merged.pop("time", None)
-    constraints = butler.registry.data_ids.constraints(merged, {})
-    t, implied, what = _observation(butler, constraints)
+    constraints = registry.data_ids.constraints(merged, {})
+    t, implied, what = _observation(registry, constraints)
     if time_value is not None:
         t, what = _ns(time_value, 0), f"time {format_ns(_ns(time_value, 0))}"
     group = type_rec.group
@@ -298,13 +265,14 @@ def find_calib(butler: Butler, type_rec: DatasetTypeRecord, data_id: Any, kwargs
         raise DataIdError(f"unknown data ID key(s) {extra} for calibration {type_rec.dataset_type.name!r} "
                           f"(dimensions {list(group.required)}; exposure=, visit= or time= pick the validity time)")
     coord = DataCoordinate.standardize(values, group)
-    names = calib_search_path(butler, type_rec.dataset_type.name, constraints.get("instrument"), collections)
+    names = calib_search_path(registry, butler.calibs, type_rec.dataset_type.name, constraints.get("instrument"),
+                              collections)
     colls = registry.collections.resolve(names)
     calib_colls = [c for c in colls if c.type == CollectionType.CALIBRATION]
     plain_colls = [c for c in colls if c.type != CollectionType.CALIBRATION]
-    manager = calibrations_of(registry)
+    manager = registry.calibrations
     name = type_rec.dataset_type.name
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         row: CalibRow | None = None
         if calib_colls:
             if t is not None:
@@ -324,26 +292,22 @@ def find_calib(butler: Butler, type_rec: DatasetTypeRecord, data_id: Any, kwargs
                         )
                     row = first[0]
         if row is not None:
-            run = registry.collections.by_id(row.run_id).name
-            ref = DatasetRef._trusted(type_rec.dataset_type, coord, run, row.dataset_id)
-            files = registry.datasets.files_of(conn, [row.dataset_id]).get(row.dataset_id, [])
-            return FoundDataset(ref, tuple(files))
+            return manager.found_dataset(conn, type_rec, coord, row)
         if plain_colls:
             found = registry.datasets.find(conn, type_rec, coord, plain_colls)
             if found is not None:
                 return found
         if not required:
             return None
-        raise _calib_not_found(butler, conn, type_rec, coord, colls, calib_colls, t, what)
+        raise _calib_not_found(registry, conn, type_rec, coord, colls, calib_colls, t, what)
 
 
-def _calib_not_found(butler: Butler, conn: Any, type_rec: DatasetTypeRecord, coord: DataCoordinate,
+def _calib_not_found(registry: Registry, conn: Any, type_rec: DatasetTypeRecord, coord: DataCoordinate,
                      colls: Sequence[CollectionRecord], calib_colls: Sequence[CollectionRecord], t: int | None,
                      what: str) -> DatasetNotFoundError:
     from .registry._collections import CollectionType
 
-    registry = butler._registry
-    manager = calibrations_of(registry)
+    manager = registry.calibrations
     name = type_rec.dataset_type.name
     when = f" valid at {what}" if what else ""
     message = f"no {name!r} for {coord}{when} in collections {[c.name for c in colls]}"
@@ -372,19 +336,18 @@ def _calib_not_found(butler: Butler, conn: Any, type_rec: DatasetTypeRecord, coo
 
 
 # -- set-based lookup (the planner) --------------------------------------------------------------
-def find_calibs(butler: Butler, dataset_type: str, pairs: Sequence[tuple[Any, Any]], collections: Any = None
-                ) -> dict[tuple[DataCoordinate, int], DatasetRef]:
+def find_calibs(registry: Registry, calibs: Mapping[str, Any], dataset_type: str, pairs: Sequence[tuple[Any, Any]],
+                collections: Any = None) -> dict[tuple[DataCoordinate, int], DatasetRef]:
     """The calibration valid at each (data ID, time) pair, in one query per search path.
 
     ``pairs`` are (data ID of the calibration type, time: ns or any `to_nsec` form). The result
     maps ``(data ID, time ns)`` to the ref (absent when nothing is valid then). The search path
-    is ``collections``, else ``butler.calibs[dataset_type]``, else ``<instrument>/calib`` per
+    is ``collections``, else ``calibs[dataset_type]`` (the Butler's), else ``<instrument>/calib`` per
     instrument of the data IDs.
     """
     from .registry._collections import CollectionType
 
-    registry = butler._registry
-    type_rec = _calibration_type(butler, dataset_type)
+    type_rec = _calibration_type(registry, dataset_type)
     group = type_rec.group
     by_path: dict[tuple[str, ...], list[tuple[DataCoordinate, int]]] = {}
     paths: dict[Any, tuple[str, ...]] = {}
@@ -395,36 +358,27 @@ def find_calibs(butler: Butler, dataset_type: str, pairs: Sequence[tuple[Any, An
         inst = coord.values[group.index["instrument"]] if "instrument" in group.index else None
         path = paths.get(inst)
         if path is None:
-            path = paths[inst] = tuple(calib_search_path(butler, dataset_type, inst, collections))
+            path = paths[inst] = tuple(calib_search_path(registry, calibs, dataset_type, inst, collections))
         by_path.setdefault(path, []).append((coord, t))
     out: dict[tuple[DataCoordinate, int], DatasetRef] = {}
-    manager = calibrations_of(registry)
-    dt = type_rec.dataset_type
-    run_names: dict[int, str] = {}
-    with registry.db.transaction() as conn:
+    manager = registry.calibrations
+    with registry.transaction() as conn:
         for path, items in by_path.items():
             colls = [c for c in registry.collections.resolve(list(path)) if c.type == CollectionType.CALIBRATION]
-            coords = {c.values: c for c, _ in items}
-            found = manager.find_many(conn, type_rec, [(c.values, t) for c, t in items], colls)
-            for (key, t), row in found.items():
-                run = run_names.get(row.run_id)
-                if run is None:
-                    run = run_names[row.run_id] = registry.collections.by_id(row.run_id).name
-                out[(coords[key], t)] = DatasetRef._trusted(dt, coords[key], run, row.dataset_id)
+            out.update(manager.find_refs(conn, type_rec, items, colls))
     return out
 
 
 # -- listing ------------------------------------------------------------------------------------
-def query_calibrations(butler: Butler, collections: Any, dataset_type: str, *, data_id: Any = None,
+def query_calibrations(registry: Registry, collections: Any, dataset_type: str, *, data_id: Any = None,
                        time: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
     """Certified ranges of a type in collections (chains expanded), optionally of one data ID
     (partial data IDs filter on the keys given) and valid at an exposure/visit or ``time``."""
     from .registry._collections import CollectionType
 
-    registry = butler._registry
-    type_rec = _calibration_type(butler, dataset_type)
-    constraints = butler.registry.data_ids.constraints(data_id, kwargs)
-    t, implied, _ = _observation(butler, constraints)
+    type_rec = _calibration_type(registry, dataset_type)
+    constraints = registry.data_ids.constraints(data_id, kwargs)
+    t, implied, _ = _observation(registry, constraints)
     if time is not None:
         t = _ns(time, 0)
     group = type_rec.group
@@ -436,8 +390,8 @@ def query_calibrations(butler: Butler, collections: Any, dataset_type: str, *, d
     bad = [c.name for c in colls if c.type != CollectionType.CALIBRATION]
     if bad:
         raise CollectionError(f"{bad} {'is not a' if len(bad) == 1 else 'are not'} CALIBRATION collection(s)")
-    manager = calibrations_of(registry)
-    with registry.db.transaction() as conn:
+    manager = registry.calibrations
+    with registry.transaction() as conn:
         rows = manager.rows(conn, type_rec, [c.id for c in colls],
                             begin=t if t is not None else None, end=t + 1 if t is not None else None)
     index = {n: i for i, n in enumerate(group.required)}
@@ -470,34 +424,34 @@ def setup_instrument_calibs(butler: Butler, inst: Any) -> None:
     a camera is already certified there (later versions: `certify_camera`)."""
     from .registry._collections import CollectionType
 
-    registry = butler._registry
+    registry = butler.registry
     name = inst.name
     chain = f"{name}/calib"
     unbounded = unbounded_collection(name)
-    _camera_type(butler)
+    _camera_type(registry)
     registry.collections.register(unbounded, CollectionType.CALIBRATION)
     if registry.collections.find(chain) is None:
-        with registry.db.transaction(write=True) as conn:
+        with registry.transaction(write=True) as conn:
             registry.collections.register(chain, CollectionType.CHAINED, conn=conn)
             registry.collections.set_chain(chain, [unbounded], conn)
     type_rec = registry.dataset_types.get(CAMERA_DATASET_TYPE.name)
-    manager = calibrations_of(registry)
+    manager = registry.calibrations
     manager.ensure_table()
     rec = registry.collections.get(unbounded)
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         present = manager.rows(conn, type_rec, [rec.id], keys=[(name,)])
     if not present:
         certify_camera(butler, inst, None, None)
 
 
-def _camera_type(butler: Butler) -> DatasetType:
+def _camera_type(registry: Registry) -> DatasetType:
     """The registered ``camera`` type (registered now if absent). Repositories that registered it
     as StructuredData before the Camera storage class keep it: their cameras are dicts."""
-    found = butler._registry.dataset_types.find(CAMERA_DATASET_TYPE.name)
+    found = registry.dataset_types.find(CAMERA_DATASET_TYPE.name)
     if found is not None and found.dataset_type.storage_class == LEGACY_CAMERA_STORAGE_CLASS \
             and found.dataset_type.dimensions == CAMERA_DATASET_TYPE.dimensions:
         return found.dataset_type
-    return butler._registry.dataset_types.register(CAMERA_DATASET_TYPE)[0].dataset_type
+    return registry.dataset_types.register(CAMERA_DATASET_TYPE)[0].dataset_type
 
 
 def certify_camera(butler: Butler, instrument: Any, valid_from: Any, valid_to: Any = None, *,
@@ -507,24 +461,25 @@ def certify_camera(butler: Butler, instrument: Any, valid_from: Any, valid_to: A
     ``<instrument>/calib/unbounded``), cutting the ranges of earlier versions it overlaps."""
     from .instrument import Camera, load_instrument
 
-    butler._require_writeable()
+    butler.require_writeable()
+    registry = butler.registry
     inst = instrument.instrument() if isinstance(instrument, Camera) else load_instrument(instrument)
-    if f"instrument:{inst.name}" not in butler._registry.attributes:
-        butler._registry.refresh_attributes()
-        if f"instrument:{inst.name}" not in butler._registry.attributes:
+    if f"instrument:{inst.name}" not in registry.attributes:
+        registry.refresh_attributes()
+        if f"instrument:{inst.name}" not in registry.attributes:
             raise DataIdError(f"instrument {inst.name!r} is not registered; register it first")
     begin, end = time_range(valid_from, valid_to)  # validate before anything is written
     run = f"{inst.name}/calib/camera/{inst.definition_digest()[:16]}"
     ref = butler.find_dataset(CAMERA_DATASET_TYPE.name, instrument=inst.name, collections=[run]) \
-        if butler._registry.collections.find(run) is not None else None
+        if registry.collections.find(run) is not None else None
     if ref is None:
         from ._ownership import identity
         from .registry._collections import CollectionType
 
-        camera_type = _camera_type(butler)
+        camera_type = _camera_type(registry)
         obj = inst.definition() if camera_type.storage_class == LEGACY_CAMERA_STORAGE_CLASS else \
             Camera.from_instrument(inst)
-        butler._registry.collections.register(run, CollectionType.RUN, owner=identity(butler._registry.db))
+        registry.collections.register(run, CollectionType.RUN, owner=identity(registry.db))
         ref = butler.put(obj, CAMERA_DATASET_TYPE.name, instrument=inst.name, run=run, allow_foreign_run=True)
-    certify(butler, collection or unbounded_collection(inst.name), [ref], begin, end, split=True)
+    certify(registry, collection or unbounded_collection(inst.name), [ref], begin, end, split=True, root=butler.root)
     return ref

@@ -29,8 +29,8 @@ from .registry._collections import CollectionType
 from .registry._journal import DELETE, MOVE, STAGE, JournalEntry
 
 if TYPE_CHECKING:
-    from ._butler import Butler
-    from .datastore._datastore import VerifyProblem
+    from .datastore._datastore import FileDatastore, VerifyProblem
+    from .registry._registry import Registry
 
 __all__ = ["CleanupReport", "cleanup", "leftovers"]
 
@@ -50,20 +50,19 @@ class CleanupReport:
     skipped: dict[str, str] = field(default_factory=dict)  # run -> why
 
     def summary(self) -> str:
-        lines = [f"removed {len(self.removed)} file(s) left by interrupted writes, finished "
-                 f"{len(self.sources_unlinked)} move(s), kept {len(self.kept)} registered file(s)"]
+        lines = [(f"removed {len(self.removed)} file(s) left by interrupted writes, finished "
+                  f"{len(self.sources_unlinked)} move(s), kept {len(self.kept)} registered file(s)")]
         lines += [f"skipped run {run!r}: {why}" for run, why in sorted(self.skipped.items())]
         return "\n".join(lines)
 
 
-def cleanup(butler: Butler, runs: Sequence[str] | None = None, *, allow_foreign_run: bool = False) -> CleanupReport:
-    """Resolve the journal of ``runs`` (default: every run with entries); see the module docstring."""
-    butler._require_writeable()
-    registry = butler.registry
+def cleanup(registry: Registry, datastore: FileDatastore, runs: Sequence[str] | None = None, *, user: str,
+            allow_foreign_run: bool = False) -> CleanupReport:
+    """Resolve the journal of ``runs`` (default: every run with entries) as ``user``; see the module
+    docstring. The caller checks that the repository may be written."""
     journal = registry.journal
     report = CleanupReport()
     wanted = sorted({e.run for e in journal.pending(runs)})
-    user = butler.user
     for run in wanted:
         rec = registry.collections.find(run)
         if rec is None:
@@ -77,18 +76,16 @@ def cleanup(butler: Butler, runs: Sequence[str] | None = None, *, allow_foreign_
                 report.skipped[run] = f"owned by {rec.owner!r}: {err}"
                 continue
         try:
-            with run_lock(butler.root, run, action="clean up"):
-                _clean_run(butler, run, report)
+            with run_lock(datastore.root, run, action="clean up"):
+                _clean_run(registry, datastore, run, report)
         except RunLockedError as err:
             report.skipped[run] = str(err)
     return report
 
 
-def _clean_run(butler: Butler, run: str, report: CleanupReport) -> None:
-    registry = butler.registry
+def _clean_run(registry: Registry, datastore: FileDatastore, run: str, report: CleanupReport) -> None:
     journal = registry.journal
-    datastore = butler._datastore
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         entries = journal.pending([run], conn=conn)
         registered = journal.registered_paths(conn, [e.path for e in entries])
     if not entries:
@@ -114,7 +111,7 @@ def _clean_run(butler: Butler, run: str, report: CleanupReport) -> None:
             remove_path(full)
             report.removed.append(e.path)
     datastore.prune_empty_dirs(dirs)
-    with registry.db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         journal.clear_ids(conn, [e.id for e in entries])
 
 
@@ -148,22 +145,20 @@ def _temporaries(root: str, paths: Iterable[str]) -> dict[str, list[str]]:
             if not name.startswith(_TMP_PREFIX):
                 continue
             rest = name[_TMP_TOKEN:]
-            rel = bases.get(rest) or (bases.get(rest[:-4]) if rest.endswith("-old") else None)
-            if rel is not None:
-                out.setdefault(rel, []).append(os.path.join(directory, name))
+            journaled = bases.get(rest) or (bases.get(rest[:-4]) if rest.endswith("-old") else None)
+            if journaled is not None:
+                out.setdefault(journaled, []).append(os.path.join(directory, name))
     return out
 
 
 # -- what verify reports ------------------------------------------------------------------------
-def leftovers(butler: Butler, *, walk: bool = False) -> list[VerifyProblem]:
+def leftovers(registry: Registry, datastore: FileDatastore, *, walk: bool = False) -> list[VerifyProblem]:
     """Files interrupted writes left (journaled; `cleanup` resolves them) and, with ``walk``,
     every other file under the root that the registry does not know."""
     from .datastore._datastore import VerifyProblem
 
-    registry = butler.registry
     journal = registry.journal
-    datastore = butler._datastore
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         entries = journal.pending(conn=conn)
         registered = journal.registered_paths(conn, [e.path for e in entries])
     problems: list[VerifyProblem] = []
@@ -185,7 +180,7 @@ def leftovers(butler: Butler, *, walk: bool = False) -> list[VerifyProblem]:
             problems.append(VerifyProblem(e.path, "leftover", f"unregistered file of {how}; `butler cleanup` "
                                           "removes it"))
     if walk:
-        problems += _unregistered(butler, known)
+        problems += _unregistered(registry, datastore.root, known)
     return problems
 
 
@@ -198,18 +193,11 @@ def _describe(e: JournalEntry) -> str:
     return f"{what} into run {e.run!r} (pid {e.pid} on {e.host} at {when})"
 
 
-def _unregistered(butler: Butler, known: set[str]) -> list[VerifyProblem]:
+def _unregistered(registry: Registry, root: str, known: set[str]) -> list[VerifyProblem]:
     """Every file under the root that no file record covers and the journal did not explain."""
-    import sqlalchemy as sa
-
     from .datastore._datastore import VerifyProblem
 
-    registry = butler.registry
-    root = butler.root
-    f = registry.schema.file_record
-    with registry.db.transaction() as conn:
-        registered = set(conn.execute(sa.select(f.c.path)).scalars())
-    registered = {p for p in registered if not os.path.isabs(p)}
+    registered = {p for p in registry.datasets.all_paths() if not os.path.isabs(p)}
     problems = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)

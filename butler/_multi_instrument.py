@@ -28,12 +28,10 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from .errors import ButlerError, DataIdError
+from .registry._database import lost_race
 
 if TYPE_CHECKING:
-    from ._butler import Butler
     from .dimensions._packers import DataIdPacker
     from .registry._registry import Registry
 
@@ -45,24 +43,22 @@ _VALUE_PREFIX = "instrument_index_value:"  # instrument_index_value:<n> = <name>
 _ATTEMPTS = 64
 
 
-def instrument_indices(butler: Butler) -> dict[str, int]:
-    """Every instrument's index assigned so far (as cached by the butler; see `instrument_index`)."""
-    registry = butler._registry
+def instrument_indices(registry: Registry) -> dict[str, int]:
+    """Every instrument's index assigned so far (as cached by the registry; see `instrument_index`)."""
     return {k[len(_PREFIX):]: int(v) for k, v in registry.attributes.items() if k.startswith(_PREFIX)}
 
 
-def instrument_index(butler: Butler, name: str) -> int:
+def instrument_index(registry: Registry, name: str) -> int:
     """The repository's stable index of instrument ``name``, assigned on first use.
 
     Safe under concurrency: of processes asking at once for the same or different names, each
     name ends with exactly one index and no index with two names (see the module docstring).
     """
-    registry = butler._registry
-    index = instrument_indices(butler).get(name)
+    index = instrument_indices(registry).get(name)
     if index is not None:
         return index
     registry.refresh_attributes()
-    index = instrument_indices(butler).get(name)
+    index = instrument_indices(registry).get(name)
     if index is not None:
         return index
     if name not in registry.instruments:
@@ -72,8 +68,8 @@ def instrument_index(butler: Butler, name: str) -> int:
         try:
             index = _claim(registry, name)
             break
-        except sa.exc.DBAPIError as err:
-            if not _lost_race(err):
+        except Exception as err:
+            if not lost_race(err):  # a primary-key conflict with a concurrent claim, or a deadlock
                 raise
             time.sleep(random.uniform(0.0, 0.002 * (attempt + 1)))  # de-synchronise the contenders
     else:
@@ -85,10 +81,8 @@ def instrument_index(butler: Butler, name: str) -> int:
 
 def _claim(registry: Registry, name: str) -> int:
     """One attempt: read the claimed indices and insert ``name``'s two rows in one transaction."""
-    t = registry.schema.attributes
-    with registry.db.transaction(write=True) as conn:
-        rows = dict(conn.execute(sa.select(t.c.name, t.c.value)
-                                 .where(t.c.name.startswith("instrument_index", autoescape=True))).all())
+    with registry.transaction(write=True) as conn:
+        rows = registry.attributes_with_prefix("instrument_index", conn)
         mine = rows.get(_PREFIX + name)
         if mine is not None:  # assigned meanwhile by another process
             return int(mine)
@@ -100,23 +94,11 @@ def _claim(registry: Registry, name: str) -> int:
             raise DataIdError(f"no instrument index left for {name!r}: a repository holds at most "
                               f"{1 << INSTRUMENT_BITS} instruments in joint packers ({INSTRUMENT_BITS} bits), and "
                               f"these have indices: {dict(sorted(taken.items(), key=lambda kv: kv[1]))}")
-        conn.execute(t.insert(), [{"name": f"{_VALUE_PREFIX}{index}", "value": name},
-                                  {"name": _PREFIX + name, "value": str(index)}])
+        registry.insert_attributes({f"{_VALUE_PREFIX}{index}": name, _PREFIX + name: str(index)}, conn)
         return index
 
 
-def _lost_race(err: sa.exc.DBAPIError) -> bool:
-    """A primary-key conflict with a concurrent claim, or a deadlock/serialization failure."""
-    if isinstance(err, sa.exc.IntegrityError):
-        return True
-    orig = err.orig
-    if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL
-        return True
-    args = getattr(orig, "args", ())
-    return bool(args) and args[0] in (1205, 1213)  # MySQL/MariaDB lock wait timeout, deadlock
-
-
-def joint_packer(butler: Butler, kind: str, instruments: Any = None) -> DataIdPacker:
+def joint_packer(registry: Registry, kind: str, instruments: Any = None) -> DataIdPacker:
     """A packer of (instrument, visit|exposure, detector) over several instruments."""
     from .dimensions._packers import DataIdPacker
 
@@ -124,15 +106,15 @@ def joint_packer(butler: Butler, kind: str, instruments: Any = None) -> DataIdPa
     if field is None:
         raise ValueError(f"unknown joint packer {kind!r}; use 'instrument_visit_detector' or "
                          "'instrument_exposure_detector'")
-    records = butler.query_dimension_records("instrument")
+    records = registry.queries.dimension_records("instrument", constraints={})
     if instruments is not None:
         wanted = {instruments} if isinstance(instruments, str) else set(instruments)
         missing = wanted - {r.name for r in records}
         if missing:
             raise DataIdError(f"instruments {sorted(missing)} are not registered")
     for r in records:  # every registered instrument gets its index, so the labels are stable
-        instrument_index(butler, r.name)
-    indices = instrument_indices(butler)
+        instrument_index(registry, r.name)
+    indices = instrument_indices(registry)
     labels = [f"#unused{i}" for i in range(1 << INSTRUMENT_BITS)]
     for name, i in indices.items():
         labels[i] = name

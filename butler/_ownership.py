@@ -127,7 +127,7 @@ def chown_run(registry: Registry, name: str, new_owner: str) -> CollectionRecord
     """Hand RUN ``name`` over to ``new_owner``: only its owner may, in one transaction with the row
     locked. On a server registry the new owner must be an existing role (when the server lets
     us read its list of roles)."""
-    length = registry.schema.collection.c.owner.type.length
+    length = registry.collections.owner_length
     if not isinstance(new_owner, str) or not new_owner or new_owner != new_owner.strip() or len(new_owner) > length:
         raise InvalidNameError(f"invalid new owner {new_owner!r} for run {name!r}: give a user or role name "
                                f"of 1 to {length} characters without surrounding spaces")
@@ -139,7 +139,7 @@ def chown_run(registry: Registry, name: str, new_owner: str) -> CollectionRecord
             "of that name; on a server registry the owner is the database role that connects"
         )
     registry.collections.get(name)  # a missing name: CollectionError with close matches
-    with db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         rec = registry.collections.read_locked(conn, name, exclusive=True)
         if rec is None:
             raise CollectionError(f"run {name!r} does not exist (removed by another process?); cannot hand it over")

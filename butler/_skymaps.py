@@ -19,6 +19,7 @@ from .errors import ConflictError, DataIdError
 
 if TYPE_CHECKING:
     from ._butler import Butler
+    from .registry._registry import Registry
 
 __all__ = ["define_visits", "detector_corners", "load_skymap", "register_skymap", "sky_vectors"]
 
@@ -29,13 +30,17 @@ def _class_path(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _skymap_record(butler: Butler, name: str) -> Any | None:
-    records = butler.query_dimension_records("skymap", skymap=name)
+def _records(registry: Registry, element: str, **constraints: Any) -> list[Any]:
+    return registry.queries.dimension_records(element, constraints=registry.data_ids.constraints(None, constraints))
+
+
+def _skymap_record(registry: Registry, name: str) -> Any | None:
+    records = _records(registry, "skymap", skymap=name)
     return records[0] if records else None
 
 
-def _conflict(butler: Butler, skymap: Any) -> ConflictError:
-    old = load_skymap(butler, skymap.name)
+def _conflict(registry: Registry, skymap: Any) -> ConflictError:
+    old = load_skymap(registry, skymap.name)
     return ConflictError(
         f"skymap {skymap.name!r} is already registered with a different configuration: "
         f"{old.describe_difference(skymap)}; register the new one under another name"
@@ -45,7 +50,7 @@ def _conflict(butler: Butler, skymap: Any) -> ConflictError:
 BATCH_TRACTS = 256  # tracts whose rows are computed and inserted together (bounded memory)
 
 
-def register_skymap(butler: Butler, skymap: Any, tracts: Iterable[int] | int | None = None) -> int:
+def register_skymap(registry: Registry, skymap: Any, tracts: Iterable[int] | int | None = None) -> int:
     """Register ``skymap``'s tracts and patches; return how many tracts were added.
 
     ``tracts`` (tract ids) limits the registration to those tracts and their patches; tracts
@@ -53,93 +58,41 @@ def register_skymap(butler: Butler, skymap: Any, tracts: Iterable[int] | int | N
     after a few tracts, adds only what is missing (0 when there is nothing to add). A tract id
     outside the skymap is an error naming the valid range; registering a different
     configuration under an existing name is a ``ConflictError`` that says what differs. Either
-    way nothing is written.
+    way nothing is written. The caller checks that the registry may be written.
     """
-    import sqlalchemy as sa
-
-    butler._require_writeable()
     wanted = skymap.check_tracts(tracts) if tracts is not None else None
-    existing = _skymap_record(butler, skymap.name)
+    existing = _skymap_record(registry, skymap.name)
     if existing is not None and existing.hash != skymap.digest:
-        raise _conflict(butler, skymap)
-    registry = butler._registry
-    dbapi = registry.db.engine.dialect.loaded_dbapi  # bulk inserts go through the driver's cursor
-    for attempt in range(3):
-        try:
-            with registry.db.transaction(write=True) as conn:
-                added = _register_tracts(butler, conn, skymap, wanted)
-            if added:
-                schema = registry.schema
-                registry.db.analyze([schema.elements["tract"], schema.elements["patch"], schema.skypix["tract"],
-                                     schema.skypix["patch"]])
-            return added
-        except (sa.exc.IntegrityError, dbapi.IntegrityError):
-            # Another process registered the same skymap or tracts meanwhile (PostgreSQL and
-            # MySQL; SQLite write transactions are serialised): what it added is skipped now.
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+        raise _conflict(registry, skymap)
+    return registry.skymaps.register(lambda conn: _register_tracts(registry, conn, skymap, wanted))
 
 
-def _register_tracts(butler: Butler, conn: Any, skymap: Any, wanted: Any) -> int:
+def _register_tracts(registry: Registry, conn: Any, skymap: Any, wanted: Any) -> int:
     import numpy as np
-    import sqlalchemy as sa
 
-    registry = butler._registry
-    schema = registry.schema
+    skymaps = registry.skymaps
     name = skymap.name
-    sk, tract_table = schema.elements["skymap"], schema.elements["tract"]
-    row = conn.execute(sa.select(sk.c.hash).where(sk.c.name == name)).first()
-    if row is None:
+    stored_hash = skymaps.hash_of(conn, name)
+    if stored_hash is None:
         stored = json.dumps({"class": _class_path(skymap), "config": skymap.config}, sort_keys=True)
         max_nx, max_ny = skymap.patch_grid
-        conn.execute(sk.insert().values(name=name, hash=skymap.digest, tract_max=skymap.num_tracts,
-                                        patch_nx_max=max_nx, patch_ny_max=max_ny, config=stored))
+        skymaps.insert_skymap(conn, name=name, digest=skymap.digest, tract_max=skymap.num_tracts,
+                              patch_nx_max=max_nx, patch_ny_max=max_ny, config=stored)
         registered = np.zeros(0, dtype=np.int64)
-    elif row[0] != skymap.digest:
-        raise _conflict(butler, skymap)
+    elif stored_hash != skymap.digest:
+        raise _conflict(registry, skymap)
     else:
-        ids = conn.execute(sa.select(tract_table.c.id).where(tract_table.c.skymap == name)).scalars().all()
-        registered = np.asarray(ids, dtype=np.int64)
+        registered = np.asarray(skymaps.tract_ids(conn, name), dtype=np.int64)
     todo = np.arange(skymap.num_tracts, dtype=np.int64) if wanted is None else wanted
     if len(registered):
         todo = todo[~np.isin(todo, registered)]
-    deferred = _defer_indexes(conn, registry, len(todo) * skymap.num_patches)
-    for start in range(0, len(todo), BATCH_TRACTS):
-        _insert_tract_batch(butler, conn, skymap, todo[start:start + BATCH_TRACTS])
-    for index in deferred:
-        index.create(conn)
+    with skymaps.bulk_load(conn, len(todo) * skymap.num_patches):
+        for start in range(0, len(todo), BATCH_TRACTS):
+            _insert_tract_batch(registry, conn, skymap, todo[start:start + BATCH_TRACTS])
     return len(todo)
 
 
-DEFER_INDEXES_PATCHES = 200_000  # registering at least this many patches rebuilds the pixel indexes once
-
-
-def _defer_indexes(conn: Any, registry: Any, new_patches: int) -> list[Any]:
-    """Drop the ``pix`` indexes of the tract/patch spatial index for a big load (SQLite only).
-
-    Inserting millions of index rows in (tract, patch) order appends to their primary keys but
-    scatters inserts over a ``pix`` index; building that index once at the end is about 40%
-    cheaper. The drop and the rebuild are in the registration's transaction, so readers (WAL)
-    never see the table without its index. Only when the table holds fewer rows than are
-    coming, else rebuilding would cost more than it saves. Never on MySQL (DDL commits) nor
-    PostgreSQL (DROP INDEX locks out readers until the transaction ends).
-    """
-    import sqlalchemy as sa
-
-    if registry.db.dialect != "sqlite" or new_patches < DEFER_INDEXES_PATCHES:
-        return []
-    table = registry.schema.skypix["patch"]
-    existing = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
-    if existing > 4 * new_patches:  # about 4-5 index rows per patch
-        return []
-    indexes = [i for name in ("tract", "patch") for i in registry.schema.skypix[name].indexes]
-    for index in indexes:
-        index.drop(conn)
-    return indexes
-
-
-def _insert_tract_batch(butler: Butler, conn: Any, skymap: Any, tracts: Any) -> None:
+def _insert_tract_batch(registry: Registry, conn: Any, skymap: Any, tracts: Any) -> None:
     """Tract and patch records of ``tracts`` with their regions and spatial index (bulk inserts)."""
     from itertools import repeat
 
@@ -147,39 +100,34 @@ def _insert_tract_batch(butler: Butler, conn: Any, skymap: Any, tracts: Any) -> 
 
     from .skymap._geometry import encode_polygons
 
-    registry = butler._registry
-    db, schema = registry.db, registry.schema
     pixelization = registry.records.spatial.pixelization
     name = skymap.name
     nx, ny = skymap.patch_grid
     patch_ids = np.arange(nx * ny, dtype=np.int64)
 
     vertices = skymap.tract_vertices(tracts)
-    db.bulk_insert(conn, schema.elements["tract"], ["skymap", "id", "region"],
-                   list(zip(repeat(name), tracts.tolist(), encode_polygons(vertices))))
     poly, pix = pixelization.envelopes(vertices)
-    db.bulk_insert(conn, schema.skypix["tract"], ["skymap", "id", "pix"],
-                   list(zip(repeat(name), tracts[poly].tolist(), pix.tolist())))
+    registry.skymaps.insert_tracts(conn, list(zip(repeat(name), tracts.tolist(), encode_polygons(vertices))),
+                                   list(zip(repeat(name), tracts[poly].tolist(), pix.tolist())))
 
     vertices = skymap.patch_vertices(tracts).reshape(-1, 4, 3)
     tract_of = np.repeat(tracts, len(patch_ids))
     patch_of = np.tile(patch_ids, len(tracts))
-    db.bulk_insert(conn, schema.elements["patch"], ["skymap", "tract", "id", "cell_x", "cell_y", "region"],
-                   list(zip(repeat(name), tract_of.tolist(), patch_of.tolist(), (patch_of % nx).tolist(),
-                            (patch_of // nx).tolist(), encode_polygons(vertices))))
     poly, pix = pixelization.envelopes(vertices)
-    db.bulk_insert(conn, schema.skypix["patch"], ["skymap", "tract", "id", "pix"],
-                   list(zip(repeat(name), tract_of[poly].tolist(), patch_of[poly].tolist(), pix.tolist())))
+    registry.skymaps.insert_patches(
+        conn, list(zip(repeat(name), tract_of.tolist(), patch_of.tolist(), (patch_of % nx).tolist(),
+                       (patch_of // nx).tolist(), encode_polygons(vertices))),
+        list(zip(repeat(name), tract_of[poly].tolist(), patch_of[poly].tolist(), pix.tolist())))
 
 
 _SKYMAPS: dict[tuple[str, str], Any] = {}
 
 
-def load_skymap(butler: Butler, name: str) -> Any:
+def load_skymap(registry: Registry, name: str) -> Any:
     """Rebuild a registered skymap from the configuration stored with it."""
-    record = _skymap_record(butler, name)
+    record = _skymap_record(registry, name)
     if record is None:
-        known = [r.name for r in butler.query_dimension_records("skymap")]
+        known = [r.name for r in _records(registry, "skymap")]
         raise DataIdError(f"skymap {name!r} is not registered; registered skymaps: {known}")
     key = (name, record.hash)
     skymap = _SKYMAPS.get(key)
@@ -197,24 +145,24 @@ SKYMAP_PACKERS = ("tract_patch", "tract_patch_band")
 INSTRUMENT_PACKERS = ("visit_detector", "exposure_detector")
 
 
-def data_id_packer(butler: Butler, kind: str, **data_id: Any) -> Any:
+def data_id_packer(registry: Registry, kind: str, **data_id: Any) -> Any:
     """The packer ``Butler.packer`` returns (see there); arguments are checked, errors say what is expected."""
     if kind in SKYMAP_PACKERS:
         allowed = {"skymap", "bands"} if kind == "tract_patch_band" else {"skymap"}
         _check_packer_args(kind, data_id, "skymap", allowed)
-        skymap = load_skymap(butler, data_id["skymap"])
+        skymap = load_skymap(registry, data_id["skymap"])
         if kind == "tract_patch":
             return skymap.packer()
-        bands = data_id.get("bands") or sorted(r.name for r in butler.query_dimension_records("band"))
+        bands = data_id.get("bands") or sorted(r.name for r in _records(registry, "band"))
         if not bands:
             raise DataIdError("no bands are registered; pass bands=[...] for a tract_patch_band packer")
         return skymap.packer(bands=bands)
     if kind in INSTRUMENT_PACKERS:
         _check_packer_args(kind, data_id, "instrument", {"instrument"})
         name = data_id["instrument"]
-        records = butler.query_dimension_records("instrument", instrument=name)
+        records = _records(registry, "instrument", instrument=name)
         if not records:
-            known = [r.name for r in butler.query_dimension_records("instrument")]
+            known = [r.name for r in _records(registry, "instrument")]
             raise DataIdError(f"instrument {name!r} is not registered; registered instruments: {known}")
         record = records[0]
         instrument = _registered_instrument(record)
@@ -334,12 +282,11 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
     """
     import lsst.sphgeom as sg
     import numpy as np
-    import sqlalchemy as sa
 
     from .skymap._geometry import encode_polygons
 
-    butler._require_writeable()
-    registry = butler._registry
+    butler.require_writeable()
+    registry = butler.registry
     if not butler.query_dimension_records("instrument", instrument=instrument):
         known = [r.name for r in butler.query_dimension_records("instrument")]
         raise DataIdError(f"instrument {instrument!r} is not registered; registered instruments: {known}")
@@ -359,10 +306,7 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
     if not detectors:
         raise DataIdError(f"no detector of {instrument!r} has a geometry (pixel_scale_arcsec, bbox_width, "
                           "bbox_height); cannot compute regions")
-    visit_table = registry.schema.elements["visit"]
-    with registry.db.transaction() as conn:  # ids only: records would decode every visit's region
-        existing = set(conn.execute(sa.select(visit_table.c.id).where(visit_table.c.instrument == instrument))
-                       .scalars())
+    existing = registry.records.ids_of_instrument("visit", instrument)  # records would decode every region
     if not update:
         records = [r for r in records if r.id not in existing]
         if not records:
@@ -377,12 +321,13 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
         n_det = len(dets)
         flat = _check_orientation(
             vectors.reshape(-1, 4, 3),
-            lambda i, group=group, dets=dets: f"exposure {group[i // n_det].id}, detector {dets[i % n_det]['id']}")
+            lambda i, group=group, dets=dets, n_det=n_det:
+            f"exposure {group[i // n_det].id}, detector {dets[i % n_det]['id']}")
         encoded = encode_polygons(flat)
         for j, k in enumerate(indices):
             geometry[k] = (vectors[j], dets, encoded[j * n_det:(j + 1) * n_det])
     visit_rows = []
-    region_rows = []
+    region_rows: list[dict[str, Any]] = []
     for k, r in enumerate(records):
         exposure_vectors, dets, detector_regions = geometry[k]
         points = [sg.UnitVector3d(*v) for v in exposure_vectors.reshape(-1, 3).tolist()]
@@ -396,25 +341,17 @@ def define_visits(butler: Butler, instrument: str, *, where: str | None = None, 
                             "region": detector_regions[j]} for j, d in enumerate(dets))
     definition_rows = [{"instrument": instrument, "exposure": r.id, "visit": r.id} for r in records]
     records_mgr = registry.records
-    schema = registry.schema
     new_visits = [v for v in visit_rows if v["id"] not in existing]
     old_visits = [v for v in visit_rows if v["id"] in existing]
-    with registry.db.transaction(write=True) as conn:
-        if old_visits:
-            ids = [v["id"] for v in old_visits]
-            vdr, vdr_index = schema.elements["visit_detector_region"], schema.skypix["visit_detector_region"]
-            for start in range(0, len(ids), 500):  # regions (and their index rows) are recomputed
-                chunk = ids[start:start + 500]
-                for table in (vdr_index, vdr):
-                    conn.execute(table.delete().where(table.c.instrument == instrument, table.c.visit.in_(chunk)))
-            _update_visits(registry, conn, old_visits)
+    with registry.transaction(write=True) as conn:
+        if old_visits:  # their detector regions (and index rows) are recomputed; other fields (seeing...) kept
+            records_mgr.delete_detector_regions(conn, instrument, [v["id"] for v in old_visits])
+            records_mgr.update_fields("visit", old_visits, conn)
         if new_visits:
             records_mgr.insert("visit", new_visits, conn=conn)
         records_mgr.insert("visit_definition", definition_rows, conflict="skip", conn=conn)
         records_mgr.insert("visit_detector_region", region_rows, conn=conn)
-    schema = registry.schema
-    registry.db.analyze([schema.elements["visit"], schema.elements["visit_detector_region"],
-                         schema.skypix["visit"], schema.skypix["visit_detector_region"]])
+    records_mgr.analyze(["visit", "visit_detector_region"])
     return len(visit_rows)
 
 
@@ -460,22 +397,3 @@ def _camera_versions(butler: Butler, instrument: str, records: list[Any], regist
             entry = versions[ref.id if ref is not None else None] = (dets, [])
         entry[1].append(k)
     return list(versions.values())
-
-
-def _update_visits(registry: Any, conn: Any, rows: list[dict[str, Any]]) -> None:
-    """Rewrite the fields of existing visit records that come from the exposure (and the region),
-    and their spatial index."""
-    import sqlalchemy as sa
-
-    element = registry.universe["visit"]
-    table = registry.schema.elements["visit"]
-    converted = [registry.records.to_row(element, row) for row in rows]
-    registry.records._ensure_implied(element, converted, conn)  # a new day_obs record if needed
-    fields = [c for c in rows[0] if c not in ("instrument", "id")]  # others (seeing...) are kept
-    stmt = (table.update()
-            .where(table.c.instrument == sa.bindparam("key_instrument"), table.c.id == sa.bindparam("key_id"))
-            .values({f: sa.bindparam(f"new_{f}") for f in fields}))
-    conn.execute(stmt, [{"key_instrument": r["instrument"], "key_id": r["id"],
-                         **{f"new_{f}": r[f] for f in fields}} for r in converted])
-    registry.records.spatial.delete(conn, element, converted)
-    registry.records.spatial.insert(conn, element, converted)

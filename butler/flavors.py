@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConflictError, DataIdError
 
 if TYPE_CHECKING:
-    from ._butler import Butler
+    from .registry._registry import Registry
 
 __all__ = ["FLAVOR_KINDS", "default_flavors", "flavor_record", "nightly_flavor", "register_flavors"]
 
@@ -112,15 +112,13 @@ def default_flavors(nights: Iterable[int] = ()) -> list[dict[str, Any]]:
     return records
 
 
-def register_flavors(butler: Butler, flavors: Iterable[str | Mapping[str, Any]]) -> int:
+def register_flavors(registry: Registry, flavors: Iterable[str | Mapping[str, Any]]) -> int:
     """Insert flavor records (validated first); return how many were new.
 
     A flavor already registered with the same definition is skipped; with a different one, it
-    is a ``ConflictError`` naming the difference, and nothing is written.
+    is a ``ConflictError`` naming the difference, and nothing is written. The caller checks that
+    the registry may be written.
     """
-    import sqlalchemy as sa
-
-    butler._require_writeable()
     records: dict[str, dict[str, Any]] = {}
     for item in flavors if not isinstance(flavors, (str, Mapping)) else [flavors]:
         record = flavor_record(item)
@@ -131,10 +129,8 @@ def register_flavors(butler: Butler, flavors: Iterable[str | Mapping[str, Any]])
         records[record["name"]] = record
     if not records:
         return 0
-    registry = butler._registry
-    table = registry.schema.elements["flavor"]
-    with registry.db.transaction(write=True) as conn:
-        rows = conn.execute(sa.select(table).where(table.c.name.in_(list(records)))).mappings().all()
+    with registry.transaction(write=True) as conn:
+        rows = registry.records.stored_rows("flavor", list(records), conn)
         for row in rows:
             existing = {k: row[k] for k in _FIELDS}
             if existing != records[row["name"]]:

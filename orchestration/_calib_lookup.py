@@ -29,7 +29,7 @@ def resolve_calibs(butler: Butler, dataset_type: str, cg: Any, quanta: Sequence[
     element = next((e for e in ("exposure", "visit") if e in q_group.required), None)
     if element is None or "instrument" not in q_group.required:
         return None
-    obs = observation_times(butler, element, {(q.data_id["instrument"], q.data_id[element]) for q in quanta})
+    obs = observation_times(butler.registry, element, {(q.data_id["instrument"], q.data_id[element]) for q in quanta})
     pairs: list[tuple[DataCoordinate, int]] = []
     wanted: dict[tuple[int, tuple], tuple[DataCoordinate, int]] = {}
     coords: dict[tuple, DataCoordinate] = {}

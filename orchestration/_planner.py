@@ -382,7 +382,7 @@ class Planner:
         others again (removing outputs of the output run first). One provenance query for all."""
         if not complete:
             return
-        recorded = recorded_inputs(self.butler, [have[first] for _, have, _ in complete])
+        recorded = recorded_inputs(self.butler.registry, [have[first] for _, have, _ in complete])
         made_here = self._made_here
         for (q, have, reason), stored in zip(complete, recorded):
             if not made_here and stored is not None and len(stored) == 36 and len(q.inputs) == 1:

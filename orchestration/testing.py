@@ -240,7 +240,7 @@ def add_sum(**add_config: Any) -> Any:
 def registered_files(butler: Any, run: str) -> set[str]:
     """Paths (relative to the root) of the files the registry holds for ``run``."""
     registry = butler.registry
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         return set(registry.datasets.paths_in_runs(conn, [registry.collections.get(run).id]))
 
 

@@ -102,7 +102,7 @@ def _allocate(root: str, names: list[str], barrier, queue) -> None:
     try:
         butler = Butler(root)  # read-only: indices are registry bookkeeping, assigned on first use
         barrier.wait(timeout=60)
-        queue.put(("ok", os.getpid(), {name: instrument_index(butler, name) for name in names}))
+        queue.put(("ok", os.getpid(), {name: instrument_index(butler.registry, name) for name in names}))
     except BaseException:  # noqa: BLE001 - report everything to the parent
         queue.put(("error", os.getpid(), traceback.format_exc()))
 
@@ -143,10 +143,10 @@ def test_concurrent_processes_agree_on_instrument_indices(repo_factory, tmp_path
     from butler._multi_instrument import instrument_index
 
     fresh = Butler(butler.root, writeable=True)
-    assert {n: instrument_index(fresh, n) for n in names} == final
+    assert {n: instrument_index(fresh.registry, n) for n in names} == final
     _register_more(fresh, tmp_path, ["CamE"])
     packer = fresh.packer("instrument_visit_detector")
-    assert instrument_index(fresh, "CamE") == len(names)
+    assert instrument_index(fresh.registry, "CamE") == len(names)
     assert _index_rows(fresh) == {**rows, "instrument_index:CamE": str(len(names)),
                                   f"instrument_index_value:{len(names)}": "CamE"}
     for name, index in final.items():
@@ -189,7 +189,7 @@ def test_an_index_claimed_concurrently_is_not_taken_twice(repo_factory, tmp_path
 
     butler = repo_factory()
     _register_cameras(butler, tmp_path, ["CamA", "CamB"])
-    assert (instrument_index(butler, "SimCam"), instrument_index(butler, "HexCam")) == (0, 1)
+    assert (instrument_index(butler.registry, "SimCam"), instrument_index(butler.registry, "HexCam")) == (0, 1)
     ctx = _context()
     barrier = ctx.Barrier(2)
     queue = ctx.Queue()
@@ -208,7 +208,7 @@ def test_an_index_claimed_concurrently_is_not_taken_twice(repo_factory, tmp_path
     proc.join(timeout=30)
     assert status == "ok", got
     assert got == {"CamB": 3}
-    assert instrument_index(Butler(butler.root), "CamA") == 2
+    assert instrument_index(Butler(butler.root).registry, "CamA") == 2
     expected = {"SimCam": 0, "HexCam": 1, "CamA": 2, "CamB": 3}
     assert _index_rows(butler) == {**{f"instrument_index:{n}": str(i) for n, i in expected.items()},
                                    **{f"instrument_index_value:{i}": n for n, i in expected.items()}}
@@ -224,15 +224,15 @@ def test_index_errors_change_nothing(repo_factory, tmp_path):
     before = snapshot_repo(butler)
     with pytest.raises(DataIdError, match=r"instrument 'NoCam' is not registered, so it has no index; "
                                           r"registered instruments: \['HexCam', 'SimCam'\]"):
-        instrument_index(butler, "NoCam")
+        instrument_index(butler.registry, "NoCam")
     assert snapshot_repo(butler) == before
     # the 4-bit index field is full: the 17th instrument is refused, naming the indices in use
     names = _register_more(butler, tmp_path, [f"Cam{i:02d}" for i in range(15)])
     for name in ["SimCam", "HexCam", *names[:14]]:
-        instrument_index(butler, name)
+        instrument_index(butler.registry, name)
     before = snapshot_repo(butler)
     with pytest.raises(DataIdError, match=r"no instrument index left for 'Cam14': .* at most 16 instruments"):
-        instrument_index(butler, "Cam14")
+        instrument_index(butler.registry, "Cam14")
     assert snapshot_repo(butler) == before
 
 

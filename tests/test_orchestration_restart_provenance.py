@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import butler._provenance as provenance
+import butler.registry._provenance as registry_provenance
 from butler import Butler
 from butler.cli import cli
 from orchestration import DaskExecutor, Pipeline, Planner
@@ -217,10 +218,10 @@ def test_outputs_without_provenance_are_complete_unless_inputs_are_remade(repo, 
 def test_recorded_inputs_by_ids_and_by_run(done, monkeypatch):
     # Past the id-list limit the records are selected by run (no parameter limit): the same answer.
     refs = done.query_datasets("added", collections=OUT)
-    by_ids = provenance.recorded_inputs(done, refs)
-    monkeypatch.setattr(provenance, "_IN_LIST_LIMIT", 2)
-    assert provenance.recorded_inputs(done, refs) == by_ids
-    assert provenance.recorded_inputs(done, refs[:2]) == by_ids[:2]
+    by_ids = provenance.recorded_inputs(done.registry, refs)
+    monkeypatch.setattr(registry_provenance, "_IN_LIST_LIMIT", 2)
+    assert provenance.recorded_inputs(done.registry, refs) == by_ids
+    assert provenance.recorded_inputs(done.registry, refs[:2]) == by_ids[:2]
     sources = {r.data_id: r for r in done.query_datasets("metrics_in", collections="in")}
     for ref, stored in zip(refs, by_ids):
         source = sources[ref.data_id]
@@ -229,7 +230,7 @@ def test_recorded_inputs_by_ids_and_by_run(done, monkeypatch):
     # Not made by a pipeline: no record.
     (hand,) = done.put_many([({"value": 0}, "added", {"instrument": "SimCam", "visit": 0, "detector": 0})],
                             run="u/tester/hand")
-    assert provenance.recorded_inputs(done, [hand, refs[0]]) == [None, by_ids[0]]
+    assert provenance.recorded_inputs(done.registry, [hand, refs[0]]) == [None, by_ids[0]]
     assert resume(done).to_run() == []
 
 

@@ -131,8 +131,9 @@ def test_big_registrations_rebuild_the_pixel_indexes_once(repo, monkeypatch):
     """(SQLite) big loads drop the pix indexes and rebuild them in the same transaction; a failure
     in the middle leaves everything, indexes included, as it was."""
     import butler._skymaps as skymaps
+    import butler.registry._skymap_records as skymap_records
 
-    monkeypatch.setattr(skymaps, "DEFER_INDEXES_PATCHES", 1)
+    monkeypatch.setattr(skymap_records, "DEFER_INDEXES_PATCHES", 1)
     sm = DiscreteSkyMap("deep3", centers=[(10.0, 0.0), (11.0, 0.0), (12.0, 0.0)], radius_deg=0.3, patch_grid=(3, 3))
 
     def indexes() -> set[str]:
@@ -177,13 +178,13 @@ def test_a_concurrent_registration_is_retried(repo, rings, monkeypatch):
     dbapi = repo.registry.db.engine.dialect.loaded_dbapi
     calls = []
 
-    def racing(butler, conn, skymap, wanted):
+    def racing(registry, conn, skymap, wanted):
         calls.append(1)
         if len(calls) == 1:
-            other = Butler(repo.root, writeable=True)
+            other = Butler(repo.root, writeable=True).registry
             assert original(other, conn, skymap, np.array([NEIGHBOUR])) == 1  # "the other process"
             raise dbapi.IntegrityError("UNIQUE constraint failed: tract.skymap, tract.id")
-        return original(butler, conn, skymap, wanted)
+        return original(registry, conn, skymap, wanted)
 
     monkeypatch.setattr(skymaps, "_register_tracts", racing)
     assert repo.register_skymap(rings, tracts=[TRACT, NEIGHBOUR]) == 2  # the failed attempt was rolled back

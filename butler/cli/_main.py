@@ -225,18 +225,9 @@ def cleanup(repo: str, runs: Sequence[str], allow_foreign_run: bool) -> None:
 
 def _count_files(butler: Butler, collections: Sequence[str] | None) -> int:
     """How many file records ``Butler.verify(collections=...)`` checks (same selection)."""
-    import sqlalchemy as sa
-
     registry = butler.registry
-    f = registry.schema.file_record
-    d = registry.schema.dataset
-    stmt = sa.select(sa.func.count()).select_from(f)
-    if collections is not None:
-        ids = [c.id for c in registry.collections.resolve(collections)]
-        stmt = (sa.select(sa.func.count()).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
-                .where(d.c.run_id.in_(ids)))
-    with registry.db.transaction() as conn:
-        return int(conn.execute(stmt).scalar_one())
+    ids = None if collections is None else [c.id for c in registry.collections.resolve(collections)]
+    return registry.datasets.count_files(ids)
 
 
 @cli.command("remove-runs")
@@ -266,7 +257,7 @@ def remove_runs(repo: str, patterns: Sequence[str], yes: bool, allow_foreign_run
     if not runs:
         click.echo(f"no RUN collection matches {' '.join(repr(p) for p in patterns)}; nothing removed", err=True)
         raise click.exceptions.Exit(1)
-    counts = _dataset_counts(butler, [r.id for r in runs])
+    counts = butler.registry.datasets.count_by_run([r.id for r in runs])
     print_rows([{"run": r.name, "datasets": counts.get(r.id, 0)} for r in runs], ["run", "datasets"], "table")
     total = sum(counts.values())
     if not yes:
@@ -275,30 +266,20 @@ def remove_runs(repo: str, patterns: Sequence[str], yes: bool, allow_foreign_run
     click.echo(f"removed {len(removed)} run(s) and {total} dataset(s)")
 
 
-def _dataset_counts(butler: Butler, run_ids: Sequence[int]) -> dict[int, int]:
-    import sqlalchemy as sa
-
-    registry = butler.registry
-    d = registry.schema.dataset
-    stmt = sa.select(d.c.run_id, sa.func.count()).where(d.c.run_id.in_(run_ids)).group_by(d.c.run_id)
-    with registry.db.transaction() as conn:
-        return {run_id: int(n) for run_id, n in conn.execute(stmt)}
-
-
 for _command in (query_datasets, query_data_ids, query_dimension_records, query_collections,
                  query_dataset_types):
     cli.add_command(_command)
 
-from ._commands_calibs import certify_calibrations, query_calibrations  # noqa: E402  (issue 7)
+from ._commands_calibs import certify_calibrations, query_calibrations
 
 cli.add_command(certify_calibrations)
 cli.add_command(query_calibrations)
 
-from ._commands_provenance import query_provenance  # noqa: E402  (issue 6)
+from ._commands_provenance import query_provenance
 
 cli.add_command(query_provenance)
 
-from ._commands_runs import chown_run  # noqa: E402  (issue 11)
+from ._commands_runs import chown_run
 
 cli.add_command(chown_run)
 

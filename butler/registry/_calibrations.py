@@ -20,17 +20,22 @@ then a pick per pair in Python (first collection of the search path wins).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from .._dataset_ref import DatasetRef
 from ..errors import ConflictError
 from ._collections import CollectionManager, CollectionRecord
 from ._database import Database
 from ._dataset_types import DatasetTypeRecord
 from ._schema import RegistrySchema
+
+if TYPE_CHECKING:
+    from ..dimensions import DataCoordinate
+    from ._datasets import FoundDataset
 
 __all__ = ["MAX_NS", "MIN_NS", "CalibRow", "CalibrationManager", "format_ns", "format_range"]
 
@@ -72,10 +77,12 @@ class CalibRow:
 class CalibrationManager:
     """Reads and writes ``dataset_calibs`` (one per registry; see `calibrations_of`)."""
 
-    def __init__(self, db: Database, schema: RegistrySchema, collections: CollectionManager):
+    def __init__(self, db: Database, schema: RegistrySchema, collections: CollectionManager,
+                 files_of: Callable[[sa.Connection, Sequence[uuid.UUID]], Mapping[uuid.UUID, Sequence[Any]]]):
         self._db = db
         self._schema = schema
         self._collections = collections
+        self._files_of = files_of  # DatasetManager.files_of
         self._exists: bool | None = None
 
     @property
@@ -220,6 +227,33 @@ class CalibrationManager:
             conn.execute(c.insert(), remnants)
 
     # -- lookup ------------------------------------------------------------------------------
+    def found_dataset(self, conn: sa.Connection, type_rec: DatasetTypeRecord, data_id: DataCoordinate,
+                      row: CalibRow) -> FoundDataset:
+        """The dataset of a certified range, with its file records (one indexed SELECT)."""
+        from ._datasets import FoundDataset
+
+        run = self._collections.by_id(row.run_id).name
+        ref = DatasetRef._trusted(type_rec.dataset_type, data_id, run, row.dataset_id)
+        files = self._files_of(conn, [row.dataset_id]).get(row.dataset_id, [])
+        return FoundDataset(ref, tuple(files))
+
+    def find_refs(self, conn: sa.Connection, type_rec: DatasetTypeRecord, items: Sequence[tuple[DataCoordinate, int]],
+                  collections: Sequence[CollectionRecord]) -> dict[tuple[DataCoordinate, int], DatasetRef]:
+        """For each (data ID, time ns): the ref valid then (first collection wins), as `find_many`
+        (one query); pairs with no valid calib are absent."""
+        coords = {c.values: c for c, _ in items}
+        found = self.find_many(conn, type_rec, [(c.values, t) for c, t in items], collections)
+        dt = type_rec.dataset_type
+        run_names: dict[int, str] = {}
+        out: dict[tuple[DataCoordinate, int], DatasetRef] = {}
+        for (key, t), row in found.items():
+            run = run_names.get(row.run_id)
+            if run is None:
+                run = run_names[row.run_id] = self._collections.by_id(row.run_id).name
+            out[(coords[key], t)] = DatasetRef._trusted(dt, coords[key], run, row.dataset_id)
+        return out
+
+
     def find_many(self, conn: sa.Connection, type_rec: DatasetTypeRecord, pairs: Sequence[tuple[tuple, int]],
                   collections: Sequence[CollectionRecord]) -> dict[tuple[tuple, int], CalibRow]:
         """For each (data ID key, time ns): the range valid then, from the first collection that has
@@ -245,9 +279,5 @@ class CalibrationManager:
 
 
 def calibrations_of(registry: Any) -> CalibrationManager:
-    """The calibration manager of a registry (made on first use and kept on it)."""
-    manager = registry.__dict__.get("_calibrations")
-    if manager is None:
-        manager = CalibrationManager(registry.db, registry.schema, registry.collections)
-        registry.__dict__["_calibrations"] = manager
-    return manager
+    """The calibration manager of a registry (``registry.calibrations``)."""
+    return registry.calibrations

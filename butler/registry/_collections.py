@@ -316,6 +316,11 @@ class CollectionManager:
         validate_collection_name(name)
         conn.execute(self._db.insert_ignore(self._table).values(name=name, type=int(type), owner=owner, doc=doc))
 
+    @property
+    def owner_length(self) -> int:
+        """The longest owner name the ``collection`` table holds (the same on every backend)."""
+        return int(self._table.c.owner.type.length)  # type: ignore[attr-defined]
+
     def set_owner(self, conn: sa.Connection, rec: CollectionRecord, owner: str) -> CollectionRecord:
         """Record ``owner`` for ``rec`` (locked by the caller with ``read_locked(exclusive=True)``)."""
         conn.execute(self._table.update().where(self._table.c.collection_id == rec.id).values(owner=owner))

@@ -20,7 +20,7 @@ from sqlalchemy import event
 
 from ..errors import InvalidNameError, RegistryConnectionError
 
-__all__ = ["Database", "close_engine", "open_database", "validate_namespace"]
+__all__ = ["Database", "close_engine", "forget_engines", "lost_race", "open_database", "validate_namespace"]
 
 _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -239,6 +239,13 @@ class Database:
                     conn.exec_driver_sql(f"ANALYZE TABLE {name}")
             conn.commit()
 
+    def checkpoint(self) -> None:
+        """Copy a SQLite registry's write-ahead log into the main file and truncate it (so the file
+        alone holds the repository: tests that copy or damage it); nothing on servers."""
+        if self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: Sequence[str],
                     rows: Sequence[tuple[Any, ...]], *, chunk: int = 50_000) -> None:
         """Insert many tuples with the driver's executemany, bypassing per-row SQLAlchemy work.
@@ -287,6 +294,21 @@ class Database:
             conn.execute(stmt, list(rows))
 
 
+def lost_race(err: BaseException, *, deadlocks: bool = True) -> bool:
+    """Whether ``err`` (raised by a registry call) is a transaction that lost to a concurrent one and
+    may simply be retried: a primary-key conflict with a concurrent insert or, with ``deadlocks``, a
+    deadlock/serialization failure (PostgreSQL 40001/40P01, MySQL 1205/1213)."""
+    if isinstance(err, sa.exc.IntegrityError):
+        return True
+    if not isinstance(err, sa.exc.DBAPIError) or not deadlocks:
+        return False
+    orig = err.orig
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in (1205, 1213)  # MySQL/MariaDB lock wait timeout, deadlock
+
+
 def close_engine(url: str) -> None:
     """Close every pooled connection to ``url`` and forget its engine (the next use reconnects);
     for tests that damage a registry file and then open it as a new process would."""
@@ -294,6 +316,15 @@ def close_engine(url: str) -> None:
         engine = _ENGINES.pop(url, None)
     if engine is not None:
         engine.dispose()
+
+
+def forget_engines(*, close: bool = False) -> None:
+    """Forget every cached engine (the next use reconnects); their connections are closed only with
+    ``close``: a forked child must not close the connections its parent still uses."""
+    with _ENGINES_LOCK:
+        for engine in _ENGINES.values():
+            engine.dispose(close=close)
+        _ENGINES.clear()
 
 
 def open_database(url: str, namespace: str | None) -> Database:

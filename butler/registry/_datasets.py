@@ -371,6 +371,64 @@ class DatasetManager:
                                     .where(d.c.dataset_id.in_(ids[start:start + 5000]))).scalars())
         return out
 
+    def existing_ids(self, conn: sa.Connection, dataset_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these datasets are in the registry (one SELECT per 5000 ids)."""
+        d = self._schema.dataset
+        ids = list(set(dataset_ids))
+        present: set[uuid.UUID] = set()
+        for start in range(0, len(ids), 5000):
+            present.update(conn.execute(sa.select(d.c.dataset_id).where(d.c.dataset_id.in_(ids[start:start + 5000])))
+                           .scalars())
+        return present
+
+    def count_files(self, collection_ids: Sequence[int] | None = None, conn: sa.Connection | None = None) -> int:
+        """How many file records there are (of the datasets of these runs, when given)."""
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.count_files(collection_ids, c)
+        f, d = self._schema.file_record, self._schema.dataset
+        stmt = sa.select(sa.func.count()).select_from(f)
+        if collection_ids is not None:
+            stmt = (sa.select(sa.func.count()).select_from(f.join(d, d.c.dataset_id == f.c.dataset_id))
+                    .where(d.c.run_id.in_(list(collection_ids))))
+        return int(conn.execute(stmt).scalar_one())
+
+    def count_by_run(self, run_ids: Sequence[int], conn: sa.Connection | None = None) -> dict[int, int]:
+        """The number of datasets of each of these runs (runs without any are absent): one GROUP BY."""
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.count_by_run(run_ids, c)
+        d = self._schema.dataset
+        stmt = sa.select(d.c.run_id, sa.func.count()).where(d.c.run_id.in_(list(run_ids))).group_by(d.c.run_id)
+        return {run_id: int(n) for run_id, n in conn.execute(stmt)}
+
+    def file_checks(self, collection_ids: Sequence[int] | None = None, conn: sa.Connection | None = None
+                    ) -> list[tuple[str, str | None, int | None]]:
+        """(path, checksum, size) of every file record, or of the datasets in these collections of any
+        type (RUN, TAGGED...: found through the tags tables): what `verify` checks."""
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.file_checks(collection_ids, c)
+        f = self._schema.file_record
+        stmt = sa.select(f.c.path, f.c.checksum, f.c.file_size)
+        if collection_ids is None:
+            return [tuple(r) for r in conn.execute(stmt).all()]  # type: ignore[misc]
+        ids = list(collection_ids)
+        tags_tables = {r.tags.name: r.tags for r in self._types.all()}
+        records: list[tuple[str, str | None, int | None]] = []
+        for tags in tags_tables.values():
+            member = sa.select(tags.c.dataset_id).where(tags.c.collection_id.in_(ids))
+            records += [tuple(r) for r in conn.execute(stmt.where(f.c.dataset_id.in_(member))).all()]  # type: ignore[misc]
+        return records
+
+    def all_paths(self, conn: sa.Connection | None = None) -> set[str]:
+        """The path of every file record (what a walk of the repository compares its files with)."""
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.all_paths(c)
+        f = self._schema.file_record
+        return set(conn.execute(sa.select(f.c.path)).scalars())
+
     def files_of(self, conn: sa.Connection, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:
         f = self._schema.file_record
         out: dict[uuid.UUID, list[FileRecord]] = {}

@@ -238,6 +238,88 @@ class DimensionRecordManager:
         self.spatial.insert(conn, element, rows)
         return len(rows)
 
+    def stored_rows(self, element_name: str, keys: Sequence[Any], conn: sa.Connection) -> list[dict[str, Any]]:
+        """The stored rows (database values, not records) of an element with a one-column primary key
+        (``flavor``, ``skymap``...) whose keys are in ``keys``: one SELECT, for comparing definitions."""
+        element = self.universe[element_name]
+        (pk,) = element.primary_key_columns
+        table = self._schema.elements[element_name]
+        return [dict(row) for row in conn.execute(sa.select(table).where(table.c[pk].in_(list(keys)))).mappings()]
+
+    def observation_times(self, element_name: str, keys: Iterable[tuple[str, int]], conn: sa.Connection | None = None
+                          ) -> dict[tuple[str, int], dict[str, Any]]:
+        """Begin time (ns) and implied values (physical_filter, day_obs, band) of the exposures or
+        visits ``(instrument, id)``: one SELECT per instrument and 5000 ids."""
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.observation_times(element_name, keys, c)
+        t = self._schema.elements[element_name]
+        band = self._schema.elements["physical_filter"]
+        by_inst: dict[str, list[int]] = {}
+        for inst, id_ in set(keys):
+            by_inst.setdefault(inst, []).append(id_)
+        cols = [t.c.instrument, t.c.id, t.c.begin, t.c.physical_filter, t.c.day_obs, band.c.band]
+        joined = t.outerjoin(band, sa.and_(band.c.instrument == t.c.instrument, band.c.name == t.c.physical_filter))
+        out: dict[tuple[str, int], dict[str, Any]] = {}
+        for inst, ids in by_inst.items():
+            for start in range(0, len(ids), 5000):
+                stmt = sa.select(*cols).select_from(joined).where(t.c.instrument == inst,
+                                                                  t.c.id.in_(ids[start:start + 5000]))
+                for row in conn.execute(stmt):
+                    out[(row[0], row[1])] = {"begin": row[2], "physical_filter": row[3], "day_obs": row[4],
+                                             "band": row[5]}
+        return out
+
+    def ids_of_instrument(self, element_name: str, instrument: str, conn: sa.Connection | None = None) -> set[int]:
+        """The ids of ``element``'s records of one instrument (exposures, visits): ids only, no
+        region is decoded."""
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.ids_of_instrument(element_name, instrument, c)
+        t = self._schema.elements[element_name]
+        return set(conn.execute(sa.select(t.c.id).where(t.c.instrument == instrument)).scalars())
+
+    def delete_detector_regions(self, conn: sa.Connection, instrument: str, visits: Sequence[int]) -> None:
+        """Delete the visit+detector regions (and their index rows) of ``visits``, before they are recomputed."""
+        schema = self._schema
+        ids = list(visits)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for table in (schema.skypix["visit_detector_region"], schema.elements["visit_detector_region"]):
+                conn.execute(table.delete().where(table.c.instrument == instrument, table.c.visit.in_(chunk)))
+
+    def update_fields(self, element_name: str, records: Sequence[Mapping[str, Any]], conn: sa.Connection) -> int:
+        """Rewrite the fields given in ``records`` (each: the primary key plus the same fields) of
+        existing records, in one executemany; other fields are kept. Implied records without fields
+        (a new ``day_obs``) are created, and a changed region is re-indexed."""
+        if not records:
+            return 0
+        element = self.universe[element_name]
+        table = self._schema.elements[element_name]
+        pk = element.primary_key_columns
+        converted = [self.to_row(element, row) for row in records]
+        self._ensure_implied(element, converted, conn)
+        fields = [c for c in records[0] if c not in pk]
+        stmt = (table.update()
+                .where(*[table.c[k] == sa.bindparam(f"key_{k}") for k in pk])
+                .values({f: sa.bindparam(f"new_{f}") for f in fields}))
+        conn.execute(stmt, [{**{f"key_{k}": r[k] for k in pk}, **{f"new_{f}": r[f] for f in fields}}
+                            for r in converted])
+        if element.spatial and "region" in fields:
+            self.spatial.delete(conn, element, converted)
+            self.spatial.insert(conn, element, converted)
+        return len(converted)
+
+    def analyze(self, element_names: Iterable[str]) -> None:
+        """Refresh the planner's statistics of these elements' tables and spatial index (after a bulk load)."""
+        schema = self._schema
+        tables = []
+        for name in element_names:
+            tables.append(schema.elements[name])
+            if name in schema.skypix:
+                tables.append(schema.skypix[name])
+        self._db.analyze(tables)
+
     def _ensure_implied(self, element: DimensionElement, rows: list[dict[str, Any]], conn: sa.Connection) -> None:
         for implied in element.implies:
             target = self.universe[implied]

@@ -14,12 +14,13 @@ instead of importing PyYAML.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3  # noqa: F401 - the default backend's driver, imported by the first open otherwise
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -27,6 +28,7 @@ import sqlalchemy.dialects.sqlite  # the default backend; create_engine would im
 
 from ..dimensions import DimensionUniverse
 from ..errors import ButlerError, RegistryConnectionError, RepositoryConfigError, RepositoryNotFoundError
+from ._calibrations import CalibrationManager
 from ._collections import GENERATION_ATTRIBUTE, CollectionManager
 from ._data_ids import DataIdResolver
 from ._database import Database
@@ -34,7 +36,9 @@ from ._dataset_types import DatasetTypeManager
 from ._datasets import DatasetManager
 from ._dimension_records import DimensionRecordManager
 from ._journal import FileJournal
+from ._provenance import ProvenanceManager
 from ._schema import SCHEMA_MINOR, SCHEMA_VERSION, RegistrySchema
+from ._skymap_records import SkymapRecordManager
 
 if TYPE_CHECKING:
     import uuid
@@ -44,10 +48,12 @@ if TYPE_CHECKING:
     from ._collections import CollectionRecord, CollectionType
     from ._datasets import FileRecord, FoundDataset
     from ._query import QueryBuilder
+    from ._query_runner import QueryRunner
 
 __all__ = ["Registry"]
 
-_PARTS = frozenset({"schema", "collections", "dataset_types", "records", "datasets", "journal"})
+_PARTS = frozenset({"schema", "collections", "dataset_types", "records", "datasets", "journal", "calibrations",
+                    "provenance", "skymaps"})
 
 _OPENED: dict[tuple[str, str | None], tuple[str, dict[str, str]]] = {}
 
@@ -66,7 +72,11 @@ class Registry:
     records: DimensionRecordManager
     datasets: DatasetManager
     journal: FileJournal
+    calibrations: CalibrationManager
+    provenance: ProvenanceManager
+    skymaps: SkymapRecordManager
     query_builder: QueryBuilder
+    queries: QueryRunner
 
     def __init__(self, db: Database, universe: DimensionUniverse, attributes: Mapping[str, str],
                  schema: RegistrySchema | None = None):
@@ -90,6 +100,14 @@ class Registry:
             with self._lock:
                 if "query_builder" not in self.__dict__:
                     self.__dict__["query_builder"] = QueryBuilder(schema)
+        elif name == "queries":
+            from ._query_runner import QueryRunner
+
+            builder = self.query_builder
+            with self._lock:
+                if "queries" not in self.__dict__:
+                    self.__dict__["queries"] = QueryRunner(self.db, self.schema, builder, self.datasets,
+                                                           self.records)
         else:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return self.__dict__[name]
@@ -107,7 +125,10 @@ class Registry:
             # "datasets" last: its presence says that every part is there.
             journal = FileJournal(db, schema, self.attributes, upgrade=self.upgrade_for_writes)
             self.__dict__.update(schema=schema, collections=collections, dataset_types=dataset_types,
-                                 records=records, journal=journal)
+                                 records=records, journal=journal,
+                                 calibrations=CalibrationManager(db, schema, collections, datasets.files_of),
+                                 provenance=ProvenanceManager(db, schema, collections, self.quantum_columns),
+                                 skymaps=SkymapRecordManager(db, schema))
             self.__dict__["datasets"] = datasets
 
     @classmethod
@@ -237,6 +258,13 @@ class Registry:
         q = self.schema.quantum
         return [c for c in q.c if c.name != "worker" or self.schema_minor >= 2]
 
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = False) -> Iterator[sa.Connection]:
+        """One transaction of this registry's database, committed on success and rolled back on
+        error: callers that group several manager calls atomically pass it to each as ``conn``."""
+        with self.db.transaction(write=write) as conn:
+            yield conn
+
     # -- reads of the RegistryReader interface (whole operations, each in its own transaction) ----------
     def dataset_type(self, name: str) -> DatasetType:
         return self.dataset_types.get(name).dataset_type
@@ -310,6 +338,21 @@ class Registry:
             conn.execute(t.insert().values(name=name, value=text))
         self.attributes[name] = text
         self._instruments = None
+
+    def attributes_with_prefix(self, prefix: str, conn: sa.Connection | None = None) -> dict[str, str]:
+        """The ``butler_attributes`` rows whose names start with ``prefix``, as committed now (or in ``conn``)."""
+        if conn is None:
+            with self.db.transaction() as c:
+                return self.attributes_with_prefix(prefix, c)
+        t = self.schema.attributes
+        return dict(conn.execute(sa.select(t.c.name, t.c.value).where(t.c.name.startswith(prefix, autoescape=True)))
+                    .all())
+
+    def insert_attributes(self, values: Mapping[str, str], conn: sa.Connection) -> None:
+        """INSERT attribute rows in ``conn`` (one statement); a name that exists already fails the
+        insert on the primary key (see `lost_race`): attributes inserted so are never changed."""
+        if values:
+            conn.execute(self.schema.attributes.insert(), [{"name": k, "value": v} for k, v in values.items()])
 
     def table_row_counts(self, tables: Iterable[sa.Table]) -> dict[str, int]:
         with self.db.transaction() as conn:

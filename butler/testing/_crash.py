@@ -36,14 +36,11 @@ def forget_open_repositories(*, close: bool = False) -> None:
     connections its parent still uses)."""
     from .._butler import _REGISTRIES
     from .._config import _CACHE
-    from ..registry import _database
+    from ..registry._database import forget_engines
 
     _REGISTRIES.clear()
     _CACHE.clear()
-    with _database._ENGINES_LOCK:
-        for engine in _database._ENGINES.values():
-            engine.dispose(close=close)
-        _database._ENGINES.clear()
+    forget_engines(close=close)
 
 
 def _run_child(operation: Callable[[], Any], n: int, report_path: str) -> CrashOutcome:
@@ -88,23 +85,13 @@ def repository_state(butler: Any) -> dict[tuple[str, ...], tuple[Any, ...]]:
     """``{(dataset type, data ID, run): ((component, checksum), ...)}`` of every dataset, plus
     ``("collection", name): (type,)`` of every collection and ``("calib", collection, type,
     data ID): ((begin, end), ...)`` of every certified validity range."""
-    import sqlalchemy as sa
+    from ..registry._inspection import registry_contents
 
     registry = butler.registry
-    schema = registry.schema
-    d, f, c, t = schema.dataset, schema.file_record, schema.collection, schema.dataset_type
     out: dict[tuple[str, str, str], list[tuple[str, str | None]]] = {}
-    with registry.db.transaction() as conn:
-        ids = {row[0]: (row[1], row[2]) for row in conn.execute(
-            sa.select(d.c.dataset_id, t.c.name, c.c.name)
-            .select_from(d.join(t, t.c.dataset_type_id == d.c.dataset_type_id).join(c, c.c.collection_id == d.c.run_id)))}
-        files: dict[Any, list[tuple[str, str | None]]] = {}
-        for row in conn.execute(sa.select(f.c.dataset_id, f.c.component, f.c.checksum)):
-            files.setdefault(row[0], []).append((row[1], row[2]))
-        collections = {("collection", row[0]): (int(row[1]),) for row in conn.execute(sa.select(c.c.name, c.c.type))}
-        k = schema.calibs
-        calibs = conn.execute(sa.select(c.c.name, k.c.dataset_id, k.c.begin_ns, k.c.end_ns)
-                              .select_from(k.join(c, c.c.collection_id == k.c.collection_id))).all()
+    contents = registry_contents(registry)
+    ids, files, calibs = contents.datasets, contents.files, contents.calibs
+    collections = {("collection", name): (type_,) for name, type_ in contents.collections.items()}
     registry.refresh()
     runs = butler.query_collections(types=["RUN"])
     by_id = {}

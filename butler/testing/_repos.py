@@ -78,9 +78,7 @@ def release_repo(butler: Any) -> None:
     from ..registry._database import close_engine
 
     db = butler.registry.db
-    if db.dialect == "sqlite":
-        with db.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.checkpoint()
     _REGISTRIES.pop((db.url, db.namespace), None)
     close_engine(db.url)
 
@@ -91,17 +89,9 @@ def snapshot_repo(butler: Any) -> tuple[dict[str, list], dict[str, str]]:
     Tests compare snapshots before and after a failing call to prove it left the repository
     exactly as it was.
     """
-    import sqlalchemy as sa
+    from ..registry._inspection import table_rows
 
-    registry = butler.registry
-    tables: dict[str, list] = {}
-    with registry.db.transaction() as conn:
-        names = sa.inspect(conn).get_table_names(schema=registry.db.namespace)
-        md = sa.MetaData(schema=registry.db.namespace)
-        for name in sorted(names):
-            table = sa.Table(name, md, autoload_with=conn)
-            rows = conn.execute(sa.select(table)).all()
-            tables[name] = sorted((tuple(str(v) for v in row) for row in rows))
+    tables: dict[str, list] = dict(table_rows(butler.registry))
     files: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(butler.root):
         if dirpath == butler.root and ".locks" in dirnames:

@@ -35,42 +35,29 @@ def create_login_roles(admin: Any, roles: Sequence[str] = TEST_ROLES) -> None:
 
 
 def _create_roles(backend: str, namespace: str, roles: Sequence[str]) -> None:
-    import sqlalchemy as sa
+    from ..registry._roles import create_login_roles as create_roles
 
-    engine = sa.create_engine(backend_url(backend), poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            for role in roles:
-                if backend == "postgresql":
-                    conn.exec_driver_sql(
-                        f"DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation "
-                        "THEN NULL; END $$")
-                    conn.exec_driver_sql(f'GRANT USAGE, CREATE ON SCHEMA "{namespace}" TO {role}')
-                    conn.exec_driver_sql(f'GRANT ALL ON ALL TABLES IN SCHEMA "{namespace}" TO {role}')
-                    conn.exec_driver_sql(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA "{namespace}" TO {role}')
-                else:
-                    for host in ("%", "localhost"):
-                        conn.execute(sa.text(f"CREATE USER IF NOT EXISTS '{role}'@'{host}'"))
-                        conn.execute(sa.text(f"GRANT ALL ON `{namespace}`.* TO '{role}'@'{host}'"))
-    finally:
-        engine.dispose()
+    url = backend_url(backend)
+    assert url is not None, f"no server URL for {backend}"
+    create_roles(url, namespace, roles)
 
 
 def _anonymous_config(admin: Any, backend: str) -> None:
     """Rewrite the repository's ``butler.yaml`` so its URL names no user nor password."""
-    import sqlalchemy as sa
+    from ..registry._roles import url_without_credentials
 
-    admin_url = sa.engine.make_url(backend_url(backend))
-    url = sa.engine.URL.create(admin_url.drivername, host=admin_url.host, port=admin_url.port,
-                               database=admin_url.database, query=admin_url.query)
+    admin_url = backend_url(backend)
+    assert admin_url is not None, f"no server URL for {backend}"
     if backend == "mysql":  # the users may use only the repository's database
-        url = url.set(database=admin.registry.db.namespace).update_query_dict({"read_default_file": "~/.my.cnf"})
+        url = url_without_credentials(admin_url, database=admin.registry.db.namespace, mysql_option_file="~/.my.cnf")
+    else:
+        url = url_without_credentials(admin_url)
     path = os.path.join(admin.root, "butler.yaml")
     with open(path) as f:
         text = f.read()
     header, _, body = text.partition("{")
     config = json.loads("{" + body)
-    config["registry"]["db"] = url.render_as_string(hide_password=False)
+    config["registry"]["db"] = url
     with open(path, "w") as f:
         f.write(header + json.dumps(config, indent=2) + "\n")
 
