@@ -34,7 +34,7 @@ class ProvenanceManager:
     """Writes and reads ``quantum`` and ``quantum_output``."""
 
     def __init__(self, db: Database, schema: RegistrySchema, collections: CollectionManager,
-                 quantum_columns: Callable[[], list[sa.Column]]):
+                 quantum_columns: Callable[[], list[sa.Column[Any]]]):
         self._db = db
         self._schema = schema
         self._collections = collections
