@@ -496,6 +496,16 @@ class Butler:
               kwargs: Mapping[str, Any], *, required: bool = True) -> FoundDataset | None:
         return _reads.find(self, dataset_type, data_id, collections, kwargs, required=required)
 
+    def find_datasets(self, dataset_type: str, data_ids: Sequence[DataCoordinate], *,
+                      collections: CollectionsLike = None) -> dict[DataCoordinate, DatasetRef]:
+        """Set-based `find_dataset`: the first ref along the search path for each of ``data_ids``
+        (data IDs of the type's dimensions; those not found are absent), in one query."""
+        return self._registry.find_datasets(dataset_type, data_ids, self.search_path(collections))
+
+    def observation_times(self, element: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+        """Begin times (ns) and implied values of exposures or visits ``(instrument, id)``, set-based."""
+        return self._registry.records.observation_times(element, keys)
+
     def get(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *, collections: CollectionsLike = None,
             component: str | None = None, parameters: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """Read a dataset (``component=`` for one part of a composite, ``parameters=`` e.g. a bbox)."""
@@ -570,6 +580,13 @@ class Butler:
         from ._provenance import provenance_of
 
         return provenance_of(self._registry, ref)
+
+    def recorded_inputs(self, refs: Sequence[DatasetRef]) -> list[str | None]:
+        """For each ref, the input ids recorded by the quantum that wrote it, in their stored text form
+        (see `butler.provenance`), or None where no quantum wrote it (one query for any number of refs)."""
+        from ._provenance import recorded_inputs
+
+        return recorded_inputs(self._registry, refs)
 
     def query_provenance(self, *, run: str | None = None, task: str | None = None,
                          status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:

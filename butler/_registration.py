@@ -50,7 +50,7 @@ def register_instrument(registry: Registry, instrument: Any, *, update: bool = F
             f"instrument {inst.name!r} is already registered with a different definition "
             f"(digest {json.loads(existing)['digest']} vs {digest}); pass update=True to replace it"
         )
-    with registry.db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         conflict = "replace" if update else "skip"
         registry.records.insert("instrument", records["instrument"], conflict=conflict, conn=conn)
         registry.records.insert("band", records["band"], conflict="skip", conn=conn)
@@ -79,7 +79,7 @@ def register_run(registry: Registry, name: str, *, doc: str | None = None) -> No
     """Create RUN collection ``name``, owned by the current user; an existing run must be theirs."""
     from .registry._collections import CollectionType
 
-    with registry.db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         try:
             registry.collections.insert_if_absent(conn, name, CollectionType.RUN, owner=identity(registry.db),
                                                   doc=doc)
@@ -108,7 +108,7 @@ def set_chain(registry: Registry, name: str, children: Sequence[str]) -> None:
     """Set the ordered children of CHAINED collection ``name`` (created if absent), in one transaction."""
     from .registry._collections import CollectionType
 
-    with registry.db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         registry.collections.register(name, CollectionType.CHAINED, conn=conn)
         registry.collections.set_chain(name, children, conn)
 

@@ -16,14 +16,14 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConflictError, DataIdError
+from .instrument._focal_plane import detector_corners
 
 if TYPE_CHECKING:
     from ._butler import Butler
     from .registry._registry import Registry
 
-__all__ = ["define_visits", "detector_corners", "load_skymap", "register_skymap", "sky_vectors"]
+__all__ = ["define_visits", "load_skymap", "register_skymap", "sky_vectors"]
 
-PIXEL_SIZE_MM = 0.010  # focal-plane pixel pitch assumed by camera YAML offsets (10 um)
 
 
 def _class_path(obj: Any) -> str:
@@ -197,21 +197,6 @@ def _registered_instrument(record: Any) -> Any | None:
 
 
 # -- visit regions -----------------------------------------------------------------------------
-def detector_corners(detector: Mapping[str, Any]) -> list[tuple[float, float]]:
-    """Focal-plane corners of a detector in arcsec offsets from the boresight (x east, y north)."""
-    scale = float(detector["pixel_scale_arcsec"])
-    width, height = detector["bbox_width"], detector["bbox_height"]
-    cx = float(detector["offset_x_mm"]) / PIXEL_SIZE_MM * scale
-    cy = float(detector["offset_y_mm"]) / PIXEL_SIZE_MM * scale
-    rot = math.radians(float(detector.get("rotation_deg") or 0.0))
-    hw, hh = width * scale / 2, height * scale / 2
-    corners = []
-    for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
-        x, y = sx * hw, sy * hh
-        corners.append((cx + x * math.cos(rot) - y * math.sin(rot), cy + x * math.sin(rot) + y * math.cos(rot)))
-    return corners
-
-
 def _sky_polygon(ra: float, dec: float, sky_angle: float, offsets: Iterable[tuple[float, float]]) -> Any:
     """Gnomonic projection of focal-plane offsets (arcsec) around a boresight to a ConvexPolygon."""
     import lsst.sphgeom as sg

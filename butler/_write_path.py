@@ -38,13 +38,11 @@ from .errors import ConflictError
 from .registry._journal import DELETE, MOVE, STAGE, new_operation
 
 if TYPE_CHECKING:
-    import sqlalchemy as sa
-
     from .datastore._datastore import PlannedWrite, PreparedWrite
     from .datastore._interface import Datastore
     from .registry._collections import CollectionRecord
     from .registry._datasets import FileRecord
-    from .registry._registry import Registry
+    from .registry._registry import Connection, Registry
 
 __all__ = ["PLACE_MODES", "JournaledWrite", "place_file"]
 
@@ -117,12 +115,12 @@ class JournaledWrite:
 
     # -- 4: registration ----------------------------------------------------------------------
     @contextmanager
-    def registering(self) -> Iterator[sa.Connection]:
+    def registering(self) -> Iterator[Connection]:
         """The one registry transaction of this write: insert rows in it; on leaving it, staged
         files are linked into place and intents cleared before the commit."""
         registry = self.registry
         journal = registry.journal
-        with registry.db.transaction(write=True) as conn:
+        with registry.transaction(write=True) as conn:
             yield conn
             if self._deletes:
                 by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
@@ -142,7 +140,7 @@ class JournaledWrite:
         self._committed = True
         crash_point(f"{self.label}: registry committed")
 
-    def insert_datasets(self, conn: sa.Connection, run: CollectionRecord, refs: Sequence[DatasetRef],
+    def insert_datasets(self, conn: Connection, run: CollectionRecord, refs: Sequence[DatasetRef],
                         files: Mapping[uuid.UUID, Sequence[FileRecord]]) -> None:
         """Insert refs (of any dataset types, all in ``run``) with their file records."""
         by_type: dict[str, list[DatasetRef]] = {}
@@ -196,7 +194,7 @@ def finish_deletes(registry: Registry, datastore: Datastore, op: str, paths: Seq
     is logged and left journaled, for `butler verify` to report and `butler cleanup` to retry."""
     if not paths:
         return
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         referenced = registry.journal.registered_paths(conn, paths)
     try:
         datastore.remove_files([p for p in paths if p not in referenced])

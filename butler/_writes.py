@@ -42,7 +42,7 @@ def associate(registry: Registry, collection: str, refs: Iterable[DatasetRef]) -
     by_type: dict[str, list[DatasetRef]] = {}
     for ref in refs:
         by_type.setdefault(ref.dataset_type.name, []).append(ref)
-    with registry.db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         for name, group_refs in by_type.items():
             type_rec = registry.dataset_types.get(name)
             existing = registry.datasets.find_many(conn, type_rec, [r.data_id for r in group_refs], [rec])
@@ -232,7 +232,7 @@ def _plan_components(registry: Registry, datastore: Datastore,
         if ref is not None:  # the composite is earlier in this put_many
             parent_formatter = batch_formatters[ref.id]
         else:
-            with registry.db.transaction() as conn:
+            with registry.transaction() as conn:
                 found = registry.datasets.find_many(conn, type_rec, [coord], [run_rec]) if run_rec else {}
                 ref = next(iter(found.values()), None)
                 files = registry.datasets.files_of(conn, [ref.id]).get(ref.id, []) if ref else []

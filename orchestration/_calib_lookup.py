@@ -21,15 +21,13 @@ def resolve_calibs(butler: Butler, dataset_type: str, cg: Any, quanta: Sequence[
                    calibs: Mapping[str, Any]) -> dict[tuple[int, tuple], DatasetRef] | None:
     """``{(quantum index, calib data ID key): ref}``, or None when this is not a calibration lookup
     (the type is not a calibration, or the quanta have no exposure/visit to take a time from)."""
-    from butler._calibs import observation_times
-
     if not butler.get_dataset_type(dataset_type).is_calibration or not quanta:
         return None
     q_group = quanta[0].data_id.group
     element = next((e for e in ("exposure", "visit") if e in q_group.required), None)
     if element is None or "instrument" not in q_group.required:
         return None
-    obs = observation_times(butler.registry, element, {(q.data_id["instrument"], q.data_id[element]) for q in quanta})
+    obs = butler.observation_times(element, {(q.data_id["instrument"], q.data_id[element]) for q in quanta})
     pairs: list[tuple[DataCoordinate, int]] = []
     wanted: dict[tuple[int, tuple], tuple[DataCoordinate, int]] = {}
     coords: dict[tuple, DataCoordinate] = {}

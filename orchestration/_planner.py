@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from butler import Butler, DataCoordinate, DatasetRef, DatasetType
-from butler._gc import gc_paused
-from butler._provenance import decode_inputs, recorded_inputs, same_inputs
 from butler.errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
+from butler.provenance import decode_inputs, same_inputs
+from butler.utils import gc_paused
 
 from ._connections import Connection, Input, PrerequisiteInput
 from ._pipeline import Pipeline, PipelineError, TaskDef
@@ -324,11 +324,7 @@ class Planner:
                    ) -> dict[DataCoordinate, DatasetRef]:
         """One set-based lookup: the refs of ``dataset_type`` found for ``coords`` (keyed by those
         coordinate objects), first collection wins."""
-        registry = self.butler.registry
-        type_rec = registry.dataset_types.get(dataset_type)
-        colls = registry.collections.resolve(collections)
-        with registry.db.transaction() as conn:
-            return registry.datasets.find_many(conn, type_rec, coords, colls)
+        return self.butler.find_datasets(dataset_type, coords, collections=collections)
 
     @gc_paused()
     def _apply_existing(self, d: TaskDef, quanta: list[Quantum], outputs: Mapping[str, Any],
@@ -382,7 +378,7 @@ class Planner:
         others again (removing outputs of the output run first). One provenance query for all."""
         if not complete:
             return
-        recorded = recorded_inputs(self.butler.registry, [have[first] for _, have, _ in complete])
+        recorded = self.butler.recorded_inputs([have[first] for _, have, _ in complete])
         made_here = self._made_here
         for (q, have, reason), stored in zip(complete, recorded):
             if not made_here and stored is not None and len(stored) == 36 and len(q.inputs) == 1:

@@ -69,25 +69,9 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.') or 'value'}: was {old!r}, now {new!r}"]
 
 
-def _register(butler: Any, dataset_type: DatasetType) -> None:
-    """Register a dataset type, tolerating a concurrent registration of the same type by another process
-    (on PostgreSQL two concurrent ``CREATE TABLE`` of its tags table make the loser fail; the table then
-    exists, so registering again succeeds)."""
-    import sqlalchemy as sa
-
-    for attempt in range(3):
-        try:
-            butler.register_dataset_type(dataset_type)
-            return
-        except sa.exc.DBAPIError:
-            if attempt == 2:
-                raise
-            butler.refresh()
-
-
 def write_once_and_compare(butler: Any, dataset_type: DatasetType, obj: Any, run: str) -> bool:
     """Store ``obj`` unless the run has it; otherwise compare. Returns True if this call wrote it."""
-    _register(butler, dataset_type)
+    butler.register_dataset_type(dataset_type)  # idempotent, also when executors race to it
     try:
         butler.put(obj, dataset_type.name, {}, run=run)
         return True

@@ -13,6 +13,6 @@ Importing this package imports numpy, not astropy, zarr or dask.
 
 from ._box import Box
 from ._exposure import COMPONENTS, PLANES, STANDALONE_COMPONENTS, Exposure
-from ._wcs import WcsError
+from ._wcs import WcsError, slice_wcs
 
-__all__ = ["COMPONENTS", "PLANES", "STANDALONE_COMPONENTS", "Box", "Exposure", "WcsError"]
+__all__ = ["COMPONENTS", "PLANES", "STANDALONE_COMPONENTS", "Box", "Exposure", "WcsError", "slice_wcs"]

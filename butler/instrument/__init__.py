@@ -16,6 +16,7 @@ from ._camera import (
     parse_camera,
 )
 from ._camera_dataset import Camera
+from ._focal_plane import PIXEL_SIZE_MM, detector_corners
 from ._instrument import (
     Instrument,
     UnknownInstrumentError,
@@ -29,6 +30,7 @@ from ._simcam import HexCam, SimCam
 __all__ = [
     "ALIAS_TARGETS",
     "DETECTOR_PURPOSES",
+    "PIXEL_SIZE_MM",
     "Camera",
     "CameraDefinition",
     "CameraDefinitionError",
@@ -40,6 +42,7 @@ __all__ = [
     "UnknownInstrumentError",
     "VisitDetectorInstrument",
     "canonical_digest",
+    "detector_corners",
     "known_instruments",
     "load_camera",
     "load_instrument",

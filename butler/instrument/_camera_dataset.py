@@ -171,7 +171,7 @@ class Camera:
     def detector_corners(self, id_or_full_name: int | str) -> list[tuple[float, float]]:
         """A detector's corners in arcsec from the boresight (x east, y north, sky angle 0): the
         same geometry the registry's visit regions are computed from."""
-        from .._skymaps import detector_corners
+        from ._focal_plane import detector_corners
 
         return detector_corners(self.detector(id_or_full_name).to_record(self.name))
 

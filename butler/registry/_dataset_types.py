@@ -82,7 +82,21 @@ class DatasetTypeManager:
         return rec
 
     def register(self, dataset_type: DatasetType) -> tuple[DatasetTypeRecord, bool]:
-        """Register ``dataset_type`` (idempotent); a different definition under its name is a conflict."""
+        """Register ``dataset_type`` (idempotent, also when other processes register it at the same
+        time); a different definition under its name is a conflict."""
+        for attempt in range(3):
+            try:
+                return self._register(dataset_type)
+            except sa.exc.DBAPIError:
+                # A concurrent registration of the same type won a race this one lost (on
+                # PostgreSQL two concurrent CREATE TABLE of its tags table make the loser fail):
+                # what it left is there now.
+                if attempt == 2:
+                    raise
+                self.refresh()
+        raise AssertionError("unreachable")
+
+    def _register(self, dataset_type: DatasetType) -> tuple[DatasetTypeRecord, bool]:
         existing = self.find(dataset_type.name)
         if existing is not None:
             if existing.dataset_type != dataset_type:

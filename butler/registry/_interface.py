@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from .._dataset_ref import DatasetRef
     from .._dataset_type import DatasetType
     from ..dimensions import DataCoordinate, DimensionUniverse
     from ._collections import CollectionRecord, CollectionType
@@ -60,6 +61,11 @@ class RegistryReader(Protocol):
                      collections: str | Sequence[str]) -> FoundDataset | None:
         """The first dataset of the type with that data ID along the search path ``collections``
         (names, globs, chains: resolved in the same snapshot as the lookup), with its files."""
+        ...
+
+    def find_datasets(self, dataset_type: str, data_ids: Sequence[DataCoordinate],
+                      collections: str | Sequence[str]) -> dict[DataCoordinate, DatasetRef]:
+        """`find_dataset` for many data IDs of one type, in one query (those not found are absent)."""
         ...
 
     def files_of(self, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:

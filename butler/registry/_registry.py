@@ -21,7 +21,7 @@ import os
 import sqlite3  # noqa: F401 - the default backend's driver, imported by the first open otherwise
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import sqlalchemy as sa
 import sqlalchemy.dialects.sqlite  # the default backend; create_engine would import it at open
@@ -43,6 +43,7 @@ from ._skymap_records import SkymapRecordManager
 if TYPE_CHECKING:
     import uuid
 
+    from .._dataset_ref import DatasetRef
     from .._dataset_type import DatasetType
     from ..dimensions import DataCoordinate
     from ._collections import CollectionRecord, CollectionType
@@ -50,7 +51,11 @@ if TYPE_CHECKING:
     from ._query import QueryBuilder
     from ._query_runner import QueryRunner
 
-__all__ = ["Registry"]
+__all__ = ["Connection", "Registry"]
+
+Connection: TypeAlias = sa.Connection
+"""A registry transaction (`Registry.transaction`), passed to managers' methods as ``conn`` so that
+several of them commit together; outside ``butler/registry/`` only its name is used."""
 
 _PARTS = frozenset({"schema", "collections", "dataset_types", "records", "datasets", "journal", "calibrations",
                     "provenance", "skymaps"})
@@ -259,7 +264,7 @@ class Registry:
         return [c for c in q.c if c.name != "worker" or self.schema_minor >= 2]
 
     @contextlib.contextmanager
-    def transaction(self, *, write: bool = False) -> Iterator[sa.Connection]:
+    def transaction(self, *, write: bool = False) -> Iterator[Connection]:
         """One transaction of this registry's database, committed on success and rolled back on
         error: callers that group several manager calls atomically pass it to each as ``conn``."""
         with self.db.transaction(write=write) as conn:
@@ -290,6 +295,12 @@ class Registry:
         type_rec = self.dataset_types.get(dataset_type)
         with self.db.transaction() as conn:  # the search path and the lookup in one snapshot
             return self.datasets.find(conn, type_rec, data_id, self.collections.resolve(collections, conn))
+
+    def find_datasets(self, dataset_type: str, data_ids: Sequence[DataCoordinate],
+                      collections: str | Sequence[str]) -> dict[DataCoordinate, DatasetRef]:
+        type_rec = self.dataset_types.get(dataset_type)
+        with self.db.transaction() as conn:
+            return self.datasets.find_many(conn, type_rec, data_ids, self.collections.resolve(collections, conn))
 
     def files_of(self, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:
         with self.db.transaction() as conn:

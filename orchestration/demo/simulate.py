@@ -21,7 +21,7 @@ The simulation, step by step (all numpy, deterministic from ``seed``):
    counts (gain 1); ``variance`` is that expectation; ``mask`` is zeros. The WCS is TAN with
    CRVAL at the boresight, the detector placed at its focal-plane offset (mm / 10 um * pixel scale)
    and rotated by ``sky_angle`` (and the detector's own rotation), exactly as
-   ``butler._skymaps.detector_corners`` does for the registry regions, so regions match pixels.
+   ``butler.instrument.detector_corners`` does for the registry regions, so regions match pixels.
    Pixel x runs towards the west and y towards the north (CD = diag(-s, s) at ``sky_angle`` 0),
    like the skymap's tracts.
 4. **Metadata.** Each raw carries its observation (visit, band, day_obs, exposure time), the
@@ -38,6 +38,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from butler.instrument import PIXEL_SIZE_MM
 
 from ._common import normal_cdf
 
@@ -62,7 +64,6 @@ __all__ = [
     "simulate_raws",
 ]
 
-PIXEL_SIZE_MM = 0.010  # as butler._skymaps.PIXEL_SIZE_MM: focal-plane offsets are in mm of 10 um pixels
 DEMO_NIGHTS = (20261124, 20261125)
 BAND_THROUGHPUT = {"u": 2.5, "g": 1.25, "r": 1.0, "i": 1.1, "z": 1.4, "y": 2.2}  # nJy per count at transparency 1
 BAND_COLOUR = {"u": 1.6, "g": 1.0, "r": 0.0, "i": -0.35, "z": -0.55, "y": -0.65}  # x (g-r) -> mag offset vs r
@@ -127,7 +128,7 @@ def detector_wcs(ra: float, dec: float, sky_angle: float, detector: Mapping[str,
 
 
 def _fov_radius_arcsec(detectors: Sequence[Mapping[str, Any]]) -> float:
-    from butler._skymaps import detector_corners
+    from butler.instrument import detector_corners
 
     return max(math.hypot(x, y) for det in detectors for x, y in detector_corners(det))
 

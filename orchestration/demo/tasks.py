@@ -225,7 +225,7 @@ class WarpTask(Task):
 
     def run(self, *, calexp: Mapping[Any, Any], context: Any) -> dict[str, Any]:
         from butler.exposure import Box
-        from butler.exposure._wcs import slice_wcs
+        from butler.exposure import slice_wcs
 
         data_id = context.data_id
         tract = context.skymap()[int(data_id["tract"])]
