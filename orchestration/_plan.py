@@ -17,7 +17,7 @@ from butler import DataCoordinate, DatasetRef
 
 from ._pipeline import TaskDef
 
-__all__ = ["Plan", "Quantum", "RERUN_CHANGED", "RERUN_REMADE", "RUN", "SKIP"]
+__all__ = ["RERUN_CHANGED", "RERUN_REMADE", "RUN", "SKIP", "Plan", "Quantum"]
 
 RUN = "run"
 SKIP = "skip"

@@ -110,7 +110,7 @@ def _equal(a: Any, b: Any) -> bool:
     try:
         result = a == b
         return bool(result.all()) if hasattr(result, "all") else bool(result)
-    except Exception:
+    except Exception:  # noqa: BLE001 - user objects' == may raise anything (shapes, types); repr decides then
         return repr(a) == repr(b)
 
 

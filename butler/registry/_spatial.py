@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ..dimensions import DimensionElement, DimensionUniverse
 from ..errors import DataIdError
+
+if TYPE_CHECKING:
+    from ._pixelization import CubeFacePixelization
 
 __all__ = ["RegionError", "SpatialIndex", "encoded_vertices", "regions_overlap", "validate_region"]
 
@@ -109,10 +112,10 @@ class SpatialIndex:
     def __init__(self, universe: DimensionUniverse, tables: Mapping[str, sa.Table]):
         self.universe = universe
         self.tables = dict(tables)
-        self._pixelization: Any = None
+        self._pixelization: CubeFacePixelization | None = None
 
     @property
-    def pixelization(self) -> Any:
+    def pixelization(self) -> CubeFacePixelization:
         if self._pixelization is None:
             self._pixelization = self.universe.pixelization()
         return self._pixelization

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .._task import NoWorkFound
-
 import math
 
 import numpy as np
+
+from .._task import NoWorkFound
 
 __all__ = ["DETECTED", "MASK_BITS", "NO_DATA", "NoInputs", "gaussian_kernel", "normal_cdf"]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 __all__ = ["parse_expression", "tokenize"]
 
 import re
+
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (~7 ms)
 
 from ._ast import (
