@@ -13,9 +13,12 @@ Envelopes may contain extra cells; spatial joins refine candidates with exact ov
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lsst.sphgeom import Region
 
 __all__ = ["CubeFacePixelization", "region_vertices"]
 
@@ -142,14 +145,14 @@ class CubeFacePixelization:
         order = np.lexsort((pix, poly))
         return poly[order], pix[order]
 
-    def envelope(self, region: Any) -> list[int]:
+    def envelope(self, region: Region) -> list[int]:
         """Cells touched by one sphgeom region."""
         _, pix = self.envelopes(region_vertices(region)[None, :, :])
         cells: list[int] = pix.tolist()
         return cells
 
 
-def region_vertices(region: Any) -> np.ndarray:
+def region_vertices(region: Region) -> np.ndarray:
     """Vertices (K, 3) of a convex polygon that contains ``region``.
 
     Polygons give their own vertices; other regions are bounded by an octagon around their
