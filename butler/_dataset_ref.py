@@ -19,7 +19,8 @@ __all__ = ["DatasetRef"]
 class DatasetRef:
     """A reference to one dataset; ``component`` set means a component of it (``calexp.wcs``)."""
 
-    __slots__ = ("component", "data_id", "dataset_type", "id", "run")
+    # Order matters: registry/_datasets.py's fast ref construction checks this exact layout.
+    __slots__ = ("dataset_type", "data_id", "run", "id", "component")  # noqa: RUF023
 
     dataset_type: DatasetType
     data_id: DataCoordinate

@@ -68,7 +68,8 @@ def coerce_value(key: str, kind: str, value: Any) -> Any:
 class DataCoordinate(Mapping[str, Any]):
     """An immutable data ID for one dimension group."""
 
-    __slots__ = ("_hash", "group", "implied_values", "values")
+    # Order matters: registry/_datasets.py's fast construction checks this exact layout.
+    __slots__ = ("group", "values", "implied_values", "_hash")  # noqa: RUF023
 
     group: DimensionGroup
     # The required values in group order. It shadows Mapping.values() on purpose (the hot path of
