@@ -143,12 +143,12 @@ class DataCoordinate(Mapping[str, Any]):
                     f"data ID {_fmt(given)} is missing {', '.join(repr(m) for m in missing)}; "
                     f"required keys are {list(group.required)}{alias_hint}"
                 )
-            values.append(coerce_value(name, universe[name].key.type, merged.pop(name)))  # type: ignore[union-attr]
+            values.append(coerce_value(name, universe[name].key_type, merged.pop(name)))
         implied: dict[str, Any] | None = None
         for name in list(merged):
             if name in group.implied:
                 implied = implied or {}
-                implied[name] = coerce_value(name, universe[name].key.type, merged.pop(name))  # type: ignore[union-attr]
+                implied[name] = coerce_value(name, universe[name].key_type, merged.pop(name))
         if merged and not extra_allowed:
             accepted = list(group.names) + sorted(aliases or ())
             raise DataIdError(

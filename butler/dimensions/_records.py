@@ -36,7 +36,7 @@ class DimensionRecord:
         """The data ID of this record's element (dimension elements only)."""
         element = self.element
         group = element.universe.group(element.required)
-        key = element.key.name if element.is_dimension else None  # type: ignore[union-attr]
+        key = element.key.name if element.is_dimension and element.key is not None else None
         values = tuple(self._values[key if (n == element.name and key) else n] for n in group.required)
         return DataCoordinate.from_values(group, values)
 

@@ -69,6 +69,13 @@ class DimensionElement:
         return (*ordered, self.name) if self.is_dimension else ordered
 
     @cached_property
+    def key_type(self) -> str:
+        """The type of a dimension's key (``int``, ``str``...); a join element has no key."""
+        if self.key is None:
+            raise KeyError(f"{self.name!r} is a join element, not a dimension: it has no key")
+        return self.key.type
+
+    @cached_property
     def primary_key_columns(self) -> tuple[str, ...]:
         """Column names of the primary key of this element's table."""
         cols = [d for d in self.required if d != self.name]
@@ -88,14 +95,14 @@ class DimensionElement:
     @cached_property
     def field_types(self) -> dict[str, str]:
         """Column name -> field type (``int``, ``str``, ``time``...; ``region`` for regions)."""
-        types = {}
+        types: dict[str, str] = {}
         for name in self.primary_key_columns:
-            if self.is_dimension and name == self.key.name:  # type: ignore[union-attr]
-                types[name] = self.key.type  # type: ignore[union-attr]
+            if self.is_dimension and self.key is not None and name == self.key.name:
+                types[name] = self.key.type
             else:
-                types[name] = self.universe[name].key.type  # type: ignore[union-attr]
+                types[name] = self.universe[name].key_type
         for name in self.implies:
-            types[name] = self.universe[name].key.type  # type: ignore[union-attr]
+            types[name] = self.universe[name].key_type
         for f in self.fields:
             types[f.name] = f.type
         if self.spatial:
