@@ -11,11 +11,14 @@ import pickle
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from butler import DataCoordinate, DatasetRef
 
 from ._pipeline import TaskDef
+
+if TYPE_CHECKING:
+    from butler import Butler
 
 __all__ = ["RERUN_CHANGED", "RERUN_REMADE", "RUN", "SKIP", "Plan", "Quantum"]
 
@@ -137,7 +140,7 @@ class Plan:
             raise TypeError(f"{path} does not hold a Plan")
         return plan
 
-    def write_init_outputs(self, butler: Any) -> None:
+    def write_init_outputs(self, butler: Butler) -> None:
         """Write (or compare) each task's config/schema and the package versions: see provenance."""
         from ._provenance import write_init_outputs
 

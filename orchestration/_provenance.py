@@ -20,6 +20,8 @@ from butler.errors import ButlerError, ConflictError
 from ._task import config_to_dict
 
 if TYPE_CHECKING:
+    from butler import Butler
+
     from ._pipeline import TaskDef
     from ._plan import Plan
 
@@ -69,7 +71,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.') or 'value'}: was {old!r}, now {new!r}"]
 
 
-def _register(butler: Any, dataset_type: DatasetType) -> None:
+def _register(butler: Butler, dataset_type: DatasetType) -> None:
     """Register a dataset type, tolerating a concurrent registration of the same type by another process
     (on PostgreSQL two concurrent ``CREATE TABLE`` of its tags table make the loser fail; the table then
     exists, so registering again succeeds)."""
@@ -85,7 +87,7 @@ def _register(butler: Any, dataset_type: DatasetType) -> None:
             butler.refresh()
 
 
-def write_once_and_compare(butler: Any, dataset_type: DatasetType, obj: Any, run: str) -> bool:
+def write_once_and_compare(butler: Butler, dataset_type: DatasetType, obj: Any, run: str) -> bool:
     """Store ``obj`` unless the run has it; otherwise compare. Returns True if this call wrote it."""
     _register(butler, dataset_type)
     try:
@@ -114,7 +116,7 @@ def _equal(a: Any, b: Any) -> bool:
         return repr(a) == repr(b)
 
 
-def write_init_outputs(plan: Plan, butler: Any) -> None:
+def write_init_outputs(plan: Plan, butler: Butler) -> None:
     """Write or compare every task's config and init-outputs, and the package versions."""
     run = plan.output_run
     for d in plan.tasks:
