@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 DEMO_REPO ?= ./demo-repo
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test lint bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check butler orchestration tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks

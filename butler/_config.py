@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import RepositoryConfigError, RepositoryNotFoundError
 
-__all__ = ["RepoConfig", "CONFIG_NAME", "DEFAULT_SQLITE"]
+__all__ = ["CONFIG_NAME", "DEFAULT_SQLITE", "RepoConfig"]
 
 CONFIG_NAME = "butler.yaml"
 DEFAULT_SQLITE = "sqlite:///butler.sqlite3"

@@ -7,6 +7,7 @@ holds only names, the data ID values and the 16-byte id.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ._dataset_type import DatasetType
@@ -18,7 +19,8 @@ __all__ = ["DatasetRef"]
 class DatasetRef:
     """A reference to one dataset; ``component`` set means a component of it (``calexp.wcs``)."""
 
-    __slots__ = ("dataset_type", "data_id", "run", "id", "component")
+    # Order matters: registry/_datasets.py's fast ref construction checks this exact layout.
+    __slots__ = ("dataset_type", "data_id", "run", "id", "component")  # noqa: RUF023
 
     dataset_type: DatasetType
     data_id: DataCoordinate
@@ -75,7 +77,7 @@ class DatasetRef:
         name = self.dataset_type.name + (f".{self.component}" if self.component else "")
         return f"DatasetRef({name!r}, {self.data_id}, run={self.run!r}, id={self.id})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., DatasetRef], _PickledRef]:
         dt = self.dataset_type
         return (
             _ref_from_pickle,
@@ -92,7 +94,21 @@ class DatasetRef:
         )
 
 
-def _ref_from_pickle(name, dimensions, storage_class, version, values, run, id_bytes, component):
+_PickledRef = tuple[str, tuple[str, ...], str, int, tuple[Any, ...], str, bytes, str | None]
+"""What a pickled ref holds: type name, dimensions, storage class, universe version, data ID values,
+run, id bytes, component."""
+
+
+def _ref_from_pickle(
+    name: str,
+    dimensions: tuple[str, ...],
+    storage_class: str,
+    version: int,
+    values: tuple[Any, ...],
+    run: str,
+    id_bytes: bytes,
+    component: str | None,
+) -> DatasetRef:
     universe = DimensionUniverse.from_version(version)
     dt = DatasetType(name, dimensions, storage_class)
     data_id = DataCoordinate.from_values(dt.group(universe), values)

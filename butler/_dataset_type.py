@@ -8,7 +8,7 @@ Dataset types are plain values that code defines at import time (``RAW = Dataset
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .errors import DatasetTypeError, InvalidNameError
@@ -16,7 +16,7 @@ from .errors import DatasetTypeError, InvalidNameError
 if TYPE_CHECKING:
     from .dimensions import DimensionGroup, DimensionUniverse
 
-__all__ = ["DatasetType", "NAME_LENGTH", "split_component"]
+__all__ = ["NAME_LENGTH", "DatasetType", "split_component"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -33,12 +33,13 @@ def split_component(name: str) -> tuple[str, str | None]:
 class DatasetType:
     """An immutable dataset type definition; equality compares name, dimensions and storage class."""
 
-    __slots__ = ("name", "dimensions", "storage_class", "is_calibration", "_hash")
+    __slots__ = ("_hash", "dimensions", "is_calibration", "name", "storage_class")
 
     name: str
     dimensions: tuple[str, ...]
     storage_class: str
     is_calibration: bool
+    _hash: int
 
     def __init__(
         self, name: str, dimensions: Iterable[str], storage_class: str, *, is_calibration: bool = False
@@ -102,9 +103,12 @@ class DatasetType:
         calib = ", is_calibration=True" if self.is_calibration else ""
         return f"DatasetType({self.name!r}, {self.dimensions!r}, {self.storage_class!r}{calib})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str, tuple[str, ...], str, bool], DatasetType],
+                                  tuple[str, tuple[str, ...], str, bool]]:
         return (_dataset_type_from_pickle, (self.name, self.dimensions, self.storage_class, self.is_calibration))
 
 
-def _dataset_type_from_pickle(name, dimensions, storage_class, is_calibration):
+def _dataset_type_from_pickle(
+    name: str, dimensions: tuple[str, ...], storage_class: str, is_calibration: bool
+) -> DatasetType:
     return DatasetType(name, dimensions, storage_class, is_calibration=is_calibration)

@@ -218,8 +218,11 @@ def _alive(holder: dict[str, object]) -> bool:
     """Whether the recorded exclusive holder may still run (a killed one leaves its record)."""
     if holder.get("host") != socket.gethostname():
         return True
+    pid = holder.get("pid") or 0
+    if not isinstance(pid, (int, float, str)):
+        return True  # an unreadable pid, as a non-numeric one below: it may still run
     try:
-        os.kill(int(holder.get("pid") or 0), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except (OSError, ValueError):

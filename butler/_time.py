@@ -17,10 +17,10 @@ from __future__ import annotations
 __all__ = ["from_nsec", "to_nsec"]
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 _NS_PER_S = 1_000_000_000
 
@@ -140,8 +140,8 @@ def from_nsec(nsec: int) -> datetime:
     `datetime` holds microseconds, so the result is truncated (towards the past) to whole
     microseconds.
     """
-    if isinstance(nsec, bool) or not isinstance(nsec, int):
-        raise ValueError(f"expected integer nanoseconds since 1970-01-01 UTC, got {nsec!r}")
+    if isinstance(nsec, bool) or not isinstance(nsec, int):  # ValueError for any bad input, as documented
+        raise ValueError(f"expected integer nanoseconds since 1970-01-01 UTC, got {nsec!r}")  # noqa: TRY004
     try:
         return _EPOCH + timedelta(microseconds=nsec // 1000)
     except OverflowError:

@@ -9,16 +9,21 @@ certified ranges (``Butler.find_calibs``); the pick per (data ID, time) is done 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from butler import Butler, DataCoordinate, DatasetRef
+
+if TYPE_CHECKING:
+    from butler.dimensions import DimensionGroup
+
+    from ._plan import Quantum
 
 __all__ = ["resolve_calibs"]
 
 
-def resolve_calibs(butler: Butler, dataset_type: str, cg: Any, quanta: Sequence[Any],
-                   connection_keys: Callable[[Any], Mapping[tuple, Mapping[str, Any]]],
-                   calibs: Mapping[str, Any]) -> dict[tuple[int, tuple], DatasetRef] | None:
+def resolve_calibs(butler: Butler, dataset_type: str, cg: DimensionGroup, quanta: Sequence[Quantum],
+                   connection_keys: Callable[[Quantum], Mapping[tuple[Any, ...], Mapping[str, Any]]],
+                   calibs: Mapping[str, Any]) -> dict[tuple[int, tuple[Any, ...]], DatasetRef] | None:
     """``{(quantum index, calib data ID key): ref}``, or None when this is not a calibration lookup
     (the type is not a calibration, or the quanta have no exposure/visit to take a time from)."""
     if not butler.get_dataset_type(dataset_type).is_calibration or not quanta:
@@ -29,8 +34,8 @@ def resolve_calibs(butler: Butler, dataset_type: str, cg: Any, quanta: Sequence[
         return None
     obs = butler.observation_times(element, {(q.data_id["instrument"], q.data_id[element]) for q in quanta})
     pairs: list[tuple[DataCoordinate, int]] = []
-    wanted: dict[tuple[int, tuple], tuple[DataCoordinate, int]] = {}
-    coords: dict[tuple, DataCoordinate] = {}
+    wanted: dict[tuple[int, tuple[Any, ...]], tuple[DataCoordinate, int]] = {}
+    coords: dict[tuple[Any, ...], DataCoordinate] = {}
     for q in quanta:
         rec = obs.get((q.data_id["instrument"], q.data_id[element]))
         if rec is None or rec["begin"] is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from butler import DatasetType
 
-__all__ = ["Connection", "Input", "InitOutput", "Output", "PrerequisiteInput"]
+__all__ = ["Connection", "InitOutput", "Input", "Output", "PrerequisiteInput"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,9 +8,12 @@ registered skymaps, rebuilt from the repository once per worker process.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from butler import DataCoordinate
+
+if TYPE_CHECKING:
+    from butler.skymap import SkyMap
 
 __all__ = ["QuantumContext"]
 
@@ -29,7 +32,8 @@ class QuantumContext:
             raise KeyError(f"no {element!r} record attached to quantum {self.data_id}; "
                            f"attached: {sorted(self.records)}") from None
 
-    def skymap(self, name: str | None = None) -> Any:
+    def skymap(self, name: str | None = None) -> SkyMap:
         """The skymap of the quantum (or the one named), rebuilt from its stored configuration."""
         name = name or self.data_id["skymap"]
-        return self.butler.get_skymap(name)
+        skymap: SkyMap = self.butler.get_skymap(name)
+        return skymap

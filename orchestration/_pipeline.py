@@ -55,10 +55,10 @@ class TaskDef:
         return config_digest(self.config)
 
     @functools.cached_property
-    def _dask_token(self) -> tuple:
+    def _dask_token(self) -> tuple[str, str, str, str]:
         return ("TaskDef", self.label, self.class_path, self.config_digest)
 
-    def __dask_tokenize__(self) -> tuple:
+    def __dask_tokenize__(self) -> tuple[str, str, str, str]:
         return self._dask_token
 
     def make_task(self) -> Task:
@@ -171,7 +171,7 @@ class Pipeline:
         }
 
 
-def _coerce(field: dataclasses.Field, value: Any, where: str) -> Any:
+def _coerce(field: dataclasses.Field[Any], value: Any, where: str) -> Any:
     kind = field.type if isinstance(field.type, type) else {"float": float, "int": int, "str": str,
                                                               "bool": bool}.get(str(field.type))
     if kind in (float, int) and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -11,13 +11,16 @@ import pickle
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from butler import DataCoordinate, DatasetRef
 
 from ._pipeline import TaskDef
 
-__all__ = ["Plan", "Quantum", "RERUN_CHANGED", "RERUN_REMADE", "RUN", "SKIP"]
+if TYPE_CHECKING:
+    from butler import Butler
+
+__all__ = ["RERUN_CHANGED", "RERUN_REMADE", "RUN", "SKIP", "Plan", "Quantum"]
 
 RUN = "run"
 SKIP = "skip"
@@ -40,7 +43,7 @@ class Quantum:
     reason: str = ""
     context: dict[str, Any] = field(default_factory=dict)
 
-    def __dask_tokenize__(self) -> tuple:
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
         # Cheap and unique: the predicted output ids are fresh UUIDs (dask would otherwise pickle
         # every quantum to name the graph, about 1 ms each).
         return ("Quantum", self.index, self.task, self.data_id.values,
@@ -80,15 +83,15 @@ class Plan:
     def to_run(self) -> list[Quantum]:
         return [q for q in self.quanta if q.status == RUN]
 
-    def counts(self) -> dict[str, Counter]:
-        out: dict[str, Counter] = {d.label: Counter() for d in self.tasks}
+    def counts(self) -> dict[str, Counter[str]]:
+        out: dict[str, Counter[str]] = {d.label: Counter() for d in self.tasks}
         for q in self.quanta:
             out[q.task][q.status] += 1
         return out
 
     def summary(self) -> str:
         """A table: task, quanta to run, to skip, and why they skip."""
-        reasons: dict[str, Counter] = {d.label: Counter() for d in self.tasks}
+        reasons: dict[str, Counter[str]] = {d.label: Counter() for d in self.tasks}
         for q in self.quanta:
             if q.status != RUN:
                 reasons[q.task][q.reason] += 1
@@ -137,7 +140,7 @@ class Plan:
             raise TypeError(f"{path} does not hold a Plan")
         return plan
 
-    def write_init_outputs(self, butler: Any) -> None:
+    def write_init_outputs(self, butler: Butler) -> None:
         """Write (or compare) each task's config/schema and the package versions: see provenance."""
         from ._provenance import write_init_outputs
 

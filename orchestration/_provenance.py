@@ -20,6 +20,8 @@ from butler.errors import ButlerError, ConflictError
 from ._task import config_to_dict
 
 if TYPE_CHECKING:
+    from butler import Butler
+
     from ._pipeline import TaskDef
     from ._plan import Plan
 
@@ -69,7 +71,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.') or 'value'}: was {old!r}, now {new!r}"]
 
 
-def write_once_and_compare(butler: Any, dataset_type: DatasetType, obj: Any, run: str) -> bool:
+def write_once_and_compare(butler: Butler, dataset_type: DatasetType, obj: Any, run: str) -> bool:
     """Store ``obj`` unless the run has it; otherwise compare. Returns True if this call wrote it."""
     butler.register_dataset_type(dataset_type)  # idempotent, also when executors race to it
     try:
@@ -94,11 +96,11 @@ def _equal(a: Any, b: Any) -> bool:
     try:
         result = a == b
         return bool(result.all()) if hasattr(result, "all") else bool(result)
-    except Exception:
+    except Exception:  # noqa: BLE001 - user objects' == may raise anything (shapes, types); repr decides then
         return repr(a) == repr(b)
 
 
-def write_init_outputs(plan: Plan, butler: Any) -> None:
+def write_init_outputs(plan: Plan, butler: Butler) -> None:
     """Write or compare every task's config and init-outputs, and the package versions."""
     run = plan.output_run
     for d in plan.tasks:

@@ -26,10 +26,11 @@ class NoWorkFound(LookupError):
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(config):
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
     if hasattr(config, "model_dump"):
-        return config.model_dump()
+        dumped: dict[str, Any] = config.model_dump()
+        return dumped
     raise TypeError(f"task configs must be dataclasses or pydantic models, got {type(config).__name__}")
 
 
@@ -83,7 +84,13 @@ class Task:
         return {n: c for n, c in cls.connections.items() if isinstance(c, InitOutput)}
 
     # -- hooks ----------------------------------------------------------------------------------
-    def run(self, **inputs: Any) -> Mapping[str, Any]:
+    def run(self, *args: Any, **inputs: Any) -> Mapping[str, Any]:
+        """The outputs by connection name, from the inputs passed by connection name.
+
+        Subclasses name the inputs they take as keyword parameters (and ``context`` when they want
+        the quantum's); this gradual signature lets each one narrow it (mypy accepts any override of
+        ``(*args: Any, **kwargs: Any)``). The executor passes keywords only.
+        """
         raise NotImplementedError(f"{type(self).__name__}.run")
 
     def make_init_outputs(self) -> dict[str, Any]:

@@ -30,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     from butler import Butler
     from butler.instrument import SimCam
 
-    from .cli import make_client, parse_id
-    from .demo import demo_flavor_records, demo_skymap, simulate_raws, write_preview
     from ._executor import DaskExecutor
     from ._pipeline import Pipeline
     from ._planner import Planner
+    from .cli import make_client, parse_id
+    from .demo import demo_flavor_records, demo_skymap, simulate_raws, write_preview
 
     t0 = time.perf_counter()
     repo = os.path.abspath(args.repo)

@@ -17,11 +17,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._connections import Input, Output
 from ._task import Task
+
+if TYPE_CHECKING:
+    from butler import Butler, DataCoordinate, DatasetRef
+
+    from ._context import QuantumContext
+    from ._pipeline import Pipeline
 
 __all__ = ["AddTask", "CalibrateTask", "CoaddTask", "CrashingTask", "FailingTask", "FlakyTask", "NoOpTask",
            "SplitTask", "SumTask", "UnpicklableConfigTask", "WarpTask", "add_sum", "files_on_disk",
@@ -49,7 +56,7 @@ class AddTask(Task):
     source = Input(dataset_type="metrics_in", dimensions=("instrument", "visit", "detector"))
     added = Output(dataset_type="added", dimensions=("instrument", "visit", "detector"))
 
-    def run(self, source):
+    def run(self, source: dict[str, Any]) -> dict[str, Any]:
         if self.config.sleep:
             time.sleep(self.config.sleep)
         while self.config.gate and source.get("detector") != 0 and not os.path.exists(self.config.gate):
@@ -74,7 +81,7 @@ class SumTask(Task):
     added = Input(dataset_type="added", dimensions=("instrument", "visit", "detector"), multiple=True)
     total = Output(dataset_type="visit_sum", dimensions=("instrument", "visit"))
 
-    def run(self, added):
+    def run(self, added: Mapping[DataCoordinate, dict[str, Any]]) -> dict[str, Any]:
         return {"total": {"value": sum(v["value"] for v in added.values()), "n": len(added),
                           "detectors": sorted(d["detector"] for d in added)}}
 
@@ -91,7 +98,7 @@ class NoOpTask(Task):
     source = Input(dataset_type="metrics_in", dimensions=("instrument", "visit", "detector"))
     out = Output(dataset_type="noop_out", dimensions=("instrument", "visit", "detector"))
 
-    def run(self, source):
+    def run(self, source: dict[str, Any]) -> dict[str, Any]:
         return {"out": {}}
 
 
@@ -99,7 +106,7 @@ class CrashingTask(AddTask):
     """AddTask whose detector-2 quanta kill their worker process (``os._exit``): Dask gives up on
     them with ``KilledWorker``, which it hands to their dependents too."""
 
-    def run(self, source):
+    def run(self, source: dict[str, Any]) -> dict[str, Any]:
         if source.get("detector") == 2:
             os._exit(13)
         return super().run(source)
@@ -108,7 +115,7 @@ class CrashingTask(AddTask):
 class FailingTask(AddTask):
     """AddTask that always fails (for failure reports)."""
 
-    def run(self, source):
+    def run(self, source: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("this task always fails")
 
 
@@ -124,7 +131,7 @@ class FlakyTask(Task):
     source = Input(dataset_type="metrics_in", dimensions=("instrument", "visit", "detector"))
     out = Output(dataset_type="flaky_out", dimensions=("instrument", "visit", "detector"))
 
-    def run(self, source, context):
+    def run(self, source: dict[str, Any], context: QuantumContext) -> dict[str, Any]:
         marker = os.path.join(self.config.marker_dir, f"v{context.data_id['visit']}-d{context.data_id['detector']}")
         try:
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -147,7 +154,7 @@ class SplitTask(Task):
     low = Output(dataset_type="split_low", dimensions=("instrument", "visit", "detector"))
     high = Output(dataset_type="split_high", dimensions=("instrument", "visit", "detector"))
 
-    def run(self, source):
+    def run(self, source: dict[str, Any]) -> dict[str, Any]:
         v = source["value"]
         return {"low": {"value": min(v, self.config.threshold)}, "high": {"value": max(v, self.config.threshold)}}
 
@@ -177,7 +184,7 @@ class CalibrateTask(Task):
     raw = Input(dataset_type="raw", dimensions=("instrument", "exposure", "detector"))
     calexp = Output(dataset_type="calexp", dimensions=("instrument", "visit", "detector"))
 
-    def run(self, raw):
+    def run(self, raw: Any) -> dict[str, Any]:
         return {"calexp": {"raw": raw}}
 
 
@@ -193,7 +200,7 @@ class WarpTask(Task):
     calexp = Input(dataset_type="calexp", dimensions=("instrument", "visit", "detector"), multiple=True)
     warp = Output(dataset_type="warp", dimensions=("instrument", "visit", "skymap", "tract", "patch"))
 
-    def run(self, calexp):
+    def run(self, calexp: Mapping[DataCoordinate, Any]) -> dict[str, Any]:
         return {"warp": {"n": len(calexp)}}
 
 
@@ -209,12 +216,12 @@ class CoaddTask(Task):
     warp = Input(dataset_type="warp", dimensions=("instrument", "visit", "skymap", "tract", "patch"), multiple=True)
     coadd = Output(dataset_type="coadd", dimensions=("skymap", "tract", "patch", "band"))
 
-    def run(self, warp):
+    def run(self, warp: Mapping[DataCoordinate, Any]) -> dict[str, Any]:
         return {"coadd": {"n": len(warp)}}
 
 
 # -- repositories --------------------------------------------------------------------------------
-def make_metrics_repo(butler: Any, *, visits: int = 5, detectors: int = 9, run: str = "in") -> list[Any]:
+def make_metrics_repo(butler: Butler, *, visits: int = 5, detectors: int = 9, run: str = "in") -> list[DatasetRef]:
     """Register SimCam, ``visits`` visit records and ``metrics_in`` datasets
     (``{"value": 10 * visit + detector, "detector": detector}``) in ``run``; return the refs."""
     from butler import DatasetType
@@ -230,14 +237,14 @@ def make_metrics_repo(butler: Any, *, visits: int = 5, detectors: int = 9, run: 
                             for v in range(visits) for d in range(detectors)], run=run)
 
 
-def add_sum(**add_config: Any) -> Any:
+def add_sum(**add_config: Any) -> Pipeline:
     """The two-task pipeline of most executor tests: ``add`` (with ``add_config``) then ``sum``."""
     from ._pipeline import Pipeline
 
     return Pipeline().add_task("add", AddTask, **add_config).add_task("sum", SumTask)
 
 
-def registered_files(butler: Any, run: str) -> set[str]:
+def registered_files(butler: Butler, run: str) -> set[str]:
     """Paths (relative to the root) of the files the registry holds for ``run``."""
     registry = butler.registry
     with registry.transaction() as conn:
@@ -246,7 +253,7 @@ def registered_files(butler: Any, run: str) -> set[str]:
 
 def files_on_disk(root: str, run: str) -> set[str]:
     """Paths (relative to ``root``) of every file under the run's directory."""
-    out = set()
+    out: set[str] = set()
     for dirpath, _, names in os.walk(os.path.join(root, run)):
         out.update(os.path.relpath(os.path.join(dirpath, n), root) for n in names)
     return out

@@ -219,8 +219,8 @@ def directory_problems(path: str | os.PathLike[str], expected_checksum: str, exp
         return []  # written before manifest files, intact
     if expected_size is not None and size != expected_size:
         return [("", "size", f"size mismatch for {root}: recorded {expected_size} bytes in its files, found {size}")]
-    return [("", "checksum", f"manifest checksum mismatch for {root}: recorded {expected_checksum} (a file was "
-                             "changed, added or removed, or the manifest file was lost; which cannot be told)")]
+    return [("", "checksum", (f"manifest checksum mismatch for {root}: recorded {expected_checksum} (a file was "
+                              "changed, added or removed, or the manifest file was lost; which cannot be told)"))]
 
 
 def _member_problems(root: str, entries: Entries) -> list[tuple[str, str, str]]:

@@ -61,7 +61,7 @@ class YamlFormatter(Formatter):
         import yaml
 
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        return yaml.load(bytes(data), Loader=loader)  # noqa: S506 - a safe loader; bytes: yaml refuses bytearray
+        return yaml.load(bytes(data), Loader=loader)  # a safe loader; bytes: yaml refuses bytearray
 
 
 class BytesFormatter(Formatter):

@@ -80,6 +80,6 @@ class CameraYamlFormatter(CameraJsonFormatter):
 
         try:
             loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            return yaml.load(bytes(data), Loader=loader)  # noqa: S506 - safe loader; bytes: yaml refuses bytearray
+            return yaml.load(bytes(data), Loader=loader)  # a safe loader; bytes: yaml refuses bytearray
         except yaml.YAMLError as err:
             raise ValueError(str(err)) from None

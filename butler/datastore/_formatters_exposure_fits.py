@@ -168,7 +168,8 @@ class ExposureFitsFormatter(ExposureFormatterBase):
         import json
 
         if "BTMETA" in header:
-            return json.loads(header["BTMETA"])
+            metadata: dict[str, Any] = json.loads(header["BTMETA"])
+            return metadata
         return {key: value for key, value in header.items()
                 if key and not _STRUCTURAL.fullmatch(key) and key not in _OWN_KEYS}
 

@@ -113,7 +113,7 @@ def astropy_to_arrow(table: Table) -> pa.Table:
         unit = getattr(col, "unit", None)
         if unit is not None:
             metadata["unit"] = unit.to_string()
-        description = getattr(col.info, "description", None)
+        description = getattr(getattr(col, "info", None), "description", None)  # astropy's column info
         if description:
             metadata["description"] = str(description)
         if data.dtype.hasobject:
@@ -230,7 +230,8 @@ class ParquetFormatter(Formatter):
             raise self._wrong_type(obj, "pyarrow.Table or astropy.table.Table")
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        return sink.getvalue().to_pybytes()
+        data: bytes = sink.getvalue().to_pybytes()
+        return data
 
     def _read_source(self, source: Any, fresh: Any, parameters: Mapping[str, Any]) -> Any:
         import pyarrow.parquet as pq

@@ -280,12 +280,12 @@ class ZarrExposureFormatter(ExposureFormatterBase):
                   infos: list[zio.PlaneInfo], planes: list[np.ndarray] | None, psf: np.ndarray | None) -> Any:
         """The plane (component) or `Exposure` read, or a `_LazyResult` to build dask arrays from."""
         box, rows, columns = self._region(handle, request, layout)
-        lazy = _LazyResult({info.name: info for info in infos}, rows, columns) if planes is None else None
         if request.component is not None:
-            return lazy if lazy is not None else planes[0]
+            return _LazyResult({info.name: info for info in infos}, rows, columns) if planes is None else planes[0]
         fields = {"wcs": self._wcs(layout, handle, rows, columns, request.bbox is not None), "psf": psf,
                   "photo_calib": layout["photo_calib"], "metadata": layout["metadata"], "origin": (box.x0, box.y0)}
-        if lazy is not None:
+        if planes is None:
+            lazy = _LazyResult({info.name: info for info in infos}, rows, columns)
             lazy.exposure_fields = fields
             return lazy
         return Exposure(*planes, **fields)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import TemplateError
 
-__all__ = ["FileTemplate", "TemplateSet", "DEFAULT_TEMPLATE"]
+__all__ = ["DEFAULT_TEMPLATE", "FileTemplate", "TemplateSet"]
 
 DEFAULT_TEMPLATE = "{run}/{dataset_type}/{band?}/{day_obs?}/{dataset_type}_{dims}"
 
@@ -95,7 +95,7 @@ class FileTemplate:
         relative path inside the repository.
         """
         get = values.get
-        key = (required, *[get(n) is None for n in self._value_names])
+        key: tuple[Any, ...] = (required, *[get(n) is None for n in self._value_names])  # (required, *missing)
         compiled = self._compiled.get(key)
         if compiled is None and key not in self._compiled:
             compiled = self._compiled[key] = self._compile(key[1:], required)

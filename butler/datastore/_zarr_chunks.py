@@ -270,14 +270,15 @@ def _read_chunk_at(fd: int, info: PlaneInfo, job: _Job, out: np.ndarray, size: i
     if dst is not None and size == info.chunk_nbytes + 4:
         # In place: the kernel copies the chunk into the output, the crc32c reads it from the cache.
         tail = bytearray(4)
-        got = os.preadv(fd, [dst, tail], job.offset)
+        # numpy declares ndarray.__buffer__ only for Python >= 3.12 (PEP 688); arrays are buffers on 3.11 too.
+        got = os.preadv(fd, [dst, tail], job.offset)  # type: ignore[list-item]
         if got != size or crc32c(bytes(tail), crc32c(dst)) != CRC32C_RESIDUE:
             raise ChecksumError(
                 f"checksum mismatch in {job.where} ({got} of {size} bytes read): the chunk is corrupted or truncated"
             )
         return
     buf = _scratch(size)
-    got = os.preadv(fd, [buf], job.offset) if size else 0
+    got = os.preadv(fd, [buf], job.offset) if size else 0  # type: ignore[list-item]  # as above
     _place(buf[:got], info, job, out)
 
 
@@ -395,12 +396,12 @@ class LocalReads:
         else:
             groups = []
             for shard, shard_jobs in _by_shard(info, jobs).items():
-                key = info.key(shard)
-                index, _ = _load_index_local(self._where(key), info)
+                shard_key = info.key(shard)
+                index, _ = _load_index_local(self._where(shard_key), info)
                 if self._count is not None:
-                    self._count(key, info.index_nbytes)
-                _locate(shard_jobs, info, index, self._where(key))
-                groups.append((key, shard_jobs))
+                    self._count(shard_key, info.index_nbytes)
+                _locate(shard_jobs, info, index, self._where(shard_key))
+                groups.append((shard_key, shard_jobs))
         for key, group in groups:
             for batch in _batches(group, info):
                 if key is None:

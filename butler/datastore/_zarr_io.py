@@ -37,10 +37,10 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import xxhash
@@ -100,6 +100,7 @@ __all__ = [
 _crc32c = crc32c
 _crc = crc32c_bytes
 _CRC32C_RESIDUE = CRC32C_RESIDUE
+_T = TypeVar("_T")
 
 CHUNK_BYTES = 1 << 20
 """Target size of an uncompressed chunk: a 4096-pixel float32 row strip of 64 rows (fits the L2 cache)."""
@@ -208,7 +209,9 @@ class _CountingStore(WrapperStore[Store]):
         await self._store.set(key, value)
         if self.written is not None and key not in self.written:
             data = value.as_numpy_array()
-            self.written[key] = (data.nbytes, f"{CHECKSUM_ALGORITHM}:{xxhash.xxh3_128_hexdigest(data)}")
+            # numpy declares ndarray.__buffer__ only for Python >= 3.12 (PEP 688); arrays are buffers on 3.11 too.
+            digest = xxhash.xxh3_128_hexdigest(data)  # type: ignore[arg-type]
+            self.written[key] = (data.nbytes, f"{CHECKSUM_ALGORITHM}:{digest}")
 
     async def set_checked(self, key: str, value: Buffer, size: int, checksum: str) -> None:
         """`set` with the checksum already computed (in the encoding thread)."""
@@ -269,7 +272,7 @@ def open_store(location: str, *, read_only: bool = True, storage_options: dict[s
     return StoreHandle(_CountingStore(base, written), location, root, manifest)
 
 
-def run(coro: Any) -> Any:
+def run(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run a coroutine on zarr's I/O event loop and return its result."""
     return sync(coro)
 
@@ -301,7 +304,7 @@ def plane_layout(shape: tuple[int, ...], itemsize: int, chunk_bytes: int = CHUNK
     return chunks, shards
 
 
-def _plain_codecs(codecs: Sequence[Any]) -> str | None | bool:
+def _plain_codecs(codecs: Sequence[Any]) -> Literal["blosc", "zstd", False] | None:
     """The compressor name (or None) of ``bytes[, blosc|zstd], crc32c``; False for anything else."""
     if len(codecs) < 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[-1], Crc32cCodec):
         return False
@@ -457,6 +460,7 @@ async def _array_metadata(name: str, shape: tuple[int, ...], dtype: str, chunks:
         info = _plane_info_from_metadata(name, array.metadata)
         assert info.fast, f"array {name} was created with codecs this module cannot write: {array.metadata.codecs}"
         document = await scratch.store_path.store.get(f"{name}/zarr.json", default_buffer_prototype())
+        assert document is not None, f"zarr wrote no {name}/zarr.json"  # create_array just wrote it
         cached = (info, document.to_bytes())
         if len(_METADATA) > 256:
             _METADATA.clear()

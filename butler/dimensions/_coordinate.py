@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..errors import DataIdError
 from ._universe import DimensionGroup, DimensionUniverse
 
-__all__ = ["DataCoordinate", "validate_path_value", "coerce_value"]
+__all__ = ["DataCoordinate", "coerce_value", "validate_path_value"]
 
 # Letters, digits and a few separators that are safe inside one path component.
 _set = object.__setattr__
@@ -68,11 +68,15 @@ def coerce_value(key: str, kind: str, value: Any) -> Any:
 class DataCoordinate(Mapping[str, Any]):
     """An immutable data ID for one dimension group."""
 
-    __slots__ = ("group", "values", "implied_values", "_hash")
+    # Order matters: registry/_datasets.py's fast construction checks this exact layout.
+    __slots__ = ("group", "values", "implied_values", "_hash")  # noqa: RUF023
 
     group: DimensionGroup
-    values: tuple[Any, ...]
+    # The required values in group order. It shadows Mapping.values() on purpose (the hot path of
+    # every query and pickle reads it); iterate ``to_dict().values()`` for the method's meaning.
+    values: tuple[Any, ...]  # type: ignore[assignment]
     implied_values: Mapping[str, Any] | None
+    _hash: int
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -139,12 +143,12 @@ class DataCoordinate(Mapping[str, Any]):
                     f"data ID {_fmt(given)} is missing {', '.join(repr(m) for m in missing)}; "
                     f"required keys are {list(group.required)}{alias_hint}"
                 )
-            values.append(coerce_value(name, universe[name].key.type, merged.pop(name)))  # type: ignore[union-attr]
+            values.append(coerce_value(name, universe[name].key_type, merged.pop(name)))
         implied: dict[str, Any] | None = None
         for name in list(merged):
             if name in group.implied:
                 implied = implied or {}
-                implied[name] = coerce_value(name, universe[name].key.type, merged.pop(name))  # type: ignore[union-attr]
+                implied[name] = coerce_value(name, universe[name].key_type, merged.pop(name))
         if merged and not extra_allowed:
             accepted = list(group.names) + sorted(aliases or ())
             raise DataIdError(
@@ -215,7 +219,9 @@ class DataCoordinate(Mapping[str, Any]):
 
     __str__ = __repr__
 
-    def __reduce__(self):
+    def __reduce__(
+        self,
+    ) -> tuple[Callable[..., DataCoordinate], tuple[DimensionGroup, tuple[Any, ...], Mapping[str, Any] | None]]:
         return (DataCoordinate.from_values, (self.group, self.values, self.implied_values))
 
 

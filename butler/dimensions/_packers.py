@@ -98,8 +98,8 @@ class DataIdPacker:
         raw = [data_id[name] for name in self.names]
         if all(np.ndim(v) == 0 for v in raw):
             packed = 0
-            for (name, maximum), bits, value in zip(self.fields, self._bits, raw):
-                packed = (packed << bits) | self._scalar_code(name, maximum, value)
+            for (name, maximum), width, value in zip(self.fields, self._bits, raw):
+                packed = (packed << width) | self._scalar_code(name, maximum, value)
             return packed
         codes = [self._codes(name, maximum, value) for (name, maximum), value in zip(self.fields, raw)]
         out = np.empty(np.broadcast_shapes(*(c.shape for c in codes)), dtype=_U64)

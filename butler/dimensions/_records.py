@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._coordinate import DataCoordinate
-from ._universe import DimensionElement
+from ._universe import DimensionElement, DimensionUniverse
 
 __all__ = ["DimensionRecord"]
 
@@ -13,7 +14,7 @@ __all__ = ["DimensionRecord"]
 class DimensionRecord:
     """A read-only record with attribute access to its fields (``record.exposure_time``)."""
 
-    __slots__ = ("element", "_values")
+    __slots__ = ("_values", "element")
 
     def __init__(self, element: DimensionElement, values: dict[str, Any]):
         self.element = element
@@ -35,7 +36,7 @@ class DimensionRecord:
         """The data ID of this record's element (dimension elements only)."""
         element = self.element
         group = element.universe.group(element.required)
-        key = element.key.name if element.is_dimension else None  # type: ignore[union-attr]
+        key = element.key.name if element.is_dimension and element.key is not None else None
         values = tuple(self._values[key if (n == element.name and key) else n] for n in group.required)
         return DataCoordinate.from_values(group, values)
 
@@ -52,9 +53,9 @@ class DimensionRecord:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._values.items() if k != "region")
         return f"{self.element.name}({fields})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., DimensionRecord], tuple[DimensionUniverse, str, dict[str, Any]]]:
         return (_record_from_pickle, (self.element.universe, self.element.name, self._values))
 
 
-def _record_from_pickle(universe, name, values):
+def _record_from_pickle(universe: DimensionUniverse, name: str, values: dict[str, Any]) -> DimensionRecord:
     return DimensionRecord(universe[name], values)

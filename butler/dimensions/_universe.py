@@ -10,11 +10,14 @@ e.g. ``visit`` implies ``physical_filter``, which implies ``band``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..registry._pixelization import CubeFacePixelization
 
 __all__ = ["DimensionElement", "DimensionGroup", "DimensionUniverse", "FieldSpec"]
 
@@ -66,6 +69,13 @@ class DimensionElement:
         return (*ordered, self.name) if self.is_dimension else ordered
 
     @cached_property
+    def key_type(self) -> str:
+        """The type of a dimension's key (``int``, ``str``...); a join element has no key."""
+        if self.key is None:
+            raise KeyError(f"{self.name!r} is a join element, not a dimension: it has no key")
+        return self.key.type
+
+    @cached_property
     def primary_key_columns(self) -> tuple[str, ...]:
         """Column names of the primary key of this element's table."""
         cols = [d for d in self.required if d != self.name]
@@ -85,14 +95,14 @@ class DimensionElement:
     @cached_property
     def field_types(self) -> dict[str, str]:
         """Column name -> field type (``int``, ``str``, ``time``...; ``region`` for regions)."""
-        types = {}
+        types: dict[str, str] = {}
         for name in self.primary_key_columns:
-            if self.is_dimension and name == self.key.name:  # type: ignore[union-attr]
-                types[name] = self.key.type  # type: ignore[union-attr]
+            if self.is_dimension and self.key is not None and name == self.key.name:
+                types[name] = self.key.type
             else:
-                types[name] = self.universe[name].key.type  # type: ignore[union-attr]
+                types[name] = self.universe[name].key_type
         for name in self.implies:
-            types[name] = self.universe[name].key.type  # type: ignore[union-attr]
+            types[name] = self.universe[name].key_type
         for f in self.fields:
             types[f.name] = f.type
         if self.spatial:
@@ -111,7 +121,7 @@ class DimensionGroup:
     interned per universe, so identity comparison is enough and creating one is a dict lookup.
     """
 
-    __slots__ = ("universe", "names", "required", "implied", "index", "_hash", "__weakref__")
+    __slots__ = ("__weakref__", "_hash", "implied", "index", "names", "required", "universe")
 
     def __init__(self, universe: DimensionUniverse, required: tuple[str, ...], implied: tuple[str, ...]):
         self.universe = universe
@@ -124,7 +134,7 @@ class DimensionGroup:
     def __contains__(self, name: object) -> bool:
         return name in self.index or name in self.implied
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.names)
 
     def __len__(self) -> int:
@@ -139,7 +149,7 @@ class DimensionGroup:
     def __repr__(self) -> str:
         return f"DimensionGroup({list(self.required)}, implied={list(self.implied)})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[int, tuple[str, ...]], DimensionGroup], tuple[int, tuple[str, ...]]]:
         return (_group_from_pickle, (self.universe.version, self.required))
 
     @property
@@ -154,8 +164,8 @@ def _group_from_pickle(version: int, required: tuple[str, ...]) -> DimensionGrou
 class DimensionUniverse:
     """All elements of one universe version; the factory of interned dimension groups."""
 
-    _by_digest: dict[str, DimensionUniverse] = {}
-    _by_version: dict[int, DimensionUniverse] = {}
+    _by_digest: ClassVar[dict[str, DimensionUniverse]] = {}
+    _by_version: ClassVar[dict[int, DimensionUniverse]] = {}
 
     def __init__(self, config: Mapping[str, Any], text: str):
         self.namespace: str = config.get("namespace", "butler")
@@ -259,8 +269,8 @@ class DimensionUniverse:
         frontier = list(closure)
         while frontier:
             n = frontier.pop()
-            for implied in self._elements[n].implies:
-                for m in self._elements[implied].required:
+            for implied_name in self._elements[n].implies:
+                for m in self._elements[implied_name].required:
                     if m not in closure:
                         closure.add(m)
                         frontier.append(m)
@@ -279,7 +289,7 @@ class DimensionUniverse:
     def spatial_elements(self) -> tuple[DimensionElement, ...]:
         return tuple(e for e in self._elements.values() if e.spatial)
 
-    def pixelization(self) -> Any:
+    def pixelization(self) -> CubeFacePixelization:
         """The pixelization of the registry's spatial index (vectorised; see registry._pixelization)."""
         from ..registry._pixelization import CubeFacePixelization
 
@@ -295,5 +305,5 @@ class DimensionUniverse:
     def __repr__(self) -> str:
         return f"DimensionUniverse(version={self.version}, digest={self.digest[:8]})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str], DimensionUniverse], tuple[str]]:
         return (DimensionUniverse.from_text, (self.text,))

@@ -98,7 +98,8 @@ class Exposure:
     @property
     def shape(self) -> tuple[int, int]:
         """numpy shape of the planes, ``(height, width)``."""
-        return tuple(self.image.shape)  # type: ignore[return-value]
+        height, width = self.image.shape
+        return (height, width)
 
     @property
     def bbox(self) -> Box:

@@ -477,9 +477,10 @@ class _Parser:
         kind = "positive integers" if integer else "numbers"
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             self.fail(key, f"a list of two {kind}", value)
+        first, second = value
         if integer:
-            return tuple(self.integer(v, key, minimum=1) for v in value)  # type: ignore[return-value]
-        return tuple(self.number(v, key) for v in value)  # type: ignore[return-value]
+            return (self.integer(first, key, minimum=1), self.integer(second, key, minimum=1))
+        return (self.number(first, key), self.number(second, key))
 
     def purpose(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or value.upper() not in DETECTOR_PURPOSES:

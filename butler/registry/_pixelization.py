@@ -13,9 +13,12 @@ Envelopes may contain extra cells; spatial joins refine candidates with exact ov
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lsst.sphgeom import Region
 
 __all__ = ["CubeFacePixelization", "region_vertices"]
 
@@ -106,7 +109,7 @@ class CubeFacePixelization:
                 continue
             idx = np.nonzero(candidate)[0]
             dd, aa, bb = d[idx], a[idx], b[idx]
-            projectable = (dd > 1e-12).all(axis=1)
+            projectable = np.asarray((dd > 1e-12).all(axis=1))  # asarray: an array, not a scalar, for numpy's types
             with np.errstate(divide="ignore", invalid="ignore"):
                 u = np.where(projectable[:, None], aa / dd, 0.0)
                 v = np.where(projectable[:, None], bb / dd, 0.0)
@@ -142,13 +145,14 @@ class CubeFacePixelization:
         order = np.lexsort((pix, poly))
         return poly[order], pix[order]
 
-    def envelope(self, region: Any) -> list[int]:
+    def envelope(self, region: Region) -> list[int]:
         """Cells touched by one sphgeom region."""
         _, pix = self.envelopes(region_vertices(region)[None, :, :])
-        return pix.tolist()
+        cells: list[int] = pix.tolist()
+        return cells
 
 
-def region_vertices(region: Any) -> np.ndarray:
+def region_vertices(region: Region) -> np.ndarray:
     """Vertices (K, 3) of a convex polygon that contains ``region``.
 
     Polygons give their own vertices; other regions are bounded by an octagon around their
@@ -167,6 +171,6 @@ def region_vertices(region: Any) -> np.ndarray:
     e1 /= np.linalg.norm(e1)
     e2 = np.cross(c, e1)
     angles = np.arange(8) * (2 * math.pi / 8)
-    pts = (np.cos(theta) * c[None, :]
+    pts: np.ndarray = (np.cos(theta) * c[None, :]
            + np.sin(theta) * (np.cos(angles)[:, None] * e1[None, :] + np.sin(angles)[:, None] * e2[None, :]))
     return pts

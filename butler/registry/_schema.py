@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.schema import SchemaItem
 
 from .._dataset_type import NAME_LENGTH as DATASET_TYPE_NAME_LENGTH
 from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse, FieldSpec
 
-__all__ = ["RegistrySchema", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "RegistrySchema"]
 
 SCHEMA_VERSION = 1
 SCHEMA_MINOR = 4
@@ -41,7 +42,7 @@ def fast_uuid(hex_value: str) -> uuid.UUID:
     return u
 
 
-class DatasetIdType(sa.types.TypeDecorator):
+class DatasetIdType(sa.types.TypeDecorator[uuid.UUID]):
     """Dataset UUIDs: native on PostgreSQL, 32 hex characters elsewhere, decoded quickly.
 
     Queries return thousands of ids; the stock type spends most of a 500-ref query in
@@ -51,23 +52,23 @@ class DatasetIdType(sa.types.TypeDecorator):
     impl = sa.Uuid
     cache_ok = True
 
-    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine:
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name == "postgresql":
             return dialect.type_descriptor(sa.Uuid(as_uuid=True))
         return dialect.type_descriptor(sa.String(32))
 
-    def process_bind_param(self, value: object, dialect: sa.Dialect) -> object:
+    def process_bind_param(self, value: uuid.UUID | str | None, dialect: sa.Dialect) -> uuid.UUID | str | None:
         if value is None or dialect.name == "postgresql":
             return value
         return value.hex if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).hex
 
-    def process_result_value(self, value: object, dialect: sa.Dialect) -> object:
+    def process_result_value(self, value: uuid.UUID | str | None, dialect: sa.Dialect) -> uuid.UUID | None:
         if value is None or isinstance(value, uuid.UUID):
             return value
-        return fast_uuid(value)  # type: ignore[arg-type]
+        return fast_uuid(value)
 
 
-class CaseSensitiveString(sa.types.TypeDecorator):
+class CaseSensitiveString(sa.types.TypeDecorator[str]):
     """A VARCHAR that compares case-sensitively on every backend (MySQL's default collation does not).
 
     On MySQL/MariaDB the column gets the ``utf8mb4_bin`` collation; elsewhere it is a plain
@@ -82,12 +83,12 @@ class CaseSensitiveString(sa.types.TypeDecorator):
         super().__init__(length)
         self.length = length
 
-    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine:
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
             return dialect.type_descriptor(sa.String(self.length, collation="utf8mb4_bin"))
         return dialect.type_descriptor(sa.String(self.length))
 
-    def coerce_compared_value(self, op: Any, value: Any) -> sa.types.TypeEngine:
+    def coerce_compared_value(self, op: Any, value: Any) -> sa.types.TypeEngine[Any]:
         # As a plain String does: itself for strings, the value's own type for anything else.
         coerced = self.impl_instance.coerce_compared_value(op, value)
         return self if coerced is self.impl_instance else coerced
@@ -97,12 +98,12 @@ class CaseSensitiveString(sa.types.TypeDecorator):
         return str
 
 
-def string(length: int) -> sa.types.TypeEngine:
+def string(length: int) -> sa.types.TypeEngine[Any]:
     """A `CaseSensitiveString` of ``length`` characters."""
     return CaseSensitiveString(length)
 
 
-def _column_type(spec: FieldSpec) -> sa.types.TypeEngine:
+def _column_type(spec: FieldSpec) -> sa.types.TypeEngine[Any]:
     if spec.type == "int":
         return sa.BigInteger()
     if spec.type == "str":
@@ -116,7 +117,7 @@ def _column_type(spec: FieldSpec) -> sa.types.TypeEngine:
     return sa.LargeBinary()
 
 
-def _key_type(universe: DimensionUniverse, dimension: str) -> sa.types.TypeEngine:
+def _key_type(universe: DimensionUniverse, dimension: str) -> sa.types.TypeEngine[Any]:
     key = universe[dimension].key
     assert key is not None
     return _column_type(key)
@@ -287,7 +288,7 @@ class RegistrySchema:
         """Spatial index of one element: a row per (record, pixel it touches)."""
         parent = self.elements[element.name]
         keys = list(element.primary_key_columns)
-        cols: list[sa.SchemaItem] = [
+        cols: list[SchemaItem] = [
             sa.Column(k, parent.c[k].type, primary_key=True, autoincrement=False) for k in keys
         ]
         cols.append(sa.Column("pix", sa.BigInteger, primary_key=True, autoincrement=False))
@@ -299,7 +300,7 @@ class RegistrySchema:
 
     def _element_table(self, element: DimensionElement) -> sa.Table:
         universe = self.universe
-        cols: list[sa.SchemaItem] = []
+        cols: list[SchemaItem] = []
         for dim in element.required:
             if dim == element.name:
                 assert element.key is not None
@@ -339,7 +340,7 @@ class RegistrySchema:
         if table is not None:
             return table
         universe = self.universe
-        cols: list[sa.SchemaItem] = [
+        cols: list[SchemaItem] = [
             sa.Column("dataset_type_id", sa.Integer, sa.ForeignKey(self.dataset_type.c.dataset_type_id),
                       nullable=False),
             sa.Column("dataset_id", DatasetIdType, sa.ForeignKey(self.dataset.c.dataset_id, ondelete="CASCADE"),

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ..dimensions import DimensionElement, DimensionUniverse
 from ..errors import DataIdError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from lsst.sphgeom import ConvexPolygon, Region
+
+    from ._pixelization import CubeFacePixelization
 
 __all__ = ["RegionError", "SpatialIndex", "encoded_vertices", "regions_overlap", "validate_region"]
 
@@ -30,7 +36,7 @@ class RegionError(DataIdError):
     """A region is degenerate, not convex, or given for an element without regions."""
 
 
-def validate_region(region: Any, where: str) -> Any:
+def validate_region(region: object, where: str) -> Region:
     """Check that ``region`` is a usable sphgeom region (non-degenerate convex polygon, circle...)."""
     import lsst.sphgeom as sg
 
@@ -57,7 +63,7 @@ def validate_region(region: Any, where: str) -> Any:
     return region
 
 
-def polygon_from_lonlat(vertices: Sequence[tuple[float, float]]) -> Any:
+def polygon_from_lonlat(vertices: Sequence[tuple[float, float]]) -> ConvexPolygon:
     """A ConvexPolygon from (ra, dec) degrees in order, rejecting non-convex or degenerate input."""
     import lsst.sphgeom as sg
 
@@ -71,11 +77,13 @@ def polygon_from_lonlat(vertices: Sequence[tuple[float, float]]) -> Any:
             raise RegionError(f"polygon {list(vertices)} is not convex or has collinear vertices")
     else:
         raise RegionError(f"polygon {list(vertices)} needs at least 3 vertices")
-    return validate_region(sg.ConvexPolygon(points), "polygon")
+    polygon = sg.ConvexPolygon(points)
+    validate_region(polygon, "polygon")
+    return polygon
 
 
 @lru_cache(maxsize=65536)
-def _interior(data: bytes) -> Any:
+def _interior(data: bytes) -> Region:
     """The decoded region shrunk by a tiny relative margin (cached: regions repeat in joins)."""
     import lsst.sphgeom as sg
 
@@ -109,15 +117,15 @@ class SpatialIndex:
     def __init__(self, universe: DimensionUniverse, tables: Mapping[str, sa.Table]):
         self.universe = universe
         self.tables = dict(tables)
-        self._pixelization: Any = None
+        self._pixelization: CubeFacePixelization | None = None
 
     @property
-    def pixelization(self) -> Any:
+    def pixelization(self) -> CubeFacePixelization:
         if self._pixelization is None:
             self._pixelization = self.universe.pixelization()
         return self._pixelization
 
-    def pixels(self, region: Any) -> list[int]:
+    def pixels(self, region: Region) -> list[int]:
         return self.pixelization.envelope(region)
 
     def index_rows(self, element: DimensionElement, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -158,7 +166,7 @@ class SpatialIndex:
         conn.execute(stmt, [{f"key_{k}": row[k] for k in keys} for row in rows])
 
 
-def encoded_vertices(data: bytes) -> Any:
+def encoded_vertices(data: bytes) -> np.ndarray:
     """Vertices (K, 3) of a convex polygon holding an encoded region (read straight from the bytes
     for ConvexPolygons: a type byte then three little-endian doubles per vertex)."""
     import numpy as np

@@ -147,7 +147,7 @@ def project(v: np.ndarray, p: np.ndarray, e: np.ndarray, n: np.ndarray) -> tuple
 
 def deproject(xi: np.ndarray, eta: np.ndarray, p: np.ndarray, e: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Unit vectors (..., 3) of tangent-plane coordinates; ``p``, ``e``, ``n`` broadcast against them."""
-    v = p + xi[..., None] * e + eta[..., None] * n
+    v: np.ndarray = p + xi[..., None] * e + eta[..., None] * n
     v /= np.sqrt(np.einsum("...i,...i->...", v, v))[..., None]
     return v
 
@@ -165,7 +165,8 @@ def polygons_from_vertices(vertices: np.ndarray) -> list[ConvexPolygon]:
     """ConvexPolygons of counter-clockwise unit vectors (N, K, 3), without a convex-hull pass."""
     raw, size = _encode(vertices)
     decode = ConvexPolygon.decode
-    return [decode(raw[i : i + size]) for i in range(0, len(raw), size)]
+    # sphgeom's stubs say decode returns a Region; it returns the encoded subclass, here ConvexPolygon.
+    return [decode(raw[i : i + size]) for i in range(0, len(raw), size)]  # type: ignore[misc]
 
 
 def _encode(vertices: np.ndarray) -> tuple[bytes, int]:
@@ -360,7 +361,7 @@ class PatchInfo:
 
 
 def _is_index(value: Any, size: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < size
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(0 <= value < size)
 
 
 def _index_error(message: str) -> Exception:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .._task import NoWorkFound
-
 import math
 
 import numpy as np
+
+from .._task import NoWorkFound
 
 __all__ = ["DETECTED", "MASK_BITS", "NO_DATA", "NoInputs", "gaussian_kernel", "normal_cdf"]
 
@@ -33,7 +33,8 @@ def normal_cdf(z: np.ndarray) -> np.ndarray:
     t = 1.0 / (1.0 + 0.3275911 * x)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
     erf = 1.0 - poly * np.exp(-x * x)
-    return 0.5 * (1.0 + np.copysign(erf, z))
+    cdf: np.ndarray = 0.5 * (1.0 + np.copysign(erf, z))
+    return cdf
 
 
 def gaussian_kernel(sigma: float, radius: int | None = None) -> np.ndarray:
@@ -42,4 +43,5 @@ def gaussian_kernel(sigma: float, radius: int | None = None) -> np.ndarray:
     edges = np.arange(-r, r + 2) - 0.5
     profile = np.diff(normal_cdf(edges / sigma))
     kernel = np.outer(profile, profile)
-    return kernel / kernel.sum()
+    normalised: np.ndarray = kernel / kernel.sum()
+    return normalised

@@ -51,7 +51,8 @@ def _cell_levels(cells: np.ndarray) -> np.ndarray:
         keep = np.abs(cells - q50[:, None]) < 3.0 * sigma[:, None]
     count = keep.sum(axis=1)
     total = np.where(keep, cells, 0.0).sum(axis=1, dtype=np.float64)
-    return np.where(count > 0, total / np.maximum(count, 1), q50)
+    levels: np.ndarray = np.where(count > 0, total / np.maximum(count, 1), q50)
+    return levels
 
 
 def estimate_background(image: np.ndarray, mesh: int) -> np.ndarray:
@@ -74,13 +75,15 @@ def estimate_background(image: np.ndarray, mesh: int) -> np.ndarray:
         levels[~np.isfinite(levels)] = np.nanmedian(levels) if np.isfinite(levels).any() else 0.0
     yc = (y_edges[:-1] + y_edges[1:] - 1) / 2.0
     xc = (x_edges[:-1] + x_edges[1:] - 1) / 2.0
-    return (_interp_matrix(height, yc) @ levels @ _interp_matrix(width, xc).T).astype(image.dtype)
+    model: np.ndarray = (_interp_matrix(height, yc) @ levels @ _interp_matrix(width, xc).T).astype(image.dtype)
+    return model
 
 
 def _gauss1d(sigma: float) -> np.ndarray:
     r = max(1, math.ceil(3.0 * sigma))
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    return k / k.sum()
+    kernel: np.ndarray = k / k.sum()
+    return kernel
 
 
 def smooth(image: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:

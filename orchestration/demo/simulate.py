@@ -35,7 +35,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -220,6 +220,20 @@ class VisitPlan:
         }
 
 
+class _Draw(TypedDict):
+    """One visit's random draws, before the visits are put in observing order."""
+
+    night: int
+    order: tuple[int, int]
+    band: str
+    ra: float
+    dec: float
+    seeing: float
+    calib: float
+    sky: float
+    shift: tuple[float, float]
+
+
 def plan_visits(skymap: Any, tract: int, patches: Sequence[int], *, bands: Sequence[str], visits_per_band: int,
                 nights: Sequence[int] = DEMO_NIGHTS, seed: int = 0, first_id: int = 1000,
                 dither_arcsec: float = 60.0, seeing_range: tuple[float, float] = (0.6, 1.2),
@@ -232,14 +246,15 @@ def plan_visits(skymap: Any, tract: int, patches: Sequence[int], *, bands: Seque
         box = info.patch(int(patch)).inner_bbox
         centres.append(((box.x_min + box.x_max - 1) / 2.0, (box.y_min + box.y_max - 1) / 2.0))
     dither = dither_arcsec / skymap.pixel_scale_arcsec
-    draws = []
+    draws: list[_Draw] = []
     for b, band in enumerate(bands):
         for k in range(visits_per_band):
             cx, cy = centres[k % len(centres)]
             night = (k // len(centres)) % len(nights)
             x, y = cx + rng.uniform(-dither, dither), cy + rng.uniform(-dither, dither)
             ra, dec = info.pixel_to_sky(x, y)
-            shift = tuple(rng.normal(0.0, pointing_error_arcsec / detector_scale_arcsec, size=2).tolist())
+            shift_x, shift_y = rng.normal(0.0, pointing_error_arcsec / detector_scale_arcsec, size=2).tolist()
+            shift = (shift_x, shift_y)
             draws.append({
                 "night": night, "order": (k, b), "band": band, "ra": float(ra), "dec": float(dec),
                 "seeing": float(rng.uniform(*seeing_range)),

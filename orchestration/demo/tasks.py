@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,12 @@ from .._task import Task
 from . import _measure as meas
 from ._common import DETECTED, FWHM_PER_SIGMA, NO_DATA, NoInputs, gaussian_kernel
 from ._resample import pixel_scale_arcsec, resample
+
+if TYPE_CHECKING:
+    from butler import DataCoordinate
+    from butler.exposure import Exposure
+
+    from .._context import QuantumContext
 
 __all__ = ["SRC_COLUMNS", "CalibrateTask", "CalibrationError", "CoaddTask", "WarpTask"]
 
@@ -96,7 +102,7 @@ class CalibrateTask(Task):
     def make_init_outputs(self) -> dict[str, Any]:
         return {"src_schema": {name: list(spec) for name, spec in SRC_COLUMNS.items()}}
 
-    def run(self, *, raw: Any, context: Any = None) -> dict[str, Any]:
+    def run(self, *, raw: Exposure, context: QuantumContext | None = None) -> dict[str, Any]:
         from astropy.table import Table
 
         cfg = self.config
@@ -223,7 +229,7 @@ class WarpTask(Task):
     warp = Output(dataset_type="warp", dimensions=("instrument", "visit", "skymap", "tract", "patch"),
                   storage_class="Exposure", doc="the visit on the patch's outer box, nJy per pixel")
 
-    def run(self, *, calexp: Mapping[Any, Any], context: Any) -> dict[str, Any]:
+    def run(self, *, calexp: Mapping[DataCoordinate, Exposure], context: QuantumContext) -> dict[str, Any]:
         from butler.exposure import Box
         from butler.exposure import slice_wcs
 
@@ -238,7 +244,8 @@ class WarpTask(Task):
         variance = np.full(shape, np.nan, np.float32)
         mask = np.zeros(shape, np.int32)
         filled = np.zeros(shape, bool)
-        seeing, psf_sigma, calibs, detectors, metadata = [], [], [], [], {}
+        seeing, psf_sigma, calibs, detectors = [], [], [], []
+        metadata: dict[str, Any] = {}
         target_scale = pixel_scale_arcsec(wcs)
         for cid, exp in sorted(calexp.items(), key=lambda kv: str(kv[0])):
             md = exp.metadata
@@ -340,7 +347,7 @@ class CoaddTask(Task):
     coadd = Output(dataset_type="coadd", dimensions=("skymap", "tract", "patch", "band", "flavor"),
                    storage_class="Exposure", doc="weighted mean of the flavor's warps, nJy per pixel")
 
-    def run(self, *, warp: Mapping[Any, Any], context: Any) -> dict[str, Any]:
+    def run(self, *, warp: Mapping[DataCoordinate, Exposure], context: QuantumContext) -> dict[str, Any]:
         flavor = dict(context.record("flavor"))
         flavor.setdefault("name", context.data_id.get("flavor", None))
         chosen = select_warps(warp, flavor, best_seeing_fraction=self.config.best_seeing_fraction,

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 from dataclasses import dataclass, field
+
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (~7 ms)
 
 from butler.errors import ExpressionError

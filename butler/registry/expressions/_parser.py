@@ -23,6 +23,7 @@ from __future__ import annotations
 __all__ = ["parse_expression", "tokenize"]
 
 import re
+
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (~7 ms)
 
 from ._ast import (
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 _MAX_DEPTH = 100
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "IS", "NULL", "TRUE", "FALSE"})
+_COMPARISONS: dict[object, ComparisonOperator] = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+"""The value of an ``OP`` token (``<>`` is lexed as ``!=``) as the AST's operator."""
 
 _TOKEN_RE = re.compile(
     r"""
@@ -224,7 +227,7 @@ class _Parser:
         token = self.peek()
         if token.kind == "OP":
             self.advance()
-            op: ComparisonOperator = token.value  # type: ignore[assignment]
+            op = _COMPARISONS[token.value]
             right = self.parse_operand(_VALUE_HINT)
             return Comparison(op, left, right, column=token.pos + 1)
         if self.is_keyword(token, "IS"):
@@ -290,7 +293,7 @@ class _Parser:
             step_token = self.peek()
             if step_token.kind != "INT":
                 raise self.error(step_token, "a positive integer step after ':'")
-            step = self.parse_number("a positive integer step").value  # type: ignore[assignment]
+            step = int(self.parse_number("a positive integer step").value)  # an INT token: an IntLiteral
             if step == 0:
                 raise expression_error(
                     "range step must be positive, not 0", self.text, step_token.pos + 1

@@ -17,11 +17,14 @@ __all__ = ["LONG_IN_LIST", "balanced", "in_values"]
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.compiler import SQLCompiler
 
 LONG_IN_LIST = 1000
 """IN lists longer than this bind one parameter (below it, one parameter per value, as before)."""
@@ -34,7 +37,8 @@ class _Parenthesised(sa.ColumnElement[bool]):
     """``( element )``, which SQLAlchemy does not flatten into an enclosing AND/OR."""
 
     inherit_cache = True
-    _traverse_internals = [("element", InternalTraversal.dp_clauseelement)]
+    # SQLAlchemy's base declares the attribute per instance (a ClassVar here would contradict it).
+    _traverse_internals = [("element", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
     type = sa.Boolean()
 
     def __init__(self, element: sa.ColumnElement[bool]):
@@ -42,7 +46,7 @@ class _Parenthesised(sa.ColumnElement[bool]):
 
 
 @compiles(_Parenthesised)
-def _compile_parenthesised(element: _Parenthesised, compiler: Any, **kw: Any) -> str:
+def _compile_parenthesised(element: _Parenthesised, compiler: SQLCompiler, **kw: Any) -> str:
     return "(" + compiler.process(element.element, **kw) + ")"
 
 
@@ -78,7 +82,7 @@ class _InValues(sa.ColumnElement[bool]):
     """``column IN (values)`` with every value in one bound parameter."""
 
     inherit_cache = True
-    _traverse_internals = [
+    _traverse_internals = [  # noqa: RUF012 - as in _Parenthesised
         ("column", InternalTraversal.dp_clauseelement),
         ("param", InternalTraversal.dp_clauseelement),
         ("kind", InternalTraversal.dp_string),
@@ -92,13 +96,13 @@ class _InValues(sa.ColumnElement[bool]):
 
 
 @compiles(_InValues)
-def _compile_in_values_sqlite(element: _InValues, compiler: Any, **kw: Any) -> str:
+def _compile_in_values_sqlite(element: _InValues, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.column, **kw)
     return f"{column} IN (SELECT value FROM json_each({compiler.process(element.param, **kw)}))"
 
 
 @compiles(_InValues, "postgresql")
-def _compile_in_values_postgresql(element: _InValues, compiler: Any, **kw: Any) -> str:
+def _compile_in_values_postgresql(element: _InValues, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.column, **kw)
     array = _SQL_TYPES["postgresql"][element.kind]
     return f"{column} = ANY(CAST({compiler.process(element.param, **kw)} AS {array}))"
@@ -106,7 +110,7 @@ def _compile_in_values_postgresql(element: _InValues, compiler: Any, **kw: Any) 
 
 @compiles(_InValues, "mysql")
 @compiles(_InValues, "mariadb")
-def _compile_in_values_mysql(element: _InValues, compiler: Any, **kw: Any) -> str:
+def _compile_in_values_mysql(element: _InValues, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.column, **kw)
     sql_type = _SQL_TYPES["mysql"][element.kind]
     param = compiler.process(element.param, **kw)

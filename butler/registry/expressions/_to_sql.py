@@ -386,9 +386,9 @@ def _equalities_as_in(operands: tuple[Node, ...]) -> list[Node]:
             out.append(op)
     for i, op in enumerate(out):
         if isinstance(op, Comparison) and isinstance(op.left, Identifier):
-            group = merged.get((op.left.name, op.left.field))
-            if group and group[0] is op and len(group) > 1:
-                out[i] = InList(op.left, tuple(c.right for c in group), column=op.column)
+            same = merged.get((op.left.name, op.left.field))
+            if same and same[0] is op and len(same) > 1:
+                out[i] = InList(op.left, tuple(c.right for c in same), column=op.column)
     return out
 
 
