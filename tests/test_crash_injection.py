@@ -120,7 +120,7 @@ def _execute(root: str, _: str) -> None:
     resume = "u/tester/exec" in butler.query_collections()
     plan = Planner(butler).build(pipeline, inputs=[RUN], output_run="u/tester/exec", where="visit = 12",
                                  resume=resume)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         report = DaskExecutor(client, batch_size=1, progress=False).run(plan, butler)
     assert report.ok, report.summary()
