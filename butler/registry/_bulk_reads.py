@@ -103,7 +103,7 @@ class BulkReadManager:
         return DatasetSelection(type_rec, built.select(tags.c.dataset_id))
 
     # -- per-dataset rows ------------------------------------------------------------------------
-    def iter_dataset_files(self, conn: sa.Connection, selection: DatasetSelection, batch_size: int = 20_000
+    def iter_dataset_files(self, conn: sa.Connection, selection: DatasetSelection, batch_size: int = 5000
                            ) -> Iterator[list[list[Any]]]:
         """Columns of (dataset_id hex, run name, *required data ID values, component, path, formatter,
         storage_class, checksum, file_size), one row per file (null file columns for a dataset
