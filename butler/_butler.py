@@ -584,7 +584,7 @@ class Butler:
         """`get_uri` of many refs, with one query per 5,000 refs."""
         from .transfer._uris import get_uris
 
-        return get_uris(self._registry, self._datastore, refs)
+        return get_uris(self._registry, self.datastore, refs)
 
     def export(self, path: str | os.PathLike[str], *, collections: str | Sequence[str], where: str | None = None,
                bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
@@ -594,7 +594,7 @@ class Butler:
         (see docs/transfers.md). ``verify`` re-reads every file against its checksum first."""
         from .transfer._export import export_bundle
 
-        return export_bundle(self._registry, self._datastore, path, collections=collections, where=where,
+        return export_bundle(self._registry, self.datastore, path, collections=collections, where=where,
                              bind=bind, dataset_types=dataset_types, include_files=include_files, chains=chains,
                              verify=verify)
 

@@ -59,7 +59,7 @@ def travel_repo(repo_factory, tmp_path):
     registry = butler.registry
     with registry.db.transaction(write=True) as conn:
         run_id = registry.collections.get(RUN1).id
-        insert_provenance(butler, conn, run_id, [{
+        insert_provenance(registry, conn, run_id, [{
             "quantum_id": quantum, "task": "measure", "data_id": {"instrument": "SimCam", "visit": 12},
             "inputs": [direct[0].id], "outputs": [refs[RUN1][0].id], "status": "succeeded", "host": "h1",
             "start_ns": 1, "end_ns": 2, "config_digest": "abc"}])

@@ -30,7 +30,7 @@ from ._format import DIRECT_DIR, BundleCollection
 from ._writer import BundleWriter
 
 if TYPE_CHECKING:
-    from ..datastore._datastore import FileDatastore
+    from ..datastore._interface import Datastore
     from ..registry._collections import CollectionRecord
     from ..registry._dataset_types import DatasetTypeRecord
     from ..registry._registry import Registry
@@ -63,7 +63,7 @@ class ExportReport:
                 f"in {self.seconds:.2f} s")
 
 
-def export_bundle(registry: Registry, datastore: FileDatastore, path: str | os.PathLike[str], *,
+def export_bundle(registry: Registry, datastore: Datastore, path: str | os.PathLike[str], *,
                   collections: str | Sequence[str], where: str | None = None,
                   bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
                   include_files: bool = True, chains: bool = True, verify: bool = False) -> ExportReport:
@@ -139,7 +139,7 @@ def _dataset_types(registry: Registry, wanted: str | Iterable[str] | None
     return [out[n] for n in sorted(out)], explicit
 
 
-def _export_type(writer: BundleWriter, datastore: FileDatastore, batches: Iterable[list[list[Any]]],
+def _export_type(writer: BundleWriter, datastore: Datastore, batches: Iterable[list[list[Any]]],
                  type_rec: DatasetTypeRecord, keys: dict[str, set[tuple[Any, ...]]], runs: set[str], *,
                  include_files: bool, verify: bool) -> int:
     """Stream one type's rows into its table (copying the files); returns how many datasets."""
@@ -179,7 +179,7 @@ def _export_type(writer: BundleWriter, datastore: FileDatastore, batches: Iterab
     return n
 
 
-def _copy(writer: BundleWriter, datastore: FileDatastore, name: str, dataset_id: str, run: str, rel: str,
+def _copy(writer: BundleWriter, datastore: Datastore, name: str, dataset_id: str, run: str, rel: str,
           bundle_path: str, checksum: str | None, size: int | None, verify: bool) -> None:
     source = datastore.abspath(rel)
     what = f"the file of {name} dataset {dataset_id} in run {run!r} ({source})"

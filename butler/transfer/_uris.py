@@ -15,13 +15,13 @@ from ..errors import DatasetNotFoundError
 
 if TYPE_CHECKING:
     from .._dataset_ref import DatasetRef
-    from ..datastore._datastore import FileDatastore
+    from ..datastore._interface import Datastore
     from ..registry._registry import Registry
 
 __all__ = ["get_uris"]
 
 
-def get_uris(registry: Registry, datastore: FileDatastore, refs: Sequence[DatasetRef]) -> list[str]:
+def get_uris(registry: Registry, datastore: Datastore, refs: Sequence[DatasetRef]) -> list[str]:
     """The absolute path of each ref's main file (its component's own file if it has one), in
     one query per 5,000 refs; a ref without a stored file is a `DatasetNotFoundError`."""
     with registry.db.transaction() as conn:
