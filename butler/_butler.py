@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .instrument import Instrument
     from .registry._collections import CollectionRecord, CollectionType
     from .registry._datasets import FileRecord, FoundDataset
-    from .transfer import ComparisonReport, ExportReport
+    from .transfer import Bundle, ComparisonReport, ExportReport, ImportReport
 
 __all__ = ["Butler", "DeferredDatasetHandle"]
 
@@ -597,6 +597,19 @@ class Butler:
         return export_bundle(self._registry, self.datastore, path, collections=collections, where=where,
                              bind=bind, dataset_types=dataset_types, include_files=include_files, chains=chains,
                              verify=verify)
+
+    def import_(self, bundle: str | os.PathLike[str] | Bundle, *, transfer: str = "copy",
+                allow_foreign_run: bool = False) -> ImportReport:
+        """Import a bundle (see `export`): every checksum is verified before anything is registered,
+        all or nothing, idempotent (datasets already here with the same id and content are skipped);
+        conflicting datasets, dimension records, collections or runs of somebody else are refused,
+        naming them, and nothing changes. ``transfer``: "copy", "hardlink", "move" (from a directory
+        bundle) or "auto" (hard links where possible)."""
+        self.require_writeable()
+        from .transfer._import import import_bundle
+
+        return import_bundle(self.registry, self.datastore, self._runs, bundle, transfer=transfer,
+                             allow_foreign_run=allow_foreign_run)
 
     @staticmethod
     def compare(a: Butler | str | os.PathLike[str], b: Butler | str | os.PathLike[str], *,

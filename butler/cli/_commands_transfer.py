@@ -1,4 +1,4 @@
-"""``butler export``, ``butler compare`` and ``butler verify-bundle`` (issue 12)."""
+"""``butler export``, ``butler import``, ``butler compare`` and ``butler verify-bundle`` (issue 12)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from ._options import collections_option, repo_argument, where_option
 
-__all__ = ["compare", "export", "verify_bundle"]
+__all__ = ["compare", "export", "import_bundle", "verify_bundle"]
 
 
 @click.command("export")
@@ -42,6 +42,28 @@ def export(repo: str, bundle: str, collections: Sequence[str], where: str | None
     report = butler.export(bundle, collections=list(collections), where=where,
                            dataset_types=list(dataset_types) or None, include_files=not no_files,
                            chains=not no_chains, verify=verify)
+    click.echo(str(report))
+
+
+@click.command("import")
+@repo_argument
+@click.argument("bundle", type=click.Path(exists=False))
+@click.option("--transfer", type=click.Choice(["copy", "hardlink", "move", "auto"]), default="copy", show_default=True,
+              help="How files get from a directory bundle into REPO (a zip's members are extracted).")
+@click.option("--allow-foreign-run", is_flag=True, help="Also import into existing runs owned by somebody else.")
+def import_bundle(repo: str, bundle: str, transfer: str, allow_foreign_run: bool) -> None:
+    """Import BUNDLE (written by `butler export`) into REPO: all or nothing, idempotent.
+
+    Every file's checksum is verified before anything is registered; a dataset, dimension record
+    or collection that conflicts with REPO's is refused, naming it, and REPO is left unchanged.
+
+    \b
+    Example:
+      butler import /scratch/copy coadd.zip
+    """
+    from .._butler import Butler
+
+    report = Butler(repo, writeable=True).import_(bundle, transfer=transfer, allow_foreign_run=allow_foreign_run)
     click.echo(str(report))
 
 

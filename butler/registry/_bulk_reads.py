@@ -187,6 +187,36 @@ class BulkReadManager:
                 d["run"] = self._collections.by_id(d.pop("run_id")).name
                 yield d
 
+    # -- import: what the destination has already ------------------------------------------------
+    def datasets_by_id(self, conn: sa.Connection, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """{id hex: (dataset type id, run name)} of those of these datasets that exist."""
+        d = self._schema.dataset
+        out: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [uuid.UUID(i) for i in ids[start:start + _CHUNK]]
+            rows = conn.execute(sa.select(_raw(d.c.dataset_id), d.c.dataset_type_id, d.c.run_id)
+                                .where(d.c.dataset_id.in_(chunk))).all()
+            for h, row in zip(hex_ids([r[0] for r in rows]), rows):
+                out[h] = (row[1], self._collections.by_id(row[2]).name)
+        return out
+
+    def quanta_by_id(self, conn: sa.Connection, ids: Sequence[str]) -> set[str]:
+        """The hex ids of those of these quanta that exist."""
+        q = self._schema.quantum
+        out: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [uuid.UUID(i) for i in ids[start:start + _CHUNK]]
+            out.update(hex_ids(list(conn.execute(sa.select(_raw(q.c.quantum_id)).where(
+                q.c.quantum_id.in_(chunk))).scalars())))
+        return out
+
+    def tagged_ids(self, conn: sa.Connection, type_rec: DatasetTypeRecord, collection_id: int) -> set[str]:
+        """The hex ids of the datasets of a type in one (TAGGED) collection."""
+        t = type_rec.tags
+        rows = conn.execute(sa.select(_raw(t.c.dataset_id)).where(
+            t.c.dataset_type_id == type_rec.id, t.c.collection_id == collection_id)).scalars()
+        return set(hex_ids(list(rows)))
+
     # -- dimension records -------------------------------------------------------------------------
     def records_for_keys(self, conn: sa.Connection, element: DimensionElement, keys: set[tuple[Any, ...]]
                          ) -> list[dict[str, Any]]:

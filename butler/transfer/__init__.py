@@ -1,6 +1,6 @@
-"""Repositories that travel: export bundles, the bundle reader, comparison of repositories.
+"""Repositories that travel: export bundles, the bundle reader, import, comparison of repositories.
 
-See docs/transfers.md for the bundle format. Importing this package is cheap: pyarrow is
+Import goes through the one write path (``butler/_write_path.py``). See docs/transfers.md for the bundle format. Importing this package is cheap: pyarrow is
 imported by the first table written or read.
 """
 
@@ -19,11 +19,13 @@ from ._errors import (
 )
 from ._export import ExportReport
 from ._format import FORMAT_MINOR, FORMAT_VERSION, BundleCollection, BundleDatasetType
+from ._import import IMPORT_MODES, ImportReport
 from ._writer import BundleWriter
 
 __all__ = [
     "FORMAT_MINOR",
     "FORMAT_VERSION",
+    "IMPORT_MODES",
     "Bundle",
     "BundleChecksumError",
     "BundleCollection",
@@ -40,5 +42,6 @@ __all__ = [
     "ComparisonReport",
     "DatasetKey",
     "ExportReport",
+    "ImportReport",
     "open_bundle",
 ]

@@ -380,6 +380,22 @@ class Bundle:
         check_bundle_path(path, "the requested file")
         return self._files.open(path)
 
+    @property
+    def is_zip(self) -> bool:
+        return self._files.zip is not None
+
+    def member_paths(self, path: str) -> list[str]:
+        """The bundle paths of the files of a directory dataset (a zarr store) at ``path``."""
+        check_bundle_path(path, "the requested directory")
+        return self._files.members(path)
+
+    def local_path(self, path: str) -> str:
+        """Where a file of a directory bundle is on disk (a zip's members have no such path)."""
+        check_bundle_path(path, "the requested file")
+        if self._files.zip is not None:
+            raise ValueError(f"{self.path} is a zip file: read its members with open_file")
+        return os.path.join(self._files.root, path)
+
     def iter_files(self) -> Iterator[tuple[str, str, str, str | None, int | None]]:
         """(dataset type, dataset id, path, checksum, size) of every file, streamed."""
         for t in self.dataset_types_info:
