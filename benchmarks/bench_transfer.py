@@ -4,9 +4,13 @@
   to a zip bundle; datasets/s. Baseline: ``shutil.copyfile`` of the same 10,000 files into a fresh
   directory (what any copy must do at least). ``transfer.export_10k_dir``: the same to a
   directory bundle (informational).
+* ``transfer.import_10k``: `Butler.import_` of that zip bundle into a new repository (checksums
+  verified, files extracted and placed through the write path); datasets/s. Baseline: the same
+  ``shutil.copyfile`` of the files.
 * ``transfer.compare_100k``: `Butler.compare` of two repositories of 100,000 datasets each (same
   content, other ids); seconds. Baseline: a raw sqlite3 SELECT of the same columns (data ID
   values, run, component, checksum) from both registries.
+* ``transfer.import_memory_100k``: the same for importing that bundle into a new repository.
 * ``transfer.export_memory_100k``: peak RSS (``ru_maxrss``) minus the RSS before, of a fresh interpreter exporting 100,000
   datasets (with their files) to a zip bundle; MB. The export's rate is in the notes.
 
@@ -133,6 +137,38 @@ def bench_export_dir(ctx: Context) -> Result:
     return _export_rate(ctx, "", ctx.size(3, 1))
 
 
+@benchmark("transfer.import_10k", unit="datasets/s", target=5000, better="higher",
+           description="Butler.import_ of a 10,000-dataset zip bundle into a new repository (baseline: shutil.copyfile)")
+def bench_import(ctx: Context) -> Result:
+    from butler import Butler
+
+    n = ctx.size(10_000, 2_000)
+    root = _repo(ctx, n, files=True)
+    bundle = os.path.join(ctx.scratch("import-bundle"), "bundle.zip")
+    Butler(root).export(bundle, collections=RUN)
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, RUN)) for f in fs)
+    seconds, base = [], []
+    for i in range(ctx.size(3, 1)):
+        dest = Butler.create(os.path.join(ctx.scratch(f"import-{i}"), "repo"))
+        start = time.perf_counter()
+        report = dest.import_(bundle)
+        seconds.append(time.perf_counter() - start)
+        assert report.datasets == n, report
+        copy_dir = ctx.scratch(f"import-copy-{i}")
+        start = time.perf_counter()
+        made: set[str] = set()
+        for p in paths:
+            dst = os.path.join(copy_dir, os.path.relpath(p, root))
+            d = os.path.dirname(dst)
+            if d not in made:
+                os.makedirs(d, exist_ok=True)
+                made.add(d)
+            shutil.copyfile(p, dst)
+        base.append(time.perf_counter() - start)
+    return rate_result(n, seconds, baseline_seconds=base, baseline_label="shutil.copyfile of the same files",
+                       notes=f"{n} datasets of 60 bytes from a zip bundle, SQLite")
+
+
 _CONTENT_SQL = """
 SELECT t.instrument, t.detector, t.visit, c.name, f.component, f.checksum
 FROM dataset d JOIN dataset_tags_instrument_detector_visit t
@@ -197,3 +233,37 @@ def bench_export_memory(ctx: Context) -> Result:
     return Result(value=mb, n=1, notes=f"{n} datasets in {out['seconds']:.1f} s ({rate:,.0f} datasets/s); "
                                        f"RSS before the export {out['before_kb'] / 1024:.0f} MB",
                   extra={"rate": rate, **out})
+
+
+_IMPORT_MEMORY_CODE = """
+import json, os, resource, time
+from butler import Butler
+def rss_kb():
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+butler = Butler.create(os.environ["BENCH_DEST"])
+butler.query_dataset_types()
+before = rss_kb()
+start = time.perf_counter()
+report = butler.import_(os.environ["BENCH_BUNDLE"])
+seconds = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"delta_kb": after - before, "before_kb": before, "seconds": seconds, "datasets": report.datasets}))
+"""
+
+
+@benchmark("transfer.import_memory_100k", unit="MB", target=300,
+           description="peak RSS growth of importing a 100,000-dataset zip bundle into a new repository")
+def bench_import_memory(ctx: Context) -> Result:
+    from butler import Butler
+
+    n = ctx.size(100_000, 10_000)
+    root = _repo(ctx, n, files=True)
+    bundle = os.path.join(ctx.scratch("import-memory"), "bundle.zip")
+    Butler(root).export(bundle, collections=RUN)
+    dest = os.path.join(ctx.scratch("import-memory-dest"), "repo")
+    out = run_python(_IMPORT_MEMORY_CODE, env={"BENCH_DEST": dest, "BENCH_BUNDLE": bundle}, timeout=900)
+    assert out["datasets"] == n, out
+    rate = n / out["seconds"]
+    return Result(value=out["delta_kb"] / 1024, n=1,
+                  notes=f"{n} datasets in {out['seconds']:.1f} s ({rate:,.0f} datasets/s)", extra={"rate": rate, **out})

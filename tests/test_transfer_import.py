@@ -130,13 +130,24 @@ def test_read_only_and_foreign_runs_are_refused(exported, dest, tmp_path, monkey
         _refused(Butler(dest.root, writeable=True), tmp_path / "all.zip", RunOwnershipError, "somebody_else")
 
 
-def test_damaged_bundle_is_refused_before_anything_changes(exported, dest, tmp_path):
+@pytest.mark.parametrize("kind", ["zip", "dir"])
+def test_damaged_bundle_is_refused_before_anything_changes(exported, dest, tmp_path, kind):
     bundle = tmp_path / "all"
     path = pq.read_table(bundle / "manifest" / "datasets" / "metrics.parquet").column("path").to_pylist()[3]
     data = (bundle / path).read_bytes()
     (bundle / path).write_bytes(data[:-1] + b"#")
-    _refused(dest, bundle, BundleChecksumError, "checksum mismatch")
+    if kind == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(tmp_path / "damaged.zip", "w") as z:
+            for d, _, names in os.walk(bundle):
+                for n in names:
+                    full = os.path.join(d, n)
+                    z.write(full, os.path.relpath(full, bundle))
+        bundle = tmp_path / "damaged.zip"
+    _refused(dest, bundle, BundleChecksumError, f"metrics dataset .*checksum mismatch for .*{path}")
     assert dest.query_dataset_types() == []  # not even the dataset types were registered
+    assert sorted(os.listdir(dest.root)) == sorted(n for n in os.listdir(dest.root) if not n.startswith(".tmp-"))
 
 
 @pytest.mark.parametrize("transfer", ["hardlink", "move"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -21,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, Self
 
 from .._dataset_type import DatasetType
 from ..datastore._directory_io import MANIFEST_NAME, MANIFEST_PREFIX, directory_problems, manifest_bytes
-from ..datastore._file_io import checksum_bytes, checksum_stream, verify_file
+from ..datastore._file_io import CHECKSUM_ALGORITHM, checksum_bytes, checksum_stream, verify_file
 from ..errors import ChecksumError
 from ._errors import (
     BundleChecksumError,
@@ -426,6 +427,38 @@ class Bundle:
             n += 1
         return n
 
+    def extract_verified(self, dataset_type: str, dataset_id: str, path: str, checksum: str | None,
+                         size: int | None, directory: str) -> dict[str, str]:
+        """Copy one dataset's file (or a directory dataset's members) out of the bundle into
+        ``directory``, checking the bytes against the record as they are copied (one read);
+        returns {bundle path: extracted path}. `BundleChecksumError` as `verify_files`."""
+        what = f"the {dataset_type} dataset {dataset_id}"
+        try:
+            if checksum is not None and checksum.startswith(MANIFEST_PREFIX):
+                self._verify_directory(what, path, checksum, size)
+                members = {m: None for m in self._files.members(path)}
+            else:
+                members = {path: (checksum, size)}
+            out = {}
+            for member, expected in members.items():
+                target = os.path.join(directory, uuid.uuid4().hex)
+                with self._files.open(member) as src, open(target, "wb") as dst:
+                    found_size, found = checksum_stream(_Tee(src, dst), (expected[0] or CHECKSUM_ALGORITHM)
+                                                        .partition(":")[0] if expected else CHECKSUM_ALGORITHM)
+                out[member] = target
+                if expected is not None:
+                    if expected[1] is not None and found_size != expected[1]:
+                        raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: size mismatch for "
+                                                  f"{member}: recorded {expected[1]} bytes, found {found_size}")
+                    if expected[0] is not None and found != expected[0]:
+                        raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: checksum mismatch "
+                                                  f"for {member}: recorded {expected[0]}, found {found}")
+            return out
+        except FileNotFoundError:
+            raise BundleMissingFileError(f"the file of {what} ({path}) is missing from {self.path}") from None
+        except (zipfile.BadZipFile, KeyError) as err:
+            raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: {path}: {err}") from None
+
     def _verify_file(self, what: str, path: str, checksum: str | None, size: int | None) -> None:
         files = self._files
         if files.zip is None:
@@ -502,6 +535,19 @@ class Bundle:
         totals = self.manifest.get("totals", {})
         return (f"Bundle({self.path!r}, format {self.manifest['format_version']}, "
                 f"{totals.get('datasets', '?')} datasets, {totals.get('files', '?')} files)")
+
+
+class _Tee:
+    """A binary stream that writes what is read from it to another (copy and checksum in one pass)."""
+
+    def __init__(self, source: IO[bytes], target: IO[bytes]):
+        self._source = source
+        self._target = target
+
+    def read(self, n: int = -1) -> bytes:
+        block = self._source.read(n)
+        self._target.write(block)
+        return block
 
 
 def _parse_manifest(data: bytes) -> dict[str, tuple[int, str]] | None:

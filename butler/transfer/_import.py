@@ -77,8 +77,8 @@ class _TypePlan:
     dataset_type: DatasetType
     new_refs: dict[str, list[DatasetRef]] = field(default_factory=dict)  # run -> refs to insert
     files: dict[uuid.UUID, list[FileRecord]] = field(default_factory=dict)
-    placements: list[tuple[str, str, str, uuid.UUID, str | None]] = field(default_factory=list)
-    """(bundle path, repository path, run, dataset id, checksum) of every file to place."""
+    placements: list[tuple[str, str, str, uuid.UUID, str | None, int | None]] = field(default_factory=list)
+    """(bundle path, repository path, run, dataset id, checksum, size) of every file to place."""
     refs_by_id: dict[str, DatasetRef] = field(default_factory=dict)
     skipped: int = 0
 
@@ -113,7 +113,30 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
         plans = [_plan_type(registry, conn, bundle, dt, new=dt.name in {t.name for t in new_types})
                  for dt in bundle.dataset_types]
         quanta_present = bulk.quanta_by_id(conn, bundle.table("quanta").column("quantum_id").to_pylist())
-    bundle.verify_files()  # every byte, before anything is registered
+    scratch = None
+    try:
+        if bundle.is_zip:  # extracted beside the repository's files (so they can be linked), verified on the way
+            scratch = tempfile.mkdtemp(prefix=".tmp-import-", dir=datastore.root)
+            extracted = {}
+            for plan in plans:
+                name = plan.dataset_type.name
+                for bundle_path, _, _, dataset_id, checksum, size in plan.placements:
+                    extracted.update(bundle.extract_verified(name, dataset_id.hex, bundle_path, checksum, size,
+                                                             scratch))
+        else:
+            bundle.verify_files()  # every byte, before anything is registered
+            extracted = None
+        return _write(registry, datastore, runs, bundle, plans, run_records, new_records, quanta_present, new_types,
+                      extracted, transfer=transfer, allow_foreign_run=allow_foreign_run, start=start)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bundle, plans: Sequence[_TypePlan],
+           run_records: dict[str, CollectionRecord | None], new_records: dict[str, list[dict[str, Any]]],
+           quanta_present: set[str], new_types: Sequence[DatasetType], extracted: dict[str, str] | None, *,
+           transfer: str, allow_foreign_run: bool, start: float) -> ImportReport:
     # -- changes from here on ------------------------------------------------------------------------
     from .._registration import register_dataset_type
 
@@ -128,28 +151,23 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
         calibrations_of(registry).ensure_table()
     created: list[str] = []
     n_files = 0
-    scratch = tempfile.mkdtemp(prefix="butler-import-") if bundle.is_zip else None
-    try:
-        with JournaledWrite(registry, datastore, "import") as write:
-            for plan in plans:
-                by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
-                for _, rel, run, dataset_id, _ in plan.placements:
-                    by_run.setdefault(run, []).append((rel, dataset_id, None))
-                for run, items in by_run.items():
-                    write.intend(run, items, move=transfer == "move" and scratch is None)
-                for bundle_path, rel, _, _, checksum in plan.placements:
-                    n_files += _place(write, bundle, datastore, bundle_path, rel, checksum, transfer, scratch)
-            try:
-                with write.registering() as conn:
-                    created = _register(registry, runs, conn, bundle, plans, run_records, new_records,
-                                        quanta_present, allow_foreign_run)
-            except BaseException:
-                for name in [*run_records, *(c.name for c in bundle.collections)]:
-                    runs.forget(name)
-                raise
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+    with JournaledWrite(registry, datastore, "import") as write:
+        for plan in plans:
+            by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
+            for _, rel, run, dataset_id, _, _ in plan.placements:
+                by_run.setdefault(run, []).append((rel, dataset_id, None))
+            for run, items in by_run.items():
+                write.intend(run, items, move=transfer == "move" and extracted is None)
+            for bundle_path, rel, _, _, checksum, _ in plan.placements:
+                n_files += _place(write, bundle, datastore, bundle_path, rel, checksum, transfer, extracted)
+        try:
+            with write.registering() as conn:
+                created = _register(registry, runs, conn, bundle, plans, run_records, new_records,
+                                    quanta_present, allow_foreign_run)
+        except BaseException:
+            for name in [*run_records, *(c.name for c in bundle.collections)]:
+                runs.forget(name)
+            raise
     return ImportReport(bundle=bundle.path, datasets=sum(len(r) for p in plans for r in p.new_refs.values()),
                         skipped=sum(p.skipped for p in plans), files=n_files,
                         records={k: len(v) for k, v in new_records.items() if v}, collections=created,
@@ -277,7 +295,7 @@ def _plan_type(registry: Registry, conn: Any, bundle: Bundle, dt: DatasetType, *
             if direct_path is not None:  # a file ingested "direct" at the source: it moves into the run
                 rel = f"{run}/{path}"
             records.append(FileRecord(component or "", rel, formatter, storage_class, checksum, size))
-            plan.placements.append((path, rel, run, ref.id, checksum))
+            plan.placements.append((path, rel, run, ref.id, checksum, size))
         plan.files[ref.id] = records
     if type_rec is not None:  # the same (type, data ID, run) under another id
         for run, refs in by_run.items():
@@ -298,19 +316,17 @@ def _plan_type(registry: Registry, conn: Any, bundle: Bundle, dt: DatasetType, *
 
 # -- changes ---------------------------------------------------------------------------------------------
 def _place(write: JournaledWrite, bundle: Bundle, datastore: Datastore, bundle_path: str, rel: str,
-           checksum: str | None, transfer: str, scratch: str | None) -> int:
-    """Place one file (or a directory dataset's members); returns how many files."""
+           checksum: str | None, transfer: str, extracted: dict[str, str] | None) -> int:
+    """Place one file (or a directory dataset's members); returns how many files. Files of a zip
+    were extracted (and verified) beside the repository's: they are linked into place."""
     members = ([bundle_path] if not (checksum or "").startswith(MANIFEST_PREFIX)
                else bundle.member_paths(bundle_path))
     for member in members:
         dest = os.path.join(datastore.root, rel + member[len(bundle_path):])
-        if scratch is None:
+        if extracted is None:
             write.place(bundle.local_path(member), dest, transfer)
-            continue
-        extracted = os.path.join(scratch, uuid.uuid4().hex)
-        with bundle.open_file(member) as src, open(extracted, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        write.place(extracted, dest, "auto")
+        else:
+            write.place(extracted[member], dest, "auto")
     return len(members)
 
 
