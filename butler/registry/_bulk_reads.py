@@ -213,9 +213,9 @@ class BulkReadManager:
     def tagged_ids(self, conn: sa.Connection, type_rec: DatasetTypeRecord, collection_id: int) -> set[str]:
         """The hex ids of the datasets of a type in one (TAGGED) collection."""
         t = type_rec.tags
-        rows = conn.execute(sa.select(_raw(t.c.dataset_id)).where(
-            t.c.dataset_type_id == type_rec.id, t.c.collection_id == collection_id)).scalars()
-        return set(hex_ids(list(rows)))
+        rows: list[Any] = list(conn.execute(sa.select(_raw(t.c.dataset_id)).where(
+            t.c.dataset_type_id == type_rec.id, t.c.collection_id == collection_id)).scalars())
+        return set(hex_ids(rows))
 
     # -- dimension records -------------------------------------------------------------------------
     def records_for_keys(self, conn: sa.Connection, element: DimensionElement, keys: set[tuple[Any, ...]]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["Bundle", "open_bundle"]
 
 _BATCH = 65_536
+_SMALL = 1 << 20  # files up to this size are extracted from a zip in one read
 
 
 def open_bundle(path: str | os.PathLike[str]) -> Bundle:
@@ -256,20 +256,23 @@ class Bundle:
             raise BundleCorruptError(f"the table {name} of {self.path} is unreadable: {err}") from None
 
     def _check_paths(self) -> None:
-        """Every file path is safe, and (when files are included) present."""
+        """Every file path is safe, and (when files are included) present; each table's path column
+        is read in slices, so its strings are never all Python objects at once."""
         for t in self.dataset_types_info:
             table = self._read(dataset_table(t.name), ["dataset_id", "path"])
-            ids = table.column("dataset_id").to_pylist()
-            for dataset_id, path in zip(ids, table.column("path").to_pylist()):
-                if path is None:
-                    continue
-                what = f"the {t.name} dataset {dataset_id}"
-                check_bundle_path(path, what)
-                if path.split("/", 1)[0] == "manifest":
-                    raise BundlePathError(f"{what} has the path {path!r}, inside manifest/ (reserved)")
-                if self.include_files and not self._files.exists(path) and not self._files.is_dir(path):
-                    raise BundleMissingFileError(
-                        f"the file of {what} ({path}) is missing from the bundle {self.path}; export it again")
+            for batch in table.to_batches(max_chunksize=10_000):
+                for dataset_id, path in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                    if path is not None:
+                        self._check_path(t.name, dataset_id, path)
+
+    def _check_path(self, dataset_type: str, dataset_id: str, path: str) -> None:
+        what = f"the {dataset_type} dataset {dataset_id}"
+        check_bundle_path(path, what)
+        if path.split("/", 1)[0] == "manifest":
+            raise BundlePathError(f"{what} has the path {path!r}, inside manifest/ (reserved)")
+        if self.include_files and not self._files.exists(path) and not self._files.is_dir(path):
+            raise BundleMissingFileError(
+                f"the file of {what} ({path}) is missing from the bundle {self.path}; export it again")
 
     def check_universe(self, universe: DimensionUniverse) -> None:
         """Raise `BundleUniverseError` unless the bundle's records and data IDs fit ``universe``: the
@@ -309,9 +312,11 @@ class Bundle:
 
         try:
             with self._files.open(name) as stream:
-                return pq.read_table(stream, columns=list(columns) if columns is not None else None)
+                table = pq.read_table(stream, columns=list(columns) if columns is not None else None)
         except Exception as err:  # noqa: BLE001
             raise BundleCorruptError(f"the table {name} of {self.path} is unreadable: {err}") from None
+        _release_unused()
+        return table
 
     def datasets(self, dataset_type: str) -> pa.Table:
         """The rows (one per file) of one dataset type: dataset_id, run, data ID values, file columns."""
@@ -431,20 +436,27 @@ class Bundle:
                          size: int | None, directory: str) -> dict[str, str]:
         """Copy one dataset's file (or a directory dataset's members) out of the bundle into
         ``directory``, checking the bytes against the record as they are copied (one read);
-        returns {bundle path: extracted path}. `BundleChecksumError` as `verify_files`."""
+        returns {bundle path: extracted path}, the paths being ``<dataset id>-<member index>`` (members
+        sorted). `BundleChecksumError` as `verify_files`."""
         what = f"the {dataset_type} dataset {dataset_id}"
         try:
             if checksum is not None and checksum.startswith(MANIFEST_PREFIX):
                 self._verify_directory(what, path, checksum, size)
-                members = {m: None for m in self._files.members(path)}
+                members: dict[str, tuple[str | None, int | None] | None] = dict.fromkeys(self._files.members(path))
             else:
                 members = {path: (checksum, size)}
             out = {}
-            for member, expected in members.items():
-                target = os.path.join(directory, uuid.uuid4().hex)
-                with self._files.open(member) as src, open(target, "wb") as dst:
-                    found_size, found = checksum_stream(_Tee(src, dst), (expected[0] or CHECKSUM_ALGORITHM)
-                                                        .partition(":")[0] if expected else CHECKSUM_ALGORITHM)
+            for i, (member, expected) in enumerate(members.items()):
+                target = os.path.join(directory, f"{dataset_id}-{i}")
+                algorithm = (expected[0] or CHECKSUM_ALGORITHM).partition(":")[0] if expected else CHECKSUM_ALGORITHM
+                if self._files.zip is not None and self._files.size(member) <= _SMALL:  # one read, one write
+                    data = self._files.zip.read(member)
+                    with open(target, "wb", buffering=0) as dst:
+                        dst.write(data)
+                    found_size, found = len(data), checksum_bytes(data, algorithm)
+                else:
+                    with self._files.open(member) as src, open(target, "wb") as dst:
+                        found_size, found = checksum_stream(_Tee(src, dst), algorithm)
                 out[member] = target
                 if expected is not None:
                     if expected[1] is not None and found_size != expected[1]:
@@ -535,6 +547,16 @@ class Bundle:
         totals = self.manifest.get("totals", {})
         return (f"Bundle({self.path!r}, format {self.manifest['format_version']}, "
                 f"{totals.get('datasets', '?')} datasets, {totals.get('files', '?')} files)")
+
+
+def _release_unused() -> None:
+    """Give the memory that reading a table freed back to the system: pyarrow's allocator
+    (mimalloc) would otherwise keep the decompression buffers, tens of MB for 100k datasets."""
+    import pyarrow as pa
+
+    release = getattr(pa.default_memory_pool(), "release_unused", None)
+    if release is not None:
+        release()
 
 
 class _Tee:

@@ -15,15 +15,14 @@ Dataset ids and provenance survive.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._dataset_ref import DatasetRef
 from .._dataset_type import DatasetType
@@ -33,12 +32,17 @@ from ..dimensions import DataCoordinate
 from ..errors import ConflictError
 from ..registry._collections import CollectionType
 from ..registry._datasets import FileRecord
+from ..registry._schema import fast_uuid
 from ._bundle import Bundle, open_bundle
 from ._errors import BundleManifestError
+from ._format import FILE_COLUMNS as _FILE_COLUMNS
 from ._format import BundleCollection
+from ._import_rows import add_calibs, add_provenance, add_tags
 
 if TYPE_CHECKING:
     import os as _os
+
+    import pyarrow as pa
 
     from .._registration import RunAccess
     from ..datastore._interface import Datastore
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = ["IMPORT_MODES", "ImportReport", "import_bundle"]
 
+_SLICE = 5000
+"""Rows of a dataset table turned into Python objects at a time (every pass streams the table)."""
 IMPORT_MODES = ("copy", "hardlink", "move", "auto")
 """How files get from a directory bundle into the repository (a zip's members are always extracted)."""
 
@@ -72,15 +78,65 @@ class ImportReport:
                 f"{self.quanta} quanta from {self.bundle} in {self.seconds:.2f} s")
 
 
-@dataclass
-class _TypePlan:
-    dataset_type: DatasetType
-    new_refs: dict[str, list[DatasetRef]] = field(default_factory=dict)  # run -> refs to insert
-    files: dict[uuid.UUID, list[FileRecord]] = field(default_factory=dict)
-    placements: list[tuple[str, str, str, uuid.UUID, str | None, int | None]] = field(default_factory=list)
-    """(bundle path, repository path, run, dataset id, checksum, size) of every file to place."""
-    refs_by_id: dict[str, DatasetRef] = field(default_factory=dict)
-    skipped: int = 0
+class _Dataset(NamedTuple):
+    hex_id: str
+    ref: DatasetRef
+    files: list[FileRecord]
+    sources: list[str]
+    """The bundle path of each file (its repository path but for files ingested "direct")."""
+
+
+def _sorted_tables(bundle: Bundle) -> dict[str, pa.Table]:
+    """Each dataset type's table, read once, with a dataset's files adjacent (sorted by id unless
+    they are already, as export writes them)."""
+    import pyarrow.compute as pc
+
+    out = {}
+    for dt in bundle.dataset_types:
+        table = bundle.datasets(dt.name)
+        ids = table.column("dataset_id")
+        if len(ids) > 1:
+            changes = pc.sum(pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py() or 0
+            if changes + 1 != len(pc.unique(ids)):
+                table = table.sort_by("dataset_id")
+        out[dt.name] = table
+    return out
+
+
+def _datasets(tables: dict[str, pa.Table], dt: DatasetType, group: Any) -> Iterator[list[_Dataset]]:
+    """The datasets of one type in batches (a dataset's files are adjacent in its table), turned
+    into Python objects a slice at a time: never one object per dataset for all of them."""
+    table = tables[dt.name]
+    names = ("dataset_id", "run", *group.required, *_FILE_COLUMNS)
+    n_dims = len(group.required)
+    batch: list[_Dataset] = []
+    rows: list[tuple[Any, ...]] = []
+
+    def make(rows: list[tuple[Any, ...]]) -> _Dataset:
+        hex_id, run = rows[0][0], rows[0][1]
+        data_id = DataCoordinate.from_values(group, tuple(rows[0][2:2 + n_dims]))
+        ref = DatasetRef._trusted(dt, data_id, run, fast_uuid(hex_id))  # ids and values as the bundle holds them
+        files, sources = [], []
+        for r in rows:
+            component, path, formatter, storage_class, checksum, size, direct_path = r[2 + n_dims:]
+            if path is None:
+                continue
+            rel = path if direct_path is None else f"{run}/{path}"  # a "direct" file moves into its run
+            files.append(FileRecord(component or "", rel, formatter, storage_class, checksum, size))
+            sources.append(path)
+        return _Dataset(hex_id, ref, files, sources)
+
+    for offset in range(0, table.num_rows, _SLICE):
+        part = table.slice(offset, _SLICE)
+        for row in zip(*[part.column(c).to_pylist() for c in names]):
+            if rows and row[0] != rows[0][0]:
+                batch.append(make(rows))
+                rows = []
+            rows.append(row)
+        yield batch
+        batch = []
+    if rows:
+        yield [make(rows)]
 
 
 def import_bundle(registry: Registry, datastore: Datastore, runs: RunAccess, source: str | _os.PathLike[str] | Bundle,
@@ -103,41 +159,43 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
     if not bundle.include_files:
         raise BundleManifestError(f"{bundle.path} was exported without its files (include_files=False); "
                                   "export it again with the files to import it")
-    universe = registry.universe
-    bundle.check_universe(universe)
+    bundle.check_universe(registry.universe)
     new_types = _check_dataset_types(registry, bundle)
     run_records = _check_collections(registry, runs, bundle, allow_foreign_run)
-    bulk = registry.bulk_reads
+    tables = _sorted_tables(bundle)
     with registry.db.transaction() as conn:
         new_records = _check_records(registry, conn, bundle)
-        plans = [_plan_type(registry, conn, bundle, dt, new=dt.name in {t.name for t in new_types})
-                 for dt in bundle.dataset_types]
-        quanta_present = bulk.quanta_by_id(conn, bundle.table("quanta").column("quantum_id").to_pylist())
+        skipped: set[str] = set()
+        for dt in bundle.dataset_types:
+            if dt.name not in {t.name for t in new_types}:
+                skipped |= _check_datasets(registry, conn, bundle, tables, dt)
+        quanta_present = registry.bulk_reads.quanta_by_id(conn, bundle.table("quanta").column("quantum_id").to_pylist())
     scratch = None
     try:
         if bundle.is_zip:  # extracted beside the repository's files (so they can be linked), verified on the way
             scratch = tempfile.mkdtemp(prefix=".tmp-import-", dir=datastore.root)
-            extracted = {}
-            for plan in plans:
-                name = plan.dataset_type.name
-                for bundle_path, _, _, dataset_id, checksum, size in plan.placements:
-                    extracted.update(bundle.extract_verified(name, dataset_id.hex, bundle_path, checksum, size,
-                                                             scratch))
+            for dt in bundle.dataset_types:
+                for batch in _datasets(tables, dt, dt.group(registry.universe)):
+                    for d in batch:
+                        if d.hex_id not in skipped:
+                            for source, record in zip(d.sources, d.files):
+                                bundle.extract_verified(dt.name, d.hex_id, source, record.checksum, record.file_size,
+                                                        scratch)
         else:
             bundle.verify_files()  # every byte, before anything is registered
-            extracted = None
-        return _write(registry, datastore, runs, bundle, plans, run_records, new_records, quanta_present, new_types,
-                      extracted, transfer=transfer, allow_foreign_run=allow_foreign_run, start=start)
+        return _write(registry, datastore, runs, bundle, tables, run_records, new_records, skipped, quanta_present,
+                      new_types, scratch, transfer=transfer, allow_foreign_run=allow_foreign_run, start=start)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bundle, plans: Sequence[_TypePlan],
+def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bundle, tables: dict[str, pa.Table],
            run_records: dict[str, CollectionRecord | None], new_records: dict[str, list[dict[str, Any]]],
-           quanta_present: set[str], new_types: Sequence[DatasetType], extracted: dict[str, str] | None, *,
+           skipped: set[str], quanta_present: set[str], new_types: Sequence[DatasetType], extracted: str | None, *,
            transfer: str, allow_foreign_run: bool, start: float) -> ImportReport:
-    # -- changes from here on ------------------------------------------------------------------------
+    """The changes: new dataset types and instruments, then one `JournaledWrite` (journal, place,
+    one registering transaction)."""
     from .._registration import register_dataset_type
 
     for dt in new_types:
@@ -149,30 +207,32 @@ def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bu
         from ..registry._calibrations import calibrations_of
 
         calibrations_of(registry).ensure_table()
-    created: list[str] = []
+    universe = registry.universe
     n_files = 0
     with JournaledWrite(registry, datastore, "import") as write:
-        for plan in plans:
-            by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
-            for _, rel, run, dataset_id, _, _ in plan.placements:
-                by_run.setdefault(run, []).append((rel, dataset_id, None))
-            for run, items in by_run.items():
-                write.intend(run, items, move=transfer == "move" and extracted is None)
-            for bundle_path, rel, _, _, checksum, _ in plan.placements:
-                n_files += _place(write, bundle, datastore, bundle_path, rel, checksum, transfer, extracted)
+        for dt in bundle.dataset_types:
+            for batch in _datasets(tables, dt, dt.group(universe)):
+                new = [d for d in batch if d.hex_id not in skipped]
+                by_run: dict[str, list[tuple[str, uuid.UUID | None, str | None]]] = {}
+                for d in new:
+                    by_run.setdefault(d.ref.run, []).extend((f.path, d.ref.id, None) for f in d.files)
+                for run, items in by_run.items():
+                    write.intend(run, items, move=transfer == "move" and extracted is None)
+                for d in new:
+                    for source, record in zip(d.sources, d.files):
+                        n_files += _place(write, bundle, datastore, source, record.path, d.ref.id, record.checksum,
+                                          transfer, extracted)
         try:
             with write.registering() as conn:
-                created = _register(registry, runs, conn, bundle, plans, run_records, new_records,
-                                    quanta_present, allow_foreign_run)
+                created, n_datasets, n_quanta = _register(registry, runs, conn, bundle, tables, run_records,
+                                                          new_records, skipped, quanta_present, allow_foreign_run)
         except BaseException:
             for name in [*run_records, *(c.name for c in bundle.collections)]:
                 runs.forget(name)
             raise
-    return ImportReport(bundle=bundle.path, datasets=sum(len(r) for p in plans for r in p.new_refs.values()),
-                        skipped=sum(p.skipped for p in plans), files=n_files,
+    return ImportReport(bundle=bundle.path, datasets=n_datasets, skipped=len(skipped), files=n_files,
                         records={k: len(v) for k, v in new_records.items() if v}, collections=created,
-                        quanta=len(_quanta_to_insert(bundle, plans, quanta_present)),
-                        seconds=time.perf_counter() - start)
+                        quanta=n_quanta, seconds=time.perf_counter() - start)
 
 
 # -- checks (read-only) --------------------------------------------------------------------------------
@@ -249,91 +309,67 @@ def _check_records(registry: Registry, conn: Any, bundle: Bundle) -> dict[str, l
     return out
 
 
-def _plan_type(registry: Registry, conn: Any, bundle: Bundle, dt: DatasetType, *, new: bool) -> _TypePlan:
-    """Which datasets of one type to insert and which files to place; refuse conflicting ones."""
-    plan = _TypePlan(dt)
-    group = dt.group(registry.universe)
-    table = bundle.datasets(dt.name)
-    names = ("dataset_id", "run", *group.required, "component", "path", "formatter", "storage_class", "checksum",
-             "file_size", "direct_path")
-    cols = [table.column(c).to_pylist() for c in names]
-    n_dims = len(group.required)
-    ids_in_order = list(dict.fromkeys(cols[0]))
-    present = {} if new else registry.bulk_reads.datasets_by_id(conn, ids_in_order)
-    type_rec = None if new else registry.dataset_types.get(dt.name)
-    present_files = ({} if new or not present else
-                     registry.datasets.files_of(conn, [uuid.UUID(h) for h in present]))
-    files_by_id: dict[str, list[tuple[Any, ...]]] = {}
-    for row in zip(*cols):
-        files_by_id.setdefault(row[0], []).append(row)
-    by_run: dict[str, list[DatasetRef]] = {}
-    for hex_id in ids_in_order:
-        rows = files_by_id[hex_id]
-        first = rows[0]
-        run = first[1]
-        data_id = DataCoordinate.from_values(group, tuple(first[2:2 + n_dims]))
-        ref = DatasetRef(dt, data_id, run, uuid.UUID(hex_id))
-        plan.refs_by_id[hex_id] = ref
-        bundle_files = {r[2 + n_dims]: r[2 + n_dims + 4] for r in rows if r[2 + n_dims + 1] is not None}
-        if hex_id in present:
-            type_id, here_run = present[hex_id]
-            here = {f.component: f.checksum for f in present_files.get(ref.id, [])}
-            if type_rec is None or type_id != type_rec.id or here_run != run or here != bundle_files:
-                raise ConflictError(
-                    f"cannot import {bundle.path}: dataset {hex_id} ({dt.name} {data_id} in run {run!r}) is already in "
-                    f"the repository with other content (run {here_run!r}, files {here or 'none'}); nothing was "
-                    "imported")
-            plan.skipped += 1
-            continue
-        by_run.setdefault(run, []).append(ref)
-        records = []
-        for r in rows:
-            component, path, formatter, storage_class, checksum, size, direct_path = r[2 + n_dims:]
-            if path is None:
+def _check_datasets(registry: Registry, conn: Any, bundle: Bundle, tables: dict[str, pa.Table], dt: DatasetType
+                    ) -> set[str]:
+    """The ids of the bundle's datasets of a registered type that the destination has already,
+    with the same type, run and checksums (skipped); any other overlap is refused, naming it: the
+    same id with other content, or the same (type, data ID, run) under another id."""
+    type_rec = registry.dataset_types.get(dt.name)
+    skipped: set[str] = set()
+    for batch in _datasets(tables, dt, type_rec.group):
+        present = registry.bulk_reads.datasets_by_id(conn, [d.hex_id for d in batch])
+        files = registry.datasets.files_of(conn, [fast_uuid(h) for h in present]) if present else {}
+        by_run: dict[str, list[_Dataset]] = {}
+        for d in batch:
+            if d.hex_id not in present:
+                by_run.setdefault(d.ref.run, []).append(d)
                 continue
-            rel = path
-            if direct_path is not None:  # a file ingested "direct" at the source: it moves into the run
-                rel = f"{run}/{path}"
-            records.append(FileRecord(component or "", rel, formatter, storage_class, checksum, size))
-            plan.placements.append((path, rel, run, ref.id, checksum, size))
-        plan.files[ref.id] = records
-    if type_rec is not None:  # the same (type, data ID, run) under another id
-        for run, refs in by_run.items():
+            type_id, here_run = present[d.hex_id]
+            here = {f.component: f.checksum for f in files.get(d.ref.id, [])}
+            theirs = {f.component: f.checksum for f in d.files}
+            if type_id != type_rec.id or here_run != d.ref.run or here != theirs:
+                raise ConflictError(
+                    f"cannot import {bundle.path}: dataset {d.hex_id} ({dt.name} {d.ref.data_id} in run "
+                    f"{d.ref.run!r}) is already in the repository with other content (run {here_run!r}, files "
+                    f"{here or 'none'}); nothing was imported")
+            skipped.add(d.hex_id)
+        for run, new in by_run.items():
             run_rec = registry.collections.find(run)
             if run_rec is None:
                 continue
-            found = registry.datasets.find_many(conn, type_rec, [r.data_id for r in refs], [run_rec])
+            found = registry.datasets.find_many(conn, type_rec, [d.ref.data_id for d in new], [run_rec])
             if found:
                 data_id, other = next(iter(found.items()))
-                mine = next(r for r in refs if r.data_id == data_id)
+                mine = next(d.ref for d in new if d.ref.data_id == data_id)
                 raise ConflictError(
                     f"cannot import {bundle.path}: {dt.name} {data_id} in run {run!r} is already in the repository "
                     f"as dataset {other.id}, the bundle has it as {mine.id}; nothing was imported (remove one, or "
                     "import into a repository without that run)")
-    plan.new_refs = by_run
-    return plan
+    return skipped
 
 
 # -- changes ---------------------------------------------------------------------------------------------
 def _place(write: JournaledWrite, bundle: Bundle, datastore: Datastore, bundle_path: str, rel: str,
-           checksum: str | None, transfer: str, extracted: dict[str, str] | None) -> int:
+           dataset_id: uuid.UUID, checksum: str | None, transfer: str, extracted: str | None) -> int:
     """Place one file (or a directory dataset's members); returns how many files. Files of a zip
-    were extracted (and verified) beside the repository's: they are linked into place."""
+    were extracted (and verified) into the directory ``extracted``, beside the repository's files,
+    as ``<dataset id>-<member index>`` (see `Bundle.extract_verified`): they are linked into place."""
     members = ([bundle_path] if not (checksum or "").startswith(MANIFEST_PREFIX)
                else bundle.member_paths(bundle_path))
-    for member in members:
+    for i, member in enumerate(members):
         dest = os.path.join(datastore.root, rel + member[len(bundle_path):])
         if extracted is None:
             write.place(bundle.local_path(member), dest, transfer)
         else:
-            write.place(extracted[member], dest, "auto")
+            write.place(os.path.join(extracted, f"{dataset_id.hex}-{i}"), dest, "auto")
     return len(members)
 
 
-def _register(registry: Registry, runs: RunAccess, conn: Any, bundle: Bundle, plans: Sequence[_TypePlan],
+def _register(registry: Registry, runs: RunAccess, conn: Any, bundle: Bundle, tables: dict[str, pa.Table],
               run_records: dict[str, CollectionRecord | None], new_records: dict[str, list[dict[str, Any]]],
-              quanta_present: set[str], allow_foreign_run: bool) -> list[str]:
-    """Every row of the import, in the one registering transaction; returns the collections created."""
+              skipped: set[str], quanta_present: set[str], allow_foreign_run: bool) -> tuple[list[str], int, int]:
+    """Every row of the import, in the one registering transaction; returns the collections created,
+    how many datasets and quanta were inserted."""
     created = []
     collections: dict[str, CollectionRecord] = {}
     for name, rec in run_records.items():
@@ -354,77 +390,29 @@ def _register(registry: Registry, runs: RunAccess, conn: Any, bundle: Bundle, pl
     for element, rows in new_records.items():
         if rows:
             registry.records.insert(element, rows, conflict="error", conn=conn)
-    refs_by_id: dict[str, DatasetRef] = {}
-    for plan in plans:
-        type_rec = registry.dataset_types.get(plan.dataset_type.name)
-        for run, refs in plan.new_refs.items():
-            registry.datasets.insert(conn, type_rec, collections[run], refs, {r.id: plan.files[r.id] for r in refs})
-        refs_by_id.update(plan.refs_by_id)
-    _tags(registry, conn, bundle, collections, refs_by_id)
-    _calibs(registry, conn, bundle, collections, refs_by_id)
+    wanted = {*bundle.table("tags").column("dataset_id").to_pylist(),
+              *bundle.table("calibs").column("dataset_id").to_pylist()}
+    refs_by_id: dict[str, DatasetRef] = {}  # the refs memberships and validity ranges need
+    n = 0
+    for dt in bundle.dataset_types:
+        type_rec = registry.dataset_types.get(dt.name)
+        for batch in _datasets(tables, dt, type_rec.group):
+            by_run: dict[str, list[_Dataset]] = {}
+            for d in batch:
+                if d.hex_id in wanted:
+                    refs_by_id[d.hex_id] = d.ref
+                if d.hex_id not in skipped:
+                    by_run.setdefault(d.ref.run, []).append(d)
+            for run, datasets in by_run.items():
+                registry.datasets.insert(conn, type_rec, collections[run], [d.ref for d in datasets],
+                                         {d.ref.id: d.files for d in datasets})
+                n += len(datasets)
+    add_tags(registry, conn, bundle, collections, refs_by_id)
+    add_calibs(registry, conn, bundle, collections, refs_by_id)
     for c in chains:
         rec, new = registry.collections.register(c.name, CollectionType.CHAINED, doc=c.doc, conn=conn)
         if new:
             registry.collections.set_chain(c.name, list(c.children), conn)
             created.append(c.name)
-    _provenance(registry, conn, bundle, plans, collections, quanta_present)
-    return created
-
-
-def _tags(registry: Registry, conn: Any, bundle: Bundle, collections: dict[str, CollectionRecord],
-          refs_by_id: dict[str, DatasetRef]) -> None:
-    by_key: dict[tuple[str, str], list[DatasetRef]] = {}
-    for row in bundle.table("tags").to_pylist():
-        ref = refs_by_id[row["dataset_id"]]
-        by_key.setdefault((row["collection"], ref.dataset_type.name), []).append(ref)
-    for (collection, type_name), refs in by_key.items():
-        type_rec = registry.dataset_types.get(type_name)
-        rec = collections[collection]
-        there = registry.bulk_reads.tagged_ids(conn, type_rec, rec.id)
-        registry.datasets.tag(conn, type_rec, rec, [r for r in refs if r.id.hex not in there])
-
-
-def _calibs(registry: Registry, conn: Any, bundle: Bundle, collections: dict[str, CollectionRecord],
-            refs_by_id: dict[str, DatasetRef]) -> None:
-    rows = bundle.table("calibs").to_pylist()
-    if not rows:
-        return
-    from ..registry._calibrations import calibrations_of
-
-    manager = calibrations_of(registry)
-    groups: dict[tuple[str, str, int, int], list[DatasetRef]] = {}
-    for row in rows:
-        groups.setdefault((row["collection"], row["dataset_type"], row["begin_ns"], row["end_ns"]), []).append(
-            refs_by_id[row["dataset_id"]])
-    for (collection, type_name, begin, end), refs in groups.items():
-        type_rec = registry.dataset_types.get(type_name)
-        items = [(r.data_id.values, r.id, r.data_id) for r in refs]
-        manager.certify(conn, type_rec, collections[collection], items, begin, end, split=False)
-
-
-def _quanta_to_insert(bundle: Bundle, plans: Sequence[_TypePlan], present: set[str]) -> list[dict[str, Any]]:
-    inserted = {r.id.hex for p in plans for refs in p.new_refs.values() for r in refs}
-    outputs: dict[str, list[uuid.UUID]] = {}
-    for row in bundle.table("quantum_outputs").to_pylist():
-        if row["dataset_id"] in inserted:
-            outputs.setdefault(row["quantum_id"], []).append(uuid.UUID(row["dataset_id"]))
-    out = []
-    for q in bundle.table("quanta").to_pylist():
-        if q["quantum_id"] in present:
-            continue
-        out.append({**q, "quantum_id": uuid.UUID(q["quantum_id"]), "data_id": json.loads(q["data_id"]),
-                    "inputs": [uuid.UUID(h) for h in json.loads(q["inputs"] or "[]")],
-                    "outputs": outputs.get(q["quantum_id"], [])})
-    return out
-
-
-def _provenance(registry: Registry, conn: Any, bundle: Bundle, plans: Sequence[_TypePlan],
-                collections: dict[str, CollectionRecord], present: set[str]) -> None:
-    from .._provenance import insert_provenance
-
-    by_run: dict[str, list[dict[str, Any]]] = {}
-    for q in _quanta_to_insert(bundle, plans, present):
-        if q["run"] in collections:
-            by_run.setdefault(q["run"], []).append(q)
-    for run, records in by_run.items():
-        insert_provenance(registry, conn, collections[run].id, records)
+    n_quanta = add_provenance(registry, conn, bundle, skipped, collections, quanta_present)
+    return created, n, n_quanta
