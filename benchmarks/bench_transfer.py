@@ -171,10 +171,9 @@ def bench_import(ctx: Context) -> Result:
 
 _CONTENT_SQL = """
 SELECT t.instrument, t.detector, t.visit, c.name, f.component, f.checksum
-FROM dataset d JOIN dataset_tags_instrument_detector_visit t
-  ON t.dataset_id = d.dataset_id AND t.collection_id = d.run_id
-JOIN collection c ON c.collection_id = d.run_id
-LEFT JOIN file_record f ON f.dataset_id = d.dataset_id
+FROM dataset_tags_instrument_detector_visit t JOIN collection c ON c.collection_id = t.collection_id
+LEFT JOIN file_record f ON f.dataset_id = t.dataset_id
+WHERE c.type = 1
 """
 
 

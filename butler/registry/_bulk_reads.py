@@ -261,15 +261,17 @@ class BulkReadManager:
     def content_rows(self, conn: sa.Connection, type_rec: DatasetTypeRecord,
                      collections: Sequence[CollectionRecord] | None) -> list[tuple[Any, ...]]:
         """(*required data ID values, run name, component, checksum) of every file of the type's
-        datasets (in ``collections``, else in the repository): one query, the driver's tuples."""
+        datasets (in ``collections``, else in the repository): one query, the driver's tuples.
+
+        A dataset's data ID and run come from its tags row in its RUN (the only RUN row it has),
+        read through the tags table's (type, collection, data ID) index: no join with ``dataset``."""
         s = self._schema
-        d, t, f, c = s.dataset, type_rec.tags, s.file_record, s.collection
+        t, f, c = type_rec.tags, s.file_record, s.collection
         stmt = (
             sa.select(*[t.c[x] for x in type_rec.group.required], c.c.name, f.c.component, f.c.checksum)
-            .select_from(d.join(t, sa.and_(t.c.dataset_id == d.c.dataset_id, t.c.collection_id == d.c.run_id))
-                         .join(c, c.c.collection_id == d.c.run_id)
-                         .outerjoin(f, f.c.dataset_id == d.c.dataset_id))
-            .where(d.c.dataset_type_id == type_rec.id)
+            .select_from(t.join(c, c.c.collection_id == t.c.collection_id)
+                         .outerjoin(f, f.c.dataset_id == t.c.dataset_id))
+            .where(t.c.dataset_type_id == type_rec.id, c.c.type == int(CollectionType.RUN))
         )
         if collections is not None:
             tag_ids = [r.id for r in collections if r.type in (CollectionType.RUN, CollectionType.TAGGED)]
@@ -277,14 +279,14 @@ class BulkReadManager:
             member = []
             if tag_ids:
                 if all(r.type == CollectionType.RUN for r in collections):
-                    member.append(d.c.run_id.in_(tag_ids))
+                    member.append(t.c.collection_id.in_(tag_ids))
                 else:
                     m = type_rec.tags.alias("member")
-                    member.append(d.c.dataset_id.in_(sa.select(m.c.dataset_id).where(
+                    member.append(t.c.dataset_id.in_(sa.select(m.c.dataset_id).where(
                         m.c.collection_id.in_(tag_ids), m.c.dataset_type_id == type_rec.id)))
             if calib_ids:
                 cal = s.calibs
-                member.append(d.c.dataset_id.in_(sa.select(cal.c.dataset_id).where(
+                member.append(t.c.dataset_id.in_(sa.select(cal.c.dataset_id).where(
                     cal.c.collection_id.in_(calib_ids), cal.c.dataset_type_id == type_rec.id)))
             if not member:
                 return []
