@@ -24,7 +24,6 @@ def travel_repo(repo_factory, tmp_path):
     """SimCam, visits 12 and 14; 'metrics' in two runs, a TAGGED and a CHAINED collection, a
     calibration certified in a CALIBRATION collection, a direct-ingested file, a zarr calexp and a
     quantum record for one dataset."""
-    from butler._provenance import insert_provenance
     from butler.exposure import Exposure
     from butler.instrument import SimCam
 
@@ -57,9 +56,9 @@ def travel_repo(repo_factory, tmp_path):
     butler.certify("SimCam/calib/flats", [flat], "2026-01-01", "2027-01-01")
     quantum = uuid.uuid4()
     registry = butler.registry
-    with registry.db.transaction(write=True) as conn:
+    with registry.transaction(write=True) as conn:
         run_id = registry.collections.get(RUN1).id
-        insert_provenance(registry, conn, run_id, [{
+        registry.provenance.insert(conn, run_id, [{
             "quantum_id": quantum, "task": "measure", "data_id": {"instrument": "SimCam", "visit": 12},
             "inputs": [direct[0].id], "outputs": [refs[RUN1][0].id], "status": "succeeded", "host": "h1",
             "start_ns": 1, "end_ns": 2, "config_digest": "abc"}])

@@ -78,7 +78,7 @@ def _content(registry: Registry, collections: Sequence[str] | None, dataset_type
     out: dict[str, tuple[tuple[str, ...], dict[tuple[Any, ...], Any]]] = {}
     patterns = None if dataset_types is None else ([dataset_types] if isinstance(dataset_types, str)
                                                      else list(dataset_types))
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         if collections is not None:  # a collection one side lacks holds nothing there
             colls = []
             for item in collections:

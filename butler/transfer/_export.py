@@ -73,7 +73,7 @@ def export_bundle(registry: Registry, datastore: Datastore, path: str | os.PathL
     if not names:
         raise CollectionError("export needs the collections to export from: pass collections=[...] (-c ...)")
     bulk = registry.bulk_reads
-    with registry.db.transaction() as conn, BundleWriter(path, universe=registry.universe,
+    with registry.transaction() as conn, BundleWriter(path, universe=registry.universe,
                                                          include_files=include_files,
                                                          source=datastore.root) as writer:
         searched = registry.collections.resolve(names, conn)

@@ -163,7 +163,7 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
     new_types = _check_dataset_types(registry, bundle)
     run_records = _check_collections(registry, runs, bundle, allow_foreign_run)
     tables = _sorted_tables(bundle)
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         new_records = _check_records(registry, conn, bundle)
         skipped: set[str] = set()
         for dt in bundle.dataset_types:
@@ -204,9 +204,7 @@ def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bu
         if name not in registry.instruments:
             registry.set_attribute(f"instrument:{name}", info)
     if len(bundle.table("calibs")):
-        from ..registry._calibrations import calibrations_of
-
-        calibrations_of(registry).ensure_table()
+        registry.calibrations.ensure_table()
     universe = registry.universe
     n_files = 0
     with JournaledWrite(registry, datastore, "import") as write:

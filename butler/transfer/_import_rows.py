@@ -37,9 +37,7 @@ def add_calibs(registry: Registry, conn: Any, bundle: Bundle, collections: dict[
     rows = bundle.table("calibs").to_pylist()
     if not rows:
         return
-    from ..registry._calibrations import calibrations_of
-
-    manager = calibrations_of(registry)
+    manager = registry.calibrations
     groups: dict[tuple[str, str, int, int], list[DatasetRef]] = {}
     for row in rows:
         groups.setdefault((row["collection"], row["dataset_type"], row["begin_ns"], row["end_ns"]), []).append(
@@ -68,13 +66,11 @@ def quanta_to_insert(bundle: Bundle, skipped: set[str], present: set[str]) -> li
 
 def add_provenance(registry: Registry, conn: Any, bundle: Bundle, skipped: set[str],
                    collections: dict[str, CollectionRecord], present: set[str]) -> int:
-    from .._provenance import insert_provenance
-
     by_run: dict[str, list[dict[str, Any]]] = {}
     records = quanta_to_insert(bundle, skipped, present)
     for q in records:
         if q["run"] in collections:
             by_run.setdefault(q["run"], []).append(q)
     for run, run_records in by_run.items():
-        insert_provenance(registry, conn, collections[run].id, run_records)
+        registry.provenance.insert(conn, collections[run].id, run_records)
     return sum(len(r) for r in by_run.values())

@@ -24,7 +24,7 @@ __all__ = ["get_uris"]
 def get_uris(registry: Registry, datastore: Datastore, refs: Sequence[DatasetRef]) -> list[str]:
     """The absolute path of each ref's main file (its component's own file if it has one), in
     one query per 5,000 refs; a ref without a stored file is a `DatasetNotFoundError`."""
-    with registry.db.transaction() as conn:
+    with registry.transaction() as conn:
         files = registry.datasets.files_of(conn, [r.id for r in refs])
     out = []
     for ref in refs:
