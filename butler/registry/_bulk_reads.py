@@ -37,7 +37,7 @@ class DatasetSelection:
     """The datasets of one type chosen for an export: a ``SELECT dataset_id`` or a list of ids."""
 
     type_rec: DatasetTypeRecord
-    subquery: sa.Select | None
+    subquery: sa.Select[Any] | None
     ids: tuple[Any, ...] | None = None
 
     def conditions(self, column: sa.ColumnElement[Any]) -> Iterator[sa.ColumnElement[bool]]:
@@ -174,7 +174,7 @@ class BulkReadManager:
             out += zip(hex_ids([r[0] for r in rows]), hex_ids([r[1] for r in rows]))
         return out
 
-    def quanta(self, conn: sa.Connection, quantum_ids: Sequence[str], columns: Sequence[sa.Column]
+    def quanta(self, conn: sa.Connection, quantum_ids: Sequence[str], columns: Sequence[sa.Column[Any]]
                ) -> Iterator[dict[str, Any]]:
         """The quantum rows of these ids (hex), as column -> value (run as its name)."""
         q = self._schema.quantum
