@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .instrument import Instrument
     from .registry._collections import CollectionRecord, CollectionType
     from .registry._datasets import FileRecord, FoundDataset
+    from .transfer import Bundle, ComparisonReport, ExportReport, ImportReport
 
 __all__ = ["Butler", "DeferredDatasetHandle"]
 
@@ -573,6 +574,53 @@ class Butler:
 
     def collection_info(self, name: str) -> CollectionRecord:
         return self._registry.collection(name)
+
+    # -- repositories that travel (issue 12; see butler/transfer/) --------------------------------
+    def get_uri(self, ref: DatasetRef) -> str:
+        """The absolute path of the dataset's file (a zarr store's directory), for standard tools."""
+        return self.get_uris([ref])[0]
+
+    def get_uris(self, refs: Sequence[DatasetRef]) -> list[str]:
+        """`get_uri` of many refs, with one query per 5,000 refs."""
+        from .transfer._uris import get_uris
+
+        return get_uris(self._registry, self.datastore, refs)
+
+    def export(self, path: str | os.PathLike[str], *, collections: str | Sequence[str], where: str | None = None,
+               bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
+               include_files: bool = True, chains: bool = True, verify: bool = False) -> ExportReport:
+        """Write the datasets of ``collections`` (every run's copy; all dataset types unless given;
+        matching ``where``) with what they need to a bundle: a ``.zip`` file, else a directory
+        (see docs/transfers.md). ``verify`` re-reads every file against its checksum first."""
+        from .transfer._export import export_bundle
+
+        return export_bundle(self._registry, self.datastore, path, collections=collections, where=where,
+                             bind=bind, dataset_types=dataset_types, include_files=include_files, chains=chains,
+                             verify=verify)
+
+    def import_(self, bundle: str | os.PathLike[str] | Bundle, *, transfer: str = "copy",
+                allow_foreign_run: bool = False) -> ImportReport:
+        """Import a bundle (see `export`): every checksum is verified before anything is registered,
+        all or nothing, idempotent (datasets already here with the same id and content are skipped);
+        conflicting datasets, dimension records, collections or runs of somebody else are refused,
+        naming them, and nothing changes. ``transfer``: "copy", "hardlink", "move" (from a directory
+        bundle) or "auto" (hard links where possible)."""
+        self.require_writeable()
+        from .transfer._import import import_bundle
+
+        return import_bundle(self.registry, self.datastore, self._runs, bundle, transfer=transfer,
+                             allow_foreign_run=allow_foreign_run)
+
+    @staticmethod
+    def compare(a: Butler | str | os.PathLike[str], b: Butler | str | os.PathLike[str], *,
+                collections: str | Sequence[str] | None = None,
+                dataset_types: str | Iterable[str] | None = None) -> ComparisonReport:
+        """Compare two repositories' content by (dataset type, data ID, run, file checksums), not ids."""
+        from .transfer._compare import compare_registries
+
+        left, right = (x if isinstance(x, Butler) else Butler(x) for x in (a, b))
+        return compare_registries(left._registry, right._registry, names=(left.root, right.root),
+                                  collections=collections, dataset_types=dataset_types)
 
     # -- provenance -----------------------------------------------------------------------------
     def provenance(self, ref: DatasetRef) -> dict[str, Any] | None:

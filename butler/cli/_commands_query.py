@@ -39,10 +39,11 @@ _GLOB_CHARS = "*?["
 @click.option("--find-all", is_flag=True,
               help="List every matching dataset in every collection searched, not only the first found per "
                    "data ID (the default when no collection is a glob).")
+@click.option("--show-uri", is_flag=True, help="Add a column with the absolute path of each dataset's file.")
 @format_option
 def query_datasets(repo: str, dataset_type: str, collections: Sequence[str], where: str | None,
                    data_id: dict[str, Any], instrument: str | None, skymap: str | None, tract: int | None,
-                   patch: int | None, find_all: bool, fmt: str) -> None:
+                   patch: int | None, find_all: bool, show_uri: bool, fmt: str) -> None:
     """List the datasets of TYPE (a name or a glob of names) in REPO.
 
     Prints the dataset type, run, data ID values and id of each dataset found.
@@ -52,6 +53,7 @@ def query_datasets(repo: str, dataset_type: str, collections: Sequence[str], whe
       butler query-datasets /data/repo calexp -c u/alice/run1 -w "visit > 10 AND band = 'r'"
       butler query-datasets /data/repo 'calexp*' -d instrument=SimCam -d visit=12 --format json
       butler query-datasets /data/repo raw --skymap rings120 --tract 9000 --patch 45
+      butler query-datasets /data/repo calexp -c u/alice/run1 --show-uri
     """
     from .._butler import Butler
 
@@ -73,12 +75,16 @@ def query_datasets(repo: str, dataset_type: str, collections: Sequence[str], whe
         refs = butler.query_datasets(name, collections=colls, where=where, data_id=data_id, find_first=find_first)
         dims = list(butler.get_dataset_type(name).group(butler.universe).required)
         columns += [d for d in dims if d not in columns]
-        for ref in refs:
+        uris = butler.get_uris(refs) if show_uri else [None] * len(refs)
+        for ref, uri in zip(refs, uris):
             row: dict[str, Any] = {"type": ref.dataset_type.name, "run": ref.run}
             row.update(ref.data_id.to_dict())
             row["id"] = str(ref.id)
+            row["uri"] = uri
             rows.append(row)
     columns.append("id")
+    if show_uri:
+        columns.append("uri")
     from ._output import print_rows
 
     print_rows(rows, columns, fmt, empty="no datasets found")

@@ -38,6 +38,7 @@ __all__ = [
     "StagedFile",
     "checksum_bytes",
     "checksum_file",
+    "checksum_stream",
     "stage",
     "unlink_quietly",
     "verify_bytes",
@@ -96,6 +97,17 @@ def checksum_file(path: str | os.PathLike[str], algorithm: str = CHECKSUM_ALGORI
         while n := stream.readinto(buffer):
             hasher.update(view[:n])
     return f"{algorithm}:{hasher.hexdigest()}"
+
+
+def checksum_stream(stream: Any, algorithm: str = CHECKSUM_ALGORITHM) -> tuple[int, str]:
+    """``(size, checksum)`` of what a binary stream yields until its end (e.g. a zip member), read
+    in 1 MiB blocks so memory stays flat."""
+    hasher = _hasher(algorithm)
+    size = 0
+    while block := stream.read(_BLOCK_SIZE):
+        hasher.update(block)
+        size += len(block)
+    return size, f"{algorithm}:{hasher.hexdigest()}"
 
 
 def _split(checksum: str) -> str:

@@ -28,6 +28,7 @@ import sqlalchemy.dialects.sqlite  # the default backend; create_engine would im
 
 from ..dimensions import DimensionUniverse
 from ..errors import ButlerError, RegistryConnectionError, RepositoryConfigError, RepositoryNotFoundError
+from ._bulk_reads import BulkReadManager
 from ._calibrations import CalibrationManager
 from ._collections import GENERATION_ATTRIBUTE, CollectionManager
 from ._data_ids import DataIdResolver
@@ -58,7 +59,7 @@ Connection: TypeAlias = sa.Connection
 several of them commit together; outside ``butler/registry/`` only its name is used."""
 
 _PARTS = frozenset({"schema", "collections", "dataset_types", "records", "datasets", "journal", "calibrations",
-                    "provenance", "skymaps"})
+                    "provenance", "skymaps", "bulk_reads"})
 
 _OPENED: dict[tuple[str, str | None], tuple[str, dict[str, str]]] = {}
 
@@ -80,6 +81,7 @@ class Registry:
     calibrations: CalibrationManager
     provenance: ProvenanceManager
     skymaps: SkymapRecordManager
+    bulk_reads: BulkReadManager
     query_builder: QueryBuilder
     queries: QueryRunner
 
@@ -133,7 +135,8 @@ class Registry:
                                  records=records, journal=journal,
                                  calibrations=CalibrationManager(db, schema, collections, datasets.files_of),
                                  provenance=ProvenanceManager(db, schema, collections, self.quantum_columns),
-                                 skymaps=SkymapRecordManager(db, schema))
+                                 skymaps=SkymapRecordManager(db, schema),
+                                 bulk_reads=BulkReadManager(db, schema, collections))
             self.__dict__["datasets"] = datasets
 
     @classmethod
