@@ -119,6 +119,7 @@ class JournaledWrite:
         """The one registry transaction of this write: insert rows in it; on leaving it, staged
         files are linked into place and intents cleared before the commit."""
         registry = self.registry
+        registry.upgrade_for_writes()  # the journal (delete intents) and what else writes need; once
         journal = registry.journal
         with registry.transaction(write=True) as conn:
             yield conn
