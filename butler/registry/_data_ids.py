@@ -137,7 +137,7 @@ class DataIdResolver:
             if not wanted:
                 continue
             parents = element.required[:-1]
-            by_parent: dict[tuple, list] = {}
+            by_parent: dict[tuple[Any, ...], list[Any]] = {}
             for key in wanted:
                 by_parent.setdefault(key[:-1], []).append(key[-1])
             el_group = universe.group(element.required)

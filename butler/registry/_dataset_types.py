@@ -38,11 +38,11 @@ class DatasetTypeManager:
     def refresh(self) -> None:
         t = self._table
         universe = self._schema.universe
-        by_name = {}
+        by_name: dict[str, DatasetTypeRecord] = {}
         with self._db.transaction() as conn:
             rows = conn.execute(
                 sa.select(t.c.dataset_type_id, t.c.name, t.c.dimensions, t.c.storage_class, t.c.is_calibration)
-            ).all()
+            ).tuples().all()
         for id_, name, dims, sc, calib in rows:
             dt = DatasetType(name, dims.split(",") if dims else (), sc, is_calibration=bool(calib))
             group = dt.group(universe)

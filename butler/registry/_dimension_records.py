@@ -51,7 +51,7 @@ class DimensionRecordManager:
         self._db = db
         self._schema = schema
         self.universe: DimensionUniverse = schema.universe
-        self._implied_statements: dict[str, sa.Select] = {}
+        self._implied_statements: dict[str, sa.Select[*tuple[Any, ...]]] = {}
         self.spatial = SpatialIndex(self.universe, schema.skypix)
 
     # -- conversion -----------------------------------------------------------------------
@@ -117,7 +117,7 @@ class DimensionRecordManager:
                 row[name] = value
         return row
 
-    def from_row(self, element: DimensionElement, row: Mapping[str, Any]) -> DimensionRecord:
+    def from_row(self, element: DimensionElement, row: Mapping[str, Any] | sa.RowMapping) -> DimensionRecord:
         types = element.field_types
         values = {}
         for name, kind in types.items():
@@ -371,7 +371,7 @@ class DimensionRecordManager:
             cond = [ttable.c[r] == row[loc] for loc, r in zip(local, remote)]
             if not conn.execute(sa.select(sa.func.count()).select_from(ttable).where(*cond)).scalar():
                 parents = [ttable.c[r] == row[loc] for loc, r in zip(local[:-1], remote[:-1])]
-                existing = conn.execute(sa.select(ttable.c[remote[-1]]).where(*parents).limit(200)).scalars().all()
+                existing: Sequence[Any] = conn.execute(sa.select(ttable.c[remote[-1]]).where(*parents).limit(200)).scalars().all()
                 value = row[local[-1]]
                 close = _closest(value, existing)
                 scope = ", ".join(f"{loc}={row[loc]!r}" for loc in local[:-1])
@@ -382,7 +382,7 @@ class DimensionRecordManager:
                 )
         return None
 
-    def implied_statement(self, element: DimensionElement, builder: Any) -> sa.Select:
+    def implied_statement(self, element: DimensionElement, builder: Any) -> sa.Select[*tuple[Any, ...]]:
         """A cached SELECT of everything ``element``'s record implies (transitively), by primary key."""
         stmt = self._implied_statements.get(element.name)
         if stmt is None:
@@ -395,7 +395,8 @@ class DimensionRecordManager:
         return stmt
 
     # -- read -----------------------------------------------------------------------------
-    def fetch(self, element: DimensionElement, stmt: sa.Select, conn: sa.Connection) -> list[DimensionRecord]:
+    def fetch(self, element: DimensionElement, stmt: sa.Select[*tuple[Any, ...]],
+              conn: sa.Connection) -> list[DimensionRecord]:
         return [self.from_row(element, row._mapping) for row in conn.execute(stmt)]
 
 

@@ -45,7 +45,7 @@ class BuiltQuery:
     def dimension_column(self, name: str) -> sa.ColumnElement[Any]:
         return self.columns[name][0]
 
-    def select(self, *columns: sa.ColumnElement[Any], distinct: bool = False) -> sa.Select:
+    def select(self, *columns: sa.ColumnElement[Any], distinct: bool = False) -> sa.Select[*tuple[Any, ...]]:
         conditions = list(self.where)
         for cols in self.columns.values():
             first = cols[0]
@@ -238,11 +238,14 @@ class QueryBuilder:
     def _resolve(self, q: BuiltQuery, ident: Identifier, text: str) -> ResolvedColumn:
         universe = self.universe
         if ident.field is None:
-            return ResolvedColumn(q.dimension_column(ident.name), universe[ident.name].key.type)  # type: ignore[union-attr]
+            return ResolvedColumn(q.dimension_column(ident.name), universe[ident.name].key_type)
         element = universe[ident.name]
         table = q.element_tables[element.name]
         name = self._field_column(element, ident.field)
-        return ResolvedColumn(table.c[name], element.field_types[name])
+        kind = element.field_types[name]
+        if kind == "region":  # refused by _check_identifier already
+            raise _ident_error(ident, text, f"{ident.name}.{ident.field} is a region, not a comparable field")
+        return ResolvedColumn(table.c[name], kind)
 
 
 def _ident_error(ident: Identifier, text: str, message: str) -> ExpressionError:
