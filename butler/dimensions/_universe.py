@@ -79,6 +79,13 @@ class DimensionElement:
         return self.key.type
 
     @cached_property
+    def key_name(self) -> str:
+        """The name of a dimension's key column (``id``, ``name``...); a join element has no key."""
+        if self.key is None:
+            raise KeyError(f"{self.name!r} is a join element, not a dimension: it has no key")
+        return self.key.name
+
+    @cached_property
     def primary_key_columns(self) -> tuple[str, ...]:
         """Column names of the primary key of this element's table."""
         cols = [d for d in self.required if d != self.name]
