@@ -100,10 +100,10 @@ def _clean_run(registry: Registry, datastore: Datastore, run: str, report: Clean
             remove_path(temp)
             report.removed.append(os.path.relpath(temp, datastore.root))
         if e.action == MOVE and e.committed:
-            if e.path in registered and _same_file(e.source, full):
+            if e.source and e.path in registered and _same_file(e.source, full):
                 crash_point("cleanup: unlink a moved source")
-                os.unlink(e.source)  # type: ignore[arg-type]
-                report.sources_unlinked.append(e.source)  # type: ignore[arg-type]
+                os.unlink(e.source)
+                report.sources_unlinked.append(e.source)
             continue
         if e.path in registered:
             report.kept.append(e.path)

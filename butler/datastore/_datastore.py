@@ -371,5 +371,5 @@ def _damaged(ref: DatasetRef, component: str, err: ChecksumError) -> ChecksumErr
         f"{which}{ref.dataset_type.name} {ref.data_id} in run {ref.run!r} is damaged: {err} "
         "(`butler verify` lists every damaged file)"
     )
-    damaged.ref = ref  # type: ignore[attr-defined]
+    damaged.ref = ref
     return damaged

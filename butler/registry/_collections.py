@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from ..errors import CollectionError, ConflictError, InvalidNameError
 from ._database import Database, dbapi_connection
-from ._schema import NAME_LENGTH, RegistrySchema
+from ._schema import NAME_LENGTH, OWNER_LENGTH, RegistrySchema
 
 __all__ = ["CollectionManager", "CollectionRecord", "CollectionType", "check_collection_names", "validate_collection_name"]
 
@@ -319,7 +319,7 @@ class CollectionManager:
     @property
     def owner_length(self) -> int:
         """The longest owner name the ``collection`` table holds (the same on every backend)."""
-        return int(self._table.c.owner.type.length)  # type: ignore[attr-defined]
+        return OWNER_LENGTH
 
     def set_owner(self, conn: sa.Connection, rec: CollectionRecord, owner: str) -> CollectionRecord:
         """Record ``owner`` for ``rec`` (locked by the caller with ``read_locked(exclusive=True)``)."""

@@ -81,7 +81,7 @@ class DataIdResolver:
                     f"unknown data ID key {key!r}; dimensions are {list(universe.dimensions)}"
                     + (f", aliases {sorted(aliases)}" if aliases else "")
                 )
-            out[key] = coerce_value(key, universe[key].key.type, value)  # type: ignore[union-attr]
+            out[key] = coerce_value(key, universe[key].key_type, value)
         return out
 
 

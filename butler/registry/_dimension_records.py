@@ -424,7 +424,7 @@ def _compute_key_lengths(element: DimensionElement) -> dict[str, int]:
     universe = element.universe
     out = {}
     for name in (*element.primary_key_columns, *element.implies):
-        spec = element.key if element.is_dimension and name == element.key.name else (  # type: ignore[union-attr]
+        spec = element.key if element.is_dimension and name == element.key_name else (
             universe[name].key if name in universe.dimensions else None)
         if spec is not None and spec.type == "str" and spec.length:
             out[name] = spec.length

@@ -191,7 +191,7 @@ class QueryBuilder:
         q.element_tables[element.name] = table
         q.froms.append(table)
         for d in element.required:
-            col = table.c[element.key.name] if d == element.name else table.c[d]  # type: ignore[union-attr]
+            col = table.c[element.key_name] if d == element.name else table.c[d]
             q.columns.setdefault(d, []).append(col)
         for d in element.implies:
             q.columns.setdefault(d, []).append(table.c[d])
