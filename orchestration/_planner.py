@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 from butler import Butler, DataCoordinate, DatasetRef, DatasetType
+from butler.dimensions import DimensionGroup
 from butler.errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
 from butler.provenance import decode_inputs, same_inputs
-from butler.dimensions import DimensionGroup
 from butler.utils import gc_paused
 
 from ._connections import Input, PrerequisiteInput

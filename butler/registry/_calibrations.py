@@ -35,8 +35,8 @@ from ._schema import RegistrySchema
 
 if TYPE_CHECKING:
     from ..dimensions import DataCoordinate
-    from ._registry import Registry
     from ._datasets import FoundDataset
+    from ._registry import Registry
 
 __all__ = ["MAX_NS", "MIN_NS", "CalibRow", "CalibrationManager", "format_ns", "format_range"]
 

@@ -237,9 +237,7 @@ class Database:
         with self.engine.connect() as conn:
             for table in tables:
                 name = prep.format_table(table)
-                if self.dialect == "sqlite":
-                    conn.exec_driver_sql(f"ANALYZE {name}")
-                elif self.dialect == "postgresql":
+                if self.dialect in ("sqlite", "postgresql"):
                     conn.exec_driver_sql(f"ANALYZE {name}")
                 else:
                     conn.exec_driver_sql(f"ANALYZE TABLE {name}")

@@ -65,7 +65,7 @@ class DatasetTypeManager:
         return rec
 
     def get(self, name: str) -> DatasetTypeRecord:
-        parent, component = split_component(name)
+        parent, _component = split_component(name)
         rec = self.find(parent)
         if rec is None:
             close = difflib.get_close_matches(parent, list(self._names), n=3)

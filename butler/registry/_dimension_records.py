@@ -20,7 +20,7 @@ from ._database import Database
 from ._schema import RegistrySchema
 from ._spatial import RegionError, SpatialIndex, validate_region
 
-__all__ = ["DimensionRecordManager", "encode_region", "decode_region"]
+__all__ = ["DimensionRecordManager", "decode_region", "encode_region"]
 
 
 def encode_region(value: Any) -> bytes | None:
@@ -204,10 +204,10 @@ class DimensionRecordManager:
     def update_regions(self, element_name: str, records: Iterable[Mapping[str, Any]], *,
                        conn: sa.Connection | None = None) -> int:
         """Replace the regions of existing records and their spatial index, in one transaction."""
-        element = self.universe[element_name] if element_name in self.universe else None
-        if element is None or not element.spatial:
+        if element_name not in self.universe or not self.universe[element_name].spatial:
             spatial = [e.name for e in self.universe.spatial_elements]
             raise RegionError(f"{element_name!r} has no regions to update; elements with regions: {spatial}")
+        element = self.universe[element_name]
         pk = element.primary_key_columns
         rows = []
         for record in records:

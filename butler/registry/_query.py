@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from .._time import to_nsec
 from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse
 from ..errors import ExpressionError
-from .expressions import Comparison, Identifier, InList, Node, ResolvedColumn, identifiers, to_sql, walk
 from ._schema import RegistrySchema
 from ._spatial import regions_overlap
+from .expressions import Comparison, Identifier, InList, Node, ResolvedColumn, identifiers, to_sql, walk
 
-__all__ = ["QueryBuilder", "BuiltQuery"]
+__all__ = ["BuiltQuery", "QueryBuilder"]
 
 _TOO_BIG = ("Expression tree is too large", "too many SQL variables", "number of parameters must be between",
             "too many terms", "Prepared statement contains too many placeholders", "stack depth limit exceeded")
@@ -156,7 +156,7 @@ class QueryBuilder:
             q.where.append(q.dimension_column(key) == value)
         if where is not None:
             q.where_tree = where
-            resolve = lambda ident: self._resolve(q, ident, where_text)  # noqa: E731
+            resolve = lambda ident: self._resolve(q, ident, where_text)
             q.where.append(to_sql(where, resolve, bind, text=where_text or None))
         return q
 
