@@ -198,7 +198,8 @@ class CollectionManager:
             by_id[rec.id] = rec
         chains: dict[int, list[tuple[int, int]]] = {}
         c = self._chain_table
-        for parent, pos, child in conn.execute(sa.select(c.c.parent_id, c.c.position, c.c.child_id)).tuples():
+        links: Sequence[tuple[int, int, int]] = conn.execute(sa.select(c.c.parent_id, c.c.position, c.c.child_id)).all()
+        for parent, pos, child in links:
             chains.setdefault(parent, []).append((pos, child))
         self._chains = {p: tuple(ch for _, ch in sorted(v)) for p, v in chains.items()}
         self._by_name = by_name
@@ -366,10 +367,10 @@ class CollectionManager:
         ids = [r.id for r in records]
         if not ids:
             return
-        parents = conn.execute(
+        parents: Sequence[tuple[int, int]] = conn.execute(
             sa.select(self._chain_table.c.parent_id, self._chain_table.c.child_id)
             .where(self._chain_table.c.child_id.in_(ids))
-        ).tuples().all()
+        ).all()
         for parent_id, child_id in parents:
             if parent_id not in ids:
                 raise CollectionError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -40,9 +41,9 @@ class DatasetTypeManager:
         universe = self._schema.universe
         by_name: dict[str, DatasetTypeRecord] = {}
         with self._db.transaction() as conn:
-            rows = conn.execute(
+            rows: Sequence[tuple[int, str, str, str, bool]] = conn.execute(
                 sa.select(t.c.dataset_type_id, t.c.name, t.c.dimensions, t.c.storage_class, t.c.is_calibration)
-            ).tuples().all()
+            ).all()
         for id_, name, dims, sc, calib in rows:
             dt = DatasetType(name, dims.split(",") if dims else (), sc, is_calibration=bool(calib))
             group = dt.group(universe)

@@ -401,7 +401,8 @@ class DatasetManager:
                 return self.count_by_run(run_ids, c)
         d = self._schema.dataset
         stmt = sa.select(d.c.run_id, sa.func.count()).where(d.c.run_id.in_(list(run_ids))).group_by(d.c.run_id)
-        return {run_id: int(n) for run_id, n in conn.execute(stmt).tuples()}
+        counts: Sequence[tuple[int, int]] = conn.execute(stmt).all()
+        return {run_id: int(n) for run_id, n in counts}
 
     def file_checks(self, collection_ids: Sequence[int] | None = None, conn: sa.Connection | None = None
                     ) -> list[tuple[str, str | None, int | None]]:
@@ -413,13 +414,15 @@ class DatasetManager:
         f = self._schema.file_record
         stmt = sa.select(f.c.path, f.c.checksum, f.c.file_size)
         if collection_ids is None:
-            return [tuple(r) for r in conn.execute(stmt).tuples()]
+            rows: Sequence[tuple[Any, ...]] = conn.execute(stmt).all()
+            return [tuple(r) for r in rows]
         ids = list(collection_ids)
         tags_tables = {r.tags.name: r.tags for r in self._types.all()}
         records: list[tuple[str, str | None, int | None]] = []
         for tags in tags_tables.values():
             member = sa.select(tags.c.dataset_id).where(tags.c.collection_id.in_(ids))
-            records += [tuple(r) for r in conn.execute(stmt.where(f.c.dataset_id.in_(member))).tuples()]
+            members: Sequence[tuple[Any, ...]] = conn.execute(stmt.where(f.c.dataset_id.in_(member))).all()
+            records += [tuple(r) for r in members]
         return records
 
     def all_paths(self, conn: sa.Connection | None = None) -> set[str]:
@@ -440,15 +443,15 @@ class DatasetManager:
                 stmt = self._files_stmt = sa.select(
                     f.c.component, f.c.path, f.c.formatter, f.c.storage_class, f.c.checksum, f.c.file_size
                 ).where(f.c.dataset_id == sa.bindparam("id"))
-            rows = conn.execute(stmt, {"id": ids[0]}).tuples().all()
-            if rows:
-                out[ids[0]] = [FileRecord(*row) for row in rows]
+            found: Sequence[tuple[Any, ...]] = conn.execute(stmt, {"id": ids[0]}).all()
+            if found:
+                out[ids[0]] = [FileRecord(*row) for row in found]
             return out
         for start in range(0, len(ids), 5000):
             chunk = ids[start:start + 5000]
             stmt = sa.select(f.c.dataset_id, f.c.component, f.c.path, f.c.formatter, f.c.storage_class,
                              f.c.checksum, f.c.file_size).where(f.c.dataset_id.in_(chunk))
-            for row in conn.execute(stmt).tuples():
+            for row in conn.execute(stmt):
                 out.setdefault(row[0], []).append(FileRecord(*row[1:]))
         return out
 

@@ -176,7 +176,8 @@ class Registry:
         try:
             with db.transaction() as conn:
                 t = _attributes_table(db.namespace)
-                rows: dict[str, str] = dict(conn.execute(sa.select(t.c.name, t.c.value)).tuples().all())
+                pairs: Sequence[tuple[str, str]] = conn.execute(sa.select(t.c.name, t.c.value)).all()
+                rows = dict(pairs)
         except RegistryConnectionError as err:
             if sqlite_path is not None:
                 raise RepositoryConfigError(f"cannot open the registry file {sqlite_path}: {err}") from None
