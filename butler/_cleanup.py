@@ -29,7 +29,8 @@ from .registry._collections import CollectionType
 from .registry._journal import DELETE, MOVE, STAGE, JournalEntry
 
 if TYPE_CHECKING:
-    from .datastore._datastore import FileDatastore, VerifyProblem
+    from .datastore._datastore import VerifyProblem
+    from .datastore._interface import Datastore
     from .registry._registry import Registry
 
 __all__ = ["CleanupReport", "cleanup", "leftovers"]
@@ -56,7 +57,7 @@ class CleanupReport:
         return "\n".join(lines)
 
 
-def cleanup(registry: Registry, datastore: FileDatastore, runs: Sequence[str] | None = None, *, user: str,
+def cleanup(registry: Registry, datastore: Datastore, runs: Sequence[str] | None = None, *, user: str,
             allow_foreign_run: bool = False) -> CleanupReport:
     """Resolve the journal of ``runs`` (default: every run with entries) as ``user``; see the module
     docstring. The caller checks that the repository may be written."""
@@ -83,7 +84,7 @@ def cleanup(registry: Registry, datastore: FileDatastore, runs: Sequence[str] | 
     return report
 
 
-def _clean_run(registry: Registry, datastore: FileDatastore, run: str, report: CleanupReport) -> None:
+def _clean_run(registry: Registry, datastore: Datastore, run: str, report: CleanupReport) -> None:
     journal = registry.journal
     with registry.transaction() as conn:
         entries = journal.pending([run], conn=conn)
@@ -99,10 +100,10 @@ def _clean_run(registry: Registry, datastore: FileDatastore, run: str, report: C
             remove_path(temp)
             report.removed.append(os.path.relpath(temp, datastore.root))
         if e.action == MOVE and e.committed:
-            if e.path in registered and _same_file(e.source, full):
+            if e.source and e.path in registered and _same_file(e.source, full):
                 crash_point("cleanup: unlink a moved source")
-                os.unlink(e.source)  # type: ignore[arg-type]
-                report.sources_unlinked.append(e.source)  # type: ignore[arg-type]
+                os.unlink(e.source)
+                report.sources_unlinked.append(e.source)
             continue
         if e.path in registered:
             report.kept.append(e.path)
@@ -152,7 +153,7 @@ def _temporaries(root: str, paths: Iterable[str]) -> dict[str, list[str]]:
 
 
 # -- what verify reports ------------------------------------------------------------------------
-def leftovers(registry: Registry, datastore: FileDatastore, *, walk: bool = False) -> list[VerifyProblem]:
+def leftovers(registry: Registry, datastore: Datastore, *, walk: bool = False) -> list[VerifyProblem]:
     """Files interrupted writes left (journaled; `cleanup` resolves them) and, with ``walk``,
     every other file under the root that the registry does not know."""
     from .datastore._datastore import VerifyProblem

@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
@@ -205,7 +205,7 @@ def _put_many(registry: Registry, datastore: Datastore, runs: RunAccess, items: 
             runs.forget(run_name)
             raise
         runs.remember(run_name, run_rec)
-    return refs  # type: ignore[return-value]  # every None was filled by _plan_components
+    return cast("list[DatasetRef]", refs)  # every None was filled by _plan_components
 
 
 def _plan_components(registry: Registry, datastore: Datastore,

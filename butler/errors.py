@@ -8,6 +8,11 @@ Messages say what was asked, where the butler looked, and what is close.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._dataset_ref import DatasetRef
+
 __all__ = [
     "ButlerError",
     "ChecksumError",
@@ -84,6 +89,9 @@ class RunOwnershipError(PermissionError, ButlerError):
 
 class ChecksumError(OSError, ButlerError):
     """Bytes read back do not match the checksum recorded when they were written."""
+
+    ref: DatasetRef | None = None
+    """The dataset the damaged file belongs to, when the reader knows it."""
 
 
 class RepositoryNotFoundError(FileNotFoundError, ButlerError):

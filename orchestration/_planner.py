@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from butler import Butler, DataCoordinate, DatasetRef, DatasetType
+from butler.dimensions import DimensionGroup
 from butler.errors import ButlerError, CollectionError, ConflictError, RunOwnershipError
 from butler.provenance import decode_inputs, same_inputs
 from butler.utils import gc_paused
 
-from ._connections import Connection, Input, PrerequisiteInput
+from ._connections import Input, PrerequisiteInput
 from ._pipeline import Pipeline, PipelineError, TaskDef
 from ._plan import RERUN_CHANGED, RERUN_REMADE, RUN, SKIP, Plan, Quantum
 from ._provenance import init_output_types
+
+Key: TypeAlias = tuple[Any, ...]
+"""The values of a data ID's required dimensions, in its group's order (``DataCoordinate.values``)."""
 
 __all__ = ["Planner", "PlanningError"]
 
@@ -105,7 +109,7 @@ class Planner:
 
         # -- 2./3. quanta per task ----------------------------------------------------------------
         existing_inputs: dict[str, dict[DataCoordinate, DatasetRef]] = {}
-        produced: dict[str, dict[tuple, tuple[int, DatasetRef]]] = {}
+        produced: dict[str, dict[Key, tuple[int, DatasetRef]]] = {}
         quanta: list[Quantum] = []
         output_lookup = [output_run] if run_exists else []
         skip_colls = list(skip_existing_in or [])
@@ -198,7 +202,7 @@ class Planner:
     def _plan_task(
         self, d: TaskDef, rows: list[dict[str, Any]], free_values: Mapping[str, list[dict[str, Any]]],
         inputs: list[str], output_run: str, producers: Mapping[str, str],
-        produced: dict[str, dict[tuple, tuple[int, DatasetRef]]],
+        produced: dict[str, dict[Key, tuple[int, DatasetRef]]],
         existing_inputs: dict[str, dict[DataCoordinate, DatasetRef]], first_index: int,
         output_lookup: list[str], skip_colls: list[str], *, resume: bool, extend_run: bool, clobber_outputs: bool,
     ) -> list[Quantum]:
@@ -210,11 +214,11 @@ class Planner:
         bound = [n for n in group.required if n not in free_values]
         implied = list(group.implied)
         # Quantum keys (bound part) and, per connection, related data IDs from the rows.
-        connections: list[tuple[str, Connection, Any]] = [
+        connections: list[tuple[str, Input, DimensionGroup]] = [
             (name, c, universe.group(c.dimensions)) for name, c in cls.inputs().items()
         ] + [(name, c, universe.group(c.dimensions)) for name, c in cls.prerequisites().items()]
-        keys: dict[tuple, dict[str, Any]] = {}
-        related: dict[str, dict[tuple, dict[tuple, dict[str, Any]]]] = {name: {} for name, _, _ in connections}
+        keys: dict[Key, dict[str, Any]] = {}
+        related: dict[str, dict[Key, dict[Key, dict[str, Any]]]] = {name: {} for name, _, _ in connections}
         for row in rows:
             key = tuple(row[n] for n in bound)
             if key not in keys:
@@ -231,10 +235,11 @@ class Planner:
             free_combos = [{**combo, n: rec} for combo in free_combos for rec in free_values[n]]
         quanta = []
         index = first_index
+        key_names = {n: universe[n].key_name for n in free}
         for key, implied_values in keys.items():
             for combo in free_combos:
                 values = dict(zip(bound, key))
-                values.update({n: rec[universe[n].key.name] for n, rec in combo.items()})
+                values.update({n: rec[key_names[n]] for n, rec in combo.items()})
                 coord = DataCoordinate.from_values(group, tuple(values[n] for n in group.required),
                                                    implied_values or None)
                 quanta.append(Quantum(index, d.label, coord, {}, {},
@@ -256,17 +261,17 @@ class Planner:
                              clobber_outputs=clobber_outputs)
         for q in quanta:
             q.context.pop("key", None)
-            for name, c in outputs.items():
+            for name, output in outputs.items():
                 ref = q.outputs[name]
                 if q.status == RUN or q.reason.startswith("outputs exist"):
-                    produced.setdefault(c.dataset_type, {})[ref.data_id.values] = (q.index, ref)
+                    produced.setdefault(output.dataset_type, {})[ref.data_id.values] = (q.index, ref)
         if output_lookup or skip_colls:  # only then can a later task's quantum be found complete
             self._made_here.update(ref.id for q in quanta if q.status == RUN for ref in q.outputs.values())
         return quanta
 
-    def _resolve_connection(self, d: TaskDef, name: str, c: Any, cg: Any, quanta: list[Quantum],
-                            related: dict[tuple, dict[tuple, dict[str, Any]]], inputs: list[str],
-                            producers: Mapping[str, str], produced: dict[str, dict[tuple, tuple[int, DatasetRef]]],
+    def _resolve_connection(self, d: TaskDef, name: str, c: Input, cg: DimensionGroup, quanta: list[Quantum],
+                            related: dict[Key, dict[Key, dict[str, Any]]], inputs: list[str],
+                            producers: Mapping[str, str], produced: dict[str, dict[Key, tuple[int, DatasetRef]]],
                             existing_inputs: dict[str, dict[DataCoordinate, DatasetRef]]) -> None:
         q_group = quanta[0].data_id.group
         subset = set(cg.required) <= set(q_group.names)
@@ -278,7 +283,7 @@ class Planner:
             calib = resolve_calibs(self.butler, c.dataset_type, cg, quanta,
                                    lambda q: self._connection_keys(q, cg, subset, related), getattr(self, "_calibs", {}))
         if upstream_of is None and calib is None:
-            wanted: dict[tuple, DataCoordinate] = {}
+            wanted: dict[Key, DataCoordinate] = {}
             for q in quanta:
                 for ckey, imp in self._connection_keys(q, cg, subset, related).items():
                     wanted.setdefault(ckey, DataCoordinate.from_values(cg, ckey, imp or None))
@@ -309,15 +314,15 @@ class Planner:
                 q.status, q.reason = SKIP, f"fewer than {c.minimum} {c.dataset_type} inputs"
 
     @staticmethod
-    def _connection_keys(q: Quantum, cg: Any, subset: bool, related: dict[tuple, dict[tuple, dict[str, Any]]]
-                         ) -> dict[tuple, dict[str, Any]]:
+    def _connection_keys(q: Quantum, cg: DimensionGroup, subset: bool, related: dict[Key, dict[Key, dict[str, Any]]]
+                         ) -> dict[Key, dict[str, Any]]:
         if subset:
             values = q.data_id.to_dict(implied=True)
             return {tuple(values[n] for n in cg.required): {n: values[n] for n in cg.implied if n in values}}
         return related.get(q.context["key"], {})
 
     def _find_existing(self, dataset_type: str, coords: list[DataCoordinate], collections: list[str]
-                       ) -> dict[tuple, DatasetRef]:
+                       ) -> dict[Key, DatasetRef]:
         return {k.values: v for k, v in self._find_refs(dataset_type, coords, collections).items()}
 
     def _find_refs(self, dataset_type: str, coords: list[DataCoordinate], collections: list[str]

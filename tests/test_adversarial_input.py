@@ -633,7 +633,7 @@ def test_cli_reports_butler_errors_as_usage_errors(damaged, case):
 def test_cli_subprocess_prints_no_traceback(damaged):
     _write("butler.yaml", b'{"registry": {"db": 5}}')(damaged)
     proc = subprocess.run([sys.executable, "-m", "butler.cli", "query-collections", damaged],
-                          capture_output=True, text=True, env={**os.environ}, timeout=120)
+                          check=False, capture_output=True, text=True, env={**os.environ}, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "registry.db must be a string" in proc.stderr

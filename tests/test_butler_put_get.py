@@ -221,8 +221,8 @@ def test_put_many_refuses_a_dataset_given_twice_before_writing_anything(simcam_r
     for detector in (0, 1):  # exists / does not exist yet
         data_id = {"instrument": "SimCam", "visit": 14, "detector": detector}
         for replace in (False, True):
-            with pytest.raises(ConflictError, match=r"dataset 'metrics' \{.*detector: %d.*\} is given twice in one "
-                                                    r"put_many; give each dataset once" % detector):
+            with pytest.raises(ConflictError, match=rf"dataset 'metrics' \{{.*detector: {detector}.*\}} is given twice "
+                                                    r"in one put_many; give each dataset once"):
                 butler.put_many([({"a": 1}, "metrics", data_id), ({"a": 2}, "metrics", data_id)], replace=replace)
             assert snapshot_repo(butler) == before
     assert butler.registry.journal.pending() == []

@@ -89,9 +89,9 @@ def test_overlap_refused_naming_the_range_then_split(calib_repo):
     nov = _flats(b, "SimCam/calib/flats/nov", "nov")
     fix = _flats(b, "SimCam/calib/flats/fix", "fix", detectors=[1])
     b.certify("SimCam/calib/flats", nov, "2026-11-01", "2026-12-01")
-    with unchanged(b):
-        with pytest.raises(ConflictError, match=r"overlaps the range \[2026-11-01T00:00:00Z, 2026-12-01T00:00:00Z\)"):
-            b.certify("SimCam/calib/flats", fix, "2026-11-20", "2026-11-25")
+    with unchanged(b), pytest.raises(ConflictError,
+                                     match=r"overlaps the range \[2026-11-01T00:00:00Z, 2026-12-01T00:00:00Z\)"):
+        b.certify("SimCam/calib/flats", fix, "2026-11-20", "2026-11-25")
     b.certify("SimCam/calib/flats", fix, "2026-11-20", "2026-11-25", split=True)
     get = lambda t: b.get("flat", instrument="SimCam", detector=1, physical_filter="SimCam-r", time=t,
                           collections="SimCam/calib/flats")["v"]

@@ -284,7 +284,7 @@ def test_every_crash_point_leaves_a_consistent_repository(path: WritePath, base:
     seen = set()
     for n in range(1, outcome.points + 1):
         root, src = _copy(start, str(tmp_path / "sources"), str(tmp_path / f"crash{n}"))
-        killed = crash_at(lambda: path.operation(root, src), n, str(tmp_path))
+        killed = crash_at(lambda root=root, src=src: path.operation(root, src), n, str(tmp_path))
         assert killed.killed, f"{path.id}: point {n} of {outcome.points} was not reached: {outcome.trail}"
         seen.add(_check_survivor(root, src, sources, before, after, path, n))
         shutil.rmtree(str(tmp_path / f"crash{n}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -141,7 +141,7 @@ SELECT_CASES = [
     pytest.param("visit.begin < t'2026-11-24T02:00:00'", None, {1, 2}, id="time-datetime"),
     pytest.param("visit.begin > '2026-11-25 00:30'", None, {10, 20}, id="time-string"),
     pytest.param(
-        "visit.begin = :t", {"t": datetime(2026, 11, 24, 1, tzinfo=timezone.utc)}, {2}, id="time-bind-dt"
+        "visit.begin = :t", {"t": datetime(2026, 11, 24, 1, tzinfo=UTC)}, {2}, id="time-bind-dt"
     ),
     pytest.param("visit.begin = :t", {"t": "2026-11-24T03:00:00+02:00"}, {2}, id="time-bind-offset"),
     pytest.param("visit.begin IN (T'2026-11-24', :t)", {"t": date(2026, 11, 26)}, {1, 20}, id="time-in"),
@@ -477,8 +477,8 @@ def test_to_nsec_rejects(value: object) -> None:
 
 
 def test_from_nsec() -> None:
-    assert from_nsec(T0 + 1_500) == datetime(2026, 11, 24, 0, 0, 0, 1, tzinfo=timezone.utc)
-    assert from_nsec(-1) == datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    assert from_nsec(T0 + 1_500) == datetime(2026, 11, 24, 0, 0, 0, 1, tzinfo=UTC)
+    assert from_nsec(-1) == datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
     assert to_nsec(from_nsec(T0 + 123_456_000)) == T0 + 123_456_000
     with pytest.raises(ValueError):
         from_nsec(10**30)

@@ -26,6 +26,8 @@ from butler.datastore import (
     CHECKSUM_ALGORITHM,
     Formatter,
     StorageClass,
+    _formatters,
+    _storage_class,
     checksum_bytes,
     checksum_file,
     formatter_for,
@@ -39,7 +41,6 @@ from butler.datastore import (
     verify_file,
     write_atomic,
 )
-from butler.datastore import _formatters, _storage_class
 from butler.errors import ButlerError, ChecksumError, ConflictError, StorageClassError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -74,7 +74,7 @@ def _coadd(butler: Butler, flavor: str):
 
 
 def test_plan_takes_warps_of_both_instruments(joint):
-    butler, plan, report, _ = joint
+    _, plan, report, _ = joint
     by_task: dict[str, list] = {}
     for q in plan.quanta:
         by_task.setdefault(q.task, []).append(q)

@@ -263,8 +263,8 @@ def test_a_foreign_file_at_an_output_path_is_refused_not_adopted(repo, cluster_c
 
     plan = Planner(repo).build(add_sum(), inputs=["in"], output_run=OUT, where="visit = 0")
     DaskExecutor(cluster_client, progress=False).run(plan, repo)
-    path = sorted(registered_files(repo, OUT) - {p for p in registered_files(repo, OUT) if "config" in p
-                                                 or "packages" in p})[0]
+    path = min(registered_files(repo, OUT) - {p for p in registered_files(repo, OUT) if "config" in p
+                                              or "packages" in p})
     repo.remove_runs(OUT)
     stale = os.path.join(repo.root, path)
     os.makedirs(os.path.dirname(stale), exist_ok=True)

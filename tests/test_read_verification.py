@@ -244,7 +244,7 @@ def calexp(repo):
 
 
 def test_an_edited_zarr_json_fails_every_read_and_verify_names_it(calexp):
-    repo, ref, store, exposure = calexp
+    repo, ref, store, _ = calexp
     root_json = os.path.join(store, "zarr.json")
     _replace_once(root_json, b'"photo_calib": 1.7', b'"photo_calib": 1.8')  # parses fine: only the checksum tells
     message = _names_dataset(ref, root_json, "checksum mismatch for ")
@@ -308,7 +308,7 @@ def test_a_lost_or_edited_manifest_file_fails_reads_and_verify_says_so(calexp):
 
 
 def test_a_file_added_to_or_removed_from_a_store_is_named_by_verify(calexp):
-    repo, ref, store, _ = calexp
+    repo, _, store, _ = calexp
     with open(os.path.join(store, "stray"), "w") as f:
         f.write("x")
     os.unlink(os.path.join(store, "psf", "c", "0", "0"))
@@ -356,7 +356,7 @@ def test_a_store_written_before_manifest_files_is_verified_as_far_as_it_can_be(c
 
 # -- components written on their own --------------------------------------------------------------
 def test_a_component_written_on_its_own_is_verified(calexp):
-    repo, ref, store, exposure = calexp
+    repo, ref, _, exposure = calexp
     new_wcs = make_wcs(crval=(11.0, 21.0))
     repo.put(new_wcs, "calexp.wcs", DATA_ID)
     repo.put(2.5, "calexp.photo_calib", DATA_ID)

@@ -48,9 +48,9 @@ def test_other_process_holding_the_lock_is_named_and_sigkill_releases_it(tmp_pat
     root = str(tmp_path)
     proc = hold_in_subprocess(root, "u/a/run")
     try:
-        with pytest.raises(RunLockedError, match=rf"cannot execute run 'u/a/run': it is locked by pid {proc.pid} on "):
-            with run_lock(root, "u/a/run"):
-                pass
+        with (pytest.raises(RunLockedError, match=rf"cannot execute run 'u/a/run': it is locked by pid {proc.pid} on "),
+              run_lock(root, "u/a/run")):
+            pass
         assert issubclass(RunLockedError, ConflictError)
         with run_lock(root, "u/a/other"):  # other runs are independent
             pass
@@ -138,10 +138,10 @@ def test_another_thread_of_the_process_is_refused(tmp_path):
     thread.start()
     try:
         assert held.wait(30)
-        with pytest.raises(RunLockedError, match=r"cannot remove run 'u/a/run': it is locked by another thread "
-                                                 rf"of this process \(pid {os.getpid()}\)"):
-            with run_lock(root, "u/a/run", action="remove"):
-                pass
+        with (pytest.raises(RunLockedError, match=r"cannot remove run 'u/a/run': it is locked by another thread "
+                                                  rf"of this process \(pid {os.getpid()}\)"),
+              run_lock(root, "u/a/run", action="remove")):
+            pass
     finally:
         release.set()
         thread.join()
@@ -166,15 +166,15 @@ def test_shared_holders_coexist_and_keep_exclusive_holders_out(tmp_path):
     try:
         with run_lock(root, "u/a/run", shared=True):  # a second writer
             pass
-        with pytest.raises(RunLockedError, match=r"cannot clean up run 'u/a/run': it is locked by writes in progress"):
-            with run_lock(root, "u/a/run", action="clean up"):
-                pass
+        with (pytest.raises(RunLockedError, match=r"cannot clean up run 'u/a/run': it is locked by writes in progress"),
+              run_lock(root, "u/a/run", action="clean up")):
+            pass
     finally:
         proc.kill()
         proc.wait()
-    with run_lock(root, "u/a/run", action="clean up"):  # the dead writer's hold went with it
-        with run_lock(root, "u/a/run", shared=True):  # nested in our own exclusive hold: a no-op
-            pass
+    with (run_lock(root, "u/a/run", action="clean up"),  # the dead writer's hold went with it
+          run_lock(root, "u/a/run", shared=True)):  # nested in our own exclusive hold: a no-op
+        pass
     assert os.listdir(tmp_path / ".locks") == []
 
 

@@ -24,7 +24,7 @@ def corner_piece():
     b = sg.UnitVector3d(sg.LonLat.fromDegrees(12, 11))
     on_edge = sg.UnitVector3d(a.x() * 0.7 + b.x() * 0.3, a.y() * 0.7 + b.y() * 0.3, a.z() * 0.7 + b.z() * 0.3)
     lonlat = sg.LonLat(on_edge)
-    ra, dec = lonlat.getLon().asDegrees(), lonlat.getLat().asDegrees()
+    ra = lonlat.getLon().asDegrees()
     top = sg.UnitVector3d(sg.LonLat.fromDegrees(ra, 11.3))
     return sg.ConvexPolygon([a, on_edge, top, sg.UnitVector3d(sg.LonLat.fromDegrees(11, 11.3))])
 

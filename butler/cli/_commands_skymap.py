@@ -39,8 +39,6 @@ def _skymap_from_options(rings: int | None, config: str | None, name: str | None
                          ra_start: float | None) -> Any:
     from ..skymap import RingsSkyMap, skymap_from_config
 
-    if (rings is None) == (config is None):
-        raise click.UsageError("give either --rings N (a rings skymap) or --config FILE.yaml")
     params: dict[str, Any] = {}
     if patch_grid is not None:
         params["patch_grid"] = list(patch_grid)
@@ -48,10 +46,12 @@ def _skymap_from_options(rings: int | None, config: str | None, name: str | None
                        ("patch_border_pixels", patch_border)):
         if value is not None:
             params[key] = value
-    if config is None:
+    if rings is not None and config is None:
         if ra_start is not None:
             params["ra_start_deg"] = ra_start
         return RingsSkyMap(name or f"rings{rings}", rings, **params)
+    if rings is not None or config is None:
+        raise click.UsageError("give either --rings N (a rings skymap) or --config FILE.yaml")
     import yaml
 
     with open(config) as f:

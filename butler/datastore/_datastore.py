@@ -175,7 +175,8 @@ class FileDatastore:
 
         parent_class = get_storage_class(ref.dataset_type.storage_class)
         component_class = parent_class.component(component)
-        allowed = getattr(formatter_for(parent_class, parent_formatter), "standalone_components", frozenset())
+        allowed: frozenset[str] = getattr(formatter_for(parent_class, parent_formatter), "standalone_components",
+                                          frozenset())
         if component not in allowed:
             raise StorageClassError(
                 f"component {component!r} of {ref.dataset_type.name!r} (storage class {parent_class.name!r}, "
@@ -370,5 +371,5 @@ def _damaged(ref: DatasetRef, component: str, err: ChecksumError) -> ChecksumErr
         f"{which}{ref.dataset_type.name} {ref.data_id} in run {ref.run!r} is damaged: {err} "
         "(`butler verify` lists every damaged file)"
     )
-    damaged.ref = ref  # type: ignore[attr-defined]
+    damaged.ref = ref
     return damaged

@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 if TYPE_CHECKING:
     from ..registry._pixelization import CubeFacePixelization
 
-__all__ = ["DimensionElement", "DimensionGroup", "DimensionUniverse", "FieldSpec"]
+__all__ = ["DimensionElement", "DimensionGroup", "DimensionUniverse", "FieldSpec", "FieldType"]
+
+FieldType: TypeAlias = Literal["int", "float", "str", "time", "bool", "bytes"]
+"""The type of a record field or dimension key ("time": integer nanoseconds since 1970 UTC)."""
 
 _FIELD_TYPES = {"int", "float", "str", "time", "bool", "bytes"}
 
@@ -29,7 +32,7 @@ class FieldSpec:
     """One column of an element's record table."""
 
     name: str
-    type: str
+    type: FieldType
     length: int | None = None
     nullable: bool = False
 
@@ -69,11 +72,18 @@ class DimensionElement:
         return (*ordered, self.name) if self.is_dimension else ordered
 
     @cached_property
-    def key_type(self) -> str:
+    def key_type(self) -> FieldType:
         """The type of a dimension's key (``int``, ``str``...); a join element has no key."""
         if self.key is None:
             raise KeyError(f"{self.name!r} is a join element, not a dimension: it has no key")
         return self.key.type
+
+    @cached_property
+    def key_name(self) -> str:
+        """The name of a dimension's key column (``id``, ``name``...); a join element has no key."""
+        if self.key is None:
+            raise KeyError(f"{self.name!r} is a join element, not a dimension: it has no key")
+        return self.key.name
 
     @cached_property
     def primary_key_columns(self) -> tuple[str, ...]:
@@ -93,9 +103,9 @@ class DimensionElement:
         return tuple(names)
 
     @cached_property
-    def field_types(self) -> dict[str, str]:
+    def field_types(self) -> dict[str, FieldType | Literal["region"]]:
         """Column name -> field type (``int``, ``str``, ``time``...; ``region`` for regions)."""
-        types: dict[str, str] = {}
+        types: dict[str, FieldType | Literal["region"]] = {}
         for name in self.primary_key_columns:
             if self.is_dimension and self.key is not None and name == self.key.name:
                 types[name] = self.key.type
@@ -202,14 +212,23 @@ class DimensionUniverse:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_text(cls, text: str) -> DimensionUniverse:
+    def from_text(cls, text: str, *,
+                  parsed: Callable[[], Mapping[str, Any] | None] | None = None) -> DimensionUniverse:
+        """The universe of ``text`` (one object per text in a process, so the text is its identity).
+
+        ``parsed``, called only when ``text`` is not loaded yet, may return its configuration parsed
+        already (a repository's JSON copy: opening then imports no YAML parser), or None to parse it.
+        """
         digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         cached = cls._by_digest.get(digest)
         if cached is not None:
             return cached
-        import yaml
+        config = parsed() if parsed is not None else None
+        if config is None:
+            import yaml
 
-        universe = cls(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), text)
+            config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        universe = cls(config, text)
         cls._by_digest[digest] = universe
         cls._by_version.setdefault(universe.version, universe)
         return universe

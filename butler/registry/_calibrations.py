@@ -36,6 +36,7 @@ from ._schema import RegistrySchema
 if TYPE_CHECKING:
     from ..dimensions import DataCoordinate
     from ._datasets import FoundDataset
+    from ._registry import Registry
 
 __all__ = ["MAX_NS", "MIN_NS", "CalibRow", "CalibrationManager", "format_ns", "format_range"]
 
@@ -71,7 +72,7 @@ class CalibRow:
     run_id: int
     begin: int
     end: int
-    key: tuple
+    key: tuple[Any, ...]
 
 
 class CalibrationManager:
@@ -106,7 +107,7 @@ class CalibrationManager:
 
     # -- reads -------------------------------------------------------------------------------
     def rows(self, conn: sa.Connection, type_rec: DatasetTypeRecord, collection_ids: Sequence[int], *,
-             keys: Iterable[tuple] | None = None, begin: int | None = None, end: int | None = None,
+             keys: Iterable[tuple[Any, ...]] | None = None, begin: int | None = None, end: int | None = None,
              for_update: bool = False) -> list[CalibRow]:
         """Certified ranges of one type in some collections, optionally only those of the data ID
         ``keys`` (tuples of required values) and overlapping [begin, end)."""
@@ -123,7 +124,7 @@ class CalibrationManager:
                          .join(t, sa.and_(t.c.dataset_id == c.c.dataset_id, t.c.collection_id == d.c.run_id)))
             .where(c.c.dataset_type_id == type_rec.id, c.c.collection_id.in_(list(collection_ids)))
         )
-        wanted: set[tuple] | None = None
+        wanted: set[tuple[Any, ...]] | None = None
         if keys is not None:
             wanted = set(keys)
             if not wanted:
@@ -153,7 +154,7 @@ class CalibrationManager:
 
     # -- writes ------------------------------------------------------------------------------
     def certify(self, conn: sa.Connection, type_rec: DatasetTypeRecord, collection: CollectionRecord,
-                items: Sequence[tuple[tuple, uuid.UUID, Any]], begin: int, end: int, *, split: bool) -> int:
+                items: Sequence[tuple[tuple[Any, ...], uuid.UUID, Any]], begin: int, end: int, *, split: bool) -> int:
         """Associate ``items`` ((data ID key, dataset id, data ID for messages)) with [begin, end).
 
         An overlap with a range already certified for the same data ID is a ``ConflictError``
@@ -163,7 +164,7 @@ class CalibrationManager:
         """
         self.lock_collection(conn, collection)
         name = type_rec.dataset_type.name
-        seen: dict[tuple, Any] = {}
+        seen: dict[tuple[Any, ...], Any] = {}
         for key, _, data_id in items:
             if key in seen:
                 raise ConflictError(
@@ -171,7 +172,7 @@ class CalibrationManager:
                     f"validity {format_range(begin, end)} into {collection.name!r} in one call"
                 )
             seen[key] = data_id
-        existing: dict[tuple, list[CalibRow]] = {}
+        existing: dict[tuple[Any, ...], list[CalibRow]] = {}
         for row in self.rows(conn, type_rec, [collection.id], keys=seen.keys(), begin=begin, end=end):
             existing.setdefault(row.key, []).append(row)
         to_trim: list[CalibRow] = []
@@ -199,7 +200,7 @@ class CalibrationManager:
         return len(new_rows)
 
     def decertify(self, conn: sa.Connection, type_rec: DatasetTypeRecord, collection: CollectionRecord,
-                  begin: int, end: int, *, keys: Iterable[tuple] | None = None) -> int:
+                  begin: int, end: int, *, keys: Iterable[tuple[Any, ...]] | None = None) -> int:
         """Remove [begin, end) from the ranges of the type (of the data IDs ``keys``, else all):
         ranges inside it are deleted, ranges across its ends are trimmed or split in two.
         Returns the number of ranges affected."""
@@ -254,8 +255,8 @@ class CalibrationManager:
         return out
 
 
-    def find_many(self, conn: sa.Connection, type_rec: DatasetTypeRecord, pairs: Sequence[tuple[tuple, int]],
-                  collections: Sequence[CollectionRecord]) -> dict[tuple[tuple, int], CalibRow]:
+    def find_many(self, conn: sa.Connection, type_rec: DatasetTypeRecord, pairs: Sequence[tuple[tuple[Any, ...], int]],
+                  collections: Sequence[CollectionRecord]) -> dict[tuple[tuple[Any, ...], int], CalibRow]:
         """For each (data ID key, time ns): the range valid then, from the first collection that has
         one. One query; pairs with no valid calib are absent from the result."""
         if not pairs or not collections:
@@ -264,12 +265,12 @@ class CalibrationManager:
         rows = self.rows(conn, type_rec, [c.id for c in collections], keys={k for k, _ in pairs},
                          begin=min(times), end=max(times) + 1)
         rank = {c.id: i for i, c in enumerate(collections)}
-        by_key: dict[tuple, list[tuple[int, CalibRow]]] = {}
+        by_key: dict[tuple[Any, ...], list[tuple[int, CalibRow]]] = {}
         for r in rows:
             by_key.setdefault(r.key, []).append((rank[r.collection_id], r))
         for candidates in by_key.values():
             candidates.sort(key=lambda x: (x[0], x[1].begin))
-        out: dict[tuple[tuple, int], CalibRow] = {}
+        out: dict[tuple[tuple[Any, ...], int], CalibRow] = {}
         for key, t in pairs:
             for _, r in by_key.get(key, ()):
                 if r.begin <= t < r.end:
@@ -278,6 +279,6 @@ class CalibrationManager:
         return out
 
 
-def calibrations_of(registry: Any) -> CalibrationManager:
+def calibrations_of(registry: Registry) -> CalibrationManager:
     """The calibration manager of a registry (``registry.calibrations``)."""
     return registry.calibrations

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from ..errors import CollectionError, ConflictError, InvalidNameError
-from ._database import Database
-from ._schema import NAME_LENGTH, RegistrySchema
+from ._database import Database, dbapi_connection
+from ._schema import NAME_LENGTH, OWNER_LENGTH, RegistrySchema
 
 __all__ = ["CollectionManager", "CollectionRecord", "CollectionType", "check_collection_names", "validate_collection_name"]
 
@@ -156,7 +156,7 @@ class CollectionManager:
             a = self._attributes
             stmt = sa.select(a.c.value).where(a.c.name == sa.literal(GENERATION_ATTRIBUTE, literal_execute=True))
             self._generation_sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-        cursor = conn.connection.driver_connection.cursor()
+        cursor = dbapi_connection(conn).cursor()
         try:
             cursor.execute(self._generation_sql)
             row = cursor.fetchone()
@@ -198,7 +198,8 @@ class CollectionManager:
             by_id[rec.id] = rec
         chains: dict[int, list[tuple[int, int]]] = {}
         c = self._chain_table
-        for parent, pos, child in conn.execute(sa.select(c.c.parent_id, c.c.position, c.c.child_id)):
+        links: Sequence[tuple[int, int, int]] = conn.execute(sa.select(c.c.parent_id, c.c.position, c.c.child_id)).all()
+        for parent, pos, child in links:
             chains.setdefault(parent, []).append((pos, child))
         self._chains = {p: tuple(ch for _, ch in sorted(v)) for p, v in chains.items()}
         self._by_name = by_name
@@ -296,7 +297,7 @@ class CollectionManager:
             compiled = stmt.compile(dialect=conn.dialect)
             sql = self._locked_sql[exclusive] = (str(compiled), bool(compiled.positional))
         params = (name,) if sql[1] else {"name": name}
-        cursor = conn.connection.driver_connection.cursor()
+        cursor = dbapi_connection(conn).cursor()
         try:
             cursor.execute(sql[0], params)
             row = cursor.fetchone()
@@ -319,7 +320,7 @@ class CollectionManager:
     @property
     def owner_length(self) -> int:
         """The longest owner name the ``collection`` table holds (the same on every backend)."""
-        return int(self._table.c.owner.type.length)  # type: ignore[attr-defined]
+        return OWNER_LENGTH
 
     def set_owner(self, conn: sa.Connection, rec: CollectionRecord, owner: str) -> CollectionRecord:
         """Record ``owner`` for ``rec`` (locked by the caller with ``read_locked(exclusive=True)``)."""
@@ -366,7 +367,7 @@ class CollectionManager:
         ids = [r.id for r in records]
         if not ids:
             return
-        parents = conn.execute(
+        parents: Sequence[tuple[int, int]] = conn.execute(
             sa.select(self._chain_table.c.parent_id, self._chain_table.c.child_id)
             .where(self._chain_table.c.child_id.in_(ids))
         ).all()

@@ -81,7 +81,7 @@ class DataIdResolver:
                     f"unknown data ID key {key!r}; dimensions are {list(universe.dimensions)}"
                     + (f", aliases {sorted(aliases)}" if aliases else "")
                 )
-            out[key] = coerce_value(key, universe[key].key.type, value)  # type: ignore[union-attr]
+            out[key] = coerce_value(key, universe[key].key_type, value)
         return out
 
 
@@ -137,7 +137,7 @@ class DataIdResolver:
             if not wanted:
                 continue
             parents = element.required[:-1]
-            by_parent: dict[tuple, list] = {}
+            by_parent: dict[tuple[Any, ...], list[Any]] = {}
             for key in wanted:
                 by_parent.setdefault(key[:-1], []).append(key[-1])
             el_group = universe.group(element.required)

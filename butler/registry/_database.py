@@ -13,14 +13,16 @@ import contextlib
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from ..errors import InvalidNameError, RegistryConnectionError
 
-__all__ = ["Database", "close_engine", "forget_engines", "lost_race", "open_database", "validate_namespace"]
+__all__ = [
+    "Database", "close_engine", "dbapi_connection", "forget_engines", "lost_race", "open_database", "validate_namespace",
+]
 
 _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -70,6 +72,10 @@ def _engine_for(url: str) -> sa.Engine:
         return engine
 
 
+@overload
+def validate_namespace(namespace: str) -> str: ...
+@overload
+def validate_namespace(namespace: object) -> str | None: ...
 def validate_namespace(namespace: object) -> str | None:
     """A namespace (PostgreSQL schema, MySQL database) is a plain identifier of at most 63
     characters (PostgreSQL's limit): letters, digits and '_', not starting with a digit."""
@@ -194,13 +200,13 @@ class Database:
     def insert_ignore(self, table: sa.Table) -> sa.Insert:
         """An INSERT that silently skips rows whose primary/unique key already exists."""
         if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            return insert(table).on_conflict_do_nothing()
+            return sqlite_insert(table).on_conflict_do_nothing()
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return insert(table).on_conflict_do_nothing()
+            return pg_insert(table).on_conflict_do_nothing()
         return table.insert().prefix_with("IGNORE")
 
     def create_namespace(self) -> None:
@@ -231,9 +237,7 @@ class Database:
         with self.engine.connect() as conn:
             for table in tables:
                 name = prep.format_table(table)
-                if self.dialect == "sqlite":
-                    conn.exec_driver_sql(f"ANALYZE {name}")
-                elif self.dialect == "postgresql":
+                if self.dialect in ("sqlite", "postgresql"):
                     conn.exec_driver_sql(f"ANALYZE {name}")
                 else:
                     conn.exec_driver_sql(f"ANALYZE TABLE {name}")
@@ -261,7 +265,7 @@ class Database:
             f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in columns)}) "
             f"VALUES ({', '.join([placeholder] * len(columns))})"
         )
-        cursor = conn.connection.driver_connection.cursor()
+        cursor = dbapi_connection(conn).cursor()
         try:
             for start in range(0, len(rows), chunk):
                 cursor.executemany(sql, rows[start:start + chunk])
@@ -280,7 +284,7 @@ class Database:
         sql, names = cached
         args = tuple(params[n] for n in names) if names is not None else params
         dbapi = conn.dialect.loaded_dbapi
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor = dbapi_connection(conn).cursor()
         try:
             cursor.execute(sql, args)
             return cursor.fetchall() if cursor.description else []
@@ -294,6 +298,14 @@ class Database:
             conn.execute(stmt, list(rows))
 
 
+def dbapi_connection(conn: sa.Connection) -> Any:
+    """The DBAPI connection under ``conn`` (a driver's own type: sqlite3, psycopg, pymysql)."""
+    driver = conn.connection.driver_connection
+    if driver is None:  # only once the connection was invalidated
+        raise sa.exc.InvalidRequestError("the connection was invalidated: no driver connection")
+    return driver
+
+
 def lost_race(err: BaseException, *, deadlocks: bool = True) -> bool:
     """Whether ``err`` (raised by a registry call) is a transaction that lost to a concurrent one and
     may simply be retried: a primary-key conflict with a concurrent insert or, with ``deadlocks``, a
@@ -305,7 +317,7 @@ def lost_race(err: BaseException, *, deadlocks: bool = True) -> bool:
     orig = err.orig
     if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL
         return True
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = getattr(orig, "args", ())
     return bool(args) and args[0] in (1205, 1213)  # MySQL/MariaDB lock wait timeout, deadlock
 
 

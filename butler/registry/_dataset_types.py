@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -38,9 +39,9 @@ class DatasetTypeManager:
     def refresh(self) -> None:
         t = self._table
         universe = self._schema.universe
-        by_name = {}
+        by_name: dict[str, DatasetTypeRecord] = {}
         with self._db.transaction() as conn:
-            rows = conn.execute(
+            rows: Sequence[tuple[int, str, str, str, bool]] = conn.execute(
                 sa.select(t.c.dataset_type_id, t.c.name, t.c.dimensions, t.c.storage_class, t.c.is_calibration)
             ).all()
         for id_, name, dims, sc, calib in rows:
@@ -65,7 +66,7 @@ class DatasetTypeManager:
         return rec
 
     def get(self, name: str) -> DatasetTypeRecord:
-        parent, component = split_component(name)
+        parent, _component = split_component(name)
         rec = self.find(parent)
         if rec is None:
             close = difflib.get_close_matches(parent, list(self._names), n=3)

@@ -20,7 +20,7 @@ from .._gc import gc_paused
 from ..dimensions import DataCoordinate
 from ..errors import ConflictError, DataIdError
 from ._collections import CollectionManager, CollectionRecord, CollectionType
-from ._database import Database
+from ._database import Database, dbapi_connection
 from ._dataset_types import DatasetTypeManager, DatasetTypeRecord
 from ._dimension_records import DimensionRecordManager
 from ._schema import RegistrySchema, fast_uuid
@@ -85,12 +85,12 @@ class DatasetManager:
         self._types = types
         self._collections = collections
         self._records = records
-        self._find_cache: dict[tuple[int, int], sa.Select] = {}
+        self._find_cache: dict[tuple[int, int], sa.Select[*tuple[Any, ...]]] = {}
         self._insert_sql_cache: dict[tuple[str, tuple[str, ...]], str] = {}
-        self._files_stmt: sa.Select | None = None
+        self._files_stmt: sa.Select[*tuple[Any, ...]] | None = None
         # Rows inserted through the driver raise the driver's IntegrityError, not SQLAlchemy's.
         dbapi = db.engine.dialect.loaded_dbapi
-        self._integrity_errors: tuple[type[BaseException], ...] = (
+        self._integrity_errors: tuple[type[Exception], ...] = (
             sa.exc.IntegrityError, *((dbapi.IntegrityError,) if hasattr(dbapi, "IntegrityError") else ()))
 
     # -- insert -----------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class DatasetManager:
         tag_rows.sort(key=_first)
         file_rows.sort(key=_first)
         try:
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            cursor = dbapi_connection(conn).cursor()
             try:
                 for start in range(0, len(refs), _CHUNK):
                     cursor.executemany(self._insert_sql(schema.dataset, _DATASET_COLUMNS),
@@ -244,7 +244,7 @@ class DatasetManager:
         return ConflictError(f"registry rejected datasets of {type_rec.dataset_type.name!r}: {getattr(err, 'orig', err)}")
 
     # -- lookup -----------------------------------------------------------------------------
-    def _find_statement(self, type_rec: DatasetTypeRecord) -> sa.Select:
+    def _find_statement(self, type_rec: DatasetTypeRecord) -> sa.Select[*tuple[Any, ...]]:
         key = (type_rec.id, id(type_rec.tags))
         stmt = self._find_cache.get(key)
         if stmt is None:
@@ -316,8 +316,9 @@ class DatasetManager:
                 base = base.where(t.c[dims[-1]].in_(values))
         return self._match_found(conn, base, type_rec, wanted, rank)
 
-    def _match_found(self, conn: sa.Connection, stmt: sa.Select, type_rec: DatasetTypeRecord,
-                     wanted: dict[tuple, DataCoordinate], rank: dict[int, int]) -> dict[DataCoordinate, DatasetRef]:
+    def _match_found(self, conn: sa.Connection, stmt: sa.Select[*tuple[Any, ...]], type_rec: DatasetTypeRecord,
+                     wanted: dict[tuple[Any, ...], DataCoordinate],
+                     rank: dict[int, int]) -> dict[DataCoordinate, DatasetRef]:
         result = conn.execute(stmt)
         try:  # the driver's plain tuples: every column is a plain int/str, and Row objects cost 0.2 s per 100k
             rows = result.cursor.fetchall()
@@ -400,7 +401,8 @@ class DatasetManager:
                 return self.count_by_run(run_ids, c)
         d = self._schema.dataset
         stmt = sa.select(d.c.run_id, sa.func.count()).where(d.c.run_id.in_(list(run_ids))).group_by(d.c.run_id)
-        return {run_id: int(n) for run_id, n in conn.execute(stmt)}
+        counts: Sequence[tuple[int, int]] = conn.execute(stmt).all()
+        return {run_id: int(n) for run_id, n in counts}
 
     def file_checks(self, collection_ids: Sequence[int] | None = None, conn: sa.Connection | None = None
                     ) -> list[tuple[str, str | None, int | None]]:
@@ -412,13 +414,15 @@ class DatasetManager:
         f = self._schema.file_record
         stmt = sa.select(f.c.path, f.c.checksum, f.c.file_size)
         if collection_ids is None:
-            return [tuple(r) for r in conn.execute(stmt).all()]  # type: ignore[misc]
+            rows: Sequence[tuple[Any, ...]] = conn.execute(stmt).all()
+            return [tuple(r) for r in rows]
         ids = list(collection_ids)
         tags_tables = {r.tags.name: r.tags for r in self._types.all()}
         records: list[tuple[str, str | None, int | None]] = []
         for tags in tags_tables.values():
             member = sa.select(tags.c.dataset_id).where(tags.c.collection_id.in_(ids))
-            records += [tuple(r) for r in conn.execute(stmt.where(f.c.dataset_id.in_(member))).all()]  # type: ignore[misc]
+            members: Sequence[tuple[Any, ...]] = conn.execute(stmt.where(f.c.dataset_id.in_(member))).all()
+            records += [tuple(r) for r in members]
         return records
 
     def all_paths(self, conn: sa.Connection | None = None) -> set[str]:
@@ -439,9 +443,9 @@ class DatasetManager:
                 stmt = self._files_stmt = sa.select(
                     f.c.component, f.c.path, f.c.formatter, f.c.storage_class, f.c.checksum, f.c.file_size
                 ).where(f.c.dataset_id == sa.bindparam("id"))
-            rows = conn.execute(stmt, {"id": ids[0]}).all()
-            if rows:
-                out[ids[0]] = [FileRecord(*row) for row in rows]
+            found: Sequence[tuple[Any, ...]] = conn.execute(stmt, {"id": ids[0]}).all()
+            if found:
+                out[ids[0]] = [FileRecord(*row) for row in found]
             return out
         for start in range(0, len(ids), 5000):
             chunk = ids[start:start + 5000]
@@ -459,7 +463,7 @@ class DatasetManager:
         conds += [t.c[dim] == v for dim, v in zip(type_rec.group.required, data_id.values)]
         if exclude:
             conds.append(t.c.collection_id.not_in([c.id for c in exclude]))
-        ids = conn.execute(sa.select(t.c.collection_id).where(*conds).limit(limit)).scalars().all()
+        ids: Sequence[int] = conn.execute(sa.select(t.c.collection_id).where(*conds).limit(limit)).scalars().all()
         return [self._collections.by_id(i).name for i in ids]
 
     def rows_to_refs(self, type_rec: DatasetTypeRecord, rows: Sequence[Any], collections: Sequence[CollectionRecord],
@@ -468,7 +472,7 @@ class DatasetManager:
         if len(collections) > 1:
             if find_first:
                 rank = {c.id: i for i, c in enumerate(collections)}
-                best: dict[tuple, tuple[int, Any]] = {}
+                best: dict[tuple[Any, ...], tuple[int, Any]] = {}
                 for row in rows:
                     key = tuple(row[3:])
                     r = rank[row[1]]
@@ -477,8 +481,10 @@ class DatasetManager:
                         best[key] = (r, row)
                 rows = [row for _, row in best.values()]
             else:  # keep each dataset once
-                seen: set[uuid.UUID] = set()
-                rows = [row for row in rows if not (row[0] in seen or seen.add(row[0]))]
+                first: dict[uuid.UUID, Any] = {}  # insertion-ordered: each dataset's first row, in row order
+                for row in rows:
+                    first.setdefault(row[0], row)
+                rows = list(first.values())
         # With one collection (dataset_id, collection_id) is a primary key: rows cannot repeat a dataset.
         by_id = self._collections.by_id
         run_names: dict[int, str] = {}

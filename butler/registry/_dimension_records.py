@@ -20,7 +20,7 @@ from ._database import Database
 from ._schema import RegistrySchema
 from ._spatial import RegionError, SpatialIndex, validate_region
 
-__all__ = ["DimensionRecordManager", "encode_region", "decode_region"]
+__all__ = ["DimensionRecordManager", "decode_region", "encode_region"]
 
 
 def encode_region(value: Any) -> bytes | None:
@@ -51,7 +51,7 @@ class DimensionRecordManager:
         self._db = db
         self._schema = schema
         self.universe: DimensionUniverse = schema.universe
-        self._implied_statements: dict[str, sa.Select] = {}
+        self._implied_statements: dict[str, sa.Select[*tuple[Any, ...]]] = {}
         self.spatial = SpatialIndex(self.universe, schema.skypix)
 
     # -- conversion -----------------------------------------------------------------------
@@ -117,7 +117,7 @@ class DimensionRecordManager:
                 row[name] = value
         return row
 
-    def from_row(self, element: DimensionElement, row: Mapping[str, Any]) -> DimensionRecord:
+    def from_row(self, element: DimensionElement, row: Mapping[str, Any] | sa.RowMapping) -> DimensionRecord:
         types = element.field_types
         values = {}
         for name, kind in types.items():
@@ -204,10 +204,10 @@ class DimensionRecordManager:
     def update_regions(self, element_name: str, records: Iterable[Mapping[str, Any]], *,
                        conn: sa.Connection | None = None) -> int:
         """Replace the regions of existing records and their spatial index, in one transaction."""
-        element = self.universe[element_name] if element_name in self.universe else None
-        if element is None or not element.spatial:
+        if element_name not in self.universe or not self.universe[element_name].spatial:
             spatial = [e.name for e in self.universe.spatial_elements]
             raise RegionError(f"{element_name!r} has no regions to update; elements with regions: {spatial}")
+        element = self.universe[element_name]
         pk = element.primary_key_columns
         rows = []
         for record in records:
@@ -371,7 +371,7 @@ class DimensionRecordManager:
             cond = [ttable.c[r] == row[loc] for loc, r in zip(local, remote)]
             if not conn.execute(sa.select(sa.func.count()).select_from(ttable).where(*cond)).scalar():
                 parents = [ttable.c[r] == row[loc] for loc, r in zip(local[:-1], remote[:-1])]
-                existing = conn.execute(sa.select(ttable.c[remote[-1]]).where(*parents).limit(200)).scalars().all()
+                existing: Sequence[Any] = conn.execute(sa.select(ttable.c[remote[-1]]).where(*parents).limit(200)).scalars().all()
                 value = row[local[-1]]
                 close = _closest(value, existing)
                 scope = ", ".join(f"{loc}={row[loc]!r}" for loc in local[:-1])
@@ -382,7 +382,7 @@ class DimensionRecordManager:
                 )
         return None
 
-    def implied_statement(self, element: DimensionElement, builder: Any) -> sa.Select:
+    def implied_statement(self, element: DimensionElement, builder: Any) -> sa.Select[*tuple[Any, ...]]:
         """A cached SELECT of everything ``element``'s record implies (transitively), by primary key."""
         stmt = self._implied_statements.get(element.name)
         if stmt is None:
@@ -395,7 +395,8 @@ class DimensionRecordManager:
         return stmt
 
     # -- read -----------------------------------------------------------------------------
-    def fetch(self, element: DimensionElement, stmt: sa.Select, conn: sa.Connection) -> list[DimensionRecord]:
+    def fetch(self, element: DimensionElement, stmt: sa.Select[*tuple[Any, ...]],
+              conn: sa.Connection) -> list[DimensionRecord]:
         return [self.from_row(element, row._mapping) for row in conn.execute(stmt)]
 
 
@@ -423,7 +424,7 @@ def _compute_key_lengths(element: DimensionElement) -> dict[str, int]:
     universe = element.universe
     out = {}
     for name in (*element.primary_key_columns, *element.implies):
-        spec = element.key if element.is_dimension and name == element.key.name else (  # type: ignore[union-attr]
+        spec = element.key if element.is_dimension and name == element.key_name else (
             universe[name].key if name in universe.dimensions else None)
         if spec is not None and spec.type == "str" and spec.length:
             out[name] = spec.length

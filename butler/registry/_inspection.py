@@ -8,6 +8,7 @@ for production paths.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
@@ -44,9 +45,11 @@ def registry_contents(registry: Registry) -> RegistryContents:
             files.setdefault(row[0], []).append((row[1], row[2]))
         collections = {row[0]: int(row[1]) for row in conn.execute(sa.select(c.c.name, c.c.type))}
         k = schema.calibs
-        calibs = [tuple(row) for row in conn.execute(sa.select(c.c.name, k.c.dataset_id, k.c.begin_ns, k.c.end_ns)
-                                                     .select_from(k.join(c, c.c.collection_id == k.c.collection_id)))]
-    return RegistryContents(datasets, files, collections, calibs)  # type: ignore[arg-type]
+        calib_rows: Sequence[tuple[Any, ...]] = conn.execute(
+            sa.select(c.c.name, k.c.dataset_id, k.c.begin_ns, k.c.end_ns)
+            .select_from(k.join(c, c.c.collection_id == k.c.collection_id))).all()
+        calibs: list[tuple[str, uuid.UUID, int, int]] = [tuple(row) for row in calib_rows]
+    return RegistryContents(datasets, files, collections, calibs)
 
 
 def table_rows(registry: Registry) -> dict[str, list[tuple[str, ...]]]:

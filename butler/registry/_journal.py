@@ -38,7 +38,7 @@ from .._faults import crash_point
 from ._database import Database
 from ._schema import RegistrySchema
 
-__all__ = ["FileJournal", "JournalEntry", "STAGE", "DELETE", "MOVE", "new_operation"]
+__all__ = ["DELETE", "MOVE", "STAGE", "FileJournal", "JournalEntry", "new_operation"]
 
 STAGE = "stage"
 DELETE = "delete"

@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from .._time import to_nsec
 from ..dimensions import DimensionElement, DimensionGroup, DimensionUniverse
 from ..errors import ExpressionError
-from .expressions import Comparison, Identifier, InList, Node, ResolvedColumn, identifiers, to_sql, walk
 from ._schema import RegistrySchema
 from ._spatial import regions_overlap
+from .expressions import Comparison, Identifier, InList, Node, ResolvedColumn, identifiers, to_sql, walk
 
-__all__ = ["QueryBuilder", "BuiltQuery"]
+__all__ = ["BuiltQuery", "QueryBuilder"]
 
 _TOO_BIG = ("Expression tree is too large", "too many SQL variables", "number of parameters must be between",
             "too many terms", "Prepared statement contains too many placeholders", "stack depth limit exceeded")
@@ -45,7 +45,7 @@ class BuiltQuery:
     def dimension_column(self, name: str) -> sa.ColumnElement[Any]:
         return self.columns[name][0]
 
-    def select(self, *columns: sa.ColumnElement[Any], distinct: bool = False) -> sa.Select:
+    def select(self, *columns: sa.ColumnElement[Any], distinct: bool = False) -> sa.Select[*tuple[Any, ...]]:
         conditions = list(self.where)
         for cols in self.columns.values():
             first = cols[0]
@@ -156,7 +156,7 @@ class QueryBuilder:
             q.where.append(q.dimension_column(key) == value)
         if where is not None:
             q.where_tree = where
-            resolve = lambda ident: self._resolve(q, ident, where_text)  # noqa: E731
+            resolve = lambda ident: self._resolve(q, ident, where_text)
             q.where.append(to_sql(where, resolve, bind, text=where_text or None))
         return q
 
@@ -191,7 +191,7 @@ class QueryBuilder:
         q.element_tables[element.name] = table
         q.froms.append(table)
         for d in element.required:
-            col = table.c[element.key.name] if d == element.name else table.c[d]  # type: ignore[union-attr]
+            col = table.c[element.key_name] if d == element.name else table.c[d]
             q.columns.setdefault(d, []).append(col)
         for d in element.implies:
             q.columns.setdefault(d, []).append(table.c[d])
@@ -238,11 +238,14 @@ class QueryBuilder:
     def _resolve(self, q: BuiltQuery, ident: Identifier, text: str) -> ResolvedColumn:
         universe = self.universe
         if ident.field is None:
-            return ResolvedColumn(q.dimension_column(ident.name), universe[ident.name].key.type)  # type: ignore[union-attr]
+            return ResolvedColumn(q.dimension_column(ident.name), universe[ident.name].key_type)
         element = universe[ident.name]
         table = q.element_tables[element.name]
         name = self._field_column(element, ident.field)
-        return ResolvedColumn(table.c[name], element.field_types[name])
+        kind = element.field_types[name]
+        if kind == "region":  # refused by _check_identifier already
+            raise _ident_error(ident, text, f"{ident.name}.{ident.field} is a region, not a comparable field")
+        return ResolvedColumn(table.c[name], kind)
 
 
 def _ident_error(ident: Identifier, text: str, message: str) -> ExpressionError:

@@ -121,7 +121,7 @@ class QueryRunner:
             if not all(d in constraints for d in element.required):
                 continue
             table = elements[key]
-            conditions = [table.c[element.key.name if d == key else d] == constraints[d]  # type: ignore[union-attr]
+            conditions = [table.c[element.key_name if d == key else d] == constraints[d]
                           for d in element.required]
             if conn.execute(sa.select(sa.literal(1)).select_from(table).where(*conditions).limit(1)).first():
                 continue

@@ -179,7 +179,8 @@ class Registry:
         try:
             with db.transaction() as conn:
                 t = _attributes_table(db.namespace)
-                rows = dict(conn.execute(sa.select(t.c.name, t.c.value)).all())
+                pairs: Sequence[tuple[str, str]] = conn.execute(sa.select(t.c.name, t.c.value)).all()
+                rows = dict(pairs)
         except RegistryConnectionError as err:
             if sqlite_path is not None:
                 raise RepositoryConfigError(f"cannot open the registry file {sqlite_path}: {err}") from None
@@ -261,7 +262,7 @@ class Registry:
         if schema.quantum_output_index.name not in existing:
             schema.quantum_output_index.create(conn)
 
-    def quantum_columns(self) -> list[sa.Column]:
+    def quantum_columns(self) -> list[sa.Column[Any]]:
         """The columns of ``quantum`` this repository has (``worker`` since `schema_minor` 2)."""
         q = self.schema.quantum
         return [c for c in q.c if c.name != "worker" or self.schema_minor >= 2]
@@ -411,31 +412,26 @@ def _digest(text: str) -> str:
 def _universe_from_attributes(rows: Mapping[str, str]) -> DimensionUniverse:
     """The registry's universe, from ``universe_json`` when it matches the stored text (no PyYAML).
 
-    The universe is registered in ``DimensionUniverse``'s caches exactly as ``from_text`` would,
-    so the text stays its identity (pickles, ``from_version``, ``default()`` give the same object).
+    The text stays the universe's identity (pickles, ``from_version``, ``default()`` give the same
+    object): the JSON copy only spares parsing the YAML.
     """
     text = rows["universe"]
     stored = rows.get("universe_json")
-    by_digest = getattr(DimensionUniverse, "_by_digest", None)
-    by_version = getattr(DimensionUniverse, "_by_version", None)
-    if stored is None or not isinstance(by_digest, dict) or not isinstance(by_version, dict):
+    if stored is None:
         return DimensionUniverse.from_text(text)
     digest = _digest(text)
-    universe = by_digest.get(digest)
-    if universe is not None:
-        return universe
-    try:
-        data = json.loads(stored)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or data.get("digest") != digest or not isinstance(data.get("config"), dict):
-        return DimensionUniverse.from_text(text)
-    universe = DimensionUniverse(data["config"], text)
-    if universe.digest != digest:  # a universe that digests its text differently: use the public path
-        return DimensionUniverse.from_text(text)
-    by_digest[digest] = universe
-    by_version.setdefault(universe.version, universe)
-    return universe
+
+    def parsed() -> Mapping[str, Any] | None:
+        try:
+            data = json.loads(stored)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("digest") != digest or not isinstance(data.get("config"), dict):
+            return None
+        config: dict[str, Any] = data["config"]
+        return config
+
+    return DimensionUniverse.from_text(text, parsed=parsed)
 
 
 def _attributes_table(namespace: str | None) -> sa.Table:

@@ -28,6 +28,9 @@ SCHEMA_MINOR = 4
 NAME_LENGTH = 255
 """Longest collection name (validated by ``validate_collection_name``)."""
 
+OWNER_LENGTH = 64
+"""Longest owner name of a RUN collection."""
+
 
 _new = object.__new__
 _set = object.__setattr__
@@ -167,7 +170,7 @@ class RegistrySchema:
             sa.Column("collection_id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("name", string(NAME_LENGTH), nullable=False, unique=True),
             sa.Column("type", sa.SmallInteger, nullable=False),
-            sa.Column("owner", string(64), nullable=True),
+            sa.Column("owner", string(OWNER_LENGTH), nullable=True),
             sa.Column("doc", sa.Text, nullable=True),
         )
         self.collection_chain = sa.Table(

@@ -88,10 +88,11 @@ def repository_state(butler: Any) -> dict[tuple[str, ...], tuple[Any, ...]]:
     from ..registry._inspection import registry_contents
 
     registry = butler.registry
-    out: dict[tuple[str, str, str], list[tuple[str, str | None]]] = {}
+    out: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}  # (component, checksum) or (begin, end)
     contents = registry_contents(registry)
     ids, files, calibs = contents.datasets, contents.files, contents.calibs
-    collections = {("collection", name): (type_,) for name, type_ in contents.collections.items()}
+    collections: dict[tuple[str, ...], tuple[Any, ...]] = {
+        ("collection", name): (type_,) for name, type_ in contents.collections.items()}
     registry.refresh()
     runs = butler.query_collections(types=["RUN"])
     by_id = {}

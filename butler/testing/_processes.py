@@ -8,8 +8,8 @@ from typing import Any
 __all__ = ["run_concurrently"]
 
 
-def run_concurrently(ctx: Any, target: Callable[..., None], arguments: Sequence[tuple], *,
-                     timeout: float = 120.0) -> list[tuple]:
+def run_concurrently(ctx: Any, target: Callable[..., None], arguments: Sequence[tuple[Any, ...]], *,
+                     timeout: float = 120.0) -> list[tuple[str, int, Any]]:
     """One process of ``ctx`` (a multiprocessing context) per tuple of ``arguments``, each called as
     ``target(*args, barrier, queue)``: all wait at the barrier, so they race, and each puts one
     ``("ok" | "error", pid, payload)`` on the queue. Returns those tuples; fails on any "error"

@@ -12,7 +12,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._butler import Butler
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
 _ENV = {"postgresql": "BUTLER_TEST_POSTGRES_URL", "mysql": "BUTLER_TEST_MYSQL_URL"}
@@ -34,7 +37,7 @@ def backend_url(backend: str) -> str | None:
     return os.environ.get(_ENV[backend]) or None
 
 
-def make_repo(root: str, backend: str = "sqlite", **kwargs: Any):
+def make_repo(root: str, backend: str = "sqlite", **kwargs: Any) -> Butler:
     """Create a repository at ``root`` on ``backend`` and return a writeable Butler."""
     from .. import Butler
 
@@ -53,9 +56,9 @@ class RepoFactory:
 
     base: str
     backend: str
-    created: list[Any] = field(default_factory=list)
+    created: list[Butler] = field(default_factory=list)
 
-    def __call__(self, name: str = "repo", **kwargs: Any):
+    def __call__(self, name: str = "repo", **kwargs: Any) -> Butler:
         butler = make_repo(os.path.join(self.base, name), self.backend, **kwargs)
         self.created.append(butler)
         return butler
@@ -83,7 +86,7 @@ def release_repo(butler: Any) -> None:
     close_engine(db.url)
 
 
-def snapshot_repo(butler: Any) -> tuple[dict[str, list], dict[str, str]]:
+def snapshot_repo(butler: Any) -> tuple[dict[str, list[tuple[str, ...]]], dict[str, str]]:
     """Every registry row and every file (path -> content digest) of a repository.
 
     Tests compare snapshots before and after a failing call to prove it left the repository
@@ -91,7 +94,7 @@ def snapshot_repo(butler: Any) -> tuple[dict[str, list], dict[str, str]]:
     """
     from ..registry._inspection import table_rows
 
-    tables: dict[str, list] = dict(table_rows(butler.registry))
+    tables: dict[str, list[tuple[str, ...]]] = dict(table_rows(butler.registry))
     files: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(butler.root):
         if dirpath == butler.root and ".locks" in dirnames:

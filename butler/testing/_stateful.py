@@ -24,12 +24,15 @@ import re
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, precondition, rule
 
 from ._repos import SIMCAM_VISITS
+
+if TYPE_CHECKING:
+    from .._dataset_ref import DatasetRef
 
 __all__ = ["CLIENTS", "RUNS", "UserProcess", "bind_machine", "prepare_repository"]
 
@@ -40,7 +43,9 @@ DETECTORS = (0, 1)
 PATTERNS = ("u", "u/alice/a", "u/alice/*", "u*", "u/alice/a/*", "x/*")
 
 Key = tuple[str, str, int, int | None]  # (run, dataset type, visit, detector or None)
-Refusal = tuple[str, str] | None  # (ButlerError class name, regex its message matches), None: success
+Item = tuple[str, int, int]  # (dataset type, visit, detector)
+Refused = tuple[str, str]  # (ButlerError class name, regex its message matches)
+Refusal = Refused | None  # None: success
 
 
 def prepare_repository(admin: Any) -> None:
@@ -100,17 +105,25 @@ class UserProcess:
         self._process = ctx.Process(target=_serve, args=(root, env, child), name=name, daemon=True)
         self._process.start()
         child.close()
-        self.user: str | None = None
+        self._user: str | None = None
+
+    @property
+    def user(self) -> str:
+        """Who this process's Butler writes as (known once `wait_ready` returned)."""
+        if self._user is None:
+            raise AssertionError(f"user process {self.name} is not ready: call wait_ready first")
+        return self._user
 
     def wait_ready(self) -> None:
-        self.user = self._result(self._receive())
+        self._user = self._result(self._receive())
 
-    def _receive(self) -> tuple:
+    def _receive(self) -> tuple[Any, ...]:
         if not self._conn.poll(120):
             raise AssertionError(f"user process {self.name} did not answer within 120 s")
-        return self._conn.recv()
+        outcome: tuple[Any, ...] = self._conn.recv()
+        return outcome
 
-    def _result(self, outcome: tuple) -> Any:
+    def _result(self, outcome: tuple[Any, ...]) -> Any:
         if outcome[0] == "crashed":
             raise AssertionError(f"in user process {self.name}:\n{outcome[1]}")
         return outcome[1]
@@ -157,7 +170,7 @@ def _key(run: str, dataset_type: str, visit: int, detector: int) -> Key:
     return (run, dataset_type, visit, detector if "detector" in TYPES[dataset_type] else None)
 
 
-def _key_of(ref: Any) -> Key:
+def _key_of(ref: DatasetRef) -> Key:
     return (ref.run, ref.dataset_type.name, ref.data_id["visit"],
             ref.data_id["detector"] if "detector" in TYPES[ref.dataset_type.name] else None)
 
@@ -210,7 +223,7 @@ class RepositoryMachine(RuleBasedStateMachine):
             return None
         return ("RunOwnershipError", re.escape(f"belongs to {owner!r}, not to you ({user!r})"))
 
-    def _expect(self, outcome: Outcome, error: Refusal | list[Refusal], what: str) -> None:
+    def _expect(self, outcome: Outcome, error: Refusal | list[Refused], what: str) -> None:
         """``outcome`` is a success (``error`` None) or the error class with a message matching it
         (any of them, if a list)."""
         if error is None:
@@ -220,16 +233,17 @@ class RepositoryMachine(RuleBasedStateMachine):
         assert any(outcome.error == cls and re.search(pattern, outcome.message) for cls, pattern in alternatives), \
             f"{what}: expected {' or '.join(f'{c} matching {p!r}' for c, p in alternatives)}, got {outcome}"
 
-    def _write(self, client: UserProcess, run: str, items: list[tuple[str, int, int, dict]], replace: bool,
-               allow_foreign: bool) -> list[Any]:
+    def _write(self, client: UserProcess, run: str, items: list[tuple[str, int, int, dict[str, Any]]],
+               replace: bool, allow_foreign: bool) -> list[DatasetRef]:
         keys = [_key(run, t, v, d) for t, v, d, _ in items]
         values = [self._value(x) for *_, x in items]
-        error: Refusal | list[Refusal] = self._refusal(client.user, [run], allow_foreign)
+        refusal = self._refusal(client.user, [run], allow_foreign)
+        error: Refusal | list[Refused] = refusal
         if len(set(keys)) < len(keys):
             twice = ("ConflictError", "is given twice in one put_many")
             # Checked before the owner check inside the transaction; a process that still remembers
             # the run as its user's (handed over since) passes the early owner check: either error.
-            error = twice if error is None else [error, twice]
+            error = twice if refusal is None else [refusal, twice]
         if error is None and not replace and any(k in self.datasets for k in keys):
             error = ("ConflictError", f"already exists in run {re.escape(repr(run))}; pass replace=True")
         outcome = client.call("put_many", [(value, t, _data_id(t, v, d)) for (t, v, d, _), value in zip(items, values)],
@@ -237,21 +251,21 @@ class RepositoryMachine(RuleBasedStateMachine):
         self._expect(outcome, error, f"{client.name} put_many into {run!r} {keys} replace={replace}")
         if error is not None:
             return []
-        refs = outcome.value
+        refs: list[DatasetRef] = outcome.value
         assert [_key_of(r) for r in refs] == keys
         self.owners.setdefault(run, client.user)
         for key, ref, value in zip(keys, refs, values):
             self.datasets[key] = (ref.id, value)
         return refs
 
-    def _draw_runs(self, data: Any, most: int) -> list[str]:
+    def _draw_runs(self, data: st.DataObject, most: int) -> list[str]:
         """1 to ``most`` run names or patterns: mostly of existing runs, so that reads find something."""
         pool = list(RUNS) + ([p for p in PATTERNS if p not in RUNS] if most == 1 else [])
         if self.owners and data.draw(st.integers(0, 3), label="existing runs only") > 0:
             pool = sorted(self.owners)
         return data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=most, unique=True), label="runs")
 
-    def _current(self, refs: Sequence[Any]) -> list[Any]:
+    def _current(self, refs: Sequence[DatasetRef]) -> list[DatasetRef]:
         """The refs (each once) of datasets the model holds: not removed nor replaced since."""
         ids = {i for i, _ in self.datasets.values()}
         return list({r.id: r for r in refs if r.id in ids}.values())
@@ -259,14 +273,15 @@ class RepositoryMachine(RuleBasedStateMachine):
     # -- writes ------------------------------------------------------------------------------------------
     @rule(target=refs, who=_clients, run=_runs, item=_items, value=_values, replace=st.booleans(),
           allow_foreign=st.booleans())
-    def put(self, who: str, run: str, item: tuple, value: dict, replace: bool, allow_foreign: bool) -> Any:
+    def put(self, who: str, run: str, item: Item, value: dict[str, Any], replace: bool, allow_foreign: bool) -> Any:
         client = self.clients[who]
         return multiple(*self._write(client, run, [(*item, value)], replace, allow_foreign))
 
     @precondition(lambda self: self.owners)
     @rule(target=refs, data=st.data(), who=_clients, item=_items, value=_values, replace=st.booleans(),
           allow_foreign=st.booleans())
-    def put_foreign(self, data: Any, who: str, item: tuple, value: dict, replace: bool, allow_foreign: bool) -> Any:
+    def put_foreign(self, data: st.DataObject, who: str, item: Item, value: dict[str, Any], replace: bool,
+                    allow_foreign: bool) -> Any:
         """A write into a run of another user: refused, changing nothing, unless allow_foreign_run."""
         client = self.clients[who]
         foreign = sorted(r for r, owner in self.owners.items() if owner != client.user)
@@ -277,19 +292,19 @@ class RepositoryMachine(RuleBasedStateMachine):
 
     @rule(target=refs, who=_clients, run=_runs, items=st.lists(st.tuples(_items, _values), min_size=2, max_size=4),
           replace=st.booleans())
-    def put_many(self, who: str, run: str, items: list, replace: bool) -> Any:
+    def put_many(self, who: str, run: str, items: list[tuple[Item, dict[str, Any]]], replace: bool) -> Any:
         client = self.clients[who]
         return multiple(*self._write(client, run, [(*item, value) for item, value in items], replace, False))
 
     @rule(who=_clients, refs=st.lists(refs, min_size=1, max_size=3), allow_foreign=st.booleans())
-    def remove_refs(self, who: str, refs: list, allow_foreign: bool) -> None:
+    def remove_refs(self, who: str, refs: list[DatasetRef], allow_foreign: bool) -> None:
         """Remove refs returned by earlier writes, some of them replaced or removed since."""
         client = self.clients[who]
         self._remove(client, refs, allow_foreign)
 
     @precondition(lambda self: self.owners)
     @rule(data=st.data(), dataset_type=_types, allow_foreign=st.booleans())
-    def remove_queried(self, data: Any, dataset_type: str, allow_foreign: bool) -> None:
+    def remove_queried(self, data: st.DataObject, dataset_type: str, allow_foreign: bool) -> None:
         """One process queries, another (or the same) removes some of what it found."""
         finder = self.clients[data.draw(_clients, label="finder")]
         found = self._query(finder, dataset_type, self._draw_runs(data, 1)[0])
@@ -298,7 +313,7 @@ class RepositoryMachine(RuleBasedStateMachine):
             remover = self.clients[data.draw(_clients, label="remover")]
             self._remove(remover, chosen, allow_foreign)
 
-    def _remove(self, client: UserProcess, refs: list, allow_foreign: bool) -> None:
+    def _remove(self, client: UserProcess, refs: list[DatasetRef], allow_foreign: bool) -> None:
         current = self._current(refs)
         error = self._refusal(client.user, sorted({r.run for r in current}), allow_foreign)
         outcome = client.call("remove", refs, allow_foreign_run=allow_foreign)
@@ -327,6 +342,7 @@ class RepositoryMachine(RuleBasedStateMachine):
     def chown_run(self, who: str, run: str, new_owner: str) -> None:
         client = self.clients[who]
         new_owner = self.clients[new_owner].user
+        error: Refusal
         if run not in self.owners:
             error = ("CollectionError", f"{re.escape(repr(run))} does not exist")
         else:
@@ -339,7 +355,7 @@ class RepositoryMachine(RuleBasedStateMachine):
     # -- reads -------------------------------------------------------------------------------------------
     @precondition(lambda self: self.owners)
     @rule(data=st.data(), who=_clients, item=_items)
-    def get(self, data: Any, who: str, item: tuple) -> None:
+    def get(self, data: st.DataObject, who: str, item: Item) -> None:
         """Get by data ID through a search path of runs: the first run holding it wins."""
         client = self.clients[who]
         search = self._draw_runs(data, 3)
@@ -360,7 +376,7 @@ class RepositoryMachine(RuleBasedStateMachine):
             self._expect(outcome, ("DatasetNotFoundError", f"no {dataset_type!r} for .* in collections"), what)
 
     @rule(who=_clients, ref=refs)
-    def get_ref(self, who: str, ref: Any) -> None:
+    def get_ref(self, who: str, ref: DatasetRef) -> None:
         client = self.clients[who]
         outcome = client.call("get", ref)
         entry = self.datasets.get(_key_of(ref))
@@ -373,10 +389,10 @@ class RepositoryMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.owners)
     @rule(data=st.data(), who=_clients, dataset_type=_types)
-    def query(self, data: Any, who: str, dataset_type: str) -> None:
+    def query(self, data: st.DataObject, who: str, dataset_type: str) -> None:
         self._query(self.clients[who], dataset_type, self._draw_runs(data, 1)[0])
 
-    def _query(self, client: UserProcess, dataset_type: str, pattern: str) -> list:
+    def _query(self, client: UserProcess, dataset_type: str, pattern: str) -> list[DatasetRef]:
         """Refs of a type in a run or glob of runs, checked against the model."""
         outcome = client.call("query_datasets", dataset_type, collections=pattern)
         what = f"{client.name} query_datasets {dataset_type!r} in {pattern!r}"
@@ -388,8 +404,9 @@ class RepositoryMachine(RuleBasedStateMachine):
             return []
         self._expect(outcome, None, what)
         expected = {(k, i) for k, (i, _) in self.datasets.items() if k[0] in matched and k[1] == dataset_type}
-        assert {(_key_of(r), r.id) for r in outcome.value} == expected, what
-        return outcome.value
+        refs: list[DatasetRef] = outcome.value
+        assert {(_key_of(r), r.id) for r in refs} == expected, what
+        return refs
 
     # -- invariants -----------------------------------------------------------------------------------------
     @invariant()

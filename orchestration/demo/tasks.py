@@ -230,8 +230,7 @@ class WarpTask(Task):
                   storage_class="Exposure", doc="the visit on the patch's outer box, nJy per pixel")
 
     def run(self, *, calexp: Mapping[DataCoordinate, Exposure], context: QuantumContext) -> dict[str, Any]:
-        from butler.exposure import Box
-        from butler.exposure import slice_wcs
+        from butler.exposure import Box, slice_wcs
 
         data_id = context.data_id
         tract = context.skymap()[int(data_id["tract"])]
