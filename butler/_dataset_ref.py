@@ -55,6 +55,13 @@ class DatasetRef:
         sa(self, "component", None)
         return self
 
+    @classmethod
+    def unchecked(cls, dataset_type: DatasetType, data_id: DataCoordinate, run: str, id: uuid.UUID) -> DatasetRef:
+        """A ref from parts already known to be valid (a normalised data ID of the type's dimensions, a
+        validated run name), without checking them again: for bulk paths (planners predicting
+        thousands of outputs) where the checks would cost more than the rest."""
+        return cls._trusted(dataset_type, data_id, run, id)
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("DatasetRef is immutable")
 

@@ -256,7 +256,7 @@ class Planner:
         output_types = {name: c.to_dataset_type() for name, c in outputs.items()}
         for q in quanta:
             for name, dt in output_types.items():
-                q.outputs[name] = DatasetRef._trusted(dt, q.data_id, output_run, uuid.uuid4())
+                q.outputs[name] = DatasetRef.unchecked(dt, q.data_id, output_run, uuid.uuid4())
         self._apply_existing(d, quanta, outputs, output_lookup, skip_colls, resume=resume, extend_run=extend_run,
                              clobber_outputs=clobber_outputs)
         for q in quanta:
