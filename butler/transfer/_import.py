@@ -178,9 +178,11 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
                 for batch in _datasets(tables, dt, dt.group(registry.universe)):
                     for d in batch:
                         if d.hex_id not in skipped:
-                            for source, record in zip(d.sources, d.files):
+                            for j, (source, record) in enumerate(zip(d.sources, d.files)):
+                                # one directory per file of a dataset (a composite and its components
+                                # written on their own): their extracted names must not collide
                                 bundle.extract_verified(dt.name, d.hex_id, source, record.checksum, record.file_size,
-                                                        scratch)
+                                                        _extracted_dir(scratch, j))
         else:
             bundle.verify_files()  # every byte, before anything is registered
         return _write(registry, datastore, runs, bundle, tables, run_records, new_records, skipped, quanta_present,
@@ -217,9 +219,9 @@ def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bu
                 for run, items in by_run.items():
                     write.intend(run, items, move=transfer == "move" and extracted is None)
                 for d in new:
-                    for source, record in zip(d.sources, d.files):
+                    for j, (source, record) in enumerate(zip(d.sources, d.files)):
                         n_files += _place(write, bundle, datastore, source, record.path, d.ref.id, record.checksum,
-                                          transfer, extracted)
+                                          transfer, None if extracted is None else _extracted_dir(extracted, j))
         try:
             with write.registering() as conn:
                 created, n_datasets, n_quanta = _register(registry, runs, conn, bundle, tables, run_records,
@@ -347,6 +349,16 @@ def _check_datasets(registry: Registry, conn: Any, bundle: Bundle, tables: dict[
 
 
 # -- changes ---------------------------------------------------------------------------------------------
+def _extracted_dir(scratch: str, file_index: int) -> str:
+    """Where the ``file_index``-th file of each dataset of a zip is extracted: the first (usually the
+    only one) in ``scratch`` itself, the others in a subdirectory each (made on first use)."""
+    if file_index == 0:
+        return scratch
+    path = os.path.join(scratch, str(file_index))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def _place(write: JournaledWrite, bundle: Bundle, datastore: Datastore, bundle_path: str, rel: str,
            dataset_id: uuid.UUID, checksum: str | None, transfer: str, extracted: str | None) -> int:
     """Place one file (or a directory dataset's members); returns how many files. Files of a zip
