@@ -146,8 +146,9 @@ def _execute(config: ButlerConfig, task_def: TaskDef, quantum: Quantum, upstream
             raise RuntimeError(f"run() returned no {sorted(missing)}; it must return every output connection")
         result = QuantumResult(quantum.index, uuid.uuid4(), start_ns=start, host=socket.gethostname())
         datastore = butler.datastore
-        for name, ref in quantum.outputs.items():
-            result.outputs.append((ref.id, datastore.write_unregistered(ref, produced[name])))
+        outputs = list(quantum.outputs.items())
+        written = datastore.write_unregistered([(ref, produced[name]) for name, ref in outputs])
+        result.outputs += [(ref.id, files) for (_, ref), files in zip(outputs, written)]
         result.end_ns = time.time_ns()
         return result
     except QuantumFailure:

@@ -190,23 +190,29 @@ class FileDatastore:
             rel = self._fresh(rel, formatter.extension)
         return PlannedWrite(obj, rel, formatter, component_class.name, component)
 
-    def write_unregistered(self, ref: DatasetRef, obj: Any) -> list[FileRecord]:
-        """Write ``obj``'s files for ``ref`` at their final paths now and return their records, for
-        the caller to register later (an executor's worker writes, its driver registers in bulk;
-        the driver journaled the paths first with `Butler.intend_writes`). Nothing is left on failure.
+    def write_unregistered(self, items: Sequence[tuple[DatasetRef, Any]]) -> list[list[FileRecord]]:
+        """Write the files of each ``(ref, obj)`` at their final paths now and return their records,
+        for the caller to register later (an executor's worker writes a quantum's outputs, its driver
+        registers in bulk; the driver journaled the paths first with `Butler.intend_writes`). All or
+        nothing: on failure, no file this call put in place is left (those of earlier items too).
 
         A file may already be at a path when Dask re-executes a quantum whose result was lost with
         a worker: the driver refused to start if any output path held a file it had not journaled,
         so a file there now is this dataset's own earlier output, possibly registered already: it is
         kept as it is (never replaced under a recorded checksum) and described by its own bytes.
         """
-        prepared = self.prepare(ref, obj)
+        written: list[PreparedWrite] = []
+        out = []
         try:
-            return [self._commit_or_adopt(p) for p in prepared]
-        except BaseException:
-            self.remove_files(p.path for p in prepared if p.staged.state == "committed")
-            self.discard(prepared)
+            for ref, obj in items:
+                prepared = self.prepare(ref, obj)
+                written += prepared
+                out.append([self._commit_or_adopt(p) for p in prepared])
+        except BaseException:  # an adopted file (state "discarded") is never removed: it may be registered
+            self.remove_files(p.path for p in written if p.staged.state == "committed")
+            self.discard(written)
             raise
+        return out
 
     @staticmethod
     def _commit_or_adopt(p: PreparedWrite) -> FileRecord:

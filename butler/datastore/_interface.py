@@ -83,8 +83,9 @@ class Datastore(DatastoreReader, Protocol):
         """Drop staged files (and those already committed whose registration failed)."""
         ...
 
-    def write_unregistered(self, ref: DatasetRef, obj: Any) -> list[FileRecord]:
-        """Write ``ref``'s files at their final paths now, for the caller to register later."""
+    def write_unregistered(self, items: Sequence[tuple[DatasetRef, Any]]) -> list[list[FileRecord]]:
+        """Write the files of these ``(ref, object)`` at their final paths now, all or none, for the
+        caller to register later."""
         ...
 
     def remove_files(self, relative_paths: Iterable[str]) -> None:

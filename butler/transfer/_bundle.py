@@ -3,8 +3,8 @@
 `open_bundle` checks the container and the manifest, each problem with its own error naming
 what is wrong (see ``_errors``): a truncated or damaged zip, no manifest, a newer major format
 version, malformed or missing tables, a path that escapes (``..``, absolute, backslash, a zip
-member that is a symlink, a symlink in a directory bundle pointing out of it), a listed file
-that is absent. Opening reads the small ``bundle.json`` and each dataset table's path column
+member that is a symlink, a symlink in a directory bundle pointing out of it), a dataset in a
+run the manifest does not list as a RUN collection, a listed file that is absent. Opening reads the small ``bundle.json`` and each dataset table's path column
 (vectorised by pyarrow), never the dataset files; `Bundle.verify_files` then streams every file
 through the repository's checksum function and compares checksum and size with the record.
 """
@@ -258,8 +258,20 @@ class Bundle:
     def _check_paths(self) -> None:
         """Every file path is safe, and (when files are included) present; each table's path column
         is read in slices, so its strings are never all Python objects at once."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        runs = pa.array(sorted(c.name for c in self.collections if c.type == "RUN"), pa.string())
         for t in self.dataset_types_info:
-            table = self._read(dataset_table(t.name), ["dataset_id", "path"])
+            table = self._read(dataset_table(t.name), ["dataset_id", "run", "path"])
+            # Every dataset's run is one of the bundle's RUN collections (checked, as those are, on
+            # import): a run names the directory of the files ingested "direct" in the destination.
+            unlisted = pc.unique(pc.filter(table.column("run"), pc.invert(pc.is_in(table.column("run"), runs))))
+            if len(unlisted):
+                raise BundleManifestError(
+                    f"the {t.name} datasets of {self.path} are in the run(s) {unlisted.to_pylist()[:3]} that "
+                    f"{BUNDLE_JSON} does not list as RUN collections (it lists {runs.to_pylist()}); export it again")
+            table = table.select(["dataset_id", "path"])
             for batch in table.to_batches(max_chunksize=10_000):
                 for dataset_id, path in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
                     if path is not None:

@@ -21,11 +21,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._dataset_ref import DatasetRef
 from .._dataset_type import DatasetType
+from .._run_lock import run_lock
 from .._write_path import JournaledWrite
 from ..datastore._directory_io import MANIFEST_PREFIX
 from ..dimensions import DataCoordinate
@@ -147,8 +149,14 @@ def import_bundle(registry: Registry, datastore: Datastore, runs: RunAccess, sou
     start = time.perf_counter()
     bundle = source if isinstance(source, Bundle) else open_bundle(source)
     try:
-        return _import(registry, datastore, runs, bundle, transfer=transfer, allow_foreign_run=allow_foreign_run,
-                       start=start)
+        # Each run's lock is held shared, as by every write: an executor, `remove_runs` or clean-up
+        # (which deletes the journaled, unregistered files of writes it believes dead) holds it
+        # exclusively, and an import into the run meanwhile is refused (`RunLockedError`).
+        with ExitStack() as locks:
+            for run in sorted(c.name for c in bundle.collections if c.type == "RUN"):
+                locks.enter_context(run_lock(datastore.root, run, action="import into", shared=True))
+            return _import(registry, datastore, runs, bundle, transfer=transfer, allow_foreign_run=allow_foreign_run,
+                           start=start)
     finally:
         if bundle is not source:
             bundle.close()
@@ -178,9 +186,11 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
                 for batch in _datasets(tables, dt, dt.group(registry.universe)):
                     for d in batch:
                         if d.hex_id not in skipped:
-                            for source, record in zip(d.sources, d.files):
+                            for j, (source, record) in enumerate(zip(d.sources, d.files)):
+                                # one directory per file of a dataset (a composite and its components
+                                # written on their own): their extracted names must not collide
                                 bundle.extract_verified(dt.name, d.hex_id, source, record.checksum, record.file_size,
-                                                        scratch)
+                                                        _extracted_dir(scratch, j))
         else:
             bundle.verify_files()  # every byte, before anything is registered
         return _write(registry, datastore, runs, bundle, tables, run_records, new_records, skipped, quanta_present,
@@ -217,9 +227,9 @@ def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bu
                 for run, items in by_run.items():
                     write.intend(run, items, move=transfer == "move" and extracted is None)
                 for d in new:
-                    for source, record in zip(d.sources, d.files):
+                    for j, (source, record) in enumerate(zip(d.sources, d.files)):
                         n_files += _place(write, bundle, datastore, source, record.path, d.ref.id, record.checksum,
-                                          transfer, extracted)
+                                          transfer, None if extracted is None else _extracted_dir(extracted, j))
         try:
             with write.registering() as conn:
                 created, n_datasets, n_quanta = _register(registry, runs, conn, bundle, tables, run_records,
@@ -347,6 +357,16 @@ def _check_datasets(registry: Registry, conn: Any, bundle: Bundle, tables: dict[
 
 
 # -- changes ---------------------------------------------------------------------------------------------
+def _extracted_dir(scratch: str, file_index: int) -> str:
+    """Where the ``file_index``-th file of each dataset of a zip is extracted: the first (usually the
+    only one) in ``scratch`` itself, the others in a subdirectory each (made on first use)."""
+    if file_index == 0:
+        return scratch
+    path = os.path.join(scratch, str(file_index))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def _place(write: JournaledWrite, bundle: Bundle, datastore: Datastore, bundle_path: str, rel: str,
            dataset_id: uuid.UUID, checksum: str | None, transfer: str, extracted: str | None) -> int:
     """Place one file (or a directory dataset's members); returns how many files. Files of a zip
