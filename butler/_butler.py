@@ -235,6 +235,8 @@ class Butler:
         from ._registration import register_instrument
 
         inst, new = register_instrument(self.registry, instrument, update=update)
+        if update:
+            self._registry.data_ids.clear()  # implied values may come from replaced records
         self._store = None  # the datastore's templates include the instrument's
         if calibs and new:  # first registration only: re-registering is a no-op
             from ._calibs import setup_instrument_calibs
@@ -244,8 +246,11 @@ class Butler:
     def insert_dimension_records(self, element: str, records: Iterable[Mapping[str, Any]], *,
                                  conflict: str = "error") -> int:
         """Insert records of a dimension element; ``conflict`` is "error", "skip" or "replace"."""
-        self._require_writeable()
-        return self._registry.records.insert(element, records, conflict=conflict)
+        self.require_writeable()
+        n = self._registry.records.insert(element, records, conflict=conflict)
+        if conflict == "replace":  # implied values (a visit's band, day) cached from the old records
+            self._registry.data_ids.clear()
+        return n
 
     def register_dataset_type(self, dataset_type: DatasetType) -> bool:
         """Register a dataset type (idempotent); return whether it was new.

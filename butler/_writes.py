@@ -26,6 +26,7 @@ from .registry._journal import STAGE, new_operation
 if TYPE_CHECKING:
     from ._registration import RunAccess
     from .datastore._interface import Datastore
+    from .dimensions import DataCoordinate
     from .registry._collections import CollectionRecord
     from .registry._registry import Registry
 
@@ -182,6 +183,7 @@ def _put_many(registry: Registry, datastore: Datastore, runs: RunAccess, items: 
             files.setdefault(ref.id, []).append(
                 FileRecord(p.component, p.path, p.formatter, p.storage_class, p.staged.checksum, p.staged.size))
         component_writes = [(ref, p, existing) for (ref, _, existing), p in zip(component_plans, prepared[n_plain:])]
+        linking = False  # True once the rows are in: a conflict then comes from linking staged files
         try:
             with write.registering() as conn:
                 if replace and run_rec is not None:  # replaces in one run run one at a time: the loser of
@@ -191,14 +193,20 @@ def _put_many(registry: Registry, datastore: Datastore, runs: RunAccess, items: 
                 for type_rec, type_refs, _ in planned_by_type.values():
                     if replace:
                         old_paths += _remove_same(registry, conn, type_rec, run_rec, type_refs)
-                    write.insert_datasets(conn, run_rec, type_refs, files)
+                    try:
+                        write.insert_datasets(conn, run_rec, type_refs, files)
+                    except ConflictError:
+                        if replace:  # a concurrent replace inserted the same data ID first
+                            raise _Contended() from None
+                        raise
                 old_paths += _insert_components(registry, conn, component_writes, replace)
                 # Never a path written now: a replaced dataset whose file was missing is rewritten there.
                 new_paths = {planned.path for _, planned in plans}
                 write.delete_after_commit(run_name, [p for p in old_paths if p not in new_paths])
+                linking = True
         except ConflictError:
             runs.forget(run_name)
-            if replace:  # a concurrent replace inserted the same data ID (or took the fresh name) first
+            if replace and linking:  # a concurrent replace took the fresh name meanwhile: plan again
                 raise _Contended() from None
             raise
         except BaseException:
@@ -224,9 +232,14 @@ def _plan_components(registry: Registry, datastore: Datastore,
 
     batch = {(r.dataset_type.name, r.data_id): r for r in refs if r is not None}
     out = []
+    seen: set[tuple[str, DataCoordinate, str]] = set()
     for index, obj, parent, component, data_id, extra in items:
         type_rec = registry.dataset_types.get(parent)
         coord = registry.data_ids.standardize(type_rec.group, data_id, extra)
+        if (parent, coord, component) in seen:  # before any I/O, as for whole datasets
+            raise ConflictError(f"component {component!r} of {parent!r} {coord} is given twice in one put_many; "
+                                "give each component once")
+        seen.add((parent, coord, component))
         ref = batch.get((parent, coord))
         existing = None
         if ref is not None:  # the composite is earlier in this put_many

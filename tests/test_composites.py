@@ -301,3 +301,14 @@ def test_source_catalog_columns_and_filters(zarr_repo):
         repo.get("src", DATA_ID, parameters={"columns": ["mag"]})
     with pytest.raises(StorageClassError, match="bbox"):
         repo.get("src", DATA_ID, parameters={"bbox": CUT})
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_component_given_twice_in_one_put_many_is_one_clear_conflict(repo_factory, replace):
+    """Refused before any I/O (with replace=True it was taken for a lost race and retried 8 times)."""
+    repo = _make_repo(repo_factory, "exposure_fits")
+    repo.put(make_exposure(), "calexp", DATA_ID)
+    before = snapshot_repo(repo)
+    with pytest.raises(ConflictError, match="component 'photo_calib' of 'calexp' .* is given twice in one put_many"):
+        repo.put_many([(2.5, "calexp.photo_calib", DATA_ID), (3.5, "calexp.photo_calib", DATA_ID)], replace=replace)
+    assert snapshot_repo(repo) == before
