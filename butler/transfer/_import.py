@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -32,6 +31,7 @@ from ..dimensions import DataCoordinate
 from ..errors import ConflictError
 from ..registry._collections import CollectionType
 from ..registry._datasets import FileRecord
+from ..registry._journal import STAGE, new_operation
 from ..registry._schema import fast_uuid
 from ._bundle import Bundle, open_bundle
 from ._errors import BundleManifestError
@@ -171,9 +171,10 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
                 skipped |= _check_datasets(registry, conn, bundle, tables, dt)
         quanta_present = registry.bulk_reads.quanta_by_id(conn, bundle.table("quanta").column("quantum_id").to_pylist())
     scratch = None
+    scratch_op = None
     try:
         if bundle.is_zip:  # extracted beside the repository's files (so they can be linked), verified on the way
-            scratch = tempfile.mkdtemp(prefix=".tmp-import-", dir=datastore.root)
+            scratch, scratch_op = _make_scratch(registry, datastore, bundle)
             for dt in bundle.dataset_types:
                 for batch in _datasets(tables, dt, dt.group(registry.universe)):
                     for d in batch:
@@ -188,6 +189,27 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        if scratch_op is not None:
+            registry.journal.clear_now(scratch_op)
+
+
+def _make_scratch(registry: Registry, datastore: Datastore, bundle: Bundle) -> tuple[str, str | None]:
+    """The directory a zip's members are extracted into, journaled first (a ``stage`` intent of a
+    run of the bundle) so that `butler cleanup` removes it if a crash leaves it behind."""
+    op = new_operation()
+    name = f".tmp-import-{op[:16]}"
+    run = next((c.name for c in bundle.collections if c.type == "RUN"), None)
+    if run is not None:
+        registry.upgrade_for_writes()
+        registry.journal.record(op, run, STAGE, [(name, None, None)])
+    path = os.path.join(datastore.root, name)
+    try:
+        os.mkdir(path)
+    except BaseException:
+        if run is not None:
+            registry.journal.clear_now(op)
+        raise
+    return path, op if run is not None else None
 
 
 def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bundle, tables: dict[str, pa.Table],
