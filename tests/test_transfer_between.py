@@ -89,9 +89,140 @@ def sqlite_pair(factories, tmp_path):
     return Butler(src.root), Butler(dst.root, writeable=True), made
 
 
-def test_smoke(sqlite_pair):
-    src, dst, made = sqlite_pair
-    report = dst.transfer_from(src, collections=COLLECTIONS)
-    print(report)
-    assert Butler.compare(src, dst).identical
+def _check_round_trip(src: Butler, dst: Butler, made: dict) -> None:
+    comparison = Butler.compare(src, dst, collections=COLLECTIONS)
+    assert comparison.identical and comparison.same == 11, comparison
+    for run in (RUN1, RUN2):
+        assert {r.id for r in dst.query_datasets("metrics", collections=run)} == {r.id for r in made["refs"][run]}
+        for ref in made["refs"][run]:
+            assert dst.get(ref) == src.get(ref)
+    assert dst.get_chain("u/tester/all") == ["u/tester/best", RUN1]
+    assert [r.id for r in dst.query_datasets("metrics", collections="u/tester/best")] == [made["refs"][RUN2][0].id]
+    assert dst.collection_info("u/tester/best").doc == "hand-picked"
+    found = dst.find_calibs("flat", [(made["flat"].data_id, "2026-06-01")], collections="SimCam/calib/flats")
+    assert [r.id for r in found.values()] == [made["flat"].id]
+    provenance = dst.provenance(made["refs"][RUN1][0])
+    assert provenance is not None and provenance["quantum_id"] == made["quantum"]
+    assert provenance["inputs"] == [made["direct"].id] and provenance["task"] == "measure"
+    assert dst.get(made["direct"]) == b"raw bytes of visit 12 detector 2"
+    assert dst.get_uri(made["direct"]).startswith(dst.root + os.sep)  # a direct file lands inside its run
+    calexp = dst.get("calexp", instrument="SimCam", visit=12, detector=0, collections=RUN1)
+    assert np.array_equal(calexp.image, np.arange(16, dtype=np.float32).reshape(4, 4))
     assert dst.verify() == []
+
+
+PAIRS = [("sqlite", "sqlite"), ("sqlite", "postgresql"), ("postgresql", "mysql")]
+
+
+@pytest.mark.parametrize(("source", "dest"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_round_trip_between_backends_keeps_ids_provenance_and_collections(factories, tmp_path, source, dest):
+    src = factories(source, "src")
+    made = fill(src, str(tmp_path / "outside"))
+    dst = factories(dest, "dst")
+    report = dst.transfer_from(src, collections=COLLECTIONS)
+    assert isinstance(report, TransferReport)
+    assert (report.datasets, report.skipped, report.batches, report.quanta) == (11, 0, 1, 1)
+    assert set(report.collections) >= {RUN1, RUN2, "u/tester/all", "u/tester/best", "SimCam/calib/flats"}
+    _check_round_trip(Butler(src.root), dst, made)
+
+
+def test_auto_hard_links_on_one_file_system_and_copy_copies(sqlite_pair, factories):
+    src, dst, made = sqlite_pair
+    dst.transfer_from(src, made["refs"][RUN1])  # auto
+    ref = made["refs"][RUN1][0]
+    assert os.stat(src.get_uri(ref)).st_ino == os.stat(dst.get_uri(ref)).st_ino
+    other = Butler(factories("sqlite", "copy").root, writeable=True)
+    other.transfer_from(src, made["refs"][RUN1], transfer="copy")
+    assert os.stat(src.get_uri(ref)).st_ino != os.stat(other.get_uri(ref)).st_ino
+    assert other.get(ref) == src.get(ref) and other.verify() == []
+
+
+def test_refs_form_brings_their_tags_and_validity_ranges(sqlite_pair):
+    src, dst, made = sqlite_pair
+    refs = src.query_datasets("metrics", collections=RUN2) + [made["flat"]]
+    report = dst.transfer_from(src, refs)
+    assert report.datasets == 5
+    assert sorted(dst.query_collections()) == sorted([RUN2, "SimCam/calib/run", "u/tester/best",
+                                                      "SimCam/calib/flats"])
+    assert [r.id for r in dst.query_datasets("metrics", collections="u/tester/best")] == [made["refs"][RUN2][0].id]
+    assert len(dst.query_calibrations("SimCam/calib/flats", "flat")) == 1
+    assert Butler.compare(src, dst, collections=[RUN2]).identical
+
+
+def test_second_transfer_is_a_no_op(sqlite_pair):
+    src, dst, _ = sqlite_pair
+    dst.transfer_from(src, collections=COLLECTIONS)
+    before = snapshot_repo(dst)
+    again = dst.transfer_from(src, collections=COLLECTIONS)
+    assert (again.datasets, again.skipped, again.files, again.collections) == (0, 11, 0, [])
+    assert snapshot_repo(dst) == before
+
+
+def test_batches_commit_one_by_one_and_a_rerun_copies_only_what_is_missing(sqlite_pair):
+    src, dst, made = sqlite_pair
+    first = dst.transfer_from(src, made["refs"][RUN1][:2])  # as if a transfer had stopped after a batch
+    assert first.datasets == 2
+    report = dst.transfer_from(src, collections=COLLECTIONS, batch_size=3)
+    assert (report.batches, report.datasets, report.skipped) == (4, 9, 2)
+    _check_round_trip(src, dst, made)
+
+
+def _refused(dst: Butler, src: Butler, error: type[Exception], match: str, **kwargs) -> None:
+    before = snapshot_repo(dst)
+    with pytest.raises(error, match=match):
+        dst.transfer_from(src, **{"collections": COLLECTIONS, **kwargs})
+    assert snapshot_repo(dst) == before
+
+
+def test_read_only_destination_is_refused(sqlite_pair):
+    src, dst, _ = sqlite_pair
+    _refused(Butler(dst.root), src, ReadOnlyError, "read-only")
+
+
+def test_foreign_run_in_destination_is_refused(sqlite_pair, monkeypatch):
+    src, dst, _ = sqlite_pair
+    monkeypatch.setenv("BUTLER_USER", "somebody_else")
+    Butler(dst.root, writeable=True).register_run(RUN2)
+    monkeypatch.setenv("BUTLER_USER", "tester")
+    _refused(Butler(dst.root, writeable=True), src, RunOwnershipError, "somebody_else")
+
+
+def test_conflicting_dataset_is_refused_naming_it(sqlite_pair):
+    src, dst, made = sqlite_pair
+    dst.transfer_from(src, [made["refs"][RUN1][0]])
+    ref = made["refs"][RUN2][0]  # visit 12, detector 0: its records came with the first transfer
+    dst.put({"other": True}, "metrics", ref.data_id, run=RUN2)  # same type, data ID and run, another id
+    _refused(dst, src, ConflictError, rf"metrics .* in run '{RUN2}' is already in the repository as dataset")
+
+
+def test_damaged_source_file_is_refused_naming_it(sqlite_pair):
+    src, dst, made = sqlite_pair
+    path = src.get_uri(made["refs"][RUN2][1])
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-1] + b"#")
+    _refused(dst, src, ChecksumError, rf"{made['refs'][RUN2][1].id.hex} is damaged in the repository {src.root}: "
+                                      rf"checksum mismatch for {src.root}/{RUN2}/metrics/")
+
+
+def test_bad_arguments_are_refused(sqlite_pair):
+    src, dst, made = sqlite_pair
+    with pytest.raises(ValueError, match="transfer must be one of"):
+        dst.transfer_from(src, made["refs"][RUN1], transfer="move")
+    with pytest.raises(ValueError, match="into itself"):
+        dst.transfer_from(Butler(dst.root), collections=COLLECTIONS)
+    with pytest.raises(ValueError, match="pass one or the other"):
+        dst.transfer_from(src, made["refs"][RUN1], where="visit = 12")
+
+
+def test_cli_transfer(sqlite_pair):
+    src, dst, _ = sqlite_pair
+    runner = CliRunner()
+    result = runner.invoke(cli, ["transfer", src.root, dst.root, "-c", RUN1, "--where", "visit = 12",
+                                 "-t", "metrics", "--transfer", "copy"])
+    assert result.exit_code == 0, result.output
+    assert "transferred 2 datasets" in result.output
+    assert len(dst.query_datasets("metrics", collections=RUN1)) == 2
+    result = runner.invoke(cli, ["transfer", src.root, dst.root])
+    assert result.exit_code == 2 and "-c COLLECTION" in result.output
