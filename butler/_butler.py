@@ -634,6 +634,9 @@ class Butler:
         registry, datastore = self._registry, self.datastore
 
         def clean(runs: Sequence[str]) -> CleanupReport:
+            from .datastore._datastore import FileDatastore
+
+            assert isinstance(datastore, FileDatastore)  # clean-up works on local files
             return cleanup(registry, datastore, runs, user=self.user, allow_foreign_run=allow_foreign_run)
 
         return transfer_datasets(src._registry, src.datastore, registry, datastore, self._runs,

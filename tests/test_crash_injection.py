@@ -345,7 +345,7 @@ def test_a_killed_transfer_resumes_without_help(base: str, tmp_path) -> None:
     source = Butler(str(tmp_path / "source"))
     for n in range(1, outcome.points + 1):
         root, _ = _copy(start, "", str(tmp_path / f"crash{n}"))
-        assert crash_at(lambda: _transfer(root, "", batch_size=1), n, str(tmp_path)).killed
+        assert crash_at(lambda root=root: _transfer(root, "", batch_size=1), n, str(tmp_path)).killed
         b = Butler(root, writeable=True)
         try:
             problems = [p for p in b.verify() if p.problem != "leftover"]

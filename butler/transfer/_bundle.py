@@ -302,6 +302,8 @@ class Bundle:
         check_bundle_path(path, what)
         if path.split("/", 1)[0] == "manifest":
             raise BundlePathError(f"{what} has the path {path!r}, inside manifest/ (reserved)")
+        if self._files.files_root is not None:  # a repository's files: `verify_files` reads each anyway
+            return
         if self.include_files and not self._files.exists(path) and not self._files.is_dir(path):
             raise BundleMissingFileError(
                 f"the file of {what} ({path}) is missing from {self.files_where}; export it again")

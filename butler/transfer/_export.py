@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..datastore._directory_io import MANIFEST_PREFIX, verify_path
 from ..errors import ChecksumError, CollectionError, DatasetNotFoundError
@@ -38,7 +38,16 @@ if TYPE_CHECKING:
     from ..registry._dataset_types import DatasetTypeRecord
     from ..registry._registry import Registry
 
-__all__ = ["ExportReport", "dataset_types_to_export", "export_bundle"]
+__all__ = ["ExportReport", "SelectedDataset", "dataset_types_to_export", "export_bundle"]
+
+
+class SelectedDataset(Protocol):
+    """What export needs of a dataset chosen by the caller: its type (or type name) and id."""
+
+    @property
+    def dataset_type(self) -> Any: ...
+    @property
+    def id(self) -> uuid.UUID: ...
 
 _GLOB = "*?["
 
@@ -70,7 +79,7 @@ def export_bundle(registry: Registry, datastore: Datastore, path: str | os.PathL
                   collections: str | Sequence[str] | None, where: str | None = None,
                   bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
                   include_files: bool = True, chains: bool = True, verify: bool = False,
-                  refs: Sequence[DatasetRef] | None = None) -> ExportReport:
+                  refs: Sequence[DatasetRef | SelectedDataset] | None = None) -> ExportReport:
     """Write the bundle; see `Butler.export`. Nothing is left at ``path`` on any error.
 
     With ``refs``, exactly those datasets are exported (``where`` and ``dataset_types`` do not
@@ -89,8 +98,9 @@ def export_bundle(registry: Registry, datastore: Datastore, path: str | os.PathL
         by_type: dict[str, list[uuid.UUID]] = {}
         if refs is not None:
             for ref in refs:
-                by_type.setdefault(ref.dataset_type.name, []).append(ref.id)
-            type_recs, explicit = [registry.dataset_types.get(n) for n in sorted(by_type)], set()
+                type_name = ref.dataset_type if isinstance(ref.dataset_type, str) else ref.dataset_type.name
+                by_type.setdefault(type_name, []).append(ref.id)
+            type_recs, explicit = [registry.dataset_types.get(n) for n in sorted(by_type)], set[str]()
             if not names:  # every TAGGED / CALIBRATION collection; only those holding a ref are exported
                 searched = registry.collections.query("*", (CollectionType.TAGGED, CollectionType.CALIBRATION))
         else:

@@ -22,9 +22,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import CollectionError
 from ._bundle import open_bundle
@@ -78,7 +79,7 @@ def transfer_datasets(src_registry: Registry, src_datastore: Datastore, dst_regi
                       collections: str | Sequence[str] | None = None, where: str | None = None,
                       bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
                       transfer: str = "auto", allow_foreign_run: bool = False, batch_size: int = BATCH_SIZE,
-                      cleanup: Any = None) -> TransferReport:
+                      cleanup: Callable[[Sequence[str]], CleanupReport] | None = None) -> TransferReport:
     """Transfer ``refs`` (or the datasets ``collections``/``where``/``dataset_types`` select) from
     the source to the destination; see `Butler.transfer_from`. ``cleanup(runs)`` resolves the
     destination's journal of these runs before anything is written (a killed transfer's files)."""
@@ -94,23 +95,23 @@ def transfer_datasets(src_registry: Registry, src_datastore: Datastore, dst_regi
         if collections is None:
             raise CollectionError("transfer_from needs refs, or the collections to transfer from "
                                   "(collections=[...], -c ...)")
-        refs = _select(src_registry, collections, where=where, bind=bind, dataset_types=dataset_types)
+        chosen = _select(src_registry, collections, where=where, bind=bind, dataset_types=dataset_types)
     elif where is not None or dataset_types is not None:
         raise ValueError("where and dataset_types select datasets when no refs are given; pass one or the other")
-    refs = sorted(dict((r.id, r) for r in refs).values(), key=lambda r: (r.dataset_type.name, r.id.hex))
+    else:
+        chosen = sorted({_Chosen(r.dataset_type.name, r.id, r.run) for r in refs})
     cleaned: list[str] = []
-    pending = sorted({e.run for e in dst_registry.journal.pending(sorted({r.run for r in refs}))})
+    pending = sorted({e.run for e in dst_registry.journal.pending(sorted({r.run for r in chosen}))})
     if pending and cleanup is not None:
-        report: CleanupReport = cleanup(pending)
-        cleaned = list(report.removed)
+        cleaned = list(cleanup(pending).removed)
     totals = {"datasets": 0, "skipped": 0, "files": 0, "quanta": 0}
     records: dict[str, int] = {}
     created: list[str] = []
     batches = 0
     scratch = tempfile.mkdtemp(prefix="butler-transfer-")
     try:
-        for offset in range(0, max(len(refs), 1), batch_size):
-            batch = refs[offset:offset + batch_size]
+        for offset in range(0, max(len(chosen), 1), batch_size):
+            batch = chosen[offset:offset + batch_size]
             manifest = os.path.join(scratch, f"batch-{batches}")
             export_bundle(src_registry, src_datastore, manifest, collections=collections, refs=batch,
                           include_files=False)
@@ -132,27 +133,32 @@ def transfer_datasets(src_registry: Registry, src_datastore: Datastore, dst_regi
                           batches=batches, cleaned=cleaned, seconds=time.perf_counter() - start, **totals)
 
 
+class _Chosen(NamedTuple):
+    """What a batch needs of a dataset to transfer (export selects by type and id); ordered by type
+    and id, so batches are the same on a rerun."""
+
+    dataset_type: str
+    id: uuid.UUID
+    run: str
+
+
 def _select(registry: Registry, collections: str | Sequence[str], *, where: str | None,
-            bind: Mapping[str, Any] | None, dataset_types: str | Iterable[str] | None) -> list[DatasetRef]:
+            bind: Mapping[str, Any] | None, dataset_types: str | Iterable[str] | None) -> list[_Chosen]:
     """Every run's copy of the datasets of ``collections`` (RUN, TAGGED, CALIBRATION, through
     chains) matching ``where``: exactly those an export of the same arguments holds."""
-    from .._dataset_ref import DatasetRef
-    from ..dimensions import DataCoordinate
     from ..registry._collections import check_collection_names
     from ..registry._schema import fast_uuid
     from ._export import dataset_types_to_export
 
     bulk = registry.bulk_reads
-    out: dict[str, DatasetRef] = {}
+    out: dict[str, _Chosen] = {}
     with registry.transaction() as conn:
         searched = registry.collections.resolve(check_collection_names(collections), conn)
         for type_rec in dataset_types_to_export(registry, dataset_types):
-            dt, group = type_rec.dataset_type, type_rec.group
-            n_dims = len(group.required)
+            name = type_rec.dataset_type.name
             selection = bulk.select_datasets(conn, type_rec, searched, registry.query_builder, where=where, bind=bind)
             for columns in bulk.iter_dataset_files(conn, selection):
-                for row in zip(*columns[:2 + n_dims]):
-                    if row[0] not in out:
-                        out[row[0]] = DatasetRef._trusted(dt, DataCoordinate.from_values(group, tuple(row[2:])),
-                                                          row[1], fast_uuid(row[0]))
-    return list(out.values())
+                for hex_id, run in zip(columns[0], columns[1]):
+                    if hex_id not in out:
+                        out[hex_id] = _Chosen(name, fast_uuid(hex_id), run)
+    return sorted(out.values())
