@@ -226,3 +226,21 @@ def test_cli_transfer(sqlite_pair):
     assert len(dst.query_datasets("metrics", collections=RUN1)) == 2
     result = runner.invoke(cli, ["transfer", src.root, dst.root])
     assert result.exit_code == 2 and "-c COLLECTION" in result.output
+
+
+def test_a_run_locked_by_another_process_is_refused(sqlite_pair):
+    """Import and transfer hold the runs they write shared, as every write: an executor (or a
+    clean-up) holding one exclusively refuses them, naming it, and nothing changes."""
+    import signal
+
+    from test_run_lock import hold_in_subprocess
+
+    from butler.errors import RunLockedError
+
+    src, dst, _ = sqlite_pair
+    proc = hold_in_subprocess(dst.root, RUN1)
+    try:
+        _refused(dst, src, RunLockedError, rf"cannot import into run '{RUN1}': it is locked by pid {proc.pid}")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

@@ -20,11 +20,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._dataset_ref import DatasetRef
 from .._dataset_type import DatasetType
+from .._run_lock import run_lock
 from .._write_path import JournaledWrite
 from ..datastore._directory_io import MANIFEST_PREFIX
 from ..dimensions import DataCoordinate
@@ -147,8 +149,11 @@ def import_bundle(registry: Registry, datastore: Datastore, runs: RunAccess, sou
     start = time.perf_counter()
     bundle = source if isinstance(source, Bundle) else open_bundle(source)
     try:
-        return _import(registry, datastore, runs, bundle, transfer=transfer, allow_foreign_run=allow_foreign_run,
-                       start=start)
+        with ExitStack() as locks:  # shared, as every write: `cleanup` of these runs waits for the import
+            for name in sorted({c.name for c in bundle.collections if c.type == "RUN"}):
+                locks.enter_context(run_lock(datastore.root, name, action="import into", shared=True))
+            return _import(registry, datastore, runs, bundle, transfer=transfer,
+                           allow_foreign_run=allow_foreign_run, start=start)
     finally:
         if bundle is not source:
             bundle.close()
