@@ -244,3 +244,27 @@ def test_a_run_locked_by_another_process_is_refused(sqlite_pair):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def test_any_partial_transfers_then_a_full_one_give_the_same_repository(sqlite_pair, tmp_path):
+    """Property: whatever subset was transferred before, in whatever batch size, a transfer of
+    everything completes the copy, adds only what was missing and leaves nothing behind."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    src = sqlite_pair[0]
+    everything = sorted(src.query_datasets("metrics", collections=[RUN1, RUN2]), key=lambda r: r.id.hex)
+    counter = iter(range(10**6))
+
+    @settings(max_examples=5, deadline=None, derandomize=True)
+    @given(first=st.sets(st.integers(0, len(everything) - 1)), batch_size=st.integers(1, 12))
+    def check(first, batch_size):
+        dst = Butler(Butler.create(str(tmp_path / f"dst{next(counter)}")).root, writeable=True)
+        if first:
+            dst.transfer_from(src, [everything[i] for i in sorted(first)], batch_size=batch_size)
+        report = dst.transfer_from(src, collections=COLLECTIONS, batch_size=batch_size)
+        assert report.skipped == len(first) and report.datasets == 11 - len(first)
+        assert Butler.compare(src, dst, collections=COLLECTIONS).identical
+        assert dst.verify() == [] and dst.registry.journal.pending() == []
+
+    check()
