@@ -206,6 +206,19 @@ def test_damaged_source_file_is_refused_naming_it(sqlite_pair):
                                       rf"checksum mismatch for {src.root}/{RUN2}/metrics/")
 
 
+def test_refs_of_another_repository_are_refused_naming_them(sqlite_pair, factories):
+    src, dst, made = sqlite_pair
+    other = factories("sqlite", "other")
+    other.register_instrument(SimCam(), calibs=False)
+    other.insert_dimension_records("visit", SIMCAM_VISITS)
+    other.register_dataset_type(DatasetType("metrics", DIMS, "StructuredData"))
+    foreign = other.put({"x": 1}, "metrics", {"instrument": "SimCam", "visit": 12, "detector": 0}, run=RUN1)
+    before = snapshot_repo(dst)
+    with pytest.raises(LookupError, match=rf"1 of the refs are not datasets of that repository \(metrics {foreign.id} "):
+        dst.transfer_from(src, [made["refs"][RUN1][0], foreign])
+    assert snapshot_repo(dst) == before
+
+
 def test_bad_arguments_are_refused(sqlite_pair):
     src, dst, made = sqlite_pair
     with pytest.raises(ValueError, match="transfer must be one of"):

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import CollectionError
-from ._bundle import open_bundle
+from ..errors import CollectionError, DatasetNotFoundError
+from ._bundle import Bundle, open_bundle
 from ._export import export_bundle
 from ._import import import_bundle
 
@@ -113,9 +113,11 @@ def transfer_datasets(src_registry: Registry, src_datastore: Datastore, dst_regi
         for offset in range(0, max(len(chosen), 1), batch_size):
             batch = chosen[offset:offset + batch_size]
             manifest = os.path.join(scratch, f"batch-{batches}")
-            export_bundle(src_registry, src_datastore, manifest, collections=collections, refs=batch,
-                          include_files=False)
+            exported = export_bundle(src_registry, src_datastore, manifest, collections=collections, refs=batch,
+                                     include_files=False)
             with open_bundle(manifest, files_root=src_datastore.root) as bundle:
+                if exported.datasets != len(batch):
+                    _missing(bundle, batch, src_root)
                 done = import_bundle(dst_registry, dst_datastore, runs, bundle, transfer=transfer,
                                      allow_foreign_run=allow_foreign_run)
             shutil.rmtree(manifest, ignore_errors=True)
@@ -131,6 +133,16 @@ def transfer_datasets(src_registry: Registry, src_datastore: Datastore, dst_regi
         shutil.rmtree(scratch, ignore_errors=True)
     return TransferReport(source=src_root, destination=dst_root, records=records, collections=created,
                           batches=batches, cleaned=cleaned, seconds=time.perf_counter() - start, **totals)
+
+
+def _missing(bundle: Bundle, batch: Sequence[_Chosen], src_root: str) -> None:
+    """Raise `DatasetNotFoundError` naming the refs the source does not have."""
+    there = {h for t in bundle.dataset_types for h in bundle.datasets(t.name).column("dataset_id").to_pylist()}
+    missing = [c for c in batch if c.id.hex not in there]
+    shown = ", ".join(f"{c.dataset_type} {c.id} in run {c.run!r}" for c in missing[:3])
+    raise DatasetNotFoundError(f"cannot transfer from {src_root}: {len(missing)} of the refs are not datasets of "
+                               f"that repository ({shown}{', ...' if len(missing) > 3 else ''}); nothing of this "
+                               "batch was transferred (refs must come from the source, e.g. src.query_datasets)")
 
 
 class _Chosen(NamedTuple):
