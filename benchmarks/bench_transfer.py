@@ -7,6 +7,9 @@
 * ``transfer.import_10k``: `Butler.import_` of that zip bundle into a new repository (checksums
   verified, files extracted and placed through the write path); datasets/s. Baseline: the same
   ``shutil.copyfile`` of the files.
+* ``transfer.transfer_10k``: `Butler.transfer_from` of those 10,000 datasets into a new repository
+  (manifest, checks, every file verified against its checksum, hard-linked on one file system,
+  registered in one batch); datasets/s. Baseline: the same ``shutil.copyfile`` of the files.
 * ``transfer.compare_100k``: `Butler.compare` of two repositories of 100,000 datasets each (same
   content, other ids); seconds. Baseline: a raw sqlite3 SELECT of the same columns (data ID
   values, run, component, checksum) from both registries.
@@ -167,6 +170,42 @@ def bench_import(ctx: Context) -> Result:
         base.append(time.perf_counter() - start)
     return rate_result(n, seconds, baseline_seconds=base, baseline_label="shutil.copyfile of the same files",
                        notes=f"{n} datasets of 60 bytes from a zip bundle, SQLite")
+
+
+@benchmark("transfer.transfer_10k", unit="datasets/s", target=5000, better="higher",
+           description="Butler.transfer_from of 10,000 small datasets into a new repository "
+                       "(baseline: shutil.copyfile)")
+def bench_transfer(ctx: Context) -> Result:
+    from butler import Butler
+
+    n = ctx.size(10_000, 2_000)
+    root = _repo(ctx, n, files=True)
+    source = Butler(root)
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, RUN)) for f in fs)
+    seconds, base, linked = [], [], []
+    for i in range(ctx.size(3, 1)):
+        dest = Butler.create(os.path.join(ctx.scratch(f"transfer-{i}"), "repo"))
+        start = time.perf_counter()
+        report = dest.transfer_from(source, collections=RUN)  # auto: hard links (one file system)
+        seconds.append(time.perf_counter() - start)
+        assert report.datasets == n, report
+        linked.append(os.stat(paths[0]).st_nlink > 1)
+        copy_dir = ctx.scratch(f"transfer-copy-{i}")
+        start = time.perf_counter()
+        made: set[str] = set()
+        for p in paths:
+            dst = os.path.join(copy_dir, os.path.relpath(p, root))
+            d = os.path.dirname(dst)
+            if d not in made:
+                os.makedirs(d, exist_ok=True)
+                made.add(d)
+            shutil.copyfile(p, dst)
+        base.append(time.perf_counter() - start)
+        shutil.rmtree(os.path.dirname(dest.root), ignore_errors=True)
+        shutil.rmtree(copy_dir, ignore_errors=True)
+    return rate_result(n, seconds, baseline_seconds=base, baseline_label="shutil.copyfile of the same files",
+                       notes=f"{n} datasets of 60 bytes, SQLite to SQLite, transfer=auto "
+                             f"({'hard links' if all(linked) else 'copies'}), every file verified")
 
 
 _CONTENT_SQL = """

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .instrument import Instrument
     from .registry._collections import CollectionRecord, CollectionType
     from .registry._datasets import FileRecord, FoundDataset
-    from .transfer import Bundle, ComparisonReport, ExportReport, ImportReport
+    from .transfer import Bundle, ComparisonReport, ExportReport, ImportReport, TransferReport
 
 __all__ = ["Butler", "DeferredDatasetHandle"]
 
@@ -615,6 +615,40 @@ class Butler:
 
         return import_bundle(self.registry, self.datastore, self._runs, bundle, transfer=transfer,
                              allow_foreign_run=allow_foreign_run)
+
+    def transfer_from(self, source: Butler | str | os.PathLike[str], refs: Iterable[DatasetRef] | None = None, *,
+                      collections: str | Sequence[str] | None = None, where: str | None = None,
+                      bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
+                      transfer: str = "auto", allow_foreign_run: bool = False,
+                      batch_size: int | None = None) -> TransferReport:
+        """Copy datasets of the repository ``source`` here with their files, dimension records, dataset
+        types, collections and provenance (ids kept): ``refs`` (from ``source.query_datasets``), or
+        every run's copy of those in ``collections`` matching ``where`` / ``dataset_types``.
+
+        ``collections`` also brings their chains, TAGGED memberships and validity ranges (without it,
+        those of every TAGGED / CALIBRATION collection holding a ref). Checked and refused like
+        `import_`; every file is verified against its recorded checksum before its batch is
+        registered; ``transfer``: "auto" (hard links on one file system, else copies), "copy" or
+        "hardlink". Resumable: batches of ``batch_size`` (10,000) datasets are committed one by one,
+        and a rerun skips what is here already (see docs/transfers.md)."""
+        self.require_writeable()
+        from ._cleanup import cleanup
+        from .transfer._transfer import BATCH_SIZE, transfer_datasets
+
+        src = source if isinstance(source, Butler) else Butler(source)
+        registry, datastore = self._registry, self.datastore
+
+        def clean(runs: Sequence[str]) -> CleanupReport:
+            from .datastore._datastore import FileDatastore
+
+            assert isinstance(datastore, FileDatastore)  # clean-up works on local files
+            return cleanup(registry, datastore, runs, user=self.user, allow_foreign_run=allow_foreign_run)
+
+        return transfer_datasets(src._registry, src.datastore, registry, datastore, self._runs,
+                                 None if refs is None else list(refs), collections=collections, where=where,
+                                 bind=bind, dataset_types=dataset_types, transfer=transfer,
+                                 allow_foreign_run=allow_foreign_run, batch_size=batch_size or BATCH_SIZE,
+                                 cleanup=clean)
 
     @staticmethod
     def compare(a: Butler | str | os.PathLike[str], b: Butler | str | os.PathLike[str], *,

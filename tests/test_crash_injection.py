@@ -138,6 +138,29 @@ def _cleanup(root: str, _: str) -> None:
     assert report.removed and not report.skipped
 
 
+def _beside(root: str, name: str) -> str:
+    """A file or repository next to the test's copies (``<tmp>/<copy>/repo`` -> ``<tmp>/<name>``)."""
+    return os.path.join(os.path.dirname(os.path.dirname(root)), name)
+
+
+def _without_other(start: str, keep: str) -> None:
+    """The starting state of import and transfer: ``OTHER`` kept in ``keep`` (a bundle or a
+    repository beside the start), then removed from the start."""
+    if keep.endswith(".zip"):
+        Butler(start).export(keep, collections=[OTHER])
+    else:
+        shutil.copytree(start, keep, symlinks=True)
+    _remove_runs(start, "")
+
+
+def _import_zip(root: str, _: str) -> None:
+    _butler(root, None).import_(_beside(root, "other.zip"))
+
+
+def _transfer(root: str, _: str, batch_size: int | None = None) -> None:
+    _butler(root, None).transfer_from(Butler(_beside(root, "source")), collections=[OTHER], batch_size=batch_size)
+
+
 def _points_of(operation: Callable[[str, str], None], root: str, label: str) -> int:
     """The number of the crash point ``label`` of ``operation`` on a scratch copy of ``root``."""
     scratch = root + "-count"
@@ -167,6 +190,10 @@ WRITE_PATHS = [
     WritePath("certify", _certify, min_points=2),
     WritePath("cleanup", _cleanup, prepare=_interrupted_put, min_points=3, changes_datasets=False),
     WritePath("execute", _execute, min_points=12, atomic=False),
+    WritePath("import_zip", _import_zip, min_points=4,
+              prepare=lambda start: _without_other(start, os.path.join(os.path.dirname(start), "other.zip"))),
+    WritePath("transfer", _transfer, min_points=4,
+              prepare=lambda start: _without_other(start, os.path.join(os.path.dirname(start), "source"))),
 ]
 
 
@@ -303,3 +330,32 @@ def test_crash_points_name_every_step_of_a_replace(base: str, tmp_path) -> None:
                      "stage: link into place", "stage: unlink temporary name", "put: before registry commit",
                      "put: registry committed", "remove file", "journal clear: before commit",
                      "journal clear: committed")
+
+
+def test_a_killed_transfer_resumes_without_help(base: str, tmp_path) -> None:
+    """A transfer in batches of one dataset, killed at each of its crash points, then simply run
+    again (no `cleanup`): it completes, copying only what is missing; the destination verifies
+    clean and holds what the source holds."""
+    start = str(tmp_path / "start")
+    shutil.copytree(base, start, symlinks=True)
+    _without_other(start, str(tmp_path / "source"))
+    root, _ = _copy(start, "", str(tmp_path / "complete"))
+    outcome = count_crash_points(lambda: _transfer(root, "", batch_size=1), str(tmp_path))
+    assert not outcome.killed and outcome.points >= 9, outcome.trail  # three batches
+    source = Butler(str(tmp_path / "source"))
+    for n in range(1, outcome.points + 1):
+        root, _ = _copy(start, "", str(tmp_path / f"crash{n}"))
+        assert crash_at(lambda root=root: _transfer(root, "", batch_size=1), n, str(tmp_path)).killed
+        b = Butler(root, writeable=True)
+        try:
+            problems = [p for p in b.verify() if p.problem != "leftover"]
+            assert not problems, f"killed at point {n}: {problems}"  # never a registered dataset without its file
+            registered = len(b.query_datasets("metrics", collections=OTHER)) if OTHER in b.query_collections() else 0
+            report = b.transfer_from(source, collections=[OTHER], batch_size=1)
+            assert report.datasets == 3 - registered and report.skipped == registered
+            assert b.verify() == [] and b.registry.journal.pending() == [], f"killed at point {n}"
+            assert Butler.compare(source, b, collections=[OTHER]).identical, f"killed at point {n}"
+            assert _tmp_names(root) == []
+        finally:
+            release_repo(b)
+        shutil.rmtree(str(tmp_path / f"crash{n}"))

@@ -1,4 +1,4 @@
-"""``butler export``, ``butler import``, ``butler compare`` and ``butler verify-bundle`` (issue 12)."""
+"""``butler export``, ``butler import``, ``butler transfer``, ``butler compare`` and ``butler verify-bundle`` (issue 12)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from ._options import collections_option, repo_argument, where_option
 
-__all__ = ["compare", "export", "import_bundle", "verify_bundle"]
+__all__ = ["compare", "export", "import_bundle", "transfer", "verify_bundle"]
 
 
 @click.command("export")
@@ -64,6 +64,42 @@ def import_bundle(repo: str, bundle: str, transfer: str, allow_foreign_run: bool
     from .._butler import Butler
 
     report = Butler(repo, writeable=True).import_(bundle, transfer=transfer, allow_foreign_run=allow_foreign_run)
+    click.echo(str(report))
+
+
+@click.command("transfer")
+@click.argument("source", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@collections_option("Collections to transfer from (repeatable; globs and chains allowed; required).")
+@where_option
+@click.option("--dataset-type", "-t", "dataset_types", multiple=True, metavar="TYPE",
+              help="Only datasets of this type (repeatable; globs allowed). Default: every type.")
+@click.option("--transfer", type=click.Choice(["auto", "copy", "hardlink"]), default="auto", show_default=True,
+              help="How files get into DEST: auto hard-links where both are on one file system, else copies.")
+@click.option("--allow-foreign-run", is_flag=True, help="Also write into existing runs of DEST owned by somebody else.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Datasets registered per committed step (a killed transfer keeps the steps done).")
+def transfer(source: str, dest: str, collections: Sequence[str], where: str | None, dataset_types: Sequence[str],
+             transfer: str, allow_foreign_run: bool, batch_size: int) -> None:
+    """Transfer the datasets of COLLECTIONS in SOURCE, with their files and records, into DEST.
+
+    Every run's copy of each dataset found is transferred with its id, the collections, dimension
+    records and provenance it needs; every file is verified against its recorded checksum first.
+    Refusals are those of `butler import`. Run it again after an interruption: it copies only what
+    is missing.
+
+    \b
+    Examples:
+      butler transfer /data/repo /scratch/copy -c u/alice/coadd --where "tract = 9000"
+      butler transfer site_a site_b -c HSC/runs/RC2 -t deepCoadd --transfer copy
+    """
+    from .._butler import Butler
+
+    if not collections:
+        raise click.UsageError("give the collections to transfer with -c COLLECTION")
+    report = Butler(dest, writeable=True).transfer_from(
+        Butler(source), collections=list(collections), where=where, dataset_types=list(dataset_types) or None,
+        transfer=transfer, allow_foreign_run=allow_foreign_run, batch_size=batch_size)
     click.echo(str(report))
 
 

@@ -288,9 +288,10 @@ from ._commands_skymap import define_visits, register_skymap  # (issue 4)
 cli.add_command(register_skymap)
 cli.add_command(define_visits)
 
-from ._commands_transfer import compare, export, import_bundle, verify_bundle  # (issue 12)
+from ._commands_transfer import compare, export, import_bundle, transfer, verify_bundle  # (issue 12)
 
 cli.add_command(export)
 cli.add_command(import_bundle)
+cli.add_command(transfer)
 cli.add_command(compare)
 cli.add_command(verify_bundle)

@@ -1,6 +1,7 @@
-"""Repositories that travel: export bundles, the bundle reader, import, comparison of repositories.
+"""Repositories that travel: export bundles, the bundle reader, import, transfer between
+repositories, comparison of repositories.
 
-Import goes through the one write path (``butler/_write_path.py``). See docs/transfers.md for the bundle format. Importing this package is cheap: pyarrow is
+Import and transfer go through the one write path (``butler/_write_path.py``). See docs/transfers.md for the bundle format. Importing this package is cheap: pyarrow is
 imported by the first table written or read.
 """
 
@@ -20,12 +21,14 @@ from ._errors import (
 from ._export import ExportReport
 from ._format import FORMAT_MINOR, FORMAT_VERSION, BundleCollection, BundleDatasetType
 from ._import import IMPORT_MODES, ImportReport
+from ._transfer import TRANSFER_MODES, TransferReport
 from ._writer import BundleWriter
 
 __all__ = [
     "FORMAT_MINOR",
     "FORMAT_VERSION",
     "IMPORT_MODES",
+    "TRANSFER_MODES",
     "Bundle",
     "BundleChecksumError",
     "BundleCollection",
@@ -43,5 +46,6 @@ __all__ = [
     "DatasetKey",
     "ExportReport",
     "ImportReport",
+    "TransferReport",
     "open_bundle",
 ]

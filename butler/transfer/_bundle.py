@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._format import (
     BUNDLE_JSON,
+    DIRECT_DIR,
     FILE_COLUMNS,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -60,17 +61,25 @@ _BATCH = 65_536
 _SMALL = 1 << 20  # files up to this size are extracted from a zip in one read
 
 
-def open_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """Open and validate the bundle at ``path`` (a zip file or a directory); see `Bundle`."""
-    return Bundle(path)
+def open_bundle(path: str | os.PathLike[str], *, files_root: str | os.PathLike[str] | None = None) -> Bundle:
+    """Open and validate the bundle at ``path`` (a zip file or a directory); see `Bundle`.
+
+    ``files_root``: read the dataset files from this directory (a repository's root: its files are
+    at the repository-relative paths a bundle uses; "direct" files at their recorded absolute
+    paths) instead of the bundle; its manifest may then have been written without files. This is
+    how `Butler.transfer_from` imports straight from another repository."""
+    return Bundle(path, files_root=files_root)
 
 
 class _Container:
     """The files of a bundle, by bundle path: a zip's members or a directory's files."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, files_root: str | None = None):
         self.path = path
         self.zip: zipfile.ZipFile | None = None
+        self.files_root = files_root
+        self.aliases: dict[str, str] = {}
+        """Bundle path -> absolute path of files read elsewhere ("direct" files of a repository)."""
         if os.path.isdir(path):
             self.root = os.path.realpath(path)
             self._check_symlinks()
@@ -114,14 +123,27 @@ class _Container:
                             "bundle; a bundle must contain its files (replace the link by the file)"
                         )
 
+    def full(self, name: str) -> str:
+        """The local path of a bundle path (a directory bundle's file, or the repository's it reads from)."""
+        if self.files_root is None or name.split("/", 1)[0] == "manifest":
+            return os.path.join(self.root, name)
+        if self.aliases and name.startswith(DIRECT_DIR + "/"):
+            target = self.aliases.get(name)
+            if target is not None:
+                return target
+            for key, target in self.aliases.items():  # a member of a "direct" directory dataset
+                if name.startswith(key + "/"):
+                    return os.path.join(target, name[len(key) + 1:])
+        return os.path.join(self.files_root, name)
+
     def exists(self, name: str) -> bool:
         if self.names is None:
-            return os.path.lexists(os.path.join(self.root, name))
+            return os.path.lexists(self.full(name))
         return name in self.names
 
     def is_dir(self, name: str) -> bool:
         if self.names is None:
-            return os.path.isdir(os.path.join(self.root, name))
+            return os.path.isdir(self.full(name))
         if self._dirs is None:
             dirs = set()
             for n in self.names:
@@ -134,22 +156,23 @@ class _Container:
     def members(self, prefix: str) -> list[str]:
         """Bundle paths of the files below the directory ``prefix``."""
         if self.names is None:
-            base = os.path.join(self.root, prefix)
+            base = self.full(prefix)
             out = []
             for dirpath, _, filenames in os.walk(base):
                 for n in filenames:
-                    out.append(os.path.relpath(os.path.join(dirpath, n), self.root).replace(os.sep, "/"))
+                    rel = os.path.relpath(os.path.join(dirpath, n), base).replace(os.sep, "/")
+                    out.append(f"{prefix}/{rel}")
             return sorted(out)
         return sorted(n for n in self.names if n.startswith(prefix + "/"))
 
     def open(self, name: str) -> IO[bytes]:
         if self.zip is None:
-            return open(os.path.join(self.root, name), "rb")
+            return open(self.full(name), "rb")
         return self.zip.open(name)
 
     def size(self, name: str) -> int:
         if self.zip is None:
-            return os.stat(os.path.join(self.root, name)).st_size
+            return os.stat(self.full(name)).st_size
         return self.zip.getinfo(name).file_size
 
     def close(self) -> None:
@@ -164,11 +187,16 @@ class Bundle:
     batches. Use it as a context manager (or call `close`) to release a zip file.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, files_root: str | os.PathLike[str] | None = None):
         self.path = os.path.abspath(os.fspath(path))
         if not os.path.exists(self.path):
             raise BundleNotFoundError(f"no bundle at {self.path} (no such file or directory)")
-        self._files = _Container(self.path)
+        root = None if files_root is None else os.path.abspath(os.fspath(files_root))
+        if root is not None and not os.path.isdir(self.path):
+            raise ValueError(f"files_root is for a directory bundle (a manifest); {self.path} is a file")
+        self.files_where = f"the bundle {self.path}" if root is None else f"the repository {root}"
+        """Where the dataset files are read from, as error messages name it."""
+        self._files = _Container(self.path, root)
         try:
             self.manifest = self._read_manifest()
             self._check_manifest()
@@ -219,7 +247,7 @@ class Bundle:
             self.record_counts = {str(k): int(v["count"]) for k, v in m.get("records", {}).items()}
             self.table_counts = {str(k): int(v["count"]) for k, v in m.get("tables", {}).items()}
             self.instruments: dict[str, Any] = dict(m.get("instruments", {}))
-            self.include_files = bool(m.get("include_files", True))
+            self.include_files = bool(m.get("include_files", True)) or self._files.files_root is not None
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise BundleManifestError(f"{where} is malformed: {type(err).__name__}: {err}") from None
         self.dataset_types = [DatasetType(t.name, t.dimensions, t.storage_class, is_calibration=t.is_calibration)
@@ -262,8 +290,9 @@ class Bundle:
         import pyarrow.compute as pc
 
         runs = pa.array(sorted(c.name for c in self.collections if c.type == "RUN"), pa.string())
+        aliases = self._files.aliases if self._files.files_root is not None else None
         for t in self.dataset_types_info:
-            table = self._read(dataset_table(t.name), ["dataset_id", "run", "path"])
+            table = self._read(dataset_table(t.name), ["dataset_id", "run", "path", "direct_path"])
             # Every dataset's run is one of the bundle's RUN collections (checked, as those are, on
             # import): a run names the directory of the files ingested "direct" in the destination.
             unlisted = pc.unique(pc.filter(table.column("run"), pc.invert(pc.is_in(table.column("run"), runs))))
@@ -271,10 +300,13 @@ class Bundle:
                 raise BundleManifestError(
                     f"the {t.name} datasets of {self.path} are in the run(s) {unlisted.to_pylist()[:3]} that "
                     f"{BUNDLE_JSON} does not list as RUN collections (it lists {runs.to_pylist()}); export it again")
-            table = table.select(["dataset_id", "path"])
+            table = table.select(["dataset_id", "path", "direct_path"])
             for batch in table.to_batches(max_chunksize=10_000):
-                for dataset_id, path in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                for dataset_id, path, direct in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(),
+                                                    batch.column(2).to_pylist()):
                     if path is not None:
+                        if aliases is not None and direct is not None:
+                            aliases[path] = direct
                         self._check_path(t.name, dataset_id, path)
 
     def _check_path(self, dataset_type: str, dataset_id: str, path: str) -> None:
@@ -282,9 +314,11 @@ class Bundle:
         check_bundle_path(path, what)
         if path.split("/", 1)[0] == "manifest":
             raise BundlePathError(f"{what} has the path {path!r}, inside manifest/ (reserved)")
+        if self._files.files_root is not None:  # a repository's files: `verify_files` reads each anyway
+            return
         if self.include_files and not self._files.exists(path) and not self._files.is_dir(path):
             raise BundleMissingFileError(
-                f"the file of {what} ({path}) is missing from the bundle {self.path}; export it again")
+                f"the file of {what} ({path}) is missing from {self.files_where}; export it again")
 
     def check_universe(self, universe: DimensionUniverse) -> None:
         """Raise `BundleUniverseError` unless the bundle's records and data IDs fit ``universe``: the
@@ -412,7 +446,7 @@ class Bundle:
         check_bundle_path(path, "the requested file")
         if self._files.zip is not None:
             raise ValueError(f"{self.path} is a zip file: read its members with open_file")
-        return os.path.join(self._files.root, path)
+        return self._files.full(path)
 
     def iter_files(self) -> Iterator[tuple[str, str, str, str | None, int | None]]:
         """(dataset type, dataset id, path, checksum, size) of every file, streamed."""
@@ -440,7 +474,7 @@ class Bundle:
                 else:
                     self._verify_file(what, path, checksum, size)
             except FileNotFoundError:
-                raise BundleMissingFileError(f"the file of {what} ({path}) is missing from {self.path}") from None
+                raise BundleMissingFileError(f"the file of {what} ({path}) is missing from {self.files_where}") from None
             n += 1
         return n
 
@@ -472,34 +506,34 @@ class Bundle:
                 out[member] = target
                 if expected is not None:
                     if expected[1] is not None and found_size != expected[1]:
-                        raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: size mismatch for "
+                        raise BundleChecksumError(f"{what} is damaged in {self.files_where}: size mismatch for "
                                                   f"{member}: recorded {expected[1]} bytes, found {found_size}")
                     if expected[0] is not None and found != expected[0]:
-                        raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: checksum mismatch "
+                        raise BundleChecksumError(f"{what} is damaged in {self.files_where}: checksum mismatch "
                                                   f"for {member}: recorded {expected[0]}, found {found}")
             return out
         except FileNotFoundError:
-            raise BundleMissingFileError(f"the file of {what} ({path}) is missing from {self.path}") from None
+            raise BundleMissingFileError(f"the file of {what} ({path}) is missing from {self.files_where}") from None
         except (zipfile.BadZipFile, KeyError) as err:
-            raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: {path}: {err}") from None
+            raise BundleChecksumError(f"{what} is damaged in {self.files_where}: {path}: {err}") from None
 
     def _verify_file(self, what: str, path: str, checksum: str | None, size: int | None) -> None:
         files = self._files
         if files.zip is None:
             if checksum is None:
-                if not os.path.isfile(os.path.join(files.root, path)):
+                if not os.path.isfile(files.full(path)):
                     raise FileNotFoundError(path)
                 return
             try:
-                verify_file(os.path.join(files.root, path), checksum, size)
+                verify_file(files.full(path), checksum, size)
             except ChecksumError as err:
-                raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: {err}") from None
+                raise BundleChecksumError(f"{what} is damaged in {self.files_where}: {err}") from None
             return
         if path not in files.names:  # type: ignore[operator]
             raise FileNotFoundError(path)
         found_size = files.size(path)
         if size is not None and found_size != size:
-            raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: size mismatch for {path}: "
+            raise BundleChecksumError(f"{what} is damaged in {self.files_where}: size mismatch for {path}: "
                                       f"recorded {size} bytes, found {found_size}")
         if checksum is None:
             return
@@ -507,39 +541,39 @@ class Bundle:
             with files.open(path) as stream:
                 _, found = checksum_stream(stream, checksum.partition(":")[0])
         except zipfile.BadZipFile as err:
-            raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: {path}: {err}") from None
+            raise BundleChecksumError(f"{what} is damaged in {self.files_where}: {path}: {err}") from None
         if found != checksum:
-            raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: checksum mismatch for {path}: "
+            raise BundleChecksumError(f"{what} is damaged in {self.files_where}: checksum mismatch for {path}: "
                                       f"recorded {checksum}, found {found}")
 
     def _verify_directory(self, what: str, path: str, checksum: str, size: int | None) -> None:
         """A directory dataset (zarr store): its manifest file against the record, then every member."""
         files = self._files
         if files.zip is None:
-            problems = directory_problems(os.path.join(files.root, path), checksum, size)
+            problems = directory_problems(files.full(path), checksum, size)
             if problems:
-                raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: "
+                raise BundleChecksumError(f"{what} is damaged in {self.files_where}: "
                                           + "; ".join(p[2] for p in problems))
             return
         manifest_name = f"{path}/{MANIFEST_NAME}"
         if manifest_name not in files.names:  # type: ignore[operator]
             if not files.is_dir(path):
                 raise FileNotFoundError(path)
-            raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: {manifest_name} is missing")
+            raise BundleChecksumError(f"{what} is damaged in {self.files_where}: {manifest_name} is missing")
         with files.open(manifest_name) as stream:
             data = stream.read()
         inner = checksum.removeprefix(MANIFEST_PREFIX)
         found = checksum_bytes(data, inner.partition(":")[0])
         if found != inner:
-            raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: checksum mismatch for "
+            raise BundleChecksumError(f"{what} is damaged in {self.files_where}: checksum mismatch for "
                                       f"{manifest_name}: recorded {inner}, found {found}")
         entries = _parse_manifest(data)
         if entries is None or manifest_bytes(entries) != data:
-            raise BundleChecksumError(f"{what}: {manifest_name} in {self.path} is not a store manifest")
+            raise BundleChecksumError(f"{what}: {manifest_name} in {self.files_where} is not a store manifest")
         listed = {f"{path}/{member}" for member in entries}
         extra = sorted(set(files.members(path)) - listed - {manifest_name})
         if extra:
-            raise BundleChecksumError(f"{what} is damaged in the bundle {self.path}: {extra[0]} is not in the "
+            raise BundleChecksumError(f"{what} is damaged in {self.files_where}: {extra[0]} is not in the "
                                       "store's manifest")
         for member, (member_size, member_checksum) in entries.items():
             self._verify_file(what, f"{path}/{member}", member_checksum, member_size)

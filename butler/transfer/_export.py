@@ -19,23 +19,35 @@ from __future__ import annotations
 import fnmatch
 import os
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..datastore._directory_io import MANIFEST_PREFIX, verify_path
 from ..errors import ChecksumError, CollectionError, DatasetNotFoundError
+from ..registry._bulk_reads import DatasetSelection
 from ..registry._collections import CollectionType, check_collection_names
 from ._format import DIRECT_DIR, BundleCollection
 from ._writer import BundleWriter
 
 if TYPE_CHECKING:
+    from .._dataset_ref import DatasetRef
     from ..datastore._interface import Datastore
     from ..registry._collections import CollectionRecord
     from ..registry._dataset_types import DatasetTypeRecord
     from ..registry._registry import Registry
 
-__all__ = ["ExportReport", "export_bundle"]
+__all__ = ["ExportReport", "SelectedDataset", "dataset_types_to_export", "export_bundle"]
+
+
+class SelectedDataset(Protocol):
+    """What export needs of a dataset chosen by the caller: its type (or type name) and id."""
+
+    @property
+    def dataset_type(self) -> Any: ...
+    @property
+    def id(self) -> uuid.UUID: ...
 
 _GLOB = "*?["
 
@@ -64,27 +76,46 @@ class ExportReport:
 
 
 def export_bundle(registry: Registry, datastore: Datastore, path: str | os.PathLike[str], *,
-                  collections: str | Sequence[str], where: str | None = None,
+                  collections: str | Sequence[str] | None, where: str | None = None,
                   bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
-                  include_files: bool = True, chains: bool = True, verify: bool = False) -> ExportReport:
-    """Write the bundle; see `Butler.export`. Nothing is left at ``path`` on any error."""
+                  include_files: bool = True, chains: bool = True, verify: bool = False,
+                  refs: Sequence[DatasetRef | SelectedDataset] | None = None) -> ExportReport:
+    """Write the bundle; see `Butler.export`. Nothing is left at ``path`` on any error.
+
+    With ``refs``, exactly those datasets are exported (``where`` and ``dataset_types`` do not
+    apply); ``collections`` then only adds collections (chains, TAGGED and CALIBRATION memberships
+    of the refs in them); without it, the TAGGED and CALIBRATION collections holding any of the refs
+    are exported with those memberships."""
     start = time.perf_counter()
-    names = check_collection_names(collections)
-    if not names:
+    names = check_collection_names(collections) if collections is not None else []
+    if not names and refs is None:
         raise CollectionError("export needs the collections to export from: pass collections=[...] (-c ...)")
     bulk = registry.bulk_reads
     with registry.transaction() as conn, BundleWriter(path, universe=registry.universe,
                                                          include_files=include_files,
                                                          source=datastore.root) as writer:
-        searched = registry.collections.resolve(names, conn)
-        type_recs, explicit = _dataset_types(registry, dataset_types)
+        searched = registry.collections.resolve(names, conn) if names else []
+        by_type: dict[str, list[uuid.UUID]] = {}
+        if refs is not None:
+            for ref in refs:
+                type_name = ref.dataset_type if isinstance(ref.dataset_type, str) else ref.dataset_type.name
+                by_type.setdefault(type_name, []).append(ref.id)
+            type_recs, explicit = [registry.dataset_types.get(n) for n in sorted(by_type)], set[str]()
+            if not names:  # every TAGGED / CALIBRATION collection; only those holding a ref are exported
+                searched = registry.collections.query("*", (CollectionType.TAGGED, CollectionType.CALIBRATION))
+        else:
+            type_recs, explicit = _dataset_types(registry, dataset_types)
         keys: dict[str, set[tuple[Any, ...]]] = {}
         runs: set[str] = set()
         quantum_ids: set[str] = set()
         counts: dict[str, int] = {}
+        used: set[str] = set()  # collections holding an exported dataset (tags, validity ranges)
         builder = registry.query_builder
         for type_rec in type_recs:
-            selection = bulk.select_datasets(conn, type_rec, searched, builder, where=where, bind=bind)
+            if refs is not None:
+                selection = DatasetSelection(type_rec, None, tuple(dict.fromkeys(by_type[type_rec.dataset_type.name])))
+            else:
+                selection = bulk.select_datasets(conn, type_rec, searched, builder, where=where, bind=bind)
             n = _export_type(writer, datastore, bulk.iter_dataset_files(conn, selection), type_rec, keys, runs,
                              include_files=include_files, verify=verify)
             if not n:
@@ -94,9 +125,11 @@ def export_bundle(registry: Registry, datastore: Datastore, path: str | os.PathL
                 continue
             counts[type_rec.dataset_type.name] = n
             tags = bulk.tag_memberships(conn, selection, searched)
+            used.update(t[0] for t in tags)
             if tags:
                 writer.write_table("tags", {"collection": [t[0] for t in tags], "dataset_id": [t[1] for t in tags]})
             ranges = bulk.calib_ranges(conn, selection, searched)
+            used.update(r[0] for r in ranges)
             if ranges:
                 writer.write_table("calibs", {"collection": [r[0] for r in ranges],
                                               "dataset_type": [type_rec.dataset_type.name] * len(ranges),
@@ -109,6 +142,8 @@ def export_bundle(registry: Registry, datastore: Datastore, path: str | os.PathL
                 quantum_ids.update(o[1] for o in outputs)
         n_quanta = _export_quanta(writer, registry, conn, quantum_ids)
         record_counts = _export_records(writer, registry, conn, keys)
+        if refs is not None and not names:
+            searched = [r for r in searched if r.name in used]
         exported = _export_collections(writer, registry, conn, names, searched, runs, chains=chains)
         writer.instruments = {name: info for name, info in registry.instruments.items()
                               if name in {k[0] for k in keys.get("instrument", ())}}
@@ -117,6 +152,11 @@ def export_bundle(registry: Registry, datastore: Datastore, path: str | os.PathL
     return ExportReport(path=writer.path, datasets=totals["datasets"], files=totals["files"], bytes=totals["bytes"],
                         dataset_types=counts, collections=exported, records=record_counts, quanta=n_quanta,
                         seconds=time.perf_counter() - start)
+
+
+def dataset_types_to_export(registry: Registry, wanted: str | Iterable[str] | None) -> list[DatasetTypeRecord]:
+    """The registered dataset types that ``wanted`` (names and globs; None: all) selects."""
+    return _dataset_types(registry, wanted)[0]
 
 
 def _dataset_types(registry: Registry, wanted: str | Iterable[str] | None

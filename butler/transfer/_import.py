@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -34,6 +33,7 @@ from ..dimensions import DataCoordinate
 from ..errors import ConflictError
 from ..registry._collections import CollectionType
 from ..registry._datasets import FileRecord
+from ..registry._journal import STAGE, new_operation
 from ..registry._schema import fast_uuid
 from ._bundle import Bundle, open_bundle
 from ._errors import BundleManifestError
@@ -149,14 +149,11 @@ def import_bundle(registry: Registry, datastore: Datastore, runs: RunAccess, sou
     start = time.perf_counter()
     bundle = source if isinstance(source, Bundle) else open_bundle(source)
     try:
-        # Each run's lock is held shared, as by every write: an executor, `remove_runs` or clean-up
-        # (which deletes the journaled, unregistered files of writes it believes dead) holds it
-        # exclusively, and an import into the run meanwhile is refused (`RunLockedError`).
-        with ExitStack() as locks:
-            for run in sorted(c.name for c in bundle.collections if c.type == "RUN"):
-                locks.enter_context(run_lock(datastore.root, run, action="import into", shared=True))
-            return _import(registry, datastore, runs, bundle, transfer=transfer, allow_foreign_run=allow_foreign_run,
-                           start=start)
+        with ExitStack() as locks:  # shared, as every write: `cleanup` of these runs waits for the import
+            for name in sorted({c.name for c in bundle.collections if c.type == "RUN"}):
+                locks.enter_context(run_lock(datastore.root, name, action="import into", shared=True))
+            return _import(registry, datastore, runs, bundle, transfer=transfer,
+                           allow_foreign_run=allow_foreign_run, start=start)
     finally:
         if bundle is not source:
             bundle.close()
@@ -179,9 +176,10 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
                 skipped |= _check_datasets(registry, conn, bundle, tables, dt)
         quanta_present = registry.bulk_reads.quanta_by_id(conn, bundle.table("quanta").column("quantum_id").to_pylist())
     scratch = None
+    scratch_op = None
     try:
         if bundle.is_zip:  # extracted beside the repository's files (so they can be linked), verified on the way
-            scratch = tempfile.mkdtemp(prefix=".tmp-import-", dir=datastore.root)
+            scratch, scratch_op = _make_scratch(registry, datastore, bundle)
             for dt in bundle.dataset_types:
                 for batch in _datasets(tables, dt, dt.group(registry.universe)):
                     for d in batch:
@@ -198,6 +196,27 @@ def _import(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: B
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        if scratch_op is not None:
+            registry.journal.clear_now(scratch_op)
+
+
+def _make_scratch(registry: Registry, datastore: Datastore, bundle: Bundle) -> tuple[str, str | None]:
+    """The directory a zip's members are extracted into, journaled first (a ``stage`` intent of a
+    run of the bundle) so that `butler cleanup` removes it if a crash leaves it behind."""
+    op = new_operation()
+    name = f".tmp-import-{op[:16]}"
+    run = next((c.name for c in bundle.collections if c.type == "RUN"), None)
+    if run is not None:
+        registry.upgrade_for_writes()
+        registry.journal.record(op, run, STAGE, [(name, None, None)])
+    path = os.path.join(datastore.root, name)
+    try:
+        os.mkdir(path)
+    except BaseException:
+        if run is not None:
+            registry.journal.clear_now(op)
+        raise
+    return path, op if run is not None else None
 
 
 def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bundle, tables: dict[str, pa.Table],
