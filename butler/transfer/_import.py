@@ -15,6 +15,7 @@ Dataset ids and provenance survive.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -223,17 +224,11 @@ def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bu
            run_records: dict[str, CollectionRecord | None], new_records: dict[str, list[dict[str, Any]]],
            skipped: set[str], quanta_present: set[str], new_types: Sequence[DatasetType], extracted: str | None, *,
            transfer: str, allow_foreign_run: bool, start: float) -> ImportReport:
-    """The changes: new dataset types and instruments, then one `JournaledWrite` (journal, place,
-    one registering transaction)."""
+    """The changes, in one `JournaledWrite`: journal and place the files, then register the new dataset
+    types (DDL, which cannot join a transaction on MySQL: after every file is placed, so a refusal
+    while placing changes nothing), then one registering transaction (rows, instruments' attributes)."""
     from .._registration import register_dataset_type
 
-    for dt in new_types:
-        register_dataset_type(registry, datastore, dt)
-    for name, info in bundle.instruments.items():  # aliases and file templates of instruments new here
-        if name not in registry.instruments:
-            registry.set_attribute(f"instrument:{name}", info)
-    if len(bundle.table("calibs")):
-        registry.calibrations.ensure_table()
     universe = registry.universe
     n_files = 0
     with JournaledWrite(registry, datastore, "import") as write:
@@ -249,14 +244,23 @@ def _write(registry: Registry, datastore: Datastore, runs: RunAccess, bundle: Bu
                     for j, (source, record) in enumerate(zip(d.sources, d.files)):
                         n_files += _place(write, bundle, datastore, source, record.path, d.ref.id, record.checksum,
                                           transfer, None if extracted is None else _extracted_dir(extracted, j))
+        for dt in new_types:
+            register_dataset_type(registry, datastore, dt)
+        if len(bundle.table("calibs")):
+            registry.calibrations.ensure_table()
+        instruments = {f"instrument:{name}": info if isinstance(info, str) else json.dumps(info)
+                       for name, info in bundle.instruments.items() if name not in registry.instruments}
         try:
             with write.registering() as conn:
+                registry.insert_attributes(instruments, conn)  # aliases and templates of instruments new here
                 created, n_datasets, n_quanta = _register(registry, runs, conn, bundle, tables, run_records,
                                                           new_records, skipped, quanta_present, allow_foreign_run)
         except BaseException:
             for name in [*run_records, *(c.name for c in bundle.collections)]:
                 runs.forget(name)
             raise
+    if instruments:
+        registry.refresh_attributes()
     return ImportReport(bundle=bundle.path, datasets=n_datasets, skipped=len(skipped), files=n_files,
                         records={k: len(v) for k, v in new_records.items() if v}, collections=created,
                         quanta=n_quanta, seconds=time.perf_counter() - start)

@@ -1,4 +1,4 @@
-"""Review: an import writes into its runs like put and ingest do, so it holds their locks shared:
+"""An import writes into its runs like put and ingest do, so it holds their locks shared:
 while an executor, remove_runs or cleanup holds a run exclusively (cleanup deletes the journaled,
 unregistered files of writes it believes dead), an import into that run is refused."""
 

@@ -1,4 +1,4 @@
-"""Review: a quantum whose second output cannot be written leaves none of its outputs on disk
+"""A quantum whose second output cannot be written leaves none of its outputs on disk
 (as before the change: the worker removed every output it had put in place)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review: a bundle whose dataset rows name a run the bundle does not list (or an unsafe one) is
+"""A bundle whose dataset rows name a run the bundle does not list (or an unsafe one) is
 refused before anything changes, with an error naming the run; nothing lands outside the repository."""
 
 from __future__ import annotations

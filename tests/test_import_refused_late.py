@@ -1,4 +1,4 @@
-"""Review: an import refused while placing files (a file the registry does not know is at a
+"""An import refused while placing files (a file the registry does not know is at a
 destination path) leaves the destination as it was: no dataset types, no instrument attributes."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from butler.errors import ConflictError
 from butler.testing import snapshot_repo
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: dataset types and instrument attributes are registered before the write that can still refuse")
 def test_import_refused_at_placement_changes_nothing(travel_repo, repo_factory, tmp_path):  # noqa: F811
     bundle = tmp_path / "all"
     travel_repo.export(bundle, collections=COLLECTIONS)

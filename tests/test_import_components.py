@@ -1,4 +1,4 @@
-"""Review: a zip bundle of a dataset with a component written on its own imports both files intact."""
+"""A zip bundle of a dataset with a component written on its own imports both files intact."""
 
 from __future__ import annotations
 
