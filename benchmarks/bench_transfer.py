@@ -243,19 +243,24 @@ def bench_compare(ctx: Context) -> Result:
 _MEMORY_CODE = """
 import json, os, resource, time
 from butler import Butler
-root, target, run = os.environ["BENCH_ROOT"], os.environ["BENCH_TARGET"], os.environ["BENCH_RUN"]
-butler = Butler(root)
-butler.query_dataset_types()
 def rss_kb():
     with open("/proc/self/status") as f:
         return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+if os.environ["BENCH_OP"] == "export":
+    butler = Butler(os.environ["BENCH_ROOT"])
+    operation = lambda: butler.export(os.environ["BENCH_TARGET"], collections=os.environ["BENCH_RUN"])
+else:
+    butler = Butler.create(os.environ["BENCH_DEST"])
+    operation = lambda: butler.import_(os.environ["BENCH_BUNDLE"])
+butler.query_dataset_types()
 before = rss_kb()
 start = time.perf_counter()
-report = butler.export(target, collections=run)
+report = operation()
 seconds = time.perf_counter() - start
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"delta_kb": after - before, "before_kb": before, "seconds": seconds, "datasets": report.datasets}))
 """
+"""Peak RSS growth of one export (``BENCH_OP=export``) or import, in a fresh process."""
 
 
 @benchmark("transfer.export_memory_100k", unit="MB", target=300,
@@ -264,7 +269,8 @@ def bench_export_memory(ctx: Context) -> Result:
     n = ctx.size(100_000, 10_000)
     root = _repo(ctx, n, files=True)
     target = os.path.join(ctx.scratch("memory"), "bundle.zip")
-    out = run_python(_MEMORY_CODE, env={"BENCH_ROOT": root, "BENCH_TARGET": target, "BENCH_RUN": RUN}, timeout=600)
+    out = run_python(_MEMORY_CODE, env={"BENCH_OP": "export", "BENCH_ROOT": root, "BENCH_TARGET": target,
+                                     "BENCH_RUN": RUN}, timeout=600)
     assert out["datasets"] == n, out
     mb = out["delta_kb"] / 1024
     rate = n / out["seconds"]
@@ -272,22 +278,6 @@ def bench_export_memory(ctx: Context) -> Result:
                                        f"RSS before the export {out['before_kb'] / 1024:.0f} MB",
                   extra={"rate": rate, **out})
 
-
-_IMPORT_MEMORY_CODE = """
-import json, os, resource, time
-from butler import Butler
-def rss_kb():
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
-butler = Butler.create(os.environ["BENCH_DEST"])
-butler.query_dataset_types()
-before = rss_kb()
-start = time.perf_counter()
-report = butler.import_(os.environ["BENCH_BUNDLE"])
-seconds = time.perf_counter() - start
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"delta_kb": after - before, "before_kb": before, "seconds": seconds, "datasets": report.datasets}))
-"""
 
 
 @benchmark("transfer.import_memory_100k", unit="MB", target=300,
@@ -300,7 +290,8 @@ def bench_import_memory(ctx: Context) -> Result:
     bundle = os.path.join(ctx.scratch("import-memory"), "bundle.zip")
     Butler(root).export(bundle, collections=RUN)
     dest = os.path.join(ctx.scratch("import-memory-dest"), "repo")
-    out = run_python(_IMPORT_MEMORY_CODE, env={"BENCH_DEST": dest, "BENCH_BUNDLE": bundle}, timeout=900)
+    out = run_python(_MEMORY_CODE, env={"BENCH_OP": "import", "BENCH_DEST": dest, "BENCH_BUNDLE": bundle},
+                     timeout=900)
     assert out["datasets"] == n, out
     rate = n / out["seconds"]
     return Result(value=out["delta_kb"] / 1024, n=1,
