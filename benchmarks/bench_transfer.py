@@ -95,6 +95,26 @@ def _repo(ctx: Context, n: int, *, files: bool, copy: str = "a") -> str:
     return root
 
 
+def _run_files(root: str) -> list[str]:
+    """The files of the benchmark run, sorted (what each baseline copies)."""
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, RUN)) for f in fs)
+
+
+def _copy_seconds(paths: list[str], root: str, copy_dir: str) -> float:
+    """The baseline: ``shutil.copyfile`` of ``paths`` to their places under ``copy_dir`` (directories
+    made once each), in seconds."""
+    start = time.perf_counter()
+    made: set[str] = set()
+    for p in paths:
+        dst = os.path.join(copy_dir, os.path.relpath(p, root))
+        d = os.path.dirname(dst)
+        if d not in made:
+            os.makedirs(d, exist_ok=True)
+            made.add(d)
+        shutil.copyfile(p, dst)
+    return time.perf_counter() - start
+
+
 def _export_rate(ctx: Context, suffix: str, repeats: int) -> Result:
     from butler import Butler
 
@@ -102,7 +122,7 @@ def _export_rate(ctx: Context, suffix: str, repeats: int) -> Result:
     root = _repo(ctx, n, files=True)
     butler = Butler(root)
     seconds, base = [], []
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, RUN)) for f in fs)
+    paths = _run_files(root)
     assert len(paths) == n
     for i in range(repeats):
         target = os.path.join(ctx.scratch(f"export-{suffix}-{i}"), f"bundle{suffix}")
@@ -111,17 +131,7 @@ def _export_rate(ctx: Context, suffix: str, repeats: int) -> Result:
         seconds.append(time.perf_counter() - start)
         assert report.datasets == n, report
         copy_dir = ctx.scratch(f"copy-{suffix}-{i}")
-        start = time.perf_counter()
-        made: set[str] = set()
-        for p in paths:
-            rel = os.path.relpath(p, root)
-            dst = os.path.join(copy_dir, rel)
-            d = os.path.dirname(dst)
-            if d not in made:
-                os.makedirs(d, exist_ok=True)
-                made.add(d)
-            shutil.copyfile(p, dst)
-        base.append(time.perf_counter() - start)
+        base.append(_copy_seconds(paths, root, copy_dir))
         shutil.rmtree(os.path.dirname(target), ignore_errors=True)
         shutil.rmtree(copy_dir, ignore_errors=True)
     return rate_result(n, seconds, baseline_seconds=base, baseline_label="shutil.copyfile of the same files",
@@ -149,7 +159,7 @@ def bench_import(ctx: Context) -> Result:
     root = _repo(ctx, n, files=True)
     bundle = os.path.join(ctx.scratch("import-bundle"), "bundle.zip")
     Butler(root).export(bundle, collections=RUN)
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, RUN)) for f in fs)
+    paths = _run_files(root)
     seconds, base = [], []
     for i in range(ctx.size(3, 1)):
         dest = Butler.create(os.path.join(ctx.scratch(f"import-{i}"), "repo"))
@@ -158,16 +168,7 @@ def bench_import(ctx: Context) -> Result:
         seconds.append(time.perf_counter() - start)
         assert report.datasets == n, report
         copy_dir = ctx.scratch(f"import-copy-{i}")
-        start = time.perf_counter()
-        made: set[str] = set()
-        for p in paths:
-            dst = os.path.join(copy_dir, os.path.relpath(p, root))
-            d = os.path.dirname(dst)
-            if d not in made:
-                os.makedirs(d, exist_ok=True)
-                made.add(d)
-            shutil.copyfile(p, dst)
-        base.append(time.perf_counter() - start)
+        base.append(_copy_seconds(paths, root, copy_dir))
     return rate_result(n, seconds, baseline_seconds=base, baseline_label="shutil.copyfile of the same files",
                        notes=f"{n} datasets of 60 bytes from a zip bundle, SQLite")
 
@@ -181,7 +182,7 @@ def bench_transfer(ctx: Context) -> Result:
     n = ctx.size(10_000, 2_000)
     root = _repo(ctx, n, files=True)
     source = Butler(root)
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, RUN)) for f in fs)
+    paths = _run_files(root)
     seconds, base, linked = [], [], []
     for i in range(ctx.size(3, 1)):
         dest = Butler.create(os.path.join(ctx.scratch(f"transfer-{i}"), "repo"))
@@ -191,16 +192,7 @@ def bench_transfer(ctx: Context) -> Result:
         assert report.datasets == n, report
         linked.append(os.stat(paths[0]).st_nlink > 1)
         copy_dir = ctx.scratch(f"transfer-copy-{i}")
-        start = time.perf_counter()
-        made: set[str] = set()
-        for p in paths:
-            dst = os.path.join(copy_dir, os.path.relpath(p, root))
-            d = os.path.dirname(dst)
-            if d not in made:
-                os.makedirs(d, exist_ok=True)
-                made.add(d)
-            shutil.copyfile(p, dst)
-        base.append(time.perf_counter() - start)
+        base.append(_copy_seconds(paths, root, copy_dir))
         shutil.rmtree(os.path.dirname(dest.root), ignore_errors=True)
         shutil.rmtree(copy_dir, ignore_errors=True)
     return rate_result(n, seconds, baseline_seconds=base, baseline_label="shutil.copyfile of the same files",
