@@ -171,8 +171,6 @@ class Butler:
                                                 implied=registry.data_ids.expand_implied)
         return store
 
-    _datastore = datastore
-
     @property
     def root(self) -> str:
         return self._config.root
@@ -193,8 +191,6 @@ class Butler:
                 f"this Butler of {self.root} is read-only; open it with run='...' or writeable=True to write"
             )
 
-    _require_writeable = require_writeable
-
     def search_path(self, collections: CollectionsLike = None) -> str | Sequence[str]:
         """The collections a read searches: ``collections``, else this Butler's (`CollectionError`
         when neither names any)."""
@@ -204,9 +200,6 @@ class Butler:
                 "no collections to search: pass collections=... to this call or to Butler(...)"
             )
         return wanted
-
-    def _resolve_collections(self, collections: CollectionsLike, conn: Any = None) -> list[CollectionRecord]:
-        return self._registry.collections.resolve(self.search_path(collections), conn)
 
     @property
     def _runs(self) -> RunAccess:
@@ -295,7 +288,7 @@ class Butler:
 
     def update_regions(self, element: str, records: Iterable[Mapping[str, Any]]) -> int:
         """Replace regions of existing records (e.g. after a better WCS); queries see them at once."""
-        self._require_writeable()
+        self.require_writeable()
         return self._registry.records.update_regions(element, records)
 
     def packer(self, kind: str, **data_id: Any) -> Any:
@@ -332,7 +325,7 @@ class Butler:
     def chown_run(self, run: str, new_owner: str) -> None:
         """Hand RUN ``run`` over to ``new_owner`` (only its owner may; on PostgreSQL and MySQL the new
         owner must be an existing role). Afterwards only ``new_owner`` writes into it or removes it."""
-        self._require_writeable()
+        self.require_writeable()
         from ._ownership import chown_run
 
         chown_run(self._registry, run, new_owner)

@@ -96,10 +96,6 @@ class JournaledWrite:
         self._staged.append(prepared)
         return prepared
 
-    @property
-    def staged(self) -> list[PreparedWrite]:
-        return list(self._staged)
-
     def place(self, source: str, dest: str, mode: str) -> None:
         """Put the file ``source`` at the absolute path ``dest`` (never over an existing file); it
         is removed again if the write fails. A "move" leaves the source until after the commit."""
