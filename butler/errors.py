@@ -25,6 +25,10 @@ __all__ = [
     "InvalidNameError",
     "ReadOnlyError",
     "RegistryConnectionError",
+    "RemoteAuthError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "RemoteUnavailableError",
     "RepositoryConfigError",
     "RepositoryNotFoundError",
     "RunLockedError",
@@ -105,3 +109,20 @@ class RegistryConnectionError(ConnectionError, ButlerError):
 class RepositoryConfigError(ValueError, ButlerError):
     """The repository exists but its configuration or registry file is unreadable or corrupted,
     or the path given is not a repository directory."""
+
+
+class RemoteError(ButlerError):
+    """A remote repository (``butler serve``, static hosting, ssh) answered with something unusable."""
+
+
+class RemoteUnavailableError(RemoteError, ConnectionError):
+    """A remote repository could not be reached (host down, refused, timed out, connection lost)."""
+
+
+class RemoteAuthError(RemoteError, PermissionError):
+    """A remote repository refused the request's credentials (missing or wrong bearer token)."""
+
+
+class RemoteProtocolError(RemoteError):
+    """A remote repository's answer does not follow the butler protocol (another server, another
+    protocol version, a malformed answer)."""
