@@ -627,6 +627,8 @@ class Butler:
 
     def get_uris(self, refs: Sequence[DatasetRef]) -> list[str]:
         """`get_uri` of many refs, with one query per 5,000 refs."""
+        if self._remote is not None:
+            return [self._remote.uri(ref, ref.component or "") for ref in refs]
         from .transfer._uris import get_uris
 
         return get_uris(self._registry, self.datastore, refs)

@@ -35,7 +35,10 @@ def make_app(service: RepositoryService, *, threads: int = 8) -> web.Application
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         req = Request(request.method, request.path, dict(request.query), dict(request.headers), body)
-        answer = await asyncio.get_running_loop().run_in_executor(pool, service.handle, req)
+        if _is_quick(req.path):  # a thread hop would cost more than the answer
+            answer = service.handle(req)
+        else:
+            answer = await asyncio.get_running_loop().run_in_executor(pool, service.handle, req)
         if answer.file is not None:
             return web.FileResponse(answer.file, headers=dict(answer.headers))
         return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
@@ -47,6 +50,16 @@ def make_app(service: RepositoryService, *, threads: int = 8) -> web.Application
     app.router.add_route("*", "/{tail:.*}", handle)
     app.on_cleanup.append(shutdown)
     return app
+
+
+_SLOW_CALLS = ("query_", "find_datasets", "files_of", "resolve_collections", "refresh")
+
+
+def _is_quick(path: str) -> bool:
+    """Whether a request is answered on the event loop: one indexed lookup (`find_dataset`, a dataset
+    type, a collection, a file's record), not a query of unbounded size, which goes to the threads."""
+    name = path.rsplit("/", 1)[-1]
+    return not name.startswith(_SLOW_CALLS)
 
 
 def serve(root: str, *, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
