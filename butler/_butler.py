@@ -27,9 +27,9 @@ from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
 from .dimensions import DataCoordinate, DimensionUniverse
 from .errors import ButlerError, CollectionError, ConflictError, ReadOnlyError
-from .remote._urls import is_remote_url
 from .registry._database import Database
 from .registry._registry import Registry
+from .remote._urls import is_remote_url
 
 if TYPE_CHECKING:
     from ._cleanup import CleanupReport
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .registry._interface import RegistryReader
     from .remote import RemoteRepository
     from .transfer import Bundle, ComparisonReport, ExportReport, ImportReport, TransferReport
+    from .transfer._export import SelectedDataset
 
 __all__ = ["Butler", "DeferredDatasetHandle"]
 
@@ -82,6 +83,7 @@ class Butler:
         verify_reads: bool = True,
         token: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        upstream: str | os.PathLike[str] | None = None,
         _lazy: bool = False,
     ) -> None:
         self._remote: RemoteRepository | None = None
@@ -94,6 +96,11 @@ class Butler:
 
             self._remote = open_remote(os.fspath(root), token=token, cache_dir=cache_dir)
         self._config = RepoConfig.read(os.fspath(root)) if self._remote is None else None
+        if upstream is not None and self._remote is not None:
+            raise ValueError(f"{root} is a remote repository: it cannot have an upstream (open a local repository "
+                             "with upstream=... to cache a remote one's datasets)")
+        self._upstream_location = None if upstream is None else os.fspath(upstream)
+        self._upstream: Butler | None = None
         if run is not None and self._config is not None:
             from .registry._collections import validate_collection_name
 
@@ -162,7 +169,7 @@ class Butler:
         return (
             _butler_from_pickle,
             (self.root, self.collections, self.run, self.writeable, self.calibs or None, self.verify_reads,
-             self._token, self._cache_dir),
+             self._token, self._cache_dir, self._upstream_location),
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -192,6 +199,26 @@ class Butler:
         verified local cache)."""
         remote = self._remote
         return remote.datastore if remote is not None else self.datastore
+
+    @property
+    def upstream(self) -> Butler | None:
+        """The read-only repository this one reads missing inputs from (``upstream=``), or None."""
+        if self._upstream is None and self._upstream_location is not None:
+            self._upstream = Butler(self._upstream_location, collections=self.collections or None, token=self._token,
+                                    cache_dir=self._cache_dir)
+        return self._upstream
+
+    def fetch_from_upstream(self, refs: Sequence[DatasetRef]) -> ImportReport:
+        """Bring datasets of the upstream here (its refs): files verified against the upstream's checksums
+        before anything is registered, ids, runs, records and provenance kept, all or nothing; datasets
+        already here are skipped. Reads do this themselves for what they find upstream."""
+        if self.upstream is None:
+            raise ButlerError(f"{self.root} has no upstream: open it with Butler(root, upstream=URL)")
+        from ._upstream import fetch
+        from .transfer._import import import_bundle
+
+        return fetch(self, refs, lambda bundle: import_bundle(self.registry, self.datastore, self._runs, bundle,
+                                                               transfer="move"))
 
     @property
     def is_remote(self) -> bool:
@@ -545,6 +572,10 @@ class Butler:
 
     def _find(self, dataset_type: RefOrTypeLike, data_id: DataIdLike, collections: CollectionsLike,
               kwargs: Mapping[str, Any], *, required: bool = True) -> FoundDataset | None:
+        if self._upstream_location is not None:
+            from . import _upstream
+
+            return _upstream.find(self, dataset_type, data_id, collections, kwargs, required=required)
         return _reads.find(self, dataset_type, data_id, collections, kwargs, required=required)
 
     def find_datasets(self, dataset_type: str, data_ids: Sequence[DataCoordinate], *,
@@ -576,7 +607,17 @@ class Butler:
 
     def exists(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *, collections: CollectionsLike = None,
                **kwargs: Any) -> bool:
-        """Whether the dataset is registered and its file is present."""
+        """Whether the dataset is registered and its file is present (here, or in the upstream)."""
+        if self._upstream_location is not None:
+            try:
+                here = _reads.find(self, dataset_type, data_id, collections, kwargs, required=False)
+            except (CollectionError, LookupError, ValueError):
+                here = None
+            if here is not None and here.files and self.datastore_reader.has_files(here.files):
+                return True
+            upstream = self.upstream
+            assert upstream is not None
+            return upstream.exists(dataset_type, data_id, collections=self.search_path(collections), **kwargs)
         found = self._find(dataset_type, data_id, collections, kwargs, required=False)
         if found is None or not found.files:
             return False
@@ -588,22 +629,39 @@ class Butler:
                        bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None, find_first: bool | None = None,
                        **kwargs: Any) -> list[DatasetRef]:
         """Refs of one dataset type matching data ID constraints and a where-expression."""
-        return self.reader.query_datasets(dataset_type, collections=collections if collections is not None
-                                          else self.collections, where=where, bind=bind, data_id=data_id,
-                                          find_first=find_first, **kwargs)
+        searched = collections if collections is not None else self.collections
+        if self._upstream_location is not None:
+            from ._upstream import query_target
+
+            target = query_target(self, searched)
+            if target is not self:
+                return target.query_datasets(dataset_type, collections=searched, where=where, bind=bind,
+                                             data_id=data_id, find_first=find_first, **kwargs)
+        return self.reader.query_datasets(dataset_type, collections=searched, where=where, bind=bind,
+                                          data_id=data_id, find_first=find_first, **kwargs)
 
     def query_data_ids(self, dimensions: str | Iterable[str], *, where: str | None = None,
                        bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
                        datasets: str | Iterable[str] | None = None, collections: CollectionsLike = None,
                        **kwargs: Any) -> list[DataCoordinate]:
         """Data IDs of the given dimensions (with implied values) that exist and match the constraints."""
+        searched = collections if collections is not None else self.collections
+        if self._upstream_location is not None:
+            from ._upstream import query_target
+
+            target = query_target(self, searched if datasets is not None else None)
+            if target is not self:
+                return target.query_data_ids(dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
+                                             collections=searched, **kwargs)
         return self.reader.query_data_ids(dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
-                                          collections=collections if collections is not None else self.collections,
-                                          **kwargs)
+                                          collections=searched, **kwargs)
 
     def query_dimension_records(self, element: str, *, where: str | None = None,
                                 bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
                                 **kwargs: Any) -> list[DimensionRecord]:
+        upstream = self.upstream
+        if upstream is not None:  # the upstream has every record; this repository those of what it cached
+            return upstream.query_dimension_records(element, where=where, bind=bind, data_id=data_id, **kwargs)
         return self.reader.query_dimension_records(element, where=where, bind=bind, data_id=data_id, **kwargs)
 
     def query_dataset_types(self, pattern: str = "*") -> list[DatasetType]:
@@ -633,17 +691,22 @@ class Butler:
 
         return get_uris(self._registry, self.datastore, refs)
 
-    def export(self, path: str | os.PathLike[str], *, collections: str | Sequence[str], where: str | None = None,
-               bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
-               include_files: bool = True, chains: bool = True, verify: bool = False) -> ExportReport:
+    def export(self, path: str | os.PathLike[str], *, collections: str | Sequence[str] | None = None,
+               where: str | None = None, bind: Mapping[str, Any] | None = None,
+               dataset_types: str | Iterable[str] | None = None, include_files: bool = True, chains: bool = True,
+               verify: bool = False, refs: Sequence[DatasetRef | SelectedDataset] | None = None) -> ExportReport:
         """Write the datasets of ``collections`` (every run's copy; all dataset types unless given;
-        matching ``where``) with what they need to a bundle: a ``.zip`` file, else a directory
-        (see docs/transfers.md). ``verify`` re-reads every file against its checksum first."""
+        matching ``where``), or exactly ``refs``, with what they need to a bundle: a ``.zip`` file,
+        else a directory (see docs/transfers.md). ``verify`` re-reads every file against its checksum first."""
+        if self._remote is not None:
+            if refs is None or collections is not None or where is not None or dataset_types is not None:
+                raise self._remote.unsupported("an export by collections")
+            return self._remote.export(os.fspath(path), refs)
         from .transfer._export import export_bundle
 
         return export_bundle(self._registry, self.datastore, path, collections=collections, where=where,
                              bind=bind, dataset_types=dataset_types, include_files=include_files, chains=chains,
-                             verify=verify)
+                             verify=verify, refs=refs)
 
     def import_(self, bundle: str | os.PathLike[str] | Bundle, *, transfer: str = "copy",
                 allow_foreign_run: bool = False) -> ImportReport:
@@ -792,6 +855,6 @@ class DeferredDatasetHandle:
 
 def _butler_from_pickle(root: str, collections: tuple[str, ...], run: str | None, writeable: bool,
                         calibs: dict[str, str] | None, verify_reads: bool = True, token: str | None = None,
-                        cache_dir: str | None = None) -> Butler:
+                        cache_dir: str | None = None, upstream: str | None = None) -> Butler:
     return Butler(root, collections=collections or None, run=run, writeable=writeable, calibs=calibs,
-                  verify_reads=verify_reads, token=token, cache_dir=cache_dir, _lazy=True)
+                  verify_reads=verify_reads, token=token, cache_dir=cache_dir, upstream=upstream, _lazy=True)

@@ -4,11 +4,9 @@ read-only, tokens, paths that try to escape, bytes damaged in transit, servers t
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import os
 import pickle
-import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -29,7 +27,7 @@ from butler.errors import (
     RemoteProtocolError,
     RemoteUnavailableError,
 )
-from butler.testing import SIMCAM_VISITS, make_repo, served_repository
+from butler.testing import SIMCAM_VISITS, FlippingProxy, make_repo, served_repository
 
 RUN = "u/tester/run1"
 VISITS = [v["id"] for v in SIMCAM_VISITS]
@@ -191,7 +189,8 @@ def _raw(url: str, method: str, path: str, headers: dict[str, str] | None = None
 
 
 def test_urls_cannot_escape_the_repository(repo, server):
-    registry_bytes = open(os.path.join(repo.root, "butler.sqlite3"), "rb").read(16)
+    with open(os.path.join(repo.root, "butler.sqlite3"), "rb") as stream:
+        registry_bytes = stream.read(16)
     ref = _local(repo).query_datasets("metrics")[0]
     exp = _local(repo).find_dataset("calexp", instrument="SimCam", visit=VISITS[0], detector=1)
     base = f"/api/v1/datasets/{ref.id.hex}/file"
@@ -231,64 +230,6 @@ def test_bearer_token(repo, tmp_path, monkeypatch):
 
 
 # -- failures in transit ---------------------------------------------------------------------------
-class FlippingProxy:
-    """A real HTTP proxy in a thread (aiohttp) that forwards to a butler server and flips one byte of
-    the first ``flips`` answers that carry a file's bytes (inline payloads and file answers)."""
-
-    def __init__(self, target: str, flips: int) -> None:
-        self.target = target.rstrip("/")
-        self.flips = flips
-        self.flipped = 0
-        self.url = ""
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        import aiohttp
-        from aiohttp import web
-
-        session = aiohttp.ClientSession(auto_decompress=False)
-
-        async def forward(request: web.Request) -> web.Response:
-            async with session.request(request.method, self.target + request.path_qs, data=await request.read(),
-                                       headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as r:
-                body = bytearray(await r.read())
-                json_length = int(r.headers.get("X-Butler-Json-Length", len(body)))
-                carries_file = request.path.endswith("/file") or len(body) > json_length  # inline bytes follow
-                if carries_file and r.status == 200 and self.flipped < self.flips and body:
-                    body[-1] ^= 0x01
-                    self.flipped += 1
-                headers = {k: v for k, v in r.headers.items() if k.lower() not in ("content-length", "transfer-encoding",
-                                                                                    "content-encoding")}
-                return web.Response(status=r.status, body=bytes(body), headers=headers)
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", forward)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await session.close()
-        await runner.cleanup()
-
-    def __enter__(self) -> FlippingProxy:
-        self._thread.start()
-        assert self._ready.wait(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-
 def test_a_byte_flipped_in_transit_is_fetched_again(server, tmp_path):
     with FlippingProxy(server, flips=1) as proxy:
         remote = Butler(proxy.url, collections=RUN, cache_dir=str(tmp_path / "cache"))

@@ -21,6 +21,7 @@ from ..registry._data_ids import DataIdNormalizer
 from ._protocol import (
     API_PREFIX,
     PROTOCOL_VERSION,
+    REPORT_HEADER,
     decode_collection,
     decode_data_id,
     decode_dataset_type,
@@ -31,13 +32,14 @@ from ._protocol import (
     encode_data_id,
 )
 from ._remote_datastore import RemoteDatastore, cache_record
-from ._transport import HttpTransport, Transport, call, call_with_payload, decode_reply
+from ._transport import HttpTransport, Transport, call, call_with_payload, decode_reply, download, header
 
 if TYPE_CHECKING:
     from .._dataset_ref import DatasetRef
     from .._dataset_type import DatasetType
     from ..registry._collections import CollectionRecord, CollectionType
     from ..registry._datasets import FileRecord, FoundDataset
+    from ..transfer._export import ExportReport
 
 __all__ = ["RemoteDataIds", "RemoteRegistry", "RemoteRepository", "open_remote"]
 
@@ -219,6 +221,26 @@ class RemoteRepository:
             f"{what} needs the repository's own registry and files, and {self.url} is a remote repository, which "
             "answers reads only (get, get_deferred, exists, find_dataset(s), query_*, collections and dataset "
             "types); run it where the repository is, or copy the data here with transfer_from (docs/remote.md)")
+
+    def export(self, path: str, refs: Sequence[Any]) -> ExportReport:
+        """Write a zip bundle of ``refs`` (with their files, records and provenance) made by the server
+        to ``path`` (see `Butler.export`; checksums are verified by whoever imports it)."""
+        import json
+        import time
+
+        from ..transfer._export import ExportReport
+
+        start = time.perf_counter()
+        wanted = [[r.dataset_type if isinstance(r.dataset_type, str) else r.dataset_type.name, r.id.hex] for r in refs]
+        try:
+            reply = download(self.transport, "export", {"refs": wanted}, path)
+        except BaseException:
+            if os.path.exists(path):
+                os.remove(path)
+            raise
+        summary = json.loads(header(reply.headers, REPORT_HEADER) or "{}")
+        summary["seconds"] = time.perf_counter() - start
+        return ExportReport(path=path, **summary)
 
     def uri(self, ref: DatasetRef, component: str = "") -> str:
         """The URL of a dataset's file on the server."""

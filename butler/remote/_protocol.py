@@ -33,6 +33,7 @@ __all__ = [
     "MAX_INLINE_BYTES",
     "PAYLOAD_HEADER",
     "PROTOCOL_VERSION",
+    "REPORT_HEADER",
     "Answer",
     "Request",
     "decode_collection",
@@ -60,6 +61,9 @@ PAYLOAD_HEADER = "X-Butler-Json-Length"
 """Set on an answer whose JSON (this many bytes) is followed by raw bytes: the small files of a
 `find_dataset` asked with ``inline``, so that a small ``get`` takes one round trip."""
 
+REPORT_HEADER = "X-Butler-Export-Report"
+"""On the answer of an ``export`` call (a zip bundle): what the server's export wrote, as JSON."""
+
 MAX_INLINE_BYTES = 1 << 20
 """The most a client may ask to have inlined per file."""
 
@@ -86,6 +90,8 @@ class Answer:
     file: str | None = None
     file_range: tuple[int, int] | None = None
     """(start, length) of ``file`` to send; None sends the whole file."""
+    remove_after: str | None = None
+    """A directory (holding ``file``, made for this answer) to remove once the answer is sent."""
 
 
 # -- errors ------------------------------------------------------------------------------------

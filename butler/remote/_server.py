@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import shutil
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -40,7 +41,15 @@ def make_app(service: RepositoryService, *, threads: int = 8) -> web.Application
         else:
             answer = await asyncio.get_running_loop().run_in_executor(pool, service.handle, req)
         if answer.file is not None:
-            return web.FileResponse(answer.file, headers=dict(answer.headers))
+            response = web.FileResponse(answer.file, headers=dict(answer.headers))
+            if answer.remove_after is None:
+                return response
+            try:  # a file made for this answer: send it now, then remove it
+                await response.prepare(request)
+                await response.write_eof()
+            finally:
+                shutil.rmtree(answer.remove_after, ignore_errors=True)
+            return response
         return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
 
     async def shutdown(app: web.Application) -> None:

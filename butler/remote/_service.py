@@ -9,19 +9,23 @@ a directory dataset (a zarr store's chunk) must be a plain relative path inside 
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ButlerError, RemoteAuthError, RemoteProtocolError
+from ..errors import ButlerError, DatasetNotFoundError, RemoteAuthError, RemoteProtocolError
 from ._protocol import (
     API_PREFIX,
     MAX_INLINE_BYTES,
     PAYLOAD_HEADER,
     PROTOCOL_VERSION,
+    REPORT_HEADER,
     Answer,
     Request,
     decode_data_id,
@@ -261,9 +265,53 @@ class RepositoryService:
         coord = decode_data_id(reader.universe, args["dimensions"], args["data_id"])
         return self.butler.registry.data_ids.expand_implied(coord)
 
+    def call_export(self, args: Mapping[str, Any]) -> Any:
+        """A zip bundle (see docs/transfers.md) of the datasets ``refs`` (``[[type, id], ...]``) with
+        their files, records, collections and provenance: what a client caching them imports. The
+        answer is the bundle's file, removed once sent."""
+        from ..transfer._export import SelectedDataset
+
+        wanted: list[SelectedDataset] = [_Selected(name, uuid.UUID(hex=h)) for name, h in args["refs"]]
+        if not wanted:
+            raise RemoteProtocolError("export needs at least one ref")
+        scratch = tempfile.mkdtemp(prefix="butler-serve-export-")
+        path = os.path.join(scratch, "bundle.zip")
+        try:
+            report = self.butler.export(path, refs=wanted)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        if report.datasets != len(wanted):
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise DatasetNotFoundError(f"{len(wanted) - report.datasets} of the {len(wanted)} datasets asked for are "
+                                       "not in this repository (removed since they were found?)")
+        summary = {k: v for k, v in dataclasses.asdict(report).items() if k != "path"}
+        return FileAnswer(path, remove_dir=scratch, headers={REPORT_HEADER: json.dumps(summary, separators=(",", ":"))})
+
     def call_refresh(self, args: Mapping[str, Any]) -> Any:
         self.butler.refresh()
         return {"instruments": self.butler.reader.instruments}
+
+
+class _Selected:
+    """A dataset asked for by type name and id (what `export_bundle` needs of a ref)."""
+
+    __slots__ = ("dataset_type", "id")
+
+    def __init__(self, dataset_type: str, id: uuid.UUID) -> None:
+        self.dataset_type = dataset_type
+        self.id = id
+
+
+class FileAnswer:
+    """A call whose answer is a file made for it, removed (with ``remove_dir``) once sent."""
+
+    __slots__ = ("headers", "path", "remove_dir")
+
+    def __init__(self, path: str, remove_dir: str, headers: Mapping[str, str]) -> None:
+        self.path = path
+        self.remove_dir = remove_dir
+        self.headers = dict(headers)
 
 
 class WithPayload:
@@ -277,6 +325,9 @@ class WithPayload:
 
 
 def _json_answer(result: Any) -> Answer:
+    if isinstance(result, FileAnswer):
+        return Answer(200, {"Content-Type": "application/zip", **result.headers}, file=result.path,
+                      remove_after=result.remove_dir)
     if isinstance(result, WithPayload):
         text = json.dumps({"result": result.result}, separators=(",", ":")).encode()
         return Answer(200, {**_JSON, PAYLOAD_HEADER: str(len(text))}, text + result.payload)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from ..errors import RemoteProtocolError, RemoteUnavailableError
 from ._protocol import API_PREFIX, PAYLOAD_HEADER, decode_error
 
-__all__ = ["HttpTransport", "Reply", "Transport", "call", "call_with_payload", "decode_reply"]
+__all__ = ["HttpTransport", "Reply", "Transport", "call", "call_with_payload", "decode_reply", "download", "header"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,28 @@ def call_with_payload(transport: Transport, name: str, args: Mapping[str, Any] |
         head = Reply(reply.status, reply.headers, reply.body[:n])
         return decode_reply(transport, head, name), reply.body[n:]
     return decode_reply(transport, reply, name), b""
+
+
+def download(transport: Transport, name: str, args: Mapping[str, Any], target: str) -> Reply:
+    """Call ``name``, whose answer is a file, into ``target`` (streamed where the transport can)."""
+    body = json.dumps(args, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json"}
+    stream = getattr(transport, "download", None)
+    if stream is not None:
+        reply: Reply = stream("POST", f"{API_PREFIX}/{name}", target, body=body, headers=headers)
+    else:
+        reply = transport.request("POST", f"{API_PREFIX}/{name}", body=body, headers=headers)
+        if reply.status == 200:
+            with open(target, "wb") as out:
+                out.write(reply.body)
+    if reply.status != 200:
+        decode_reply(transport, reply, name)  # raises the server's error
+    return reply
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name`` in any letter case."""
+    return _header(headers, name)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -158,6 +180,27 @@ class HttpTransport:
         raise RemoteUnavailableError(
             f"cannot reach the butler server {self.where} ({method} {path}): {type(problem).__name__}: {problem}; "
             "check the URL and that the server runs (`butler serve REPO --port N`)") from None
+
+    def download(self, method: str, path: str, target: str, *, body: bytes = b"",
+                 headers: Mapping[str, str] | None = None) -> Reply:
+        """`request`, with a 200 answer's body written to the file ``target`` in blocks (not kept in
+        memory); the reply's body is then empty. Not retried: a partial file is the caller's to remove."""
+        try:
+            conn = self._connection()
+            conn.request(method, self._prefix + path, body=body or None, headers={**self._headers, **(headers or {})})
+            response = conn.getresponse()
+            if response.status != 200:
+                return Reply(response.status, dict(response.getheaders()), response.read())
+            with open(target, "wb") as stream:
+                while block := response.read(1 << 20):
+                    stream.write(block)
+            if response.will_close:
+                self._drop()
+            return Reply(response.status, dict(response.getheaders()))
+        except (OSError, http.client.HTTPException) as err:
+            self._drop()
+            raise RemoteUnavailableError(f"the download of {path} from {self.where} failed: {type(err).__name__}: "
+                                         f"{err}") from None
 
     def close(self) -> None:
         with self._lock:
