@@ -5,6 +5,8 @@ against the same calls on the local repository in the same run.
   on the local repository (ratio of medians, in alternating blocks so machine load hits both).
   The file comes inline with its lookup: one round trip.
 * ``remote.query_500``: `query_datasets` returning 500 refs through the server / locally.
+* ``remote.cached_reget``: a get through `Butler(local, upstream=...)` of a dataset already cached / the
+  same get on the repository opened without an upstream (the cost of looking here first: ~1x).
 * ``remote.concurrent_16x1000``: 16 client processes each making 1,000 gets at once; the server's
   resident memory growth from after a warm-up to the end (MB; "memory flat"), with the error count
   and the aggregate rate in the notes. Any error fails the benchmark.
@@ -139,3 +141,28 @@ def bench_remote_concurrent(ctx: Context) -> Result:
                   notes=f"{clients} x {n} gets, 0 errors, {clients * n / wall:,.0f} gets/s in all; server RSS "
                         f"{before / 1024:.0f} -> {after / 1024:.0f} MB",
                   extra={"errors": errors, "rate": clients * n / wall, "rss_before_kb": before, "rss_after_kb": after})
+
+
+@benchmark("remote.cached_reget", unit="x", target=1.2,
+           description="Butler(local, upstream=server).get of a small dict already cached / the same get on a "
+                       "plain local repository")
+def bench_remote_cached_reget(ctx: Context) -> Result:
+    from butler import Butler
+
+    server = _served(ctx)
+    root = os.path.join(ctx.scratch("cached-reget"), "mine")
+    Butler.create(root)
+    mine = Butler(root, upstream=server.url, collections=QUERY_RUN)
+    keys = [(v, d) for v in QUERY_VISITS[:20] for d in QUERY_DETECTORS]
+    refs = mine.query_datasets("metrics", where="visit <= 20")  # the upstream's answer
+    mine.fetch_from_upstream(refs)
+    plain = Butler(root, collections=QUERY_RUN)
+
+    def get(butler: Butler, i: int) -> object:
+        v, d = keys[i % len(keys)]
+        return butler.get("metrics", instrument=INSTRUMENT, visit=v, detector=d)
+
+    assert get(mine, 1) == get(plain, 1)
+    samples_cached, samples_plain = _ratio_of_blocks(lambda i: get(mine, i), lambda i: get(plain, i),
+                                                     ctx.size(200, 30))
+    return _ratio_result(samples_cached, samples_plain, "cached re-get")

@@ -314,6 +314,20 @@ class FileDatastore:
                 raise  # already names the dataset (a component file read inside a composite read)
             raise _damaged(ref, "", err) from err
 
+    def decode(self, ref: DatasetRef, record: FileRecord, data: bytes, *, component: str | None = None,
+               parameters: Mapping[str, Any] | None = None) -> Any:
+        """The dataset (or component) in ``data``, the bytes of its single file ``record``, verified
+        already by the caller (a remote client checked them as they arrived), as `read` would decode
+        them; None when the formatter must read from a file instead (then write the bytes and `read`)."""
+        storage_class = get_storage_class(record.storage_class)
+        if component is not None:
+            storage_class.component(component)
+        formatter = formatter_for(storage_class, record.formatter)
+        formatter.check_request(component, parameters)
+        if formatter.reads_from_file(parameters):
+            return None
+        return formatter.read_verified(self.abspath(record.path), data, component=component, parameters=parameters)
+
     @staticmethod
     def _read_file(formatter: Any, record: Any, path: str, component: str | None,
                    parameters: Mapping[str, Any] | None, verify: bool) -> Any:

@@ -7,8 +7,9 @@ cached. A directory dataset (a zarr store) is fetched member by member: its mani
 checked against the recorded checksum, then every member against the manifest, into a temporary
 directory renamed into place when complete, so the cache never holds half a store.
 
-The cache is a directory of files named by dataset id (a dataset's content never changes), read
-with the ordinary file datastore: a re-read is a local read, verified like any other.
+The cache is a directory of files named by dataset id, component and file name, in 256
+subdirectories (a dataset's content never changes; one directory level keeps a first fetch to one
+file creation), read with the ordinary file datastore: a re-read is a local read, verified like any other.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ class RemoteDatastore:
              parameters: Mapping[str, Any] | None = None, verify: bool = True) -> Any:
         if not files:
             raise DatasetNotFoundError(f"{ref} has no stored file (registered without a file?)")
+        if len(files) == 1 and verify:  # a small file that came with its lookup: decoded from those bytes
+            data = self._take_offered(files[0])
+            if data is not None:
+                decoded = self.local.decode(ref, files[0], data, component=component, parameters=parameters)
+                if decoded is not None:
+                    return decoded
+                self._offer_back(files[0], data)
         for record in files:
             self.fetch(record)
         try:
@@ -103,6 +111,22 @@ class RemoteDatastore:
     def verify(self, records: Iterable[tuple[str, str | None, int | None]]) -> list[VerifyProblem]:
         raise RemoteError("verify checks a repository's own files: run `butler verify` where the repository is")
 
+    def _take_offered(self, record: FileRecord) -> bytes | None:
+        """The offered bytes of ``record``'s file if they match its record (else None: fetch it)."""
+        with self._lock:
+            data = self._offered.pop(record.path, None)
+        if data is None or record.checksum is None or record.checksum.startswith(MANIFEST_PREFIX):
+            return None
+        try:
+            verify_bytes(data, record.checksum, record.file_size, where=f"{record.path} sent by {self.transport.where}")
+        except ChecksumError:
+            return None  # damaged on the way: fetched again
+        return data
+
+    def _offer_back(self, record: FileRecord, data: bytes) -> None:
+        with self._lock:
+            self._offered[record.path] = data
+
     # -- fetching -------------------------------------------------------------------------------
     def fetch(self, record: FileRecord) -> str:
         """The cached file of ``record`` (a record of the remote registry: see `cache_record`),
@@ -111,7 +135,7 @@ class RemoteDatastore:
         with self._lock:
             offered = self._offered.pop(record.path, None)
         if not os.path.exists(full):
-            what = f"the {record.component or 'main'} file of the dataset {record.path.split('/')[1]}"
+            what = f"the {record.component or 'main'} file of the dataset {record.path.split('/')[1][:32]}"
             checksum = record.checksum
             if checksum is not None and checksum.startswith(MANIFEST_PREFIX):
                 self._fetch_directory(record, full, what)
@@ -177,18 +201,18 @@ def cache_record(dataset_id: uuid.UUID, record: FileRecord) -> FileRecord:
     """A file record of the server as the client keeps it: its path is the cache's (by dataset id,
     component and file name), from which the client also knows what to ask the server for."""
     name = os.path.basename(record.path.rstrip("/")) or "file"
-    return record._replace(path=f"{dataset_id.hex[:2]}/{dataset_id.hex}/{record.component or '_'}/{name}")
+    return record._replace(path=f"{dataset_id.hex[:2]}/{dataset_id.hex}-{record.component or '_'}-{name}")
 
 
 def _file_request(record: FileRecord, member: str | None = None) -> tuple[str, dict[str, str]]:
     """The path and query of the server request for the file of a `cache_record`."""
     parts = record.path.split("/")
-    if len(parts) != 4:
+    if len(parts) != 2 or len(parts[1]) < 33 or parts[1][32] != "-":
         raise RemoteError(f"{record.path!r} is not the cache path of a remote dataset's file")
     query = {"component": record.component} if record.component else {}
     if member is not None:
         query["member"] = member
-    return f"{API_PREFIX}/datasets/{parts[1]}/file", query
+    return f"{API_PREFIX}/datasets/{parts[1][:32]}/file", query
 
 
 def _remove(path: str) -> None:

@@ -85,7 +85,8 @@ class FlippingProxy:
         import aiohttp
         from aiohttp import web
 
-        session = aiohttp.ClientSession(auto_decompress=False)
+        # A new connection per request: a kept-alive one the server closed meanwhile would fail the forward.
+        session = aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(force_close=True))
 
         async def forward(request: web.Request) -> web.Response:
             async with session.request(request.method, self.target + request.path_qs, data=await request.read(),
