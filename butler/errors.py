@@ -25,6 +25,9 @@ __all__ = [
     "InvalidNameError",
     "ReadOnlyError",
     "RegistryConnectionError",
+    "RemoteError",
+    "RemoteTransferError",
+    "RemoteUnavailableError",
     "RepositoryConfigError",
     "RepositoryNotFoundError",
     "RunLockedError",
@@ -105,3 +108,18 @@ class RegistryConnectionError(ConnectionError, ButlerError):
 class RepositoryConfigError(ValueError, ButlerError):
     """The repository exists but its configuration or registry file is unreadable or corrupted,
     or the path given is not a repository directory."""
+
+
+class RemoteError(ConnectionError, ButlerError):
+    """A remote repository (HTTP server, static host) answered with an error or not as HTTP should;
+    the message names the URL and what to do."""
+
+
+class RemoteUnavailableError(RemoteError):
+    """A remote repository's host cannot be reached (refused, unknown name, timed out)."""
+
+
+class RemoteTransferError(RemoteError):
+    """Bytes received from a remote repository are not the bytes announced: a truncated download,
+    a range answered with other bytes, or a file that changed on the server while it was read.
+    Nothing of such a transfer is kept."""

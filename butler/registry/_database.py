@@ -18,7 +18,7 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ..errors import InvalidNameError, RegistryConnectionError
+from ..errors import InvalidNameError, ReadOnlyError, RegistryConnectionError
 
 __all__ = [
     "Database", "close_engine", "dbapi_connection", "forget_engines", "lost_race", "open_database", "validate_namespace",
@@ -92,11 +92,16 @@ def validate_namespace(namespace: object) -> str | None:
 class Database:
     """A SQLAlchemy engine plus the namespace that holds this repository's tables."""
 
-    def __init__(self, url: str, namespace: str | None = None):
+    def __init__(self, url: str, namespace: str | None = None, *, engine: sa.Engine | None = None,
+                 read_only: bool = False):
+        """``engine``: one made by the caller (a registry read over HTTP), used as is and not cached;
+        ``url`` then only names the database in messages. ``read_only``: write transactions are
+        refused (`ReadOnlyError`) before any SQL runs."""
         validate_namespace(namespace)
         self.url = url
         self.namespace = namespace
-        self.engine = _engine_for(url)
+        self.engine = engine if engine is not None else _engine_for(url)
+        self.read_only = read_only
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
         self.dialect = self.engine.dialect.name  # "sqlite", "postgresql", "mysql"
         self._user: str | None = None
@@ -105,6 +110,9 @@ class Database:
     @contextlib.contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[sa.Connection]:
         """A connection inside one transaction, committed on success and rolled back on error."""
+        if write and self.read_only:
+            raise ReadOnlyError(f"the registry {self.safe_url} is read-only (a statically hosted repository); "
+                                "write into a local repository instead")
         try:
             conn = self.engine.connect()
         except sa.exc.OperationalError as err:
