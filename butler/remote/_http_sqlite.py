@@ -37,6 +37,7 @@ __all__ = ["BlockCache", "LocalSqlite", "RemoteFile", "RemoteSqlite", "SqliteHea
 DEFAULT_BLOCK = 64 * 1024
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 MAX_READAHEAD_BLOCKS = 16
+_STREAMS = 8  # sequential streams followed at once (readahead)
 _MAGIC = b"SQLite format 3\x00"
 _ASK_PUBLISHER = ("ask the publisher to empty the log into the registry after the last write and publish it again: "
                   "`from butler.remote._static import prepare_static_hosting; prepare_static_hosting(ROOT)`, "
@@ -116,8 +117,7 @@ class RemoteFile:
         self.validators = validators
         self.block_size = block_size
         self.cache = BlockCache(max(cache_bytes, 2 * block_size))
-        self._last_miss = -2
-        self._readahead = 1
+        self._streams: OrderedDict[int, int] = OrderedDict()  # next block of a sequential stream -> readahead
         self._lock = threading.Lock()
 
     def read(self, offset: int, amount: int) -> bytes:
@@ -139,13 +139,12 @@ class RemoteFile:
         """Fetch the blocks ``missing[0] .. missing[-1]`` (and a readahead) in one range request."""
         lo, hi = missing[0], missing[-1]
         n_blocks = -(-self.size // self.block_size)
-        with self._lock:
-            self._readahead = min(self._readahead * 2, MAX_READAHEAD_BLOCKS) if lo == self._last_miss + 1 else 1
-            ahead = self._readahead - 1
-            self._last_miss = hi
+        ahead = self._readahead(lo, hi) - (hi - lo + 1)
         while ahead > 0 and hi + 1 < n_blocks and (hi + 1) not in self.cache:
             hi += 1
             ahead -= 1
+        with self._lock:
+            self._streams[hi + 1] = hi - lo + 1
         start = lo * self.block_size
         length = min((hi + 1) * self.block_size, self.size) - start
         reply = self.client.get_range(self.url, start, length, expect=self.validators, size=self.size)
@@ -155,6 +154,18 @@ class RemoteFile:
             self.cache.put(i, chunk)
             out[i] = chunk
         return out
+
+
+    def _readahead(self, lo: int, hi: int) -> int:
+        """How many blocks to fetch from ``lo``: twice the last fetch of the sequential stream this miss
+        continues (a scan of a table or an index), else just the blocks asked for (a lookup). Several
+        streams are followed at once: a query scans an index and looks rows up in its table in turn."""
+        with self._lock:
+            last = self._streams.pop(lo, None)
+            wanted = hi - lo + 1 if last is None else max(hi - lo + 1, min(2 * last, MAX_READAHEAD_BLOCKS))
+            while len(self._streams) >= _STREAMS:
+                self._streams.popitem(last=False)
+            return wanted
 
 
 class _ReadOnlyFile:  # the method names are apsw's (SQLite's xRead, xFileSize...)
