@@ -212,6 +212,28 @@ def test_a_registry_with_a_non_empty_wal_is_refused_until_checkpointed(tmp_path:
         assert found is not None  # the late commit is visible once it is in the main file
 
 
+def test_prepare_refuses_while_a_reader_holds_the_log_and_compacts_once_it_is_gone(tmp_path: Any) -> None:
+    from butler.errors import ConflictError
+
+    root = str(tmp_path / "repo")
+    butler = _build(root)
+    reader = sqlite3.connect(os.path.join(root, "butler.sqlite3"), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM butler_attributes").fetchall()  # a snapshot that pins the log
+        butler.put({"late": 1}, "metrics", {"instrument": "SimCam", "visit": 14, "detector": 8}, run=RUN2)
+        with pytest.raises(ConflictError, match="could not be emptied.*another process"):
+            prepare_static_hosting(root, wait_ms=200)
+    finally:
+        reader.close()
+    report = prepare_static_hosting(root, compact=True)
+    assert os.path.getsize(os.path.join(root, "butler.sqlite3-wal")) == 0 and report.size > 0
+    with StaticServer(root) as server:
+        registry, _ = _open(server.url, tmp_path)
+        assert _answers(registry) == _answers(butler.registry)
+        assert registry.find_dataset("metrics", _coord(registry, "metrics", visit=14, detector=8), [RUN2])
+
+
 # -- servers that ignore Range: one verified download, revalidated ------------------------------------
 @pytest.fixture
 def plain_server(repo: Butler) -> Iterator[tuple[str, str]]:

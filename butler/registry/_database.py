@@ -21,7 +21,8 @@ from sqlalchemy import event
 from ..errors import InvalidNameError, ReadOnlyError, RegistryConnectionError
 
 __all__ = [
-    "Database", "close_engine", "dbapi_connection", "forget_engines", "lost_race", "open_database", "validate_namespace",
+    "Database", "close_engine", "dbapi_connection", "driver_database", "forget_engines", "lost_race", "open_database",
+    "validate_namespace",
 ]
 
 _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -251,12 +252,31 @@ class Database:
                     conn.exec_driver_sql(f"ANALYZE TABLE {name}")
             conn.commit()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, wait_ms: int | None = None) -> bool:
         """Copy a SQLite registry's write-ahead log into the main file and truncate it (so the file
-        alone holds the repository: tests that copy or damage it); nothing on servers."""
+        alone holds the repository: copies, static hosting, tests that damage it); nothing on servers.
+        False when another connection's transaction kept the log from being emptied for ``wait_ms``
+        (default: the busy timeout)."""
+        if self.dialect != "sqlite":
+            return True
+        with self.engine.connect() as conn:
+            cursor = dbapi_connection(conn).cursor()  # outside any transaction (no BEGIN is emitted)
+            try:
+                if wait_ms is not None:
+                    cursor.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+                row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                if wait_ms is not None:
+                    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.close()
+        return row is None or row[0] == 0
+
+    def vacuum(self) -> None:
+        """Rewrite a SQLite registry so that each table and index lies in consecutive pages (remote
+        readers then scan with a few growing range requests); nothing on servers."""
         if self.dialect == "sqlite":
             with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                dbapi_connection(conn).execute("VACUUM")  # VACUUM cannot run inside a transaction
 
     def bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: Sequence[str],
                     rows: Sequence[tuple[Any, ...]], *, chunk: int = 50_000) -> None:
@@ -345,6 +365,15 @@ def forget_engines(*, close: bool = False) -> None:
         for engine in _ENGINES.values():
             engine.dispose(close=close)
         _ENGINES.clear()
+
+
+def driver_database(url: str, *, module: Any, connect: Any, read_only: bool = True) -> Database:
+    """A `Database` (SQLite dialect) over another DB-API driver: ``module`` is its DB-API module and
+    ``connect()`` makes one of its connections (apsw through ``butler.remote._dbapi_apsw``, reading a
+    registry over HTTP). ``url`` names the database in messages; the engine is not cached."""
+    engine = sa.create_engine("sqlite://", module=module, creator=connect, poolclass=sa.pool.QueuePool,
+                              pool_size=4, max_overflow=16, enable_from_linting=False)
+    return Database(url, None, engine=engine, read_only=read_only)
 
 
 def open_database(url: str, namespace: str | None) -> Database:

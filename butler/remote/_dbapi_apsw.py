@@ -2,7 +2,7 @@
 an apsw connection (apsw has custom VFSes, which the standard ``sqlite3`` module has not).
 
 Only what SQLAlchemy and the registry's driver-level fast paths use is here: ``connect`` is not
-(connections are made by the caller's factory, see `create_engine`), cursors with ``execute``,
+(connections are made by the caller's factory, see `butler.registry._database.driver_database`), cursors with ``execute``,
 ``executemany``, ``fetchone``/``fetchmany``/``fetchall``, ``description``, ``rowcount`` and
 ``lastrowid``, qmark parameters, ``create_function``, and the DB-API exception hierarchy, onto
 which apsw's errors are mapped as the ``sqlite3`` module would raise them (a constraint is an
@@ -22,11 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import apsw
-import sqlalchemy as sa
 
 __all__ = [
     "Connection", "Cursor", "DataError", "DatabaseError", "Error", "IntegrityError", "InterfaceError",
-    "InternalError", "NotSupportedError", "OperationalError", "ProgrammingError", "Warning", "create_engine",
+    "InternalError", "NotSupportedError", "OperationalError", "ProgrammingError", "Warning",
 ]
 
 apilevel = "2.0"
@@ -222,13 +221,3 @@ class Connection:
 
     def create_function(self, name: str, narg: int, func: Callable[..., Any], *, deterministic: bool = False) -> None:
         self.apsw.create_scalar_function(name, func, narg, deterministic=deterministic)
-
-
-def create_engine(connect: Callable[[], apsw.Connection], *, pool_size: int = 4) -> sa.Engine:
-    """A SQLAlchemy engine (SQLite dialect) whose connections are ``connect()``'s apsw connections."""
-    import sys
-
-    return sa.create_engine(
-        "sqlite://", module=sys.modules[__name__], creator=lambda: Connection(connect()),
-        poolclass=sa.pool.QueuePool, pool_size=pool_size, max_overflow=16, enable_from_linting=False,
-    )
