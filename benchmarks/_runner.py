@@ -16,6 +16,7 @@ is reported as ERROR, a missed target as FAIL).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
@@ -217,6 +218,7 @@ class Context:
         self.cache_dir = cache_dir
         self.tmpdir = tempfile.mkdtemp(prefix="butler-bench-")
         self._fixtures: dict[str, Any] = {}
+        self._exits = contextlib.ExitStack()
 
     def size(self, full: int, quick: int) -> int:
         """``quick`` in a smoke run, ``full`` otherwise (same code paths, smaller numbers)."""
@@ -236,7 +238,12 @@ class Context:
     def log(self, message: str) -> None:
         print(f"  .. {message}", file=sys.stderr, flush=True)
 
+    def enter(self, manager: contextlib.AbstractContextManager[Any]) -> Any:
+        """Enter a context manager (a server a fixture started) that `close` exits at the end of the run."""
+        return self._exits.enter_context(manager)
+
     def close(self) -> None:
+        self._exits.close()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 

@@ -26,14 +26,13 @@ QUERY_WHERE = "visit >= 100 AND visit < 156"  # 56 visits x 9 detectors = 504 re
 
 def _session(registry: object) -> int:
     """One find_dataset and one 504-ref query on ``registry``; the number of refs found."""
-    from butler._queries import query_datasets
     from butler.registry._registry import Registry
 
     assert isinstance(registry, Registry)
     group = registry.dataset_types.get("metrics").group
     coord = registry.data_ids.standardize(group, {"instrument": INSTRUMENT, "visit": 321, "detector": 4})
     found = registry.find_dataset("metrics", coord, [RUN])
-    refs = query_datasets(registry, "metrics", collections=[RUN], where=QUERY_WHERE)
+    refs = registry.query_datasets("metrics", collections=[RUN], where=QUERY_WHERE)
     return len(refs) + (found is not None)
 
 

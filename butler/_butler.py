@@ -29,18 +29,22 @@ from .dimensions import DataCoordinate, DimensionUniverse
 from .errors import ButlerError, CollectionError, ConflictError, ReadOnlyError
 from .registry._database import Database
 from .registry._registry import Registry
+from .remote._urls import is_remote_url
 
 if TYPE_CHECKING:
     from ._cleanup import CleanupReport
     from ._registration import RunAccess
     from ._typing import CollectionsLike, DataIdLike, DatasetTypeLike, RefOrTypeLike, TimeLike
     from .datastore._datastore import VerifyProblem
-    from .datastore._interface import Datastore
+    from .datastore._interface import Datastore, DatastoreReader
     from .dimensions import DimensionRecord
     from .instrument import Instrument
     from .registry._collections import CollectionRecord, CollectionType
     from .registry._datasets import FileRecord, FoundDataset
+    from .registry._interface import RegistryReader
+    from .remote import RemoteRepository
     from .transfer import Bundle, ComparisonReport, ExportReport, ImportReport, TransferReport
+    from .transfer._export import SelectedDataset
 
 __all__ = ["Butler", "DeferredDatasetHandle"]
 
@@ -77,10 +81,27 @@ class Butler:
         writeable: bool | None = None,
         calibs: Mapping[str, str] | None = None,
         verify_reads: bool = True,
+        token: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        upstream: str | os.PathLike[str] | None = None,
         _lazy: bool = False,
     ) -> None:
-        self._config = RepoConfig.read(os.fspath(root))
-        if run is not None:
+        self._remote: RemoteRepository | None = None
+        if is_remote_url(root):
+            if run is not None or writeable:
+                raise ReadOnlyError(
+                    f"{root} is a remote repository, which is read-only: drop run= and writeable=, and write "
+                    "outputs to a local repository (Butler(local, upstream=...) reads inputs from this one)")
+            from .remote import open_remote
+
+            self._remote = open_remote(os.fspath(root), token=token, cache_dir=cache_dir)
+        self._config = RepoConfig.read(os.fspath(root)) if self._remote is None else None
+        if upstream is not None and self._remote is not None:
+            raise ValueError(f"{root} is a remote repository: it cannot have an upstream (open a local repository "
+                             "with upstream=... to cache a remote one's datasets)")
+        self._upstream_location = None if upstream is None else os.fspath(upstream)
+        self._upstream: Butler | None = None
+        if run is not None and self._config is not None:
             from .registry._collections import validate_collection_name
 
             validate_collection_name(run, reserved=self._config.root_files)
@@ -95,10 +116,12 @@ class Butler:
         self.collections: tuple[str, ...] = tuple(collections) if collections else ((run,) if run else ())
         self.calibs = dict(calibs or {})
         self.verify_reads = verify_reads
+        self._token = token
+        self._cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self._reg: Registry | None = None
         self._store: Datastore | None = None
         self._run_access: RunAccess | None = None
-        if not _lazy:
+        if not _lazy and self._remote is None:
             self._registry  # noqa: B018 - connect now so a bad repository fails at open
             if self.calibs:
                 from ._calibs import check_calib_collections
@@ -145,7 +168,8 @@ class Butler:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (
             _butler_from_pickle,
-            (self._config.root, self.collections, self.run, self.writeable, self.calibs or None, self.verify_reads),
+            (self.root, self.collections, self.run, self.writeable, self.calibs or None, self.verify_reads,
+             self._token, self._cache_dir, self._upstream_location),
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -153,8 +177,53 @@ class Butler:
     def _registry(self) -> Registry:
         reg = self._reg
         if reg is None:
-            reg = self._reg = _open_registry(self._config)
+            reg = self._reg = _open_registry(self._local_config())
         return reg
+
+    def _local_config(self) -> RepoConfig:
+        config = self._config
+        if config is None:
+            assert self._remote is not None
+            raise self._remote.unsupported("this operation")
+        return config
+
+    @property
+    def reader(self) -> RegistryReader:
+        """The registry as reads see it: the SQL registry, or the client of a remote repository."""
+        remote = self._remote
+        return remote.registry if remote is not None else self._registry
+
+    @property
+    def datastore_reader(self) -> DatastoreReader:
+        """The datastore as reads see it: the local files, or a remote repository's (fetched into a
+        verified local cache)."""
+        remote = self._remote
+        return remote.datastore if remote is not None else self.datastore
+
+    @property
+    def upstream(self) -> Butler | None:
+        """The read-only repository this one reads missing inputs from (``upstream=``), or None."""
+        if self._upstream is None and self._upstream_location is not None:
+            self._upstream = Butler(self._upstream_location, collections=self.collections or None, token=self._token,
+                                    cache_dir=self._cache_dir)
+        return self._upstream
+
+    def fetch_from_upstream(self, refs: Sequence[DatasetRef]) -> ImportReport:
+        """Bring datasets of the upstream here (its refs): files verified against the upstream's checksums
+        before anything is registered, ids, runs, records and provenance kept, all or nothing; datasets
+        already here are skipped. Reads do this themselves for what they find upstream."""
+        if self.upstream is None:
+            raise ButlerError(f"{self.root} has no upstream: open it with Butler(root, upstream=URL)")
+        from ._upstream import fetch
+        from .transfer._import import import_bundle
+
+        return fetch(self, refs, lambda bundle: import_bundle(self.registry, self.datastore, self._runs, bundle,
+                                                               transfer="move"))
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether this Butler reads a remote repository (read-only; see docs/remote.md)."""
+        return self._remote is not None
 
     @property
     def datastore(self) -> Datastore:
@@ -165,19 +234,24 @@ class Butler:
             from .datastore._templates import TemplateSet
 
             registry = self._registry
+            config = self._local_config()
             inst_templates = {name: info["templates"] for name, info in registry.instruments.items()}
-            templates = TemplateSet(self._config.templates, inst_templates)
-            store = self._store = FileDatastore(self._config.root, templates, self._config.formatters,
+            templates = TemplateSet(config.templates, inst_templates)
+            store = self._store = FileDatastore(config.root, templates, config.formatters,
                                                 implied=registry.data_ids.expand_implied)
         return store
 
     @property
     def root(self) -> str:
+        """The repository's root directory, or the URL of a remote repository."""
+        if self._config is None:
+            assert self._remote is not None
+            return self._remote.url
         return self._config.root
 
     @property
     def universe(self) -> DimensionUniverse:
-        return self._registry.universe
+        return self.reader.universe
 
     @property
     def registry(self) -> Registry:
@@ -186,6 +260,9 @@ class Butler:
 
     def require_writeable(self) -> None:
         """Raise `ReadOnlyError` unless this Butler may write."""
+        if self._remote is not None:
+            raise ReadOnlyError(f"{self.root} is a remote repository, which is read-only: write into a local "
+                                "repository (Butler(local, upstream=...) reads its inputs from this one)")
         if not self.writeable:
             raise ReadOnlyError(
                 f"this Butler of {self.root} is read-only; open it with run='...' or writeable=True to write"
@@ -207,7 +284,7 @@ class Butler:
         if runs is None:
             from ._registration import RunAccess
 
-            runs = self._run_access = RunAccess(self._registry, self._config.root_files)
+            runs = self._run_access = RunAccess(self._registry, self._local_config().root_files)
         return runs
 
     def _write_run(self, run: str | None) -> str:
@@ -304,7 +381,7 @@ class Butler:
         return data_id_packer(self._registry, kind, **data_id)
 
     def get_dataset_type(self, name: str) -> DatasetType:
-        return self._registry.dataset_type(name)
+        return self.reader.dataset_type(name)
 
     @property
     def user(self) -> str:
@@ -360,7 +437,7 @@ class Butler:
         set_chain(self.registry, name, children)
 
     def get_chain(self, name: str) -> list[str]:
-        return self._registry.chain_children(name)
+        return self.reader.chain_children(name)
 
     def associate(self, collection: str, refs: Iterable[DatasetRef]) -> None:
         """Add refs to a TAGGED collection (set-based); a different ref for the same data ID conflicts."""
@@ -430,7 +507,8 @@ class Butler:
         """Store many objects in one transaction: ``items`` are ``(obj, dataset_type, data_id[, kwargs])``."""
         from ._writes import put_many
 
-        return put_many(self.registry, self.datastore, self._runs, items, run=self._write_run(run), replace=replace,
+        name = self._write_run(run)
+        return put_many(self.registry, self.datastore, self._runs, items, run=name, replace=replace,
                         allow_foreign_run=allow_foreign_run)
 
     def ingest(self, dataset_type: str, files: Iterable[tuple[str | os.PathLike[str], DataIdLike]], *,
@@ -442,7 +520,8 @@ class Butler:
         """
         from ._ingest import ingest_files
 
-        return ingest_files(self.registry, self.datastore, self._runs, dataset_type, files, run=self._write_run(run),
+        name = self._write_run(run)
+        return ingest_files(self.registry, self.datastore, self._runs, dataset_type, files, run=name,
                             transfer=transfer, allow_foreign_run=allow_foreign_run)
 
     def intend_writes(self, refs: Sequence[DatasetRef]) -> None:
@@ -493,13 +572,17 @@ class Butler:
 
     def _find(self, dataset_type: RefOrTypeLike, data_id: DataIdLike, collections: CollectionsLike,
               kwargs: Mapping[str, Any], *, required: bool = True) -> FoundDataset | None:
+        if self._upstream_location is not None:
+            from . import _upstream
+
+            return _upstream.find(self, dataset_type, data_id, collections, kwargs, required=required)
         return _reads.find(self, dataset_type, data_id, collections, kwargs, required=required)
 
     def find_datasets(self, dataset_type: str, data_ids: Sequence[DataCoordinate], *,
                       collections: CollectionsLike = None) -> dict[DataCoordinate, DatasetRef]:
         """Set-based `find_dataset`: the first ref along the search path for each of ``data_ids``
         (data IDs of the type's dimensions; those not found are absent), in one query."""
-        return self._registry.find_datasets(dataset_type, data_ids, self.search_path(collections))
+        return self.reader.find_datasets(dataset_type, data_ids, self.search_path(collections))
 
     def observation_times(self, element: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
         """Begin times (ns) and implied values of exposures or visits ``(instrument, id)``, set-based."""
@@ -512,8 +595,8 @@ class Butler:
         assert found is not None
         if component is None and isinstance(dataset_type, str):
             component = split_component(dataset_type)[1]
-        return self.datastore.read(found.ref, found.files, component=component, parameters=parameters,
-                                    verify=self.verify_reads)
+        return self.datastore_reader.read(found.ref, found.files, component=component, parameters=parameters,
+                                           verify=self.verify_reads)
 
     def get_deferred(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *,
                      collections: CollectionsLike = None, **kwargs: Any) -> DeferredDatasetHandle:
@@ -524,11 +607,21 @@ class Butler:
 
     def exists(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *, collections: CollectionsLike = None,
                **kwargs: Any) -> bool:
-        """Whether the dataset is registered and its file is present."""
+        """Whether the dataset is registered and its file is present (here, or in the upstream)."""
+        if self._upstream_location is not None:
+            try:
+                here = _reads.find(self, dataset_type, data_id, collections, kwargs, required=False)
+            except (CollectionError, LookupError, ValueError):
+                here = None
+            if here is not None and here.files and self.datastore_reader.has_files(here.files):
+                return True
+            upstream = self.upstream
+            assert upstream is not None
+            return upstream.exists(dataset_type, data_id, collections=self.search_path(collections), **kwargs)
         found = self._find(dataset_type, data_id, collections, kwargs, required=False)
         if found is None or not found.files:
             return False
-        return self.datastore.has_files(found.files)
+        return self.datastore_reader.has_files(found.files)
 
     # -- queries ------------------------------------------------------------------------------
     def query_datasets(self, dataset_type: DatasetTypeLike, *, collections: CollectionsLike = None,
@@ -536,31 +629,43 @@ class Butler:
                        bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None, find_first: bool | None = None,
                        **kwargs: Any) -> list[DatasetRef]:
         """Refs of one dataset type matching data ID constraints and a where-expression."""
-        from ._queries import query_datasets
+        searched = collections if collections is not None else self.collections
+        if self._upstream_location is not None:
+            from ._upstream import query_target
 
-        return query_datasets(self._registry, dataset_type, collections=collections if collections is not None
-                              else self.collections, where=where, bind=bind, data_id=data_id, find_first=find_first,
-                              **kwargs)
+            target = query_target(self, searched)
+            if target is not self:
+                return target.query_datasets(dataset_type, collections=searched, where=where, bind=bind,
+                                             data_id=data_id, find_first=find_first, **kwargs)
+        return self.reader.query_datasets(dataset_type, collections=searched, where=where, bind=bind,
+                                          data_id=data_id, find_first=find_first, **kwargs)
 
     def query_data_ids(self, dimensions: str | Iterable[str], *, where: str | None = None,
                        bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
                        datasets: str | Iterable[str] | None = None, collections: CollectionsLike = None,
                        **kwargs: Any) -> list[DataCoordinate]:
         """Data IDs of the given dimensions (with implied values) that exist and match the constraints."""
-        from ._queries import query_data_ids
+        searched = collections if collections is not None else self.collections
+        if self._upstream_location is not None:
+            from ._upstream import query_target
 
-        return query_data_ids(self._registry, dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
-                              collections=collections if collections is not None else self.collections, **kwargs)
+            target = query_target(self, searched if datasets is not None else None)
+            if target is not self:
+                return target.query_data_ids(dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
+                                             collections=searched, **kwargs)
+        return self.reader.query_data_ids(dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
+                                          collections=searched, **kwargs)
 
     def query_dimension_records(self, element: str, *, where: str | None = None,
                                 bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
                                 **kwargs: Any) -> list[DimensionRecord]:
-        from ._queries import query_dimension_records
-
-        return query_dimension_records(self._registry, element, where=where, bind=bind, data_id=data_id, **kwargs)
+        upstream = self.upstream
+        if upstream is not None:  # the upstream has every record; this repository those of what it cached
+            return upstream.query_dimension_records(element, where=where, bind=bind, data_id=data_id, **kwargs)
+        return self.reader.query_dimension_records(element, where=where, bind=bind, data_id=data_id, **kwargs)
 
     def query_dataset_types(self, pattern: str = "*") -> list[DatasetType]:
-        return self._registry.query_dataset_types(pattern)
+        return self.reader.query_dataset_types(pattern)
 
     def query_collections(self, pattern: str | Sequence[str] = "*", *, types: Iterable[Any] | None = None
                           ) -> list[str]:
@@ -568,10 +673,10 @@ class Butler:
 
         if types is not None:
             types = [CollectionType[t.upper()] if isinstance(t, str) else t for t in types]
-        return [r.name for r in self._registry.query_collections(pattern, types)]
+        return [r.name for r in self.reader.query_collections(pattern, types)]
 
     def collection_info(self, name: str) -> CollectionRecord:
-        return self._registry.collection(name)
+        return self.reader.collection(name)
 
     # -- repositories that travel (issue 12; see butler/transfer/) --------------------------------
     def get_uri(self, ref: DatasetRef) -> str:
@@ -580,21 +685,28 @@ class Butler:
 
     def get_uris(self, refs: Sequence[DatasetRef]) -> list[str]:
         """`get_uri` of many refs, with one query per 5,000 refs."""
+        if self._remote is not None:
+            return [self._remote.uri(ref, ref.component or "") for ref in refs]
         from .transfer._uris import get_uris
 
         return get_uris(self._registry, self.datastore, refs)
 
-    def export(self, path: str | os.PathLike[str], *, collections: str | Sequence[str], where: str | None = None,
-               bind: Mapping[str, Any] | None = None, dataset_types: str | Iterable[str] | None = None,
-               include_files: bool = True, chains: bool = True, verify: bool = False) -> ExportReport:
+    def export(self, path: str | os.PathLike[str], *, collections: str | Sequence[str] | None = None,
+               where: str | None = None, bind: Mapping[str, Any] | None = None,
+               dataset_types: str | Iterable[str] | None = None, include_files: bool = True, chains: bool = True,
+               verify: bool = False, refs: Sequence[DatasetRef | SelectedDataset] | None = None) -> ExportReport:
         """Write the datasets of ``collections`` (every run's copy; all dataset types unless given;
-        matching ``where``) with what they need to a bundle: a ``.zip`` file, else a directory
-        (see docs/transfers.md). ``verify`` re-reads every file against its checksum first."""
+        matching ``where``), or exactly ``refs``, with what they need to a bundle: a ``.zip`` file,
+        else a directory (see docs/transfers.md). ``verify`` re-reads every file against its checksum first."""
+        if self._remote is not None:
+            if refs is None or collections is not None or where is not None or dataset_types is not None:
+                raise self._remote.unsupported("an export by collections")
+            return self._remote.export(os.fspath(path), refs)
         from .transfer._export import export_bundle
 
         return export_bundle(self._registry, self.datastore, path, collections=collections, where=where,
                              bind=bind, dataset_types=dataset_types, include_files=include_files, chains=chains,
-                             verify=verify)
+                             verify=verify, refs=refs)
 
     def import_(self, bundle: str | os.PathLike[str] | Bundle, *, transfer: str = "copy",
                 allow_foreign_run: bool = False) -> ImportReport:
@@ -678,6 +790,9 @@ class Butler:
     # -- maintenance ----------------------------------------------------------------------------
     def refresh(self) -> None:
         """See dataset types, collections, instruments and records added by other processes."""
+        if self._remote is not None:
+            self._remote.registry.refresh()
+            return
         self._registry.refresh()
         self._registry.refresh_attributes()
         self._store = None
@@ -715,6 +830,8 @@ class Butler:
 
     def __repr__(self) -> str:
         mode = f"run={self.run!r}" if self.run else ("writeable" if self.writeable else "read-only")
+        if self._remote is not None:
+            mode += ", remote"
         return f"Butler({self.root!r}, collections={list(self.collections)}, {mode})"
 
 
@@ -732,11 +849,12 @@ class DeferredDatasetHandle:
         return self._found.ref
 
     def get(self, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
-        return self._butler.datastore.read(self._found.ref, self._found.files, component=component,
+        return self._butler.datastore_reader.read(self._found.ref, self._found.files, component=component,
                                             parameters=parameters, verify=self._butler.verify_reads)
 
 
 def _butler_from_pickle(root: str, collections: tuple[str, ...], run: str | None, writeable: bool,
-                        calibs: dict[str, str] | None, verify_reads: bool = True) -> Butler:
+                        calibs: dict[str, str] | None, verify_reads: bool = True, token: str | None = None,
+                        cache_dir: str | None = None, upstream: str | None = None) -> Butler:
     return Butler(root, collections=collections or None, run=run, writeable=writeable, calibs=calibs,
-                  verify_reads=verify_reads, _lazy=True)
+                  verify_reads=verify_reads, token=token, cache_dir=cache_dir, upstream=upstream, _lazy=True)

@@ -28,7 +28,7 @@ __all__ = ["find"]
 def find(butler: Butler, dataset_type: RefOrTypeLike, data_id: DataIdLike, collections: CollectionsLike,
          kwargs: Mapping[str, Any], *, required: bool = True) -> FoundDataset | None:
     """The dataset and its file records; None if it is not there and not ``required`` (else raise)."""
-    registry: RegistryReader = butler.registry
+    registry: RegistryReader = butler.reader
     if isinstance(dataset_type, DatasetRef):
         from .registry._datasets import FoundDataset
 

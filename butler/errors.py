@@ -25,7 +25,9 @@ __all__ = [
     "InvalidNameError",
     "ReadOnlyError",
     "RegistryConnectionError",
+    "RemoteAuthError",
     "RemoteError",
+    "RemoteProtocolError",
     "RemoteTransferError",
     "RemoteUnavailableError",
     "RepositoryConfigError",
@@ -110,13 +112,21 @@ class RepositoryConfigError(ValueError, ButlerError):
     or the path given is not a repository directory."""
 
 
-class RemoteError(ConnectionError, ButlerError):
-    """A remote repository (HTTP server, static host) answered with an error or not as HTTP should;
-    the message names the URL and what to do."""
+class RemoteError(ButlerError):
+    """A remote repository (``butler serve``, static hosting, ssh) answered with something unusable."""
 
 
-class RemoteUnavailableError(RemoteError):
-    """A remote repository's host cannot be reached (refused, unknown name, timed out)."""
+class RemoteUnavailableError(RemoteError, ConnectionError):
+    """A remote repository could not be reached (host down, refused, timed out, connection lost)."""
+
+
+class RemoteAuthError(RemoteError, PermissionError):
+    """A remote repository refused the request's credentials (missing or wrong bearer token)."""
+
+
+class RemoteProtocolError(RemoteError):
+    """A remote repository's answer does not follow the butler protocol (another server, another
+    protocol version, a malformed answer)."""
 
 
 class RemoteTransferError(RemoteError):

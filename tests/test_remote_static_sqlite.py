@@ -24,7 +24,6 @@ import pytest
 import sqlalchemy as sa
 
 from butler import Butler, DatasetType
-from butler._queries import query_data_ids, query_datasets, query_dimension_records
 from butler.errors import (
     ReadOnlyError,
     RemoteTransferError,
@@ -102,10 +101,10 @@ def _answers(registry: Registry) -> dict[str, Any]:
         "find_run": find("counts", RUN1, visit=12),
         "find_missing": find("metrics", RUN2, visit=14, detector=0),
         "refs": sorted((str(r.id), r.run, r.data_id["visit"], r.data_id["detector"])
-                       for r in query_datasets(registry, "metrics", collections=CHAIN, where="visit > 1010")),
-        "refs_all_runs": len(query_datasets(registry, "metrics", collections=[RUN1, RUN2], find_first=False)),
-        "data_ids": sorted(d["visit"] for d in query_data_ids(registry, "visit", where="visit.exposure_time > 4")),
-        "records": [(r.id, r.physical_filter) for r in query_dimension_records(registry, "visit", where="visit < 20")],
+                       for r in registry.query_datasets("metrics", collections=CHAIN, where="visit > 1010")),
+        "refs_all_runs": len(registry.query_datasets("metrics", collections=[RUN1, RUN2], find_first=False)),
+        "data_ids": sorted(d["visit"] for d in registry.query_data_ids("visit", where="visit.exposure_time > 4")),
+        "records": [(r.id, r.physical_filter) for r in registry.query_dimension_records("visit", where="visit < 20")],
     }
 
 
@@ -138,7 +137,7 @@ def test_a_find_on_a_bigger_registry_transfers_a_small_fraction(tmp_path: Any) -
             found = registry.find_dataset("metrics", _coord(registry, "metrics", visit=1003, detector=7), [RUN1])
             assert found is not None and (found.ref.data_id["visit"], found.ref.data_id["detector"]) == (1003, 7)
             find_bytes = server.bytes_sent - opened
-            records = query_dimension_records(registry, "visit", instrument="SimCam", visit=100_500)
+            records = registry.query_dimension_records("visit", instrument="SimCam", visit=100_500)
             assert [r.id for r in records] == [100_500]
             assert find_bytes <= find_share * size, (block_size, find_bytes, size)
             assert server.bytes_sent <= session_share * size, (block_size, server.bytes_sent, size)  # open + both
@@ -176,7 +175,7 @@ def test_writes_are_refused_and_change_nothing(repo: Butler, served: StaticServe
     with registry.transaction() as conn, pytest.raises(sa.exc.OperationalError, match="readonly|read-only"):
         conn.exec_driver_sql("DELETE FROM butler_attributes")  # SQL that skips the check: SQLite refuses it
     assert registry.query_collections("u/pub/new") == []
-    assert len(query_dimension_records(registry, "visit")) == 2 + len(EXTRA_VISITS)
+    assert len(registry.query_dimension_records("visit")) == 2 + len(EXTRA_VISITS)
     assert (os.path.getsize(path), os.stat(path).st_mtime_ns) == before
 
 
@@ -191,9 +190,9 @@ def test_a_registry_replaced_on_the_server_mid_session_is_an_error_not_a_mix(tmp
                                                    "day_obs": 20261202, "exposure_time": 2.0} for i in range(2000)])
         prepare_static_hosting(root)
         with pytest.raises(RemoteTransferError, match="changed on the server"):
-            query_dimension_records(registry, "visit")
+            registry.query_dimension_records("visit")
         again, _ = _open(server.url, tmp_path)  # a new open reads the new version
-        assert len(query_dimension_records(again, "visit")) == len(query_dimension_records(butler.registry, "visit"))
+        assert len(again.query_dimension_records("visit")) == len(butler.registry.query_dimension_records("visit"))
 
 
 # -- the log of a WAL database --------------------------------------------------------------------

@@ -178,11 +178,11 @@ def query_collections(repo: str, pattern: str, types: Sequence[str], fmt: str) -
     from ._output import print_rows
 
     butler = Butler(repo)
-    registry = butler.registry
+    reader = butler.reader
     wanted = [CollectionType[t.upper()] for t in types] or None
     rows = []
-    for rec in registry.collections.query(pattern, wanted):
-        children = registry.collections.chain_children(rec.name) if rec.type == CollectionType.CHAINED else None
+    for rec in reader.query_collections(pattern, wanted):
+        children = reader.chain_children(rec.name) if rec.type == CollectionType.CHAINED else None
         rows.append({"name": rec.name, "type": rec.type.name, "owner": rec.owner, "children": children})
     print_rows(rows, ["name", "type", "owner", "children"], fmt, empty="no collections found")
 

@@ -295,3 +295,7 @@ cli.add_command(import_bundle)
 cli.add_command(transfer)
 cli.add_command(compare)
 cli.add_command(verify_bundle)
+
+from ._commands_remote import serve  # (issue 13)
+
+cli.add_command(serve)

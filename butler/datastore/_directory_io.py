@@ -57,6 +57,7 @@ __all__ = [
     "make_staging_dir",
     "manifest_bytes",
     "manifest_checksum",
+    "parse_manifest",
     "remove_path",
     "verify_directory",
     "verify_path",
@@ -107,6 +108,18 @@ def _parse_manifest(data: bytes, where: str) -> dict[str, tuple[int, str]]:
     except ValueError as err:
         raise ChecksumError(f"the manifest {where} is not a list of path, size, checksum lines: {err}") from None
     return entries
+
+
+def parse_manifest(data: bytes, expected_checksum: str, where: str) -> dict[str, tuple[int, str]]:
+    """``{member: (size, checksum)}`` of a manifest file's bytes, checked against the recorded
+    ``"manifest:..."`` checksum first (`ChecksumError` if they differ): how a reader that fetches a
+    store's files one by one (a remote client) learns what each must be."""
+    algorithm = expected_checksum[len(MANIFEST_PREFIX):].partition(":")[0]
+    found = MANIFEST_PREFIX + checksum_bytes(data, algorithm)
+    if found != expected_checksum:
+        raise ChecksumError(f"the manifest {where} does not match the recorded checksum ({found} != "
+                            f"{expected_checksum})")
+    return _parse_manifest(data, where)
 
 
 @dataclass(frozen=True, slots=True)

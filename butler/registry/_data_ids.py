@@ -14,7 +14,7 @@ This is the registry's business, not the Butler's: a remote registry answers the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..dimensions import DataCoordinate, DimensionGroup, DimensionUniverse, coerce_value
 from ..errors import DataIdError
@@ -22,26 +22,31 @@ from ..errors import DataIdError
 if TYPE_CHECKING:
     from ._registry import Registry
 
-__all__ = ["DataIdResolver"]
+__all__ = ["DataIdNormalizer", "DataIdResolver", "InstrumentSource"]
 
 _IMPLIED_PLANS: dict[tuple[DimensionUniverse, DimensionGroup], tuple[tuple[str, Any, tuple[int, ...]], ...]] = {}
 
 
-class DataIdResolver:
-    """Data IDs of one registry: `standardize` (aliases accepted), `constraints` of queries, and
-    implied values (`expand_implied`, `prime_implied`) from the dimension records."""
+class InstrumentSource(Protocol):
+    """What normalising data IDs needs of a registry: its universe and its instruments' aliases."""
 
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
-        self._implied: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+    @property
+    def universe(self) -> DimensionUniverse: ...
 
-    def clear(self) -> None:
-        """Forget cached implied values (records may have been replaced by another process)."""
-        self._implied.clear()
+    @property
+    def instruments(self) -> dict[str, dict[str, Any]]: ...
+
+
+class DataIdNormalizer:
+    """Data IDs as a user gives them, made canonical: `standardize` (aliases accepted) and the
+    `constraints` of queries. Needs no database: a remote registry's client normalises locally."""
+
+    def __init__(self, source: InstrumentSource) -> None:
+        self._source = source
 
     def aliases(self, instrument: Any) -> dict[str, str]:
         """Alias keys of ``instrument`` (or of all instruments when none is named)."""
-        instruments = self._registry.instruments
+        instruments = self._source.instruments
         if isinstance(instrument, str):
             info = instruments.get(instrument)
             return info["aliases"] if info else {}
@@ -73,7 +78,7 @@ class DataIdResolver:
                 if target in merged and merged[target] != value:
                     raise DataIdError(f"{alias}={value!r} conflicts with {target}={merged[target]!r}")
                 merged[target] = value
-        universe = self._registry.universe
+        universe = self._source.universe
         out = {}
         for key, value in merged.items():
             if key not in universe.dimensions:
@@ -84,6 +89,19 @@ class DataIdResolver:
             out[key] = coerce_value(key, universe[key].key_type, value)
         return out
 
+
+class DataIdResolver(DataIdNormalizer):
+    """Data IDs of one SQL registry: normalisation, and implied values (`expand_implied`,
+    `prime_implied`) from the dimension records."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(registry)
+        self._registry = registry
+        self._implied: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+
+    def clear(self) -> None:
+        """Forget cached implied values (records may have been replaced by another process)."""
+        self._implied.clear()
 
     def expand_implied(self, data_id: DataCoordinate) -> dict[str, Any]:
         """Implied values (band, physical_filter, day_obs...) of a data ID, cached per record.

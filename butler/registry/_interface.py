@@ -9,15 +9,15 @@ managers, inside the one write path's transaction (``butler/_write_path.py``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .._dataset_ref import DatasetRef
     from .._dataset_type import DatasetType
-    from ..dimensions import DataCoordinate, DimensionUniverse
+    from ..dimensions import DataCoordinate, DimensionRecord, DimensionUniverse
     from ._collections import CollectionRecord, CollectionType
-    from ._data_ids import DataIdResolver
+    from ._data_ids import DataIdNormalizer
     from ._datasets import FileRecord, FoundDataset
 
 __all__ = ["RegistryReader"]
@@ -28,7 +28,11 @@ class RegistryReader(Protocol):
     """Finding datasets, dataset types and collections of one repository."""
 
     universe: DimensionUniverse
-    data_ids: DataIdResolver
+
+    @property
+    def data_ids(self) -> DataIdNormalizer:
+        """Normalises data IDs (aliases) and query constraints against this registry's universe."""
+        ...
 
     @property
     def instruments(self) -> dict[str, dict[str, Any]]:
@@ -66,6 +70,27 @@ class RegistryReader(Protocol):
     def find_datasets(self, dataset_type: str, data_ids: Sequence[DataCoordinate],
                       collections: str | Sequence[str]) -> dict[DataCoordinate, DatasetRef]:
         """`find_dataset` for many data IDs of one type, in one query (those not found are absent)."""
+        ...
+
+    def query_datasets(self, dataset_type: str | DatasetType, *, collections: Any, where: str | None = None,
+                       bind: Mapping[str, Any] | None = None, data_id: Any = None, find_first: bool | None = None,
+                       **kwargs: Any) -> list[DatasetRef]:
+        """Refs of one type in ``collections`` matching data ID constraints (``data_id`` and keywords,
+        aliases accepted) and a where-expression; ``find_first`` (default: unless ``collections`` has a
+        glob) keeps the first along the search path."""
+        ...
+
+    def query_data_ids(self, dimensions: str | Iterable[str], *, where: str | None = None,
+                       bind: Mapping[str, Any] | None = None, data_id: Any = None,
+                       datasets: str | Iterable[str] | None = None, collections: Any = None,
+                       **kwargs: Any) -> list[DataCoordinate]:
+        """Data IDs of ``dimensions`` (with implied values) matching the constraints, and having
+        ``datasets`` in ``collections`` when given."""
+        ...
+
+    def query_dimension_records(self, element: str, *, where: str | None = None, bind: Mapping[str, Any] | None = None,
+                                data_id: Any = None, **kwargs: Any) -> list[DimensionRecord]:
+        """Records of ``element`` matching the constraints, in primary-key order."""
         ...
 
     def files_of(self, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:

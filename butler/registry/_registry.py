@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from .._dataset_ref import DatasetRef
     from .._dataset_type import DatasetType
-    from ..dimensions import DataCoordinate
+    from ..dimensions import DataCoordinate, DimensionRecord
     from ._collections import CollectionRecord, CollectionType
     from ._datasets import FileRecord, FoundDataset
     from ._query import QueryBuilder
@@ -305,6 +305,29 @@ class Registry:
         type_rec = self.dataset_types.get(dataset_type)
         with self.db.transaction() as conn:
             return self.datasets.find_many(conn, type_rec, data_ids, self.collections.resolve(collections, conn))
+
+    def query_datasets(self, dataset_type: str | DatasetType, *, collections: Any, where: str | None = None,
+                       bind: Mapping[str, Any] | None = None, data_id: Any = None, find_first: bool | None = None,
+                       **kwargs: Any) -> list[DatasetRef]:
+        from ._query_api import query_datasets
+
+        return query_datasets(self, dataset_type, collections=collections, where=where, bind=bind, data_id=data_id,
+                              find_first=find_first, **kwargs)
+
+    def query_data_ids(self, dimensions: str | Iterable[str], *, where: str | None = None,
+                       bind: Mapping[str, Any] | None = None, data_id: Any = None,
+                       datasets: str | Iterable[str] | None = None, collections: Any = None,
+                       **kwargs: Any) -> list[DataCoordinate]:
+        from ._query_api import query_data_ids
+
+        return query_data_ids(self, dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
+                              collections=collections, **kwargs)
+
+    def query_dimension_records(self, element: str, *, where: str | None = None, bind: Mapping[str, Any] | None = None,
+                                data_id: Any = None, **kwargs: Any) -> list[DimensionRecord]:
+        from ._query_api import query_dimension_records
+
+        return query_dimension_records(self, element, where=where, bind=bind, data_id=data_id, **kwargs)
 
     def files_of(self, dataset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[FileRecord]]:
         with self.db.transaction() as conn:

@@ -23,7 +23,7 @@ from typing import IO
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, ProtocolError, TimeoutError
 
-from ..errors import RemoteError, RemoteTransferError, RemoteUnavailableError
+from ..errors import RemoteAuthError, RemoteError, RemoteTransferError, RemoteUnavailableError
 
 __all__ = ["HttpClient", "RangeReply", "TransferStats", "Validators", "discard", "status_error"]
 
@@ -219,7 +219,7 @@ def status_error(url: str, status: int) -> RemoteError:
     """The error for an unexpected HTTP status (404 and friends are handled by callers that know
     what the file is)."""
     if status in (401, 403):
-        return RemoteError(f"{url} refused access (HTTP {status}): the static host needs credentials or does "
+        return RemoteAuthError(f"{url} refused access (HTTP {status}): the static host needs credentials or does "
                            "not publish this file")
     if status >= 500:
         return RemoteError(f"{url} failed on the server (HTTP {status}); retry later or ask its operator")

@@ -4,8 +4,27 @@ users in processes of their own, crash enumeration."""
 from ._crash import CrashOutcome, count_crash_points, crash_at, forget_open_repositories, repository_state
 from ._processes import run_concurrently
 from ._repos import BACKENDS, SIMCAM_VISITS, RepoFactory, backend_url, make_repo, release_repo, snapshot_repo
+from ._servers import FlippingProxy, ServedRepository, served_repository
 from ._users import TEST_ROLES, create_login_roles, share_repository
 
-__all__ = ["BACKENDS", "SIMCAM_VISITS", "TEST_ROLES", "CrashOutcome", "RepoFactory", "backend_url", "count_crash_points", "crash_at",
-           "create_login_roles", "forget_open_repositories", "make_repo", "release_repo", "repository_state",
-           "run_concurrently", "share_repository", "snapshot_repo"]
+__all__ = [
+           "BACKENDS",
+           "SIMCAM_VISITS",
+           "TEST_ROLES",
+           "CrashOutcome",
+           "FlippingProxy",
+           "RepoFactory",
+           "ServedRepository",
+           "backend_url",
+           "count_crash_points",
+           "crash_at",
+           "create_login_roles",
+           "forget_open_repositories",
+           "make_repo",
+           "release_repo",
+           "repository_state",
+           "run_concurrently",
+           "served_repository",
+           "share_repository",
+           "snapshot_repo",
+]

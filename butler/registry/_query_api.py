@@ -1,8 +1,9 @@
-"""Query functions behind the Butler's: datasets, data IDs and dimension records.
+"""The registry's queries of datasets, data IDs and dimension records, as the Butler asks them.
 
 They normalise the data ID constraints (``registry.data_ids``), resolve collections and hand the
 rest to the registry's query runner (``registry.queries``: one SELECT per query, rows turned into
-refs, data IDs or records with trusted constructors). The Butler passes its default collections.
+refs, data IDs or records with trusted constructors). The Butler passes its default collections;
+`Registry.query_datasets` and its siblings (the `RegistryReader` calls) are these functions.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._dataset_ref import DatasetRef
-from ._dataset_type import DatasetType
-from .dimensions import DataCoordinate, DimensionRecord
-from .errors import CollectionError, DataIdError
-from .registry.expressions import parse_expression
+from .._dataset_ref import DatasetRef
+from .._dataset_type import DatasetType
+from ..dimensions import DataCoordinate, DimensionRecord
+from ..errors import CollectionError, DataIdError
+from .expressions import parse_expression
 
 if TYPE_CHECKING:
-    from .registry._collections import CollectionRecord
-    from .registry._registry import Registry
+    from ._collections import CollectionRecord
+    from ._registry import Registry
 
 __all__ = ["query_data_ids", "query_datasets", "query_dimension_records", "resolve_collections"]
 

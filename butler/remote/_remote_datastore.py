@@ -1,0 +1,201 @@
+"""Reading a remote repository's files: fetched by dataset id, verified, cached, then read locally.
+
+A file crosses a trust boundary when it is fetched, so its bytes are checked against the size and
+checksum of its file record (from the registry, not from the server's file reply) before they are
+kept: a damaged or truncated transfer is refused (`ChecksumError`) and fetched once more, never
+cached. A directory dataset (a zarr store) is fetched member by member: its manifest first,
+checked against the recorded checksum, then every member against the manifest, into a temporary
+directory renamed into place when complete, so the cache never holds half a store.
+
+The cache is a directory of files named by dataset id (a dataset's content never changes), read
+with the ordinary file datastore: a re-read is a local read, verified like any other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..datastore._directory_io import MANIFEST_NAME, MANIFEST_PREFIX, parse_manifest
+from ..datastore._file_io import verify_bytes, write_atomic
+from ..errors import ChecksumError, DatasetNotFoundError, RemoteError
+from ._protocol import API_PREFIX
+from ._transport import Transport, decode_reply
+
+if TYPE_CHECKING:
+    from .._dataset_ref import DatasetRef
+    from ..datastore._datastore import FileDatastore, VerifyProblem
+    from ..registry._datasets import FileRecord
+
+__all__ = ["RemoteDatastore", "cache_record"]
+
+_OFFERED = 32
+"""Inline file bytes kept for the reads that follow their lookups."""
+
+_ATTEMPTS = 2
+"""Fetches of one file before a damaged transfer is reported (the second one is a retry)."""
+
+
+class RemoteDatastore:
+    """A `DatastoreReader` of a remote repository's files (see the module docstring)."""
+
+    def __init__(self, transport: Transport, cache_dir: str) -> None:
+        self.transport = transport
+        self.cache_dir = os.path.abspath(cache_dir)
+        self._local: FileDatastore | None = None
+        self._offered: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def offer(self, record: FileRecord, data: bytes) -> None:
+        """Keep bytes of ``record``'s file that came with its lookup (``find_dataset(inline=...)``)
+        for the read that usually follows; the last `_OFFERED` only, and verified when used."""
+        with self._lock:
+            self._offered[record.path] = data
+            while len(self._offered) > _OFFERED:
+                self._offered.popitem(last=False)
+
+    @property
+    def local(self) -> FileDatastore:
+        """The file datastore over the cache directory, which reads what was fetched."""
+        store = self._local
+        if store is None:
+            from ..datastore._datastore import FileDatastore
+            from ..datastore._templates import TemplateSet
+
+            store = self._local = FileDatastore(self.cache_dir, TemplateSet())
+        return store
+
+    # -- DatastoreReader ------------------------------------------------------------------------
+    def read(self, ref: DatasetRef, files: Sequence[FileRecord], *, component: str | None = None,
+             parameters: Mapping[str, Any] | None = None, verify: bool = True) -> Any:
+        if not files:
+            raise DatasetNotFoundError(f"{ref} has no stored file (registered without a file?)")
+        for record in files:
+            self.fetch(record)
+        try:
+            return self.local.read(ref, files, component=component, parameters=parameters, verify=verify)
+        except ChecksumError:  # the cached copy changed since it was fetched: fetch it again, once
+            for record in files:
+                _remove(self.local.abspath(record.path))
+                self.fetch(record)
+            return self.local.read(ref, files, component=component, parameters=parameters, verify=verify)
+
+    def abspath(self, relative: str) -> str:
+        return self.local.abspath(relative)
+
+    def has_files(self, files: Iterable[FileRecord]) -> bool:
+        """Whether the server has the files (asked, not fetched, unless they are in the cache)."""
+        for record in files:
+            if os.path.exists(self.abspath(record.path)):
+                continue
+            path, query = _file_request(record)
+            reply = self.transport.request("HEAD", path, query=query)
+            if reply.status != 200:
+                return False
+        return True
+
+    def verify(self, records: Iterable[tuple[str, str | None, int | None]]) -> list[VerifyProblem]:
+        raise RemoteError("verify checks a repository's own files: run `butler verify` where the repository is")
+
+    # -- fetching -------------------------------------------------------------------------------
+    def fetch(self, record: FileRecord) -> str:
+        """The cached file of ``record`` (a record of the remote registry: see `cache_record`),
+        fetched and verified first if it is not in the cache."""
+        full = os.path.join(self.cache_dir, record.path)
+        with self._lock:
+            offered = self._offered.pop(record.path, None)
+        if not os.path.exists(full):
+            what = f"the {record.component or 'main'} file of the dataset {record.path.split('/')[1]}"
+            checksum = record.checksum
+            if checksum is not None and checksum.startswith(MANIFEST_PREFIX):
+                self._fetch_directory(record, full, what)
+                return full
+            data = None
+            if offered is not None and checksum is not None:
+                try:
+                    verify_bytes(offered, checksum, record.file_size, where=f"{what} sent by {self.transport.where}")
+                    data = offered
+                except ChecksumError:
+                    data = None  # damaged on the way: fetched again below
+            if data is None:
+                data = self._get(record, None, record.file_size, checksum, what)
+            write_atomic(full, data, overwrite=True)
+        return full
+
+    def _get(self, record: FileRecord, member: str | None, size: int | None, checksum: str | None,
+             what: str) -> bytes:
+        """The verified bytes of one file (or store member), fetched at most `_ATTEMPTS` times."""
+        path, query = _file_request(record, member)
+        problem: ChecksumError | None = None
+        for _ in range(_ATTEMPTS):
+            reply = self.transport.request("GET", path, query=query)
+            if reply.status != 200:
+                decode_reply(self.transport, reply, what)  # raises the server's error
+            if checksum is None:
+                return reply.body
+            try:
+                verify_bytes(reply.body, checksum, size, where=f"{what} fetched from {self.transport.where}")
+                return reply.body
+            except ChecksumError as err:
+                problem = err
+        assert problem is not None
+        raise ChecksumError(f"{problem} (fetched {_ATTEMPTS} times; the server's copy may be damaged: run "
+                            f"`butler verify` there)") from None
+
+    def _fetch_directory(self, record: FileRecord, full: str, what: str) -> None:
+        assert record.checksum is not None
+        manifest = self._get(record, MANIFEST_NAME, None, None, what)
+        entries = parse_manifest(manifest, record.checksum, f"of {what} fetched from {self.transport.where}")
+        parent = os.path.dirname(full)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".tmp-fetch-", dir=parent)
+        try:
+            with open(os.path.join(staging, MANIFEST_NAME), "wb") as stream:
+                stream.write(manifest)
+            for member, (size, checksum) in entries.items():
+                data = self._get(record, member, size, checksum, f"{what}, member {member}")
+                target = os.path.join(staging, *member.split("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "wb") as stream:
+                    stream.write(data)
+            try:
+                os.rename(staging, full)
+            except OSError:
+                if not os.path.isdir(full):  # another process fetched it first: keep theirs
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def cache_record(dataset_id: uuid.UUID, record: FileRecord) -> FileRecord:
+    """A file record of the server as the client keeps it: its path is the cache's (by dataset id,
+    component and file name), from which the client also knows what to ask the server for."""
+    name = os.path.basename(record.path.rstrip("/")) or "file"
+    return record._replace(path=f"{dataset_id.hex[:2]}/{dataset_id.hex}/{record.component or '_'}/{name}")
+
+
+def _file_request(record: FileRecord, member: str | None = None) -> tuple[str, dict[str, str]]:
+    """The path and query of the server request for the file of a `cache_record`."""
+    parts = record.path.split("/")
+    if len(parts) != 4:
+        raise RemoteError(f"{record.path!r} is not the cache path of a remote dataset's file")
+    query = {"component": record.component} if record.component else {}
+    if member is not None:
+        query["member"] = member
+    return f"{API_PREFIX}/datasets/{parts[1]}/file", query
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
