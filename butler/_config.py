@@ -108,6 +108,13 @@ class RepoConfig:
         return self.db
 
     @property
+    def relative_sqlite(self) -> str | None:
+        """The SQLite registry's path relative to the root (None for server URLs and absolute paths)."""
+        if self.db.startswith("sqlite:///") and not self.db.startswith("sqlite:////"):
+            return self.db[len("sqlite:///"):]
+        return None
+
+    @property
     def root_files(self) -> tuple[str, ...]:
         """Names at the root that belong to the repository (a RUN must not be named like them)."""
         if self.db.startswith("sqlite:///") and not self.db.startswith("sqlite:////"):
@@ -156,6 +163,14 @@ class RepoConfig:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as err:
             raise RepositoryConfigError(f"cannot read the repository configuration {path}: {err}") from None
+        config = cls.from_text(root, text, path)
+        _CACHE[path] = (st.st_mtime_ns, config)
+        return config
+
+    @classmethod
+    def from_text(cls, root: str, text: str, path: str) -> RepoConfig:
+        """The configuration in ``text`` (read from ``path``, named in errors) of the repository at
+        ``root``: a directory, or the URL of a statically hosted repository."""
         data = _parse(text, path)
         registry = _section(data, "registry", path)
         datastore = _section(data, "datastore", path)
@@ -167,12 +182,10 @@ class RepoConfig:
                 validate_namespace(namespace)
             except ValueError as err:
                 raise RepositoryConfigError(f"in the repository configuration {path}: {err}") from None
-        config = cls(
+        return cls(
             root=root,
             db=_typed(registry, "db", "registry", path) or DEFAULT_SQLITE,
             namespace=namespace,
             templates=dict(_typed(datastore, "templates", "datastore", path, mapping=True) or {}),
             formatters=dict(_typed(datastore, "formatters", "datastore", path, mapping=True) or {}),
         )
-        _CACHE[path] = (st.st_mtime_ns, config)
-        return config

@@ -28,6 +28,7 @@ __all__ = [
     "RemoteAuthError",
     "RemoteError",
     "RemoteProtocolError",
+    "RemoteTransferError",
     "RemoteUnavailableError",
     "RepositoryConfigError",
     "RepositoryNotFoundError",
@@ -126,3 +127,9 @@ class RemoteAuthError(RemoteError, PermissionError):
 class RemoteProtocolError(RemoteError):
     """A remote repository's answer does not follow the butler protocol (another server, another
     protocol version, a malformed answer)."""
+
+
+class RemoteTransferError(RemoteError):
+    """Bytes received from a remote repository are not the bytes announced: a truncated download,
+    a range answered with other bytes, or a file that changed on the server while it was read.
+    Nothing of such a transfer is kept."""

@@ -18,10 +18,11 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ..errors import InvalidNameError, RegistryConnectionError
+from ..errors import InvalidNameError, ReadOnlyError, RegistryConnectionError
 
 __all__ = [
-    "Database", "close_engine", "dbapi_connection", "forget_engines", "lost_race", "open_database", "validate_namespace",
+    "Database", "close_engine", "dbapi_connection", "driver_database", "forget_engines", "lost_race", "open_database",
+    "validate_namespace",
 ]
 
 _NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -92,11 +93,16 @@ def validate_namespace(namespace: object) -> str | None:
 class Database:
     """A SQLAlchemy engine plus the namespace that holds this repository's tables."""
 
-    def __init__(self, url: str, namespace: str | None = None):
+    def __init__(self, url: str, namespace: str | None = None, *, engine: sa.Engine | None = None,
+                 read_only: bool = False):
+        """``engine``: one made by the caller (a registry read over HTTP), used as is and not cached;
+        ``url`` then only names the database in messages. ``read_only``: write transactions are
+        refused (`ReadOnlyError`) before any SQL runs."""
         validate_namespace(namespace)
         self.url = url
         self.namespace = namespace
-        self.engine = _engine_for(url)
+        self.engine = engine if engine is not None else _engine_for(url)
+        self.read_only = read_only
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
         self.dialect = self.engine.dialect.name  # "sqlite", "postgresql", "mysql"
         self._user: str | None = None
@@ -105,6 +111,9 @@ class Database:
     @contextlib.contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[sa.Connection]:
         """A connection inside one transaction, committed on success and rolled back on error."""
+        if write and self.read_only:
+            raise ReadOnlyError(f"the registry {self.safe_url} is read-only (a statically hosted repository); "
+                                "write into a local repository instead")
         try:
             conn = self.engine.connect()
         except sa.exc.OperationalError as err:
@@ -243,12 +252,31 @@ class Database:
                     conn.exec_driver_sql(f"ANALYZE TABLE {name}")
             conn.commit()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, wait_ms: int | None = None) -> bool:
         """Copy a SQLite registry's write-ahead log into the main file and truncate it (so the file
-        alone holds the repository: tests that copy or damage it); nothing on servers."""
+        alone holds the repository: copies, static hosting, tests that damage it); nothing on servers.
+        False when another connection's transaction kept the log from being emptied for ``wait_ms``
+        (default: the busy timeout)."""
+        if self.dialect != "sqlite":
+            return True
+        with self.engine.connect() as conn:
+            cursor = dbapi_connection(conn).cursor()  # outside any transaction (no BEGIN is emitted)
+            try:
+                if wait_ms is not None:
+                    cursor.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+                row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                if wait_ms is not None:
+                    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.close()
+        return row is None or row[0] == 0
+
+    def vacuum(self) -> None:
+        """Rewrite a SQLite registry so that each table and index lies in consecutive pages (remote
+        readers then scan with a few growing range requests); nothing on servers."""
         if self.dialect == "sqlite":
             with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                dbapi_connection(conn).execute("VACUUM")  # VACUUM cannot run inside a transaction
 
     def bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: Sequence[str],
                     rows: Sequence[tuple[Any, ...]], *, chunk: int = 50_000) -> None:
@@ -337,6 +365,15 @@ def forget_engines(*, close: bool = False) -> None:
         for engine in _ENGINES.values():
             engine.dispose(close=close)
         _ENGINES.clear()
+
+
+def driver_database(url: str, *, module: Any, connect: Any, read_only: bool = True) -> Database:
+    """A `Database` (SQLite dialect) over another DB-API driver: ``module`` is its DB-API module and
+    ``connect()`` makes one of its connections (apsw through ``butler.remote._dbapi_apsw``, reading a
+    registry over HTTP). ``url`` names the database in messages; the engine is not cached."""
+    engine = sa.create_engine("sqlite://", module=module, creator=connect, poolclass=sa.pool.QueuePool,
+                              pool_size=4, max_overflow=16, enable_from_linting=False)
+    return Database(url, None, engine=engine, read_only=read_only)
 
 
 def open_database(url: str, namespace: str | None) -> Database:
