@@ -177,7 +177,11 @@ class Butler:
     def _registry(self) -> Registry:
         reg = self._reg
         if reg is None:
-            reg = self._reg = _open_registry(self._local_config())
+            remote = self._remote
+            if remote is not None and remote.sql_registry is not None:  # a repository served as static files
+                reg = self._reg = remote.sql_registry
+            else:
+                reg = self._reg = _open_registry(self._local_config())
         return reg
 
     def _local_config(self) -> RepoConfig:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 from butler.testing import BACKENDS, SIMCAM_VISITS, RepoFactory, backend_url
 
 os.environ.setdefault("BUTLER_USER", "tester")
+os.environ.setdefault("BUTLER_CACHE_DIR", tempfile.mkdtemp(prefix="butler-test-cache-"))  # remote reads' cache
 
 
 @pytest.fixture(params=BACKENDS)

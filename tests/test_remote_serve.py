@@ -163,9 +163,11 @@ def test_pickled_remote_butler_reconnects(remote):
 
 def test_files_are_cached_and_verified(repo, server, tmp_path):
     cache = tmp_path / "cache"
+    ref = Butler(server, collections=RUN, cache_dir=str(tmp_path / "other")).find_dataset(
+        "metrics", instrument="SimCam", visit=12, detector=0)
+    assert ref is not None
     remote = Butler(server, collections=RUN, cache_dir=str(cache))
-    ref = remote.find_dataset("metrics", instrument="SimCam", visit=12, detector=0)
-    assert remote.get(ref) == {"visit": 12, "detector": 0}
+    assert remote.get(ref) == {"visit": 12, "detector": 0}  # by ref: the file is fetched (not inline) and cached
     cached = [os.path.join(d, f) for d, _, files in os.walk(cache) for f in files]
     assert len(cached) == 1 and ref.id.hex in cached[0]
     with open(cached[0], "r+b") as stream:  # the cached copy is damaged later: fetched again, verified
@@ -281,3 +283,30 @@ def test_not_a_butler_server(tmp_path):
         proc.terminate()
         proc.wait(10)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+# -- a repository served as static files (any HTTP file server) ------------------------------------
+def test_butler_reads_a_repository_served_as_static_files(repo, tmp_path):
+    from butler.remote._static import prepare_static_hosting
+    from butler.testing._static_http import StaticServer
+
+    prepare_static_hosting(repo.root)  # the publisher empties the registry's log first
+    local = _local(repo)
+    with StaticServer(repo.root) as static:
+        remote = Butler(static.url, collections=RUN, cache_dir=str(tmp_path / "cache"))
+        assert remote.is_remote
+        assert sorted(map(str, remote.query_datasets("metrics"))) == sorted(map(str, local.query_datasets("metrics")))
+        data_id = {"instrument": "SimCam", "visit": 14, "detector": 2}
+        assert remote.get("metrics", data_id) == {"visit": 14, "detector": 2}
+        assert remote.exists("metrics", data_id)
+        exp_id = {"instrument": "SimCam", "visit": VISITS[0], "detector": 1}
+        cut = remote.get("calexp", exp_id, component="image", parameters={"bbox": CUT})
+        np.testing.assert_array_equal(cut, local.get("calexp", exp_id, component="image", parameters={"bbox": CUT}))
+        with pytest.raises(DatasetNotFoundError, match="visit 999 does not exist"):
+            remote.get("metrics", data_id, visit=999)
+        with pytest.raises(ReadOnlyError):
+            remote.put({"a": 1}, "metrics", data_id, detector=5)
+        # The whole registry file was not downloaded: only the blocks the queries needed.
+        registry_size = os.path.getsize(os.path.join(repo.root, "butler.sqlite3"))
+        registry_bytes = sum(1 for path, _, _ in static.requests if path.endswith("butler.sqlite3"))
+        assert registry_bytes and static.bytes_sent < 20 * registry_size

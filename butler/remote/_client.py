@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from .._dataset_type import DatasetType
     from ..registry._collections import CollectionRecord, CollectionType
     from ..registry._datasets import FileRecord, FoundDataset
+    from ..registry._interface import RegistryReader
+    from ..registry._registry import Registry
     from ..transfer._export import ExportReport
 
 __all__ = ["RemoteDataIds", "RemoteRegistry", "RemoteRepository", "open_remote"]
@@ -207,13 +209,17 @@ def _bind(bind: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 class RemoteRepository:
-    """A remote repository opened by a Butler: its registry client and its datastore client."""
+    """A remote repository opened by a Butler: its registry (a client of `butler serve`, or the SQL
+    registry of a statically hosted repository read over HTTP) and its datastore client."""
 
-    def __init__(self, url: str, transport: Transport, registry: RemoteRegistry, datastore: RemoteDatastore) -> None:
+    def __init__(self, url: str, transport: Transport, registry: RegistryReader, datastore: RemoteDatastore, *,
+                 sql_registry: Registry | None = None) -> None:
         self.url = url
         self.transport = transport
         self.registry = registry
         self.datastore = datastore
+        self.sql_registry = sql_registry
+        """The read-only SQL registry of a statically hosted repository (None for `butler serve`)."""
 
     def unsupported(self, what: str) -> RemoteError:
         """The error of an operation that needs the repository's own registry or files."""
@@ -264,13 +270,39 @@ def open_remote(url: str, *, token: str | None = None, cache_dir: str | os.PathL
         raise RemoteError(f"{url}: ssh:// repositories are not available in this version; serve it over HTTP "
                           "(`butler serve REPO`) and open http://...")
     transport: Transport = HttpTransport(url, token=token)
+    cache = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir(url)
     reply = transport.request("GET", f"{API_PREFIX}/info")
+    if reply.status != 200 or not _is_json(reply.headers):  # not a butler server: a repository as static files?
+        if reply.status in (401, 403):
+            decode_reply(transport, reply, "info")  # the server's refusal
+        return _open_static(url, transport, cache, reply.status)
     info = decode_reply(transport, reply, "info")
     if not isinstance(info, dict) or info.get("protocol") != PROTOCOL_VERSION or "universe" not in info:
         transport.close()
         raise RemoteProtocolError(
             f"{url} speaks butler protocol version {info.get('protocol') if isinstance(info, dict) else '?'}, this "
             f"client speaks version {PROTOCOL_VERSION}: upgrade the older side")
-    cache = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir(url)
     datastore = RemoteDatastore(transport, cache)
     return RemoteRepository(url, transport, RemoteRegistry(transport, info, datastore), datastore)
+
+
+def _is_json(headers: Mapping[str, str]) -> bool:
+    return (header(headers, "Content-Type") or "").startswith("application/json")
+
+
+def _open_static(url: str, transport: Transport, cache: str, status: int) -> RemoteRepository:
+    """The repository served as static files at ``url`` (see ``_static.py``), or a specific error."""
+    from ..errors import RepositoryNotFoundError
+    from ._remote_datastore import StaticDatastore
+    from ._static import open_static_registry
+
+    try:
+        registry = open_static_registry(url, cache_dir=os.path.join(cache, "registry"))
+    except RepositoryNotFoundError as err:
+        transport.close()
+        raise RemoteProtocolError(
+            f"{url} is neither a butler server (`butler serve` answers {API_PREFIX}/info; this server answered HTTP "
+            f"{status}) nor a repository served as static files ({err}); is it a butler server or a repository "
+            "directory?") from None
+    return RemoteRepository(url, transport, registry, StaticDatastore(transport, os.path.join(cache, "files")),
+                            sql_registry=registry)

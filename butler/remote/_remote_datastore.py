@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..datastore._datastore import FileDatastore, VerifyProblem
     from ..registry._datasets import FileRecord
 
-__all__ = ["RemoteDatastore", "cache_record"]
+__all__ = ["RemoteDatastore", "StaticDatastore", "cache_record"]
 
 _OFFERED = 32
 """Inline file bytes kept for the reads that follow their lookups."""
@@ -102,7 +102,7 @@ class RemoteDatastore:
         for record in files:
             if os.path.exists(self.abspath(record.path)):
                 continue
-            path, query = _file_request(record)
+            path, query = self.request_for(record)
             reply = self.transport.request("HEAD", path, query=query)
             if reply.status != 200:
                 return False
@@ -110,6 +110,11 @@ class RemoteDatastore:
 
     def verify(self, records: Iterable[tuple[str, str | None, int | None]]) -> list[VerifyProblem]:
         raise RemoteError("verify checks a repository's own files: run `butler verify` where the repository is")
+
+    def request_for(self, record: FileRecord, member: str | None = None) -> tuple[str, dict[str, str]]:
+        """The path and query of the request for the file of ``record`` (a `cache_record`), or of one
+        ``member`` of a directory dataset: by dataset id, from `butler serve`."""
+        return _file_request(record, member)
 
     def _take_offered(self, record: FileRecord) -> bytes | None:
         """The offered bytes of ``record``'s file if they match its record (else None: fetch it)."""
@@ -155,7 +160,7 @@ class RemoteDatastore:
     def _get(self, record: FileRecord, member: str | None, size: int | None, checksum: str | None,
              what: str) -> bytes:
         """The verified bytes of one file (or store member), fetched at most `_ATTEMPTS` times."""
-        path, query = _file_request(record, member)
+        path, query = self.request_for(record, member)
         problem: ChecksumError | None = None
         for _ in range(_ATTEMPTS):
             reply = self.transport.request("GET", path, query=query)
@@ -223,3 +228,19 @@ def _remove(path: str) -> None:
             os.remove(path)
         except FileNotFoundError:
             pass
+
+
+class StaticDatastore(RemoteDatastore):
+    """The files of a repository served as static files: fetched by their path under the repository's
+    URL (records keep their repository-relative paths, which are also their paths in the cache)."""
+
+    def request_for(self, record: FileRecord, member: str | None = None) -> tuple[str, dict[str, str]]:
+        from urllib.parse import quote
+
+        path = record.path
+        if os.path.isabs(path) or path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/")):
+            raise RemoteError(f"the file {path!r} is not inside the repository (ingested with transfer='direct'?): "
+                              "static hosting serves only the repository's own files; use `butler serve`")
+        if member is not None:
+            path = f"{path}/{member}"
+        return "/" + "/".join(quote(part) for part in path.split("/")), {}
