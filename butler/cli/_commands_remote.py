@@ -1,4 +1,5 @@
-"""``butler serve``: serve a repository read-only over HTTP (see docs/remote.md)."""
+"""``butler serve`` (a repository read-only over HTTP) and ``butler prepare-static`` (ready for any
+static file server); see docs/remote.md."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import click
 
 from ._options import repo_argument
 
-__all__ = ["serve"]
+__all__ = ["prepare_static", "serve"]
 
 
 @click.command()
@@ -36,3 +37,23 @@ def serve(repo: str, host: str, port: int, token_file: str | None) -> None:
         if not token:
             raise click.BadParameter(f"{token_file} is empty: put the token on its first line", param_hint="--token-file")
     run_server(repo, host=host, port=port, token=token)
+
+
+@click.command("prepare-static")
+@repo_argument
+@click.option("--compact", is_flag=True, help="VACUUM the registry first, so remote reads need fewer requests.")
+def prepare_static(repo: str, compact: bool) -> None:
+    """Make REPO ready to be served as static files (any HTTP file server): empty the registry's
+    write-ahead log into its file (and with --compact, rewrite it contiguously).
+
+    Run it after the last write, before copying or serving the directory. Clients then open
+    Butler("https://host/path/to/repo").
+
+    \b
+    Example:
+      butler prepare-static /data/repo --compact
+    """
+    from ..remote._static import prepare_static_hosting
+
+    report = prepare_static_hosting(repo, compact=compact)
+    click.echo(f"{report.registry}: {report.size:,} bytes, {report.log_bytes:,} bytes of log emptied; ready to serve")
