@@ -7,6 +7,8 @@ against the same calls on the local repository in the same run.
 * ``remote.query_500``: `query_datasets` returning 500 refs through the server / locally.
 * ``remote.cached_reget``: a get through `Butler(local, upstream=...)` of a dataset already cached / the
   same get on the repository opened without an upstream (the cost of looking here first: ~1x).
+* ``remote.cutout_bytes``: bytes through a counting proxy for a 256x256 cutout of a 4096^2 zarr
+  exposure read remotely (range requests of the chunks), over the bytes the same cutout reads locally.
 * ``remote.concurrent_16x1000``: 16 client processes each making 1,000 gets at once; the server's
   resident memory growth from after a warm-up to the end (MB; "memory flat"), with the error count
   and the aggregate rate in the notes. Any error fails the benchmark.
@@ -166,3 +168,54 @@ def bench_remote_cached_reget(ctx: Context) -> Result:
     samples_cached, samples_plain = _ratio_of_blocks(lambda i: get(mine, i), lambda i: get(plain, i),
                                                      ctx.size(200, 30))
     return _ratio_result(samples_cached, samples_plain, "cached re-get")
+
+
+def _big_exposure_repo(ctx: Context) -> tuple[str, Any]:
+    import numpy as np
+
+    from butler import Butler, DatasetType
+    from butler.exposure import Exposure
+    from butler.instrument import SimCam
+
+    root = os.path.join(ctx.tmpdir, "exposure-repo")
+    Butler.create(root)
+    butler = Butler(root, run="bench/exposure")
+    butler.register_instrument(SimCam(), calibs=False)
+    from ._fixtures import visit_record
+
+    butler.insert_dimension_records("visit", [visit_record(1)])
+    butler.register_dataset_type(DatasetType("calexp", ("instrument", "visit", "detector"), "Exposure"))
+    n = ctx.size(4096, 1024)
+    rng = np.random.default_rng(1)
+    image = rng.normal(1000.0, 30.0, (n, n)).astype(np.float32)
+    exposure = Exposure(image, np.zeros((n, n), np.int32), np.abs(image))
+    ref = butler.put(exposure, "calexp", instrument=INSTRUMENT, visit=1, detector=0)
+    return root, ref
+
+
+@benchmark("remote.cutout_bytes", unit="x", target=2.0,
+           description="bytes moved by a remote 256x256 cutout of a 4096^2 zarr exposure (through `butler serve`) / "
+                       "the bytes of the chunks the same cutout reads locally")
+def bench_remote_cutout_bytes(ctx: Context) -> Result:
+    from butler import Butler
+    from butler.datastore._zarr_io import io_stats
+    from butler.exposure import Box
+    from butler.testing import FlippingProxy, served_repository
+
+    root, ref = ctx.fixture("exposure_repo", _big_exposure_repo)
+    box = Box(x0=1000, y0=2000, width=256, height=256) if not ctx.quick else Box(x0=100, y0=200, width=256, height=256)
+    local = Butler(root, collections="bench/exposure")
+    with io_stats() as stats:
+        want = local.get(ref, parameters={"bbox": box})
+    chunk_bytes = stats.bytes_read
+    with served_repository(root) as served, FlippingProxy(served.url, flips=0) as proxy:
+        remote = Butler(proxy.url, collections="bench/exposure", cache_dir=ctx.scratch("cutout-cache"))
+        found = remote.find_dataset("calexp", instrument=INSTRUMENT, visit=1, detector=0)
+        proxy.bytes_forwarded = 0
+        got = remote.get(found, parameters={"bbox": box})
+        moved = proxy.bytes_forwarded
+    assert (got.image == want.image).all() and (got.variance == want.variance).all()
+    return Result(value=moved / chunk_bytes, n=1,
+                  notes=f"{moved:,} bytes through the proxy (manifest, metadata, shard indexes, chunks) vs {chunk_bytes:,} "
+                        f"bytes of chunks read locally ({stats.requests} reads)",
+                  extra={"moved": moved, "chunk_bytes": chunk_bytes})

@@ -310,3 +310,22 @@ def test_butler_reads_a_repository_served_as_static_files(repo, tmp_path):
         registry_size = os.path.getsize(os.path.join(repo.root, "butler.sqlite3"))
         registry_bytes = sum(1 for path, _, _ in static.requests if path.endswith("butler.sqlite3"))
         assert registry_bytes and static.bytes_sent < 20 * registry_size
+
+
+def test_a_cutout_of_a_remote_store_moves_only_the_chunks_it_needs(repo, server, tmp_path):
+    from butler.exposure import Box
+
+    local = _local(repo)
+    exp_id = {"instrument": "SimCam", "visit": VISITS[0], "detector": 1}
+    ref = local.find_dataset("calexp", exp_id)
+    (record,) = local.registry.files_of([ref.id])[ref.id]
+    box = Box(x0=0, y0=0, width=16, height=16)
+    with FlippingProxy(server, flips=0) as proxy:
+        remote = Butler(proxy.url, collections=RUN, cache_dir=str(tmp_path / "cache"))
+        found = remote.find_dataset("calexp", exp_id)
+        proxy.bytes_forwarded = 0
+        cut = remote.get(found, component="image", parameters={"bbox": box})
+        moved = proxy.bytes_forwarded
+    np.testing.assert_array_equal(cut, local.get("calexp", exp_id, component="image", parameters={"bbox": box}))
+    assert 0 < moved < record.file_size / 4  # the store is not fetched whole
+    assert not [f for _, _, files in os.walk(tmp_path / "cache") for f in files]  # nor cached

@@ -314,6 +314,11 @@ class FileDatastore:
                 raise  # already names the dataset (a component file read inside a composite read)
             raise _damaged(ref, "", err) from err
 
+    @staticmethod
+    def formatter_of(record: FileRecord) -> Any:
+        """The formatter that reads the file of ``record``."""
+        return formatter_for(get_storage_class(record.storage_class), record.formatter)
+
     def decode(self, ref: DatasetRef, record: FileRecord, data: bytes, *, component: str | None = None,
                parameters: Mapping[str, Any] | None = None) -> Any:
         """The dataset (or component) in ``data``, the bytes of its single file ``record``, verified

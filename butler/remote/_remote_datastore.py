@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RemoteDatastore", "StaticDatastore", "cache_record"]
 
+_NOT_REMOTE = object()
+"""`RemoteDatastore._read_store_remotely`'s answer when the store is to be fetched whole instead."""
+
 _OFFERED = 32
 """Inline file bytes kept for the reads that follow their lookups."""
 
@@ -77,6 +80,10 @@ class RemoteDatastore:
              parameters: Mapping[str, Any] | None = None, verify: bool = True) -> Any:
         if not files:
             raise DatasetNotFoundError(f"{ref} has no stored file (registered without a file?)")
+        if len(files) == 1 and files[0].checksum and files[0].checksum.startswith(MANIFEST_PREFIX) and verify:
+            found = self._read_store_remotely(ref, files[0], component, parameters)
+            if found is not _NOT_REMOTE:
+                return found
         if len(files) == 1 and verify:  # a small file that came with its lookup: decoded from those bytes
             data = self._take_offered(files[0])
             if data is not None:
@@ -115,6 +122,35 @@ class RemoteDatastore:
         """The path and query of the request for the file of ``record`` (a `cache_record`), or of one
         ``member`` of a directory dataset: by dataset id, from `butler serve`."""
         return _file_request(record, member)
+
+    def store_path(self, record: FileRecord) -> str:
+        """The path (below the server's URL) under which the members of a store are ``/<member>``."""
+        path, _ = _file_request(record)
+        return path.rsplit("/", 1)[0] + "/store"
+
+    def _read_store_remotely(self, ref: DatasetRef, record: FileRecord, component: str | None,
+                             parameters: Mapping[str, Any] | None) -> Any:
+        """A read of a store (zarr) straight from the server with range requests, so a cutout moves only
+        the chunks it needs: the manifest is fetched and verified first, then every metadata document
+        read is checked against it and every chunk by its crc32c. `_NOT_REMOTE` when the store is in
+        the cache already or its formatter cannot read a URL (then the whole store is fetched)."""
+        from ..datastore._directory_io import Manifest
+
+        if os.path.exists(self.local.abspath(record.path)):
+            return _NOT_REMOTE
+        formatter = self.local.formatter_of(record)
+        read_location = getattr(formatter, "read_location", None)
+        base = getattr(self.transport, "url_for", None)
+        if read_location is None or base is None:
+            return _NOT_REMOTE
+        assert record.checksum is not None
+        what = f"the store of {ref.dataset_type.name} {ref.data_id} (run {ref.run!r})"
+        manifest = self._get(record, MANIFEST_NAME, None, None, what)
+        url = base(self.store_path(record))
+        entries = parse_manifest(manifest, record.checksum, f"of {what} at {url}")
+        options = getattr(self.transport, "storage_options", None)
+        return read_location(url, component=component, parameters=parameters, storage_options=options,
+                             manifest=Manifest(url, entries))
 
     def _take_offered(self, record: FileRecord) -> bytes | None:
         """The offered bytes of ``record``'s file if they match its record (else None: fetch it)."""
@@ -233,6 +269,9 @@ def _remove(path: str) -> None:
 class StaticDatastore(RemoteDatastore):
     """The files of a repository served as static files: fetched by their path under the repository's
     URL (records keep their repository-relative paths, which are also their paths in the cache)."""
+
+    def store_path(self, record: FileRecord) -> str:
+        return self.request_for(record)[0]
 
     def request_for(self, record: FileRecord, member: str | None = None) -> tuple[str, dict[str, str]]:
         from urllib.parse import quote

@@ -119,10 +119,13 @@ class RepositoryService:
 
     # -- files ----------------------------------------------------------------------------------
     def _file(self, rest: str, query: Mapping[str, str]) -> Answer:
-        parts = rest.split("/")
+        parts = rest.split("/", 3)
+        if len(parts) == 4 and parts[2] == "store":  # a store's member as a path: what zarr's HTTP store asks for
+            query = {**query, "member": parts[3]}
+            parts = parts[:2] + ["file"]
         if len(parts) != 3 or parts[2] != "file":
             return _error(404, "RemoteProtocolError", f"no such path {API_PREFIX}/{rest}; files are "
-                          f"{API_PREFIX}/datasets/<id>/file?component=...&member=...")
+                          f"{API_PREFIX}/datasets/<id>/file?component=...&member=... (or .../store/<member>)")
         try:
             dataset_id = uuid.UUID(hex=parts[1])
         except ValueError:

@@ -137,6 +137,15 @@ class HttpTransport:
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
+    def url_for(self, path: str) -> str:
+        """The full URL of ``path`` on this server (for readers that make their own requests: zarr)."""
+        return self.where.rstrip("/") + path
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec's options for requests to this server (the bearer token)."""
+        return {"headers": dict(self._headers)} if self._headers else {}
+
     def _connection(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:

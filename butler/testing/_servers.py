@@ -72,6 +72,8 @@ class FlippingProxy:
     def __init__(self, target: str, flips: int, *, calls: tuple[str, ...] | None = None) -> None:
         self.target = target.rstrip("/")
         self.flips = flips
+        self.bytes_forwarded = 0
+        """Bytes of the answers' bodies passed on to clients (what crossed the wire from the server)."""
         self.calls = calls
         """Damage only the answers of requests whose path ends with one of these (None: any)."""
         self.flipped = 0
@@ -92,6 +94,7 @@ class FlippingProxy:
             async with session.request(request.method, self.target + request.path_qs, data=await request.read(),
                                        headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as r:
                 body = bytearray(await r.read())
+                self.bytes_forwarded += len(body)
                 json_length = int(r.headers.get("X-Butler-Json-Length", len(body)))
                 carries_file = (request.path.endswith(("/file", "/export"))
                                 or len(body) > json_length)  # inline bytes follow the JSON
