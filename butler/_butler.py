@@ -385,6 +385,16 @@ class Butler:
         return data_id_packer(self._registry, kind, **data_id)
 
     def get_dataset_type(self, name: str) -> DatasetType:
+        """The registered dataset type ``name`` (here, else in the upstream)."""
+        if self._upstream_location is not None:
+            from .errors import DatasetTypeError
+
+            try:
+                return self.reader.dataset_type(name)
+            except DatasetTypeError:
+                upstream = self.upstream
+                assert upstream is not None
+                return upstream.get_dataset_type(name)
         return self.reader.dataset_type(name)
 
     @property
@@ -586,10 +596,20 @@ class Butler:
                       collections: CollectionsLike = None) -> dict[DataCoordinate, DatasetRef]:
         """Set-based `find_dataset`: the first ref along the search path for each of ``data_ids``
         (data IDs of the type's dimensions; those not found are absent), in one query."""
-        return self.reader.find_datasets(dataset_type, data_ids, self.search_path(collections))
+        searched = self.search_path(collections)
+        if self._upstream_location is not None:
+            from ._upstream import query_target
+
+            target = query_target(self, searched)
+            if target is not self:
+                return target.find_datasets(dataset_type, data_ids, collections=searched)
+        return self.reader.find_datasets(dataset_type, data_ids, searched)
 
     def observation_times(self, element: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
         """Begin times (ns) and implied values of exposures or visits ``(instrument, id)``, set-based."""
+        upstream = self.upstream
+        if upstream is not None:  # the records of the upstream (this repository has those of what it cached)
+            return upstream.observation_times(element, keys)
         return self._registry.records.observation_times(element, keys)
 
     def get(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *, collections: CollectionsLike = None,

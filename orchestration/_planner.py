@@ -79,7 +79,9 @@ class Planner:
         producers = {c.dataset_type: d.label for d in defs for c in d.task_class.outputs().values()}
         self._producers, self._made_here = producers, set()
         self._check_dataset_types(defs, producers)
-        constraints = dict(butler.registry.data_ids.constraints(data_id, {})) if data_id else {}
+        # Aliases of the instruments of the repository the inputs come from (an upstream, if there is one).
+        source = butler.upstream or butler
+        constraints = dict(source.reader.data_ids.constraints(data_id, {})) if data_id else {}
 
         # -- 1. the big query -------------------------------------------------------------------
         all_dims: set[str] = set()

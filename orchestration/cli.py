@@ -146,11 +146,14 @@ def dashboard_link(client: Any, dashboard_address: str = DASHBOARD_ADDRESS) -> s
               help="Calibration collection of a dataset type, e.g. --calibs flat=SimCam/calib/flats-v2 (repeatable; "
                    "default: <instrument>/calib).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--upstream", default=None, metavar="URL|REPO",
+              help="Read inputs from this repository (http(s)://, ssh:// or a directory): planned against it, fetched "
+                   "verified into REPO before execution; outputs and provenance are written to REPO.")
 def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_text: str, where: str,
         overrides: Sequence[str], tasks: str | None, cluster: str, retries: int, resume: bool, extend_run: bool,
         clobber_outputs: bool, skip_existing_in: Sequence[str], replace_run: bool, dry_run: bool,
         explain: str | None, save_plan: str | None, progress: bool | None, calibs: Sequence[str] = (),
-        dashboard_address: str = DASHBOARD_ADDRESS) -> None:
+        dashboard_address: str = DASHBOARD_ADDRESS, upstream: str | None = None) -> None:
     """Plan PIPELINE (a YAML file) over REPO and execute it on Dask.
 
     \b
@@ -159,6 +162,7 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
           --id "tract=9000 patch=44..46 band=g^r" --cluster local:2 --retries 2
       butler run ... --resume        # after a crash: only what is missing runs
       butler run ... --dry-run       # per task: quanta to run / skip, and why
+      butler run mine pipelines/coadd.yaml --upstream https://host/repo -i HSC/runs/RC2 -o u/me/coadd
     """
     from butler import Butler
 
@@ -173,11 +177,12 @@ def run(repo: str, pipeline: str, inputs: Sequence[str], output_run: str, id_tex
         if not sep or not key or not value:
             raise click.BadParameter(f"{item!r} is not TYPE=COLLECTION", param_hint="'--calibs'")
         calib_map[key.strip()] = value.strip()
-    butler = Butler(repo, writeable=True, collections=collections, calibs=calib_map)
+    butler = Butler(repo, writeable=True, collections=collections, calibs=calib_map, upstream=upstream)
     pipe = Pipeline.from_yaml(pipeline).apply_overrides(overrides)
     if tasks:
         pipe = pipe.subset(tasks if tasks in pipe.subsets else tasks.split(","))
-    id_where, bind = parse_id(id_text, butler.registry.data_ids.aliases(None)) if id_text else ("", {})
+    aliases = (butler.upstream or butler).reader.data_ids.aliases(None)  # the inputs' instruments
+    id_where, bind = parse_id(id_text, aliases) if id_text else ("", {})
     full_where = " AND ".join(f"({w})" for w in (where, id_where) if w)
     with ExitStack() as held:
         if not dry_run:  # plan and execute under the run's lock: no other executor changes what exists
