@@ -236,6 +236,9 @@ class RemoteRepository:
 
         from ..transfer._export import ExportReport
 
+        if self.sql_registry is not None:
+            raise RemoteError(f"{self.url} is a repository served as static files, which cannot make bundles: to cache "
+                              "its datasets (an upstream), serve it with `butler serve` or use its directory")
         start = time.perf_counter()
         wanted = [[r.dataset_type if isinstance(r.dataset_type, str) else r.dataset_type.name, r.id.hex] for r in refs]
         try:
