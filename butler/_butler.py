@@ -225,6 +225,13 @@ class Butler:
                                                                transfer="move"))
 
     @property
+    def _served(self) -> RemoteRepository | None:
+        """The client of `butler serve` when this Butler reads through one (not static hosting, whose
+        SQL registry answers everything itself)."""
+        remote = self._remote
+        return remote if remote is not None and remote.sql_registry is None else None
+
+    @property
     def is_remote(self) -> bool:
         """Whether this Butler reads a remote repository (read-only; see docs/remote.md)."""
         return self._remote is not None
@@ -793,6 +800,8 @@ class Butler:
     # -- provenance -----------------------------------------------------------------------------
     def provenance(self, ref: DatasetRef) -> dict[str, Any] | None:
         """How ``ref`` was made: task, data ID, input ids, config digest, host, times, status."""
+        if self._served is not None:
+            return self._served.provenance(ref)
         from ._provenance import provenance_of
 
         return provenance_of(self._registry, ref)
@@ -800,6 +809,8 @@ class Butler:
     def recorded_inputs(self, refs: Sequence[DatasetRef]) -> list[str | None]:
         """For each ref, the input ids recorded by the quantum that wrote it, in their stored text form
         (see `butler.provenance`), or None where no quantum wrote it (one query for any number of refs)."""
+        if self._served is not None:
+            return self._served.recorded_inputs(refs)
         from ._provenance import recorded_inputs
 
         return recorded_inputs(self._registry, refs)
@@ -807,6 +818,8 @@ class Butler:
     def query_provenance(self, *, run: str | None = None, task: str | None = None,
                          status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Quantum records of pipeline executions (e.g. the failures of a run), with their output ids."""
+        if self._served is not None:
+            return self._served.query_provenance(run=run, task=task, status=status)
         from ._provenance import query_provenance
 
         return query_provenance(self._registry, run=run, task=task, status=status)

@@ -58,6 +58,13 @@ def test_a_pipeline_reads_its_inputs_from_the_upstream_and_writes_locally(upstre
     assert provenance is not None and provenance["status"] == "succeeded"
     assert here.verify() == []
     assert snapshot_repo(upstream_repo) == before  # nothing written upstream
+    # Debugging the run from afar: its provenance through `butler serve` reads as locally.
+    with served_repository(mine.root) as served:
+        remote = Butler(served.url, collections=OUT)
+        assert remote.query_provenance(run=OUT) == here.query_provenance(run=OUT)
+        assert remote.query_provenance(run=OUT, status="failed") == []
+        assert remote.provenance(added[0]) == provenance
+        assert remote.recorded_inputs(added) == here.recorded_inputs(added)
     # Ids of the inputs are the upstream's.
     ref = here.find_dataset("metrics_in", instrument="SimCam", visit=0, detector=0, collections="in")
     assert ref == upstream_repo.find_dataset("metrics_in", instrument="SimCam", visit=0, detector=0)

@@ -27,9 +27,11 @@ from ._protocol import (
     decode_dataset_type,
     decode_files,
     decode_found,
+    decode_provenance,
     decode_records,
     decode_refs,
     encode_data_id,
+    encode_refs,
 )
 from ._remote_datastore import RemoteDatastore, cache_record
 from ._transport import HttpTransport, Transport, call, call_with_payload, decode_reply, download, header
@@ -250,6 +252,21 @@ class RemoteRepository:
         summary = json.loads(header(reply.headers, REPORT_HEADER) or "{}")
         summary["seconds"] = time.perf_counter() - start
         return ExportReport(path=path, **summary)
+
+    def provenance(self, ref: DatasetRef) -> dict[str, Any] | None:
+        """`Butler.provenance`, asked of the server."""
+        return decode_provenance(call(self.transport, "provenance", {"ref": encode_refs([ref])}))
+
+    def query_provenance(self, *, run: str | None, task: str | None, status: str | Iterable[str] | None
+                         ) -> list[dict[str, Any]]:
+        """`Butler.query_provenance`, asked of the server."""
+        wanted = status if status is None or isinstance(status, str) else list(status)
+        records = call(self.transport, "query_provenance", {"run": run, "task": task, "status": wanted})
+        return [r for r in map(decode_provenance, records) if r is not None]
+
+    def recorded_inputs(self, refs: Sequence[DatasetRef]) -> list[str | None]:
+        """`Butler.recorded_inputs`, asked of the server."""
+        return list(call(self.transport, "recorded_inputs", {"refs": encode_refs(refs)}))
 
     def uri(self, ref: DatasetRef, component: str = "") -> str:
         """The URL of a dataset's file on the server."""

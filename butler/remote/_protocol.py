@@ -41,6 +41,7 @@ __all__ = [
     "decode_dataset_type",
     "decode_error",
     "decode_found",
+    "decode_provenance",
     "decode_records",
     "decode_refs",
     "encode_collection",
@@ -48,6 +49,7 @@ __all__ = [
     "encode_dataset_type",
     "encode_error",
     "encode_found",
+    "encode_provenance",
     "encode_records",
     "encode_refs",
 ]
@@ -241,4 +243,36 @@ def decode_records(universe: DimensionUniverse, data: Mapping[str, Any]) -> list
                 raw = base64.b64decode(row[i])
                 row[i] = decode_region(raw) if kind == "region" else raw
         out.append(DimensionRecord(element, dict(zip(names, row))))
+    return out
+
+
+_PROVENANCE_IDS = ("quantum_id",)
+_PROVENANCE_ID_LISTS = ("inputs", "outputs")
+
+
+def encode_provenance(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A quantum's provenance record with its ids as hex strings."""
+    if record is None:
+        return None
+    out = dict(record)
+    for key in _PROVENANCE_IDS:
+        if isinstance(out.get(key), uuid.UUID):
+            out[key] = out[key].hex
+    for key in _PROVENANCE_ID_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [i.hex if isinstance(i, uuid.UUID) else i for i in out[key]]
+    return out
+
+
+def decode_provenance(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """`encode_provenance` undone: ids are `uuid.UUID` again, as the local record has them."""
+    if data is None:
+        return None
+    out = dict(data)
+    for key in _PROVENANCE_IDS:
+        if isinstance(out.get(key), str):
+            out[key] = uuid.UUID(hex=out[key])
+    for key in _PROVENANCE_ID_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [uuid.UUID(hex=i) if isinstance(i, str) else i for i in out[key]]
     return out

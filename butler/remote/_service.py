@@ -33,8 +33,10 @@ from ._protocol import (
     encode_data_id,
     encode_dataset_type,
     encode_error,
+    decode_refs,
     encode_files,
     encode_found,
+    encode_provenance,
     encode_records,
     encode_refs,
 )
@@ -290,6 +292,17 @@ class RepositoryService:
                                        "not in this repository (removed since they were found?)")
         summary = {k: v for k, v in dataclasses.asdict(report).items() if k != "path"}
         return FileAnswer(path, remove_dir=scratch, headers={REPORT_HEADER: json.dumps(summary, separators=(",", ":"))})
+
+    def call_provenance(self, args: Mapping[str, Any]) -> Any:
+        (ref,) = decode_refs(self.butler.reader.universe, args["ref"])
+        return encode_provenance(self.butler.provenance(ref))
+
+    def call_query_provenance(self, args: Mapping[str, Any]) -> Any:
+        records = self.butler.query_provenance(run=args.get("run"), task=args.get("task"), status=args.get("status"))
+        return [encode_provenance(r) for r in records]
+
+    def call_recorded_inputs(self, args: Mapping[str, Any]) -> Any:
+        return self.butler.recorded_inputs(decode_refs(self.butler.reader.universe, args["refs"]))
 
     def call_refresh(self, args: Mapping[str, Any]) -> Any:
         self.butler.refresh()
