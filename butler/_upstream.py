@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .registry._datasets import FoundDataset
     from .transfer import ImportReport
 
-__all__ = ["CACHED_RUNS", "cached_runs", "fetch", "find", "query_target", "uses_upstream"]
+__all__ = ["CACHED_RUNS", "cache_report", "cached_runs", "fetch", "find", "prune_cache", "query_target", "uses_upstream"]
 
 CACHED_RUNS = "upstream_cached_runs"
 """Registry attribute: JSON list of the runs this repository holds as copies of an upstream's."""
@@ -123,3 +123,48 @@ def query_target(butler: Butler, collections: CollectionsLike | None) -> Butler:
     if collections is None:
         return upstream
     return upstream if uses_upstream(butler, butler.search_path(collections)) else butler
+
+
+def cache_report(butler: Butler) -> list[dict[str, Any]]:
+    """Per cached run: its datasets and the bytes of their files (``butler cache REPO list``)."""
+    registry = butler.registry
+    names = sorted(cached_runs(butler))
+    present = {r.name: r for r in registry.query_collections(names)} if names else {}
+    counts = registry.datasets.count_by_run([r.id for r in present.values()])
+    rows = []
+    for name in names:
+        record = present.get(name)
+        size = sum(s or 0 for _, _, s in registry.datasets.file_checks([record.id])) if record else 0
+        rows.append({"run": name, "datasets": counts.get(record.id, 0) if record else 0, "bytes": size})
+    return rows
+
+
+def prune_cache(butler: Butler, *, older_than_ns: int | None = None) -> tuple[int, list[str]]:
+    """Remove cached copies of upstream datasets (all, or those fetched more than ``older_than_ns``
+    ago), and the cached runs left empty; returns (datasets removed, runs removed). Never touches
+    runs this repository did not cache (your outputs)."""
+    import time
+
+    from ._butler import Butler as _Butler
+
+    here = _Butler(butler.root, writeable=True)  # without the upstream: queries of the cached runs are local
+    registry = here.registry
+    cutoff = None if older_than_ns is None else time.time_ns() - older_than_ns
+    runs = cached_runs(here)
+    types = [t.name for t in here.query_dataset_types()]
+    removed, emptied = 0, []
+    for run in sorted(runs):
+        if not registry.query_collections([run]):
+            emptied.append(run)
+            continue
+        refs = [ref for name in types for ref in here.query_datasets(name, collections=run)]
+        times = registry.datasets.ingest_times([r.id for r in refs])
+        old = [r for r in refs if cutoff is None or times.get(r.id, 0) < cutoff]
+        if old:
+            removed += here.remove(old)
+        if len(old) == len(refs):
+            here.remove_runs(run)
+            emptied.append(run)
+    if emptied:
+        registry.set_attribute(CACHED_RUNS, json.dumps(sorted(runs - set(emptied))))
+    return removed, emptied

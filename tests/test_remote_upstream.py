@@ -115,3 +115,30 @@ def test_a_bundle_damaged_once_is_fetched_again(server, local_root):
         assert mine.get("metrics", instrument="SimCam", visit=14, detector=2) == {"visit": 14, "detector": 2}
         assert proxy.flipped == 1
     assert Butler(local_root, collections=RUN).verify() == []
+
+
+def test_cache_list_and_prune(server, upstream_repo, local_root):
+    from click.testing import CliRunner
+
+    from butler.cli import cli
+
+    mine = Butler(local_root, upstream=server, run="u/tester/debug", collections=RUN)
+    refs = mine.query_datasets("metrics", where="visit = 12")
+    mine.fetch_from_upstream(refs)
+    mine.register_dataset_type(DatasetType("measurement", ("instrument", "visit", "detector"), "StructuredData"))
+    out = mine.put({"x": 1}, "measurement", instrument="SimCam", visit=12, detector=0)
+    listed = CliRunner().invoke(cli, ["cache", local_root, "list"])
+    assert listed.exit_code == 0 and RUN in listed.output and " 3 " in listed.output, listed.output
+    kept = CliRunner().invoke(cli, ["cache", local_root, "prune", "--older-than", "30d", "--yes"])
+    assert kept.exit_code == 0 and "removed 0 cached dataset(s)" in kept.output, kept.output
+    bad = CliRunner().invoke(cli, ["cache", local_root, "prune", "--older-than", "30 days", "--yes"])
+    assert bad.exit_code == 2 and "not a duration" in bad.output
+    pruned = CliRunner().invoke(cli, ["cache", local_root, "prune", "--yes"])
+    assert pruned.exit_code == 0 and "removed 3 cached dataset(s) and 1 run(s)" in pruned.output, pruned.output
+    here = Butler(local_root)
+    assert here.query_collections() == ["u/tester/debug"]  # the output run stays
+    assert here.get(out) == {"x": 1} and here.verify() == []
+    assert "no cached datasets" in CliRunner().invoke(cli, ["cache", local_root, "list"]).output
+    # Pruned copies are fetched again when read.
+    again = Butler(local_root, upstream=server, collections=RUN)
+    assert again.get("metrics", instrument="SimCam", visit=12, detector=1) == {"visit": 12, "detector": 1}

@@ -7,7 +7,7 @@ import click
 
 from ._options import repo_argument
 
-__all__ = ["prepare_static", "serve"]
+__all__ = ["cache", "prepare_static", "serve"]
 
 
 @click.command()
@@ -57,3 +57,51 @@ def prepare_static(repo: str, compact: bool) -> None:
 
     report = prepare_static_hosting(repo, compact=compact)
     click.echo(f"{report.registry}: {report.size:,} bytes, {report.log_bytes:,} bytes of log emptied; ready to serve")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration_ns(text: str) -> int:
+    """``30d``, ``12h``, ``90m``, ``2w`` or ``45s`` in nanoseconds."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in _UNITS or not number.isdigit():
+        raise click.BadParameter(f"{text!r} is not a duration such as 30d, 12h, 90m, 2w or 45s", param_hint="--older-than")
+    return int(number) * _UNITS[unit] * 1_000_000_000
+
+
+@click.command("cache")
+@repo_argument
+@click.argument("action", type=click.Choice(["list", "prune"]))
+@click.option("--older-than", default=None, metavar="DURATION",
+              help="With prune: only datasets fetched longer ago than this (30d, 12h, 90m, 2w).")
+@click.option("--yes", is_flag=True, help="With prune: do not ask for confirmation.")
+def cache(repo: str, action: str, older_than: str | None, yes: bool) -> None:
+    """List or prune the datasets REPO holds as cached copies of its upstream's (docs/remote.md).
+
+    list prints each cached run with its datasets and bytes; prune removes cached datasets (all, or
+    those fetched before --older-than) and the cached runs left empty. Your own runs are never touched.
+
+    \b
+    Example:
+      butler cache /data/mine list
+      butler cache /data/mine prune --older-than 30d --yes
+    """
+    from .._butler import Butler
+    from .._upstream import cache_report, prune_cache
+    from ._output import print_rows
+
+    butler = Butler(repo, writeable=action == "prune")
+    rows = cache_report(butler)
+    if action == "list":
+        print_rows(rows, ["run", "datasets", "bytes"], "table", empty="no cached datasets")
+        return
+    cutoff = None if older_than is None else _duration_ns(older_than)
+    if not rows:
+        click.echo("no cached datasets")
+        return
+    if not yes:
+        what = "every cached dataset" if cutoff is None else f"cached datasets fetched more than {older_than} ago"
+        click.confirm(f"Remove {what} (of {sum(r['datasets'] for r in rows)} in {len(rows)} runs)?", abort=True)
+    removed, runs = prune_cache(butler, older_than_ns=cutoff)
+    click.echo(f"removed {removed} cached dataset(s) and {len(runs)} run(s)")

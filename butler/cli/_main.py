@@ -296,7 +296,8 @@ cli.add_command(transfer)
 cli.add_command(compare)
 cli.add_command(verify_bundle)
 
-from ._commands_remote import prepare_static, serve  # (issue 13)
+from ._commands_remote import cache, prepare_static, serve  # (issue 13)
 
 cli.add_command(serve)
+cli.add_command(cache)
 cli.add_command(prepare_static)

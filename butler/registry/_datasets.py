@@ -404,6 +404,19 @@ class DatasetManager:
         counts: Sequence[tuple[int, int]] = conn.execute(stmt).all()
         return {run_id: int(n) for run_id, n in counts}
 
+    def ingest_times(self, dataset_ids: Sequence[uuid.UUID], conn: sa.Connection | None = None) -> dict[uuid.UUID, int]:
+        """When each of these datasets was registered here (ns since 1970; unknown ones are absent)."""
+        if conn is None:
+            with self._db.transaction() as c:
+                return self.ingest_times(dataset_ids, c)
+        d = self._schema.dataset
+        out: dict[uuid.UUID, int] = {}
+        ids = list(dataset_ids)
+        for i in range(0, len(ids), _CHUNK):
+            stmt = sa.select(d.c.dataset_id, d.c.ingest_time).where(d.c.dataset_id.in_(ids[i:i + _CHUNK]))
+            out.update((row[0], int(row[1] or 0)) for row in conn.execute(stmt))
+        return out
+
     def file_checks(self, collection_ids: Sequence[int] | None = None, conn: sa.Connection | None = None
                     ) -> list[tuple[str, str | None, int | None]]:
         """(path, checksum, size) of every file record, or of the datasets in these collections of any
