@@ -26,7 +26,7 @@ from ._config import CONFIG_NAME, DEFAULT_SQLITE, RepoConfig
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
 from .dimensions import DataCoordinate, DimensionUniverse
-from .errors import ButlerError, CollectionError, ConflictError, ReadOnlyError
+from .errors import ButlerError, CollectionError, ConflictError, DatasetNotFoundError, ReadOnlyError
 from .registry._database import Database
 from .registry._registry import Registry
 from .remote._urls import is_remote_url
@@ -365,7 +365,7 @@ class Butler:
         """The registered skymap ``name``, rebuilt from its stored configuration."""
         from ._skymaps import load_skymap
 
-        return load_skymap(self._registry, name)
+        return load_skymap(self.reader, name)
 
     def define_visits(self, instrument: str, *, where: str | None = None, update: bool = False,
                       exposures: Iterable[int] | None = None) -> int:
@@ -597,6 +597,17 @@ class Butler:
             from . import _upstream
 
             return _upstream.find(self, dataset_type, data_id, collections, kwargs, required=required)
+        served = self._served
+        if served is not None and isinstance(dataset_type, (str, DatasetType)):
+            name = split_component(dataset_type if isinstance(dataset_type, str) else dataset_type.name)[0]
+            if self.reader.dataset_type(name).is_calibration:  # found by validity time, by the server
+                found = served.find_calibration(name, {**(dict(data_id) if data_id else {}), **kwargs},
+                                                collections if collections is not None else self.calibs.get(name))
+                if found is None and required:
+                    raise DatasetNotFoundError(f"no {name!r} valid for {dict(data_id or {}, **kwargs)} in "
+                                               f"{collections or self.calibs.get(name) or '<instrument>/calib'} of "
+                                               f"{self.root}")
+                return found
         return _reads.find(self, dataset_type, data_id, collections, kwargs, required=required)
 
     def find_datasets(self, dataset_type: str, data_ids: Sequence[DataCoordinate], *,
@@ -617,6 +628,8 @@ class Butler:
         upstream = self.upstream
         if upstream is not None:  # the records of the upstream (this repository has those of what it cached)
             return upstream.observation_times(element, keys)
+        if self._served is not None:
+            return self._served.observation_times(element, keys)
         return self._registry.records.observation_times(element, keys)
 
     def get(self, dataset_type: RefOrTypeLike, data_id: DataIdLike = None, *, collections: CollectionsLike = None,

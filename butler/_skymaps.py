@@ -20,6 +20,7 @@ from .instrument._focal_plane import detector_corners
 
 if TYPE_CHECKING:
     from ._butler import Butler
+    from .registry._interface import RegistryReader
     from .registry._registry import Registry
 
 __all__ = ["define_visits", "load_skymap", "register_skymap", "sky_vectors"]
@@ -123,17 +124,21 @@ def _insert_tract_batch(registry: Registry, conn: Any, skymap: Any, tracts: Any)
 _SKYMAPS: dict[tuple[str, str], Any] = {}
 
 
-def load_skymap(registry: Registry, name: str) -> Any:
-    """Rebuild a registered skymap from the configuration stored with it."""
-    record = _skymap_record(registry, name)
+def load_skymap(registry: RegistryReader, name: str) -> Any:
+    """Rebuild a registered skymap from the configuration stored with it (its ``skymap`` record: a
+    remote registry answers this too)."""
+    found = registry.query_dimension_records("skymap", skymap=name)
+    record = found[0] if found else None
     if record is None:
-        known = [r.name for r in _records(registry, "skymap")]
+        known = [r.name for r in registry.query_dimension_records("skymap")]
         raise DataIdError(f"skymap {name!r} is not registered; registered skymaps: {known}")
     key = (name, record.hash)
     skymap = _SKYMAPS.get(key)
     if skymap is None:
         stored = json.loads(record.config)
         module, _, cls_name = stored["class"].rpartition(".")
+        if module.split(".", 1)[0] != "butler":  # a record names the class: only the butler's own skymaps
+            raise DataIdError(f"skymap {name!r} names the class {stored['class']!r}, which is not a butler skymap")
         cls = getattr(importlib.import_module(module), cls_name)
         skymap = cls.from_config(stored["config"])
         _SKYMAPS[key] = skymap

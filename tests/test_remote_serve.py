@@ -27,6 +27,7 @@ from butler.errors import (
     RemoteProtocolError,
     RemoteUnavailableError,
 )
+from butler.skymap import RingsSkyMap
 from butler.testing import SIMCAM_VISITS, FlippingProxy, make_repo, served_repository
 
 RUN = "u/tester/run1"
@@ -42,8 +43,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Butler:
     root = str(tmp_path_factory.mktemp("remote") / "repo")
     make_repo(root)
     butler = Butler(root, run=RUN)
-    butler.register_instrument(SimCam(), calibs=False)
+    butler.register_instrument(SimCam())  # with its SimCam/calib chain and the camera certified there
     butler.insert_dimension_records("visit", SIMCAM_VISITS)
+    butler.register_skymap(RingsSkyMap("rings6", num_rings=6), tracts=[3])
     butler.register_dataset_type(DatasetType("metrics", ("instrument", "visit", "detector"), "StructuredData"))
     butler.register_dataset_type(DatasetType("calexp", ("instrument", "visit", "detector"), "Exposure"))
     refs = butler.put_many([({"visit": v, "detector": d}, "metrics", {"instrument": "SimCam", "visit": v,
@@ -116,6 +118,21 @@ def test_reads_answer_as_locally(repo, remote):
     np.testing.assert_array_equal(cut, local.get("calexp", exp_id, component="image", parameters={"bbox": CUT}))
     assert remote.get("calexp.wcs", exp_id).wcs.to_header() == local.get("calexp.wcs", exp_id).wcs.to_header()
     assert remote.get_uri(ref).endswith(f"/api/v1/datasets/{ref.id.hex}/file")
+
+
+def test_calibrations_skymaps_and_observations_read_as_locally(repo, remote):
+    local = _local(repo)
+    camera = remote.get("camera", instrument="SimCam", visit=VISITS[0])  # found by validity time
+    assert camera == local.get("camera", instrument="SimCam", visit=VISITS[0])
+    assert remote.find_dataset("camera", instrument="SimCam", visit=VISITS[0]) == \
+        local.find_dataset("camera", instrument="SimCam", visit=VISITS[0])
+    for butler in (local, remote):  # an observation that does not exist: the same error both ways
+        with pytest.raises((DataIdError, DatasetNotFoundError), match="999"):
+            butler.get("camera", instrument="SimCam", visit=999)
+    sky = remote.get_skymap("rings6")
+    assert sky.digest == local.get_skymap("rings6").digest
+    keys = [("SimCam", v) for v in VISITS]
+    assert remote.observation_times("visit", keys) == local.observation_times("visit", keys)
 
 
 def test_errors_read_as_locally(repo, remote):

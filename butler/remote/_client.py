@@ -198,6 +198,16 @@ def _collections(collections: Any) -> str | list[str]:
     return check_collection_names(collections)
 
 
+def _json_data_id(data_id: Mapping[str, Any]) -> dict[str, Any]:
+    """A data ID for a request: a ``time`` as ns (it may be an astropy Time or an ISO string here)."""
+    out = dict(data_id)
+    if out.get("time") is not None:
+        from .._time import to_nsec
+
+        out["time"] = to_nsec(out["time"])
+    return out
+
+
 def _bind(bind: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if bind is None:
         return None
@@ -267,6 +277,22 @@ class RemoteRepository:
     def recorded_inputs(self, refs: Sequence[DatasetRef]) -> list[str | None]:
         """`Butler.recorded_inputs`, asked of the server."""
         return list(call(self.transport, "recorded_inputs", {"refs": encode_refs(refs)}))
+
+    def observation_times(self, element: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+        """`Butler.observation_times`, asked of the server."""
+        rows = call(self.transport, "observation_times", {"element": element, "keys": [list(k) for k in keys]})
+        return {(instrument, number): values for instrument, number, values in rows}
+
+    def find_calibration(self, dataset_type: str, data_id: Mapping[str, Any], collections: Any) -> FoundDataset | None:
+        """The calibration of ``dataset_type`` valid for ``data_id`` (with its observation or a ``time``
+        in ns), found by the server along ``collections`` (None: its ``<instrument>/calib``)."""
+        data = call(self.transport, "find_calibration", {
+            "dataset_type": dataset_type, "data_id": _json_data_id(data_id),
+            "collections": None if collections is None else _collections(collections)})
+        found = decode_found(self.registry.universe, data)
+        if found is None:
+            return None
+        return found._replace(files=tuple(cache_record(found.ref.id, f) for f in found.files))
 
     def uri(self, ref: DatasetRef, component: str = "") -> str:
         """The URL of a dataset's file on the server."""

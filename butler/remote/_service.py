@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ButlerError, DatasetNotFoundError, RemoteAuthError, RemoteProtocolError
+from ..registry._datasets import FoundDataset
 from ._protocol import (
     API_PREFIX,
     MAX_INLINE_BYTES,
@@ -303,6 +304,18 @@ class RepositoryService:
 
     def call_recorded_inputs(self, args: Mapping[str, Any]) -> Any:
         return self.butler.recorded_inputs(decode_refs(self.butler.reader.universe, args["refs"]))
+
+    def call_observation_times(self, args: Mapping[str, Any]) -> Any:
+        found = self.butler.observation_times(args["element"], [(str(i), int(n)) for i, n in args["keys"]])
+        return [[instrument, number, values] for (instrument, number), values in found.items()]
+
+    def call_find_calibration(self, args: Mapping[str, Any]) -> Any:
+        """The calibration dataset valid for a data ID (its observation, or ``time`` ns) in collections."""
+        ref = self.butler.find_dataset(args["dataset_type"], args["data_id"], collections=args.get("collections"))
+        if ref is None:
+            return None
+        files = self.butler.reader.files_of([ref.id]).get(ref.id, [])
+        return encode_found(FoundDataset(ref, tuple(files)))
 
     def call_refresh(self, args: Mapping[str, Any]) -> Any:
         self.butler.refresh()
