@@ -346,3 +346,23 @@ def test_a_cutout_of_a_remote_store_moves_only_the_chunks_it_needs(repo, server,
     np.testing.assert_array_equal(cut, local.get("calexp", exp_id, component="image", parameters={"bbox": box}))
     assert 0 < moved < record.file_size / 4  # the store is not fetched whole
     assert not [f for _, _, files in os.walk(tmp_path / "cache") for f in files]  # nor cached
+
+
+def test_a_server_that_dies_mid_transfer(server, tmp_path):
+    """An answer cut off halfway is asked again on a new connection (reads are safe to repeat); one cut
+    off every time is a RemoteUnavailableError, and nothing is cached."""
+    with FlippingProxy(server, cuts=1) as proxy:
+        remote = Butler(proxy.url, collections=RUN, cache_dir=str(tmp_path / "c1"))
+        assert remote.get("metrics", instrument="SimCam", visit=12, detector=2) == {"visit": 12, "detector": 2}
+        assert proxy.cut == 1
+    cache = tmp_path / "c2"
+    ref = Butler(server, collections=RUN, cache_dir=str(tmp_path / "c3")).find_dataset(
+        "metrics", instrument="SimCam", visit=14, detector=0)
+    with FlippingProxy(server, cuts=100) as proxy:
+        remote = Butler(proxy.url, collections=RUN, cache_dir=str(cache))
+        with pytest.raises(RemoteUnavailableError, match="IncompleteRead"):
+            remote.get("metrics", instrument="SimCam", visit=14, detector=0)  # the lookup with its inline file
+        with pytest.raises(RemoteUnavailableError, match="IncompleteRead"):
+            remote.get(ref)  # the file alone
+        assert proxy.cut == 6  # each request sent three times
+    assert not [f for _, _, files in os.walk(cache) for f in files]

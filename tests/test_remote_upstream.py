@@ -142,3 +142,15 @@ def test_cache_list_and_prune(server, upstream_repo, local_root):
     # Pruned copies are fetched again when read.
     again = Butler(local_root, upstream=server, collections=RUN)
     assert again.get("metrics", instrument="SimCam", visit=12, detector=1) == {"visit": 12, "detector": 1}
+
+
+def test_an_upstream_that_dies_mid_transfer_caches_nothing(server, local_root):
+    before = snapshot_repo(Butler(local_root))
+    with FlippingProxy(server, cuts=1, calls=("/export",)) as proxy:
+        mine = Butler(local_root, upstream=proxy.url, collections=RUN)
+        with pytest.raises(RemoteUnavailableError, match="download"):
+            mine.get("metrics", instrument="SimCam", visit=12, detector=0)
+        assert proxy.cut == 1
+        assert snapshot_repo(Butler(local_root)) == before
+        # The next read fetches it whole (the proxy cut only once).
+        assert mine.get("metrics", instrument="SimCam", visit=12, detector=0) == {"visit": 12, "detector": 0}

@@ -187,8 +187,9 @@ class HttpTransport:
                 self._drop()
             return Reply(response.status, dict(response.getheaders()), data)
         raise RemoteUnavailableError(
-            f"cannot reach the butler server {self.where} ({method} {path}): {type(problem).__name__}: {problem}; "
-            "check the URL and that the server runs (`butler serve REPO --port N`)") from None
+            f"cannot reach the butler server {self.where}, or it stopped answering ({method} {path}, "
+            f"{self._retries + 1} attempts: {type(problem).__name__}: {problem}); check the URL and that the server "
+            "runs (`butler serve REPO --port N`)") from None
 
     def download(self, method: str, path: str, target: str, *, body: bytes = b"",
                  headers: Mapping[str, str] | None = None) -> Reply:

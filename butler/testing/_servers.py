@@ -67,11 +67,15 @@ def served_repository(root: str, *, args: Sequence[str] = (), env: dict[str, str
 class FlippingProxy:
     """A real HTTP proxy in a thread (aiohttp) that forwards to a butler server and flips one bit in the
     middle of the file bytes of the first ``flips`` answers that carry some: file answers, export
-    bundles and the inline bytes after a lookup's JSON. For tests of damage in transit."""
+    bundles and the inline bytes after a lookup's JSON. With ``cuts``, the first ``cuts`` such
+    answers are instead cut off halfway (the connection closed after half the announced body: a
+    server that died mid-transfer). For tests of damage in transit."""
 
-    def __init__(self, target: str, flips: int, *, calls: tuple[str, ...] | None = None) -> None:
+    def __init__(self, target: str, flips: int = 0, *, cuts: int = 0, calls: tuple[str, ...] | None = None) -> None:
         self.target = target.rstrip("/")
         self.flips = flips
+        self.cuts = cuts
+        self.cut = 0
         self.bytes_forwarded = 0
         """Bytes of the answers' bodies passed on to clients (what crossed the wire from the server)."""
         self.calls = calls
@@ -90,7 +94,7 @@ class FlippingProxy:
         # A new connection per request: a kept-alive one the server closed meanwhile would fail the forward.
         session = aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(force_close=True))
 
-        async def forward(request: web.Request) -> web.Response:
+        async def forward(request: web.Request) -> web.StreamResponse:
             async with session.request(request.method, self.target + request.path_qs, data=await request.read(),
                                        headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as r:
                 body = bytearray(await r.read())
@@ -100,12 +104,21 @@ class FlippingProxy:
                                 or len(body) > json_length)  # inline bytes follow the JSON
                 if self.calls is not None and not request.path.endswith(self.calls):
                     carries_file = False
+                headers = {k: v for k, v in r.headers.items() if k.lower() not in ("content-length", "transfer-encoding",
+                                                                                    "content-encoding")}
+                if carries_file and r.status == 200 and self.cut < self.cuts and len(body) > 1:
+                    self.cut += 1
+                    response = web.StreamResponse(status=r.status, headers=headers)
+                    response.content_length = len(body)
+                    await response.prepare(request)
+                    await response.write(bytes(body[:len(body) // 2]))
+                    assert request.transport is not None
+                    request.transport.close()  # half the body, then the connection is gone
+                    return response
                 if carries_file and r.status == 200 and self.flipped < self.flips and body:
                     start = json_length if json_length < len(body) else 0
                     body[start + (len(body) - start) // 2] ^= 0x01  # a byte in the middle of the file bytes
                     self.flipped += 1
-                headers = {k: v for k, v in r.headers.items() if k.lower() not in ("content-length", "transfer-encoding",
-                                                                                    "content-encoding")}
                 return web.Response(status=r.status, body=bytes(body), headers=headers)
 
         app = web.Application()
