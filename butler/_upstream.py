@@ -22,7 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._dataset_ref import DatasetRef
-from .errors import ChecksumError, CollectionError, DataIdError, DatasetNotFoundError, DatasetTypeError
+from .errors import (
+    ChecksumError,
+    CollectionError,
+    DataIdError,
+    DatasetNotFoundError,
+    DatasetTypeError,
+    RemoteUnavailableError,
+)
 
 if TYPE_CHECKING:
     from ._butler import Butler
@@ -63,11 +70,14 @@ def fetch(butler: Butler, refs: Sequence[DatasetRef], importer: Callable[[str], 
             upstream.export(bundle, refs=list(refs))
             report = importer(bundle)
             break
-        except (BundleChecksumError, BundleCorruptError) as err:
+        except (BundleChecksumError, BundleCorruptError, RemoteUnavailableError) as err:  # damaged or cut off
             damaged = err
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     else:
+        if isinstance(damaged, RemoteUnavailableError):
+            raise RemoteUnavailableError(f"{len(refs)} dataset(s) could not be fetched from the upstream {upstream.root} "
+                                         f"({_ATTEMPTS} attempts: {damaged}); nothing was cached") from None
         raise ChecksumError(
             f"{len(refs)} dataset(s) fetched from the upstream {upstream.root} arrived damaged {_ATTEMPTS} times "
             f"({damaged}); nothing was cached. If it persists, run `butler verify` on the upstream") from None

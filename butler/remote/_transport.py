@@ -201,9 +201,15 @@ class HttpTransport:
             response = conn.getresponse()
             if response.status != 200:
                 return Reply(response.status, dict(response.getheaders()), response.read())
+            expected = response.length  # the Content-Length (None when the server streams without one)
+            written = 0
             with open(target, "wb") as stream:
                 while block := response.read(1 << 20):
                     stream.write(block)
+                    written += len(block)
+            if expected is not None and written != expected:  # http.client ends short reads quietly
+                self._drop()
+                raise http.client.IncompleteRead(b"", expected - written)
             if response.will_close:
                 self._drop()
             return Reply(response.status, dict(response.getheaders()))
