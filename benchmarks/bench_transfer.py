@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 import uuid
 
@@ -95,6 +96,12 @@ def _repo(ctx: Context, n: int, *, files: bool, copy: str = "a") -> str:
     return root
 
 
+def _fresh(ctx: Context, name: str) -> str:
+    """A new scratch directory on every call: a repository is never created where an earlier one of
+    this process was (its engine may still be cached by the Butler)."""
+    return tempfile.mkdtemp(prefix=f"{name}-", dir=ctx.tmpdir)
+
+
 def _run_files(root: str) -> list[str]:
     """The files of the benchmark run, sorted (what each baseline copies)."""
     return sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, RUN)) for f in fs)
@@ -125,12 +132,12 @@ def _export_rate(ctx: Context, suffix: str, repeats: int) -> Result:
     paths = _run_files(root)
     assert len(paths) == n
     for i in range(repeats):
-        target = os.path.join(ctx.scratch(f"export-{suffix}-{i}"), f"bundle{suffix}")
+        target = os.path.join(_fresh(ctx, f"export-{suffix}-{i}"), f"bundle{suffix}")
         start = time.perf_counter()
         report = butler.export(target, collections=RUN)
         seconds.append(time.perf_counter() - start)
         assert report.datasets == n, report
-        copy_dir = ctx.scratch(f"copy-{suffix}-{i}")
+        copy_dir = _fresh(ctx, f"copy-{suffix}-{i}")
         base.append(_copy_seconds(paths, root, copy_dir))
         shutil.rmtree(os.path.dirname(target), ignore_errors=True)
         shutil.rmtree(copy_dir, ignore_errors=True)
@@ -156,17 +163,17 @@ def _import_rate(ctx: Context, suffix: str, repeats: int) -> Result:
 
     n = ctx.size(10_000, 2_000)
     root = _repo(ctx, n, files=True)
-    bundle = os.path.join(ctx.scratch(f"import-bundle{suffix}"), f"bundle{suffix}")
+    bundle = os.path.join(_fresh(ctx, f"import-bundle{suffix}"), f"bundle{suffix}")
     Butler(root).export(bundle, collections=RUN)
     paths = _run_files(root)
     seconds, base = [], []
     for i in range(repeats):
-        dest = Butler.create(os.path.join(ctx.scratch(f"import{suffix}-{i}"), "repo"))
+        dest = Butler.create(os.path.join(_fresh(ctx, f"import{suffix}-{i}"), "repo"))
         start = time.perf_counter()
         report = dest.import_(bundle)
         seconds.append(time.perf_counter() - start)
         assert report.datasets == n, report
-        copy_dir = ctx.scratch(f"import-copy{suffix}-{i}")
+        copy_dir = _fresh(ctx, f"import-copy{suffix}-{i}")
         base.append(_copy_seconds(paths, root, copy_dir))
         shutil.rmtree(os.path.dirname(dest.root), ignore_errors=True)
         shutil.rmtree(copy_dir, ignore_errors=True)
@@ -199,13 +206,13 @@ def _transfer_rate(ctx: Context, repeats: int) -> Result:
     paths = _run_files(root)
     seconds, base, linked = [], [], []
     for i in range(repeats):
-        dest = Butler.create(os.path.join(ctx.scratch(f"transfer-{i}"), "repo"))
+        dest = Butler.create(os.path.join(_fresh(ctx, f"transfer-{i}"), "repo"))
         start = time.perf_counter()
         report = dest.transfer_from(source, collections=RUN)  # auto: hard links (one file system)
         seconds.append(time.perf_counter() - start)
         assert report.datasets == n, report
         linked.append(os.stat(paths[0]).st_nlink > 1)
-        copy_dir = ctx.scratch(f"transfer-copy-{i}")
+        copy_dir = _fresh(ctx, f"transfer-copy-{i}")
         base.append(_copy_seconds(paths, root, copy_dir))
         shutil.rmtree(os.path.dirname(dest.root), ignore_errors=True)
         shutil.rmtree(copy_dir, ignore_errors=True)
