@@ -12,7 +12,8 @@
   (``transfer="auto"``: what ``butler transfer-datasets`` does).
 
 The "x base" column is ours / theirs: above 1 we are faster. Each repetition times ours, then
-theirs, so load on the machine falls on both. The daf_butler side runs as a child program
+theirs, so load on the machine falls on both; ``os.sync()`` before each side keeps one side's
+write-back out of the other's time. The daf_butler side runs as a child program
 (``benchmarks/_daf_peer.py``) under the interpreter named by ``BUTLER_BENCH_DAF_PYTHON`` (or
 ``--daf-python``), else ``.venv-daf/bin/python`` (``make daf-venv``) if it exists, else this one:
 ``lsst-daf-butler`` (the ``bench`` extra) installs a ``butler`` command of its own, so it lives in
@@ -99,6 +100,12 @@ def _source(ctx: Context, peer: Peer, n: int) -> str:
     return os.path.join(root, "repo")  # a name without a dot: daf_butler reads "x.4300" as a config file
 
 
+def _settle() -> None:
+    """Flush dirty pages before each timed side, so the files one side wrote (and removed) are not
+    written back during the other's turn: without it, ours after theirs ran at a third of its rate."""
+    os.sync()
+
+
 def _versus(n: int, ours: list[Result], theirs: list[float], peer: Peer, what: str,
             extra: dict[str, Any]) -> Result:
     """Our rate (the value) against daf_butler's (the baseline), with our copyfile baseline kept."""
@@ -123,9 +130,12 @@ def bench_export(ctx: Context) -> Result:
     source = _source(ctx, peer, n)
     ours, ours_zip, theirs = [], [], []
     for i in range(ctx.size(3, 1)):
+        _settle()
         ours.append(_export_rate(ctx, "", 1))
+        _settle()
         ours_zip.append(_export_rate(ctx, ".zip", 1))
         target = ctx.scratch(f"daf-export-{i}")
+        _settle()
         out = _run(peer.python, "export", source, os.path.join(target, "bundle"), timeout=1800)
         assert out["datasets"] == n, out
         theirs.append(float(out["seconds"]))
@@ -151,8 +161,10 @@ def bench_import(ctx: Context) -> Result:
     assert exported["datasets"] == n, exported
     ours, theirs = [], []
     for i in range(ctx.size(3, 1)):
+        _settle()
         ours.append(_import_rate(ctx, "", 1))
         dest = ctx.scratch(f"daf-import-{i}")
+        _settle()
         out = _run(peer.python, "import", bundle, os.path.join(dest, "repo"), timeout=1800)
         assert out["datasets"] == n, out
         theirs.append(float(out["seconds"]))
@@ -172,8 +184,10 @@ def bench_transfer(ctx: Context) -> Result:
     source = _source(ctx, peer, n)
     ours, theirs, linked = [], [], []
     for i in range(ctx.size(3, 1)):
+        _settle()
         ours.append(_transfer_rate(ctx, 1))
         dest = ctx.scratch(f"daf-transfer-{i}")
+        _settle()
         out = _run(peer.python, "transfer", source, os.path.join(dest, "repo"), timeout=1800)
         assert out["datasets"] == n, out
         theirs.append(float(out["seconds"]))
