@@ -102,7 +102,7 @@ def _source(ctx: Context, peer: Peer, n: int) -> str:
 
 def _settle() -> None:
     """Flush dirty pages before each timed side, so the files one side wrote (and removed) are not
-    written back during the other's turn: without it, ours after theirs ran at a third of its rate."""
+    written back during the other's turn."""
     os.sync()
 
 
