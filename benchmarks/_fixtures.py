@@ -167,10 +167,13 @@ def big_repo(ctx: Context, n: int) -> str:
     return root
 
 
-def cached_repo(ctx: Context, family: str, version: str, fill: Any, what: str) -> tuple[str, dict[str, Any]]:
+def cached_repo(ctx: Context, family: str, version: str, fill: Any, what: str, *,
+                opened_here: bool = True) -> tuple[str, dict[str, Any]]:
     """A repository cached under ``.bench/cache/<family>-<version>``, built by ``fill(root)`` on first
     use -> (root, the dict ``fill`` returned). Stale versions of the family are dropped; the build
-    happens in a temporary directory renamed into place, so an interrupted build is never used."""
+    happens in a temporary directory renamed into place, so an interrupted build is never used.
+    ``opened_here=False``: ``fill`` built it in another process (another package's repository), so
+    there is no engine of ours to close before the rename."""
     root = ctx.cache_dir / "cache" / f"{family}-{version}"
     marker = root / ".complete"
     if marker.exists():
@@ -188,7 +191,8 @@ def cached_repo(ctx: Context, family: str, version: str, fill: Any, what: str) -
     ctx.log(f"building {what} in {root} (cached for later runs)")
     t0 = time.perf_counter()
     meta = dict(fill(str(building)))
-    _forget_repo(str(building))
+    if opened_here:
+        _forget_repo(str(building))
     os.replace(building, root)
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     marker.write_text(json.dumps(meta))

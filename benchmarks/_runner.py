@@ -40,6 +40,7 @@ __all__ = [
     "Context",
     "Result",
     "benchmark",
+    "informational",
     "measure",
     "percentile",
     "rate_result",
@@ -154,6 +155,12 @@ class Result:
             res.baseline = percentile(baseline_ns, 50) / scale
             res.baseline_p90 = percentile(baseline_ns, 90) / scale
         return res
+
+
+def informational(reason: str) -> Result:
+    """A benchmark that cannot measure here for a reason that is no fault (an optional peer package is
+    not installed): reported as INFO with no figure and ``reason`` in the notes, never as ERROR."""
+    return Result(value=math.nan, notes=f"informational: {reason}")
 
 
 def rate_result(count: int, seconds: Sequence[float], *, baseline_seconds: Sequence[float] | None = None,
@@ -280,7 +287,8 @@ def run_one(bench: Benchmark, ctx: Context) -> Outcome:
         out.seconds = time.perf_counter() - t0
         return out
     out.seconds = time.perf_counter() - t0
-    out.value, out.p90, out.n = res.value, res.p90, res.n
+    out.value = None if math.isnan(res.value) else res.value  # NaN: nothing measured (see `informational`)
+    out.p90, out.n = res.p90, res.n
     out.baseline, out.baseline_p90, out.baseline_label = res.baseline, res.baseline_p90, res.baseline_label
     out.notes, out.extra = res.notes, res.extra
     if res.baseline:

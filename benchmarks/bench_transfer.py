@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 import uuid
 
@@ -95,6 +96,12 @@ def _repo(ctx: Context, n: int, *, files: bool, copy: str = "a") -> str:
     return root
 
 
+def _fresh(ctx: Context, name: str) -> str:
+    """A new scratch directory on every call: a repository is never created where an earlier one of
+    this process was (its engine may still be cached by the Butler)."""
+    return tempfile.mkdtemp(prefix=f"{name}-", dir=ctx.tmpdir)
+
+
 def _run_files(root: str) -> list[str]:
     """The files of the benchmark run, sorted (what each baseline copies)."""
     return sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, RUN)) for f in fs)
@@ -125,12 +132,12 @@ def _export_rate(ctx: Context, suffix: str, repeats: int) -> Result:
     paths = _run_files(root)
     assert len(paths) == n
     for i in range(repeats):
-        target = os.path.join(ctx.scratch(f"export-{suffix}-{i}"), f"bundle{suffix}")
+        target = os.path.join(_fresh(ctx, f"export-{suffix}-{i}"), f"bundle{suffix}")
         start = time.perf_counter()
         report = butler.export(target, collections=RUN)
         seconds.append(time.perf_counter() - start)
         assert report.datasets == n, report
-        copy_dir = ctx.scratch(f"copy-{suffix}-{i}")
+        copy_dir = _fresh(ctx, f"copy-{suffix}-{i}")
         base.append(_copy_seconds(paths, root, copy_dir))
         shutil.rmtree(os.path.dirname(target), ignore_errors=True)
         shutil.rmtree(copy_dir, ignore_errors=True)
@@ -150,33 +157,48 @@ def bench_export_dir(ctx: Context) -> Result:
     return _export_rate(ctx, "", ctx.size(3, 1))
 
 
-@benchmark("transfer.import_10k", unit="datasets/s", target=5000, better="higher",
-           description="Butler.import_ of a 10,000-dataset zip bundle into a new repository (baseline: shutil.copyfile)")
-def bench_import(ctx: Context) -> Result:
+def _import_rate(ctx: Context, suffix: str, repeats: int) -> Result:
+    """`Butler.import_` of the run's bundle (``suffix`` ".zip" or "" for a directory) into new repositories."""
     from butler import Butler
 
     n = ctx.size(10_000, 2_000)
     root = _repo(ctx, n, files=True)
-    bundle = os.path.join(ctx.scratch("import-bundle"), "bundle.zip")
+    bundle = os.path.join(_fresh(ctx, f"import-bundle{suffix}"), f"bundle{suffix}")
     Butler(root).export(bundle, collections=RUN)
+    os.sync()  # the bundle's files written back now, not during the timed import (a directory: 10k files)
     paths = _run_files(root)
     seconds, base = [], []
-    for i in range(ctx.size(3, 1)):
-        dest = Butler.create(os.path.join(ctx.scratch(f"import-{i}"), "repo"))
+    for i in range(repeats):
+        dest = Butler.create(os.path.join(_fresh(ctx, f"import{suffix}-{i}"), "repo"))
         start = time.perf_counter()
         report = dest.import_(bundle)
         seconds.append(time.perf_counter() - start)
         assert report.datasets == n, report
-        copy_dir = ctx.scratch(f"import-copy-{i}")
+        copy_dir = _fresh(ctx, f"import-copy{suffix}-{i}")
         base.append(_copy_seconds(paths, root, copy_dir))
+        shutil.rmtree(os.path.dirname(dest.root), ignore_errors=True)
+        shutil.rmtree(copy_dir, ignore_errors=True)
+    shutil.rmtree(os.path.dirname(bundle), ignore_errors=True)
+    kind = "zip bundle" if suffix == ".zip" else "directory bundle"
     return rate_result(n, seconds, baseline_seconds=base, baseline_label="shutil.copyfile of the same files",
-                       notes=f"{n} datasets of 60 bytes from a zip bundle, SQLite")
+                       notes=f"{n} datasets of 60 bytes from a {kind}, SQLite")
+
+
+@benchmark("transfer.import_10k", unit="datasets/s", target=5000, better="higher",
+           description="Butler.import_ of a 10,000-dataset zip bundle into a new repository (baseline: shutil.copyfile)")
+def bench_import(ctx: Context) -> Result:
+    return _import_rate(ctx, ".zip", ctx.size(3, 1))
 
 
 @benchmark("transfer.transfer_10k", unit="datasets/s", target=5000, better="higher",
            description="Butler.transfer_from of 10,000 small datasets into a new repository "
                        "(baseline: shutil.copyfile)")
 def bench_transfer(ctx: Context) -> Result:
+    return _transfer_rate(ctx, ctx.size(3, 1))
+
+
+def _transfer_rate(ctx: Context, repeats: int) -> Result:
+    """`Butler.transfer_from` of the run into ``repeats`` new repositories (auto: hard links)."""
     from butler import Butler
 
     n = ctx.size(10_000, 2_000)
@@ -184,14 +206,14 @@ def bench_transfer(ctx: Context) -> Result:
     source = Butler(root)
     paths = _run_files(root)
     seconds, base, linked = [], [], []
-    for i in range(ctx.size(3, 1)):
-        dest = Butler.create(os.path.join(ctx.scratch(f"transfer-{i}"), "repo"))
+    for i in range(repeats):
+        dest = Butler.create(os.path.join(_fresh(ctx, f"transfer-{i}"), "repo"))
         start = time.perf_counter()
         report = dest.transfer_from(source, collections=RUN)  # auto: hard links (one file system)
         seconds.append(time.perf_counter() - start)
         assert report.datasets == n, report
         linked.append(os.stat(paths[0]).st_nlink > 1)
-        copy_dir = ctx.scratch(f"transfer-copy-{i}")
+        copy_dir = _fresh(ctx, f"transfer-copy-{i}")
         base.append(_copy_seconds(paths, root, copy_dir))
         shutil.rmtree(os.path.dirname(dest.root), ignore_errors=True)
         shutil.rmtree(copy_dir, ignore_errors=True)

@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where to write the results (default: .bench/results.json)")
     parser.add_argument("--cache-dir", metavar="DIR", default=str(_runner.PROJECT_ROOT / ".bench"),
                         help="where large fixtures (the 1M-dataset registry) are cached between runs")
+    parser.add_argument("--daf-python", metavar="PYTHON",
+                        help="interpreter with lsst-daf-butler for the peers.* benchmarks (sets "
+                             "BUTLER_BENCH_DAF_PYTHON; default: that variable, else .venv-daf/bin/python if it "
+                             "exists, else this interpreter); see docs/benchmarks.md")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any target is missed")
     parser.add_argument("-v", "--verbose", action="store_true", help="print notes under the table")
     return parser.parse_args(argv)
@@ -61,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("BUTLER_USER", "bench")
+    if args.daf_python:
+        os.environ["BUTLER_BENCH_DAF_PYTHON"] = args.daf_python
     failures = discover()
     patterns = [p.strip() for item in (args.only or []) for p in item.split(",") if p.strip()] or None
     selected = _runner.select(patterns)
