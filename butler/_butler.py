@@ -154,6 +154,14 @@ class Butler:
                             templates=dict(templates or {}), formatters=dict(formatters or {}))
         created_dir = not os.path.exists(root)
         os.makedirs(root, exist_ok=True)
+        relative = config.relative_sqlite
+        if relative is not None and not os.path.exists(os.path.join(root, relative)):
+            # A repository this process made here was deleted: its pooled connections still see the
+            # deleted file (and its cached registry the old content). Forget both.
+            from .registry._database import close_engine
+
+            close_engine(config.db_url)
+            _REGISTRIES.pop((config.db_url, namespace), None)
         try:
             database = Database(config.db_url, namespace)
             registry = Registry.create(database, universe or DimensionUniverse.default())

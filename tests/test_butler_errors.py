@@ -439,3 +439,20 @@ def test_repository_whose_database_became_unreachable(tmp_path):
 def test_create_over_an_existing_repository_is_a_conflict(repo):
     with unchanged(repo), pytest.raises(ConflictError, match="already holds a butler repository"):
         Butler.create(repo.root)
+
+
+def test_create_where_a_deleted_repository_was(tmp_path):
+    """A repository made, used and deleted by this process, then made again at the same path: the new
+    one is empty (the old one's pooled connections and cached registry are forgotten)."""
+    import shutil
+
+    from butler import DatasetType
+
+    root = tmp_path / "repo"
+    old = Butler.create(root, run="u/tester/old")
+    old.register_dataset_type(DatasetType("thing", (), "StructuredData"))
+    old.put({"a": 1}, "thing")
+    shutil.rmtree(root)
+    new = Butler.create(root)
+    assert new.query_collections() == [] and new.query_dataset_types() == []
+    assert Butler(root).verify() == []
