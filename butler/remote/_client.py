@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..registry._collections import CollectionRecord, CollectionType
     from ..registry._datasets import FileRecord, FoundDataset
 
-__all__ = ["RemoteDataIds", "RemoteRegistry", "RemoteRepository", "open_remote"]
+__all__ = ["RemoteDataIds", "RemoteRegistry", "RemoteRepository", "connect", "open_remote"]
 
 INLINE_BYTES = 64 << 10
 """Files up to this size come with their lookup (`find_dataset`), so a small ``get`` is one round trip."""
@@ -235,15 +235,28 @@ def default_cache_dir(url: str) -> str:
 
 def open_remote(url: str, *, token: str | None = None, cache_dir: str | os.PathLike[str] | None = None
                 ) -> RemoteRepository:
-    """Open the repository a butler server serves at ``url`` (``http(s)://``; the token, if the server
-    needs one, from ``token`` or ``$BUTLER_TOKEN``)."""
-    token = token if token is not None else os.environ.get("BUTLER_TOKEN") or None
+    """Open the repository a butler server serves at ``url``: ``http(s)://`` (the token, if the server
+    needs one, from ``token`` or ``$BUTLER_TOKEN``) or ``ssh://[user@]host[:port]/path`` (ssh
+    authenticates; see ``_ssh.py``)."""
+    transport: Transport
     if url.lower().startswith("ssh://"):
-        raise RemoteError(f"{url}: ssh:// repositories are not available in this version; serve it over HTTP "
-                          "(`butler serve REPO`) and open http://...")
-    transport: Transport = HttpTransport(url, token=token)
-    reply = transport.request("GET", f"{API_PREFIX}/info")
-    info = decode_reply(transport, reply, "info")
+        from ._ssh import ssh_transport
+
+        transport = ssh_transport(url)
+    else:
+        token = token if token is not None else os.environ.get("BUTLER_TOKEN") or None
+        transport = HttpTransport(url, token=token)
+    return connect(url, transport, cache_dir=cache_dir)
+
+
+def connect(url: str, transport: Transport, *, cache_dir: str | os.PathLike[str] | None = None) -> RemoteRepository:
+    """The repository a butler server answers through ``transport`` (its info asked first, so a
+    server of another protocol version is refused before any other request)."""
+    try:
+        info = decode_reply(transport, transport.request("GET", f"{API_PREFIX}/info"), "info")
+    except BaseException:
+        transport.close()
+        raise
     if not isinstance(info, dict) or info.get("protocol") != PROTOCOL_VERSION or "universe" not in info:
         transport.close()
         raise RemoteProtocolError(
