@@ -358,6 +358,12 @@ class StdioTransport:
 
         return shlex.join(self.command)
 
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the idle children (to see them in ``ps``, or to test a lost one)."""
+        with self._cond:
+            return [child.proc.pid for child in self._idle]
+
     # -- Transport ---------------------------------------------------------------------------
     def request(self, method: str, path: str, *, body: bytes = b"", query: Mapping[str, str] | None = None,
                 headers: Mapping[str, str] | None = None) -> Reply:
@@ -494,7 +500,8 @@ class StdioTransport:
             return known
         said = f"; it said: {tail}" if tail else "; it wrote nothing on stderr"
         ended = f" (exit status {status})" if status is not None else ""
-        return RemoteUnavailableError(f"lost {self.where}: `{self.shown}`{ended}: {what}{said}")
+        shown = self.shown if len(self.shown) <= 400 else self.shown[:400] + "..."
+        return RemoteUnavailableError(f"lost {self.where}: `{shown}`{ended}: {what}{said}")
 
 
 def _stop_all(children: list[_Child]) -> None:

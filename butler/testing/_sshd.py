@@ -8,6 +8,7 @@ import getpass
 import os
 import selectors
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def ssh_server(base: str, *, timeout: float = 30.0) -> Iterator[SshServer]:
         ]))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege-separation directory
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its group holds the connections' processes too
     assert proc.stdout is not None
     try:
         seen = _wait_listening(proc.stdout, timeout, f"sshd on 127.0.0.1:{port}")
@@ -103,13 +105,20 @@ def ssh_server(base: str, *, timeout: float = 30.0) -> Iterator[SshServer]:
         drain.start()  # sshd logs each connection: keep its pipe from filling
         yield SshServer("127.0.0.1", port, user, client_key, known_hosts, base)
     finally:
-        proc.terminate()
+        _signal_group(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
-        proc.stdout.close()
+        # The drain thread closes sshd's output when the last process holding it has gone.
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _wait_listening(stream: IO[bytes], timeout: float, what: str) -> bytes:
@@ -133,7 +142,7 @@ def _wait_listening(stream: IO[bytes], timeout: float, what: str) -> bytes:
 
 
 def _copy(stream: IO[bytes], path: str, seen: bytes) -> None:
-    with open(path, "wb") as log:
+    with stream, open(path, "wb") as log:
         log.write(seen)
         for line in stream:
             log.write(line)
