@@ -175,6 +175,27 @@ def test_concurrent_requests_use_a_bounded_pool_of_children(repo):
     assert t.pids == []
 
 
+def _fork_child_call(t: StdioTransport, out) -> None:
+    out.put((call(t, "dataset_type", {"name": "metrics"})[0], t.pids))
+
+
+def test_a_forked_process_starts_its_own_children(repo, transport):
+    """A fork shares the parent's pipes: the copy must not talk through them."""
+    import multiprocessing
+
+    assert call(transport, "dataset_type", {"name": "metrics"})[0] == "metrics"
+    (pid,) = transport.pids
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_fork_child_call, args=(transport, out))
+    proc.start()
+    name, pids = out.get(timeout=120)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0 and name == "metrics" and len(pids) == 1 and pids[0] != pid
+    assert call(transport, "dataset_type", {"name": "metrics"})[0] == "metrics"
+    assert transport.pids == [pid]  # the parent's child was neither used nor stopped by the copy
+
+
 def test_a_banner_before_the_greeting_is_named(repo):
     cmd = ["sh", "-c", f"echo 'Welcome to the cluster!'; exec {shlex.join(_serve_cmd(repo.root))}"]
     t = StdioTransport(cmd, "stdio:banner")

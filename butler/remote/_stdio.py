@@ -288,8 +288,10 @@ class _Child:
 
     def send(self, data: bytes) -> None:
         assert self.proc.stdin is not None
+        view = memoryview(data)
         try:
-            self.proc.stdin.write(data)
+            while view:  # an unbuffered pipe may take part of a big request at a time
+                view = view[self.proc.stdin.write(view) or 0:]
         except (BrokenPipeError, ConnectionResetError, ValueError):
             raise _Lost(False, "its stdin is closed") from None
 
@@ -349,6 +351,7 @@ class StdioTransport:
         self._count = 0
         self._closed = False
         self._cond = threading.Condition()
+        self._pid = os.getpid()
         self._finalizer = weakref.finalize(self, _stop_all, self._idle)
 
     @property
@@ -406,6 +409,9 @@ class StdioTransport:
     # -- children ----------------------------------------------------------------------------
     def _acquire(self) -> _Child:
         with self._cond:
+            if os.getpid() != self._pid:  # a forked copy: the children's pipes belong to the parent
+                del self._idle[:]
+                self._count, self._pid = 0, os.getpid()
             while True:
                 if self._closed:
                     raise RemoteError(f"the connection to {self.where} was closed")
