@@ -441,3 +441,15 @@ def test_writes_through_an_ssh_butler_are_refused(repo, ssh_env, tmp_path):
 
     with pytest.raises(ReadOnlyError, match="read-only"):
         Butler(ssh_env.url(repo.root), run="u/me/x", cache_dir=tmp_path / "cache")
+
+
+def test_a_server_killed_between_requests_over_ssh_is_reconnected(repo, ssh_env, monkeypatch, tmp_path):
+    pidfile = tmp_path / "server.pid"
+    # The remote shell records its pid, then becomes the server (exec keeps the pid).
+    monkeypatch.setenv("BUTLER_SSH_REMOTE_BUTLER", f"echo $$ > {shlex.quote(str(pidfile))}; exec {remote_butler()}")
+    remote = Butler(ssh_env.url(repo.root), collections=RUN, cache_dir=tmp_path / "cache")
+    assert len(remote.query_datasets("metrics")) == 6
+    first = int(pidfile.read_text())
+    os.kill(first, signal.SIGKILL)
+    assert len(remote.query_datasets("metrics")) == 6  # the documented retry, over a new ssh connection
+    assert int(pidfile.read_text()) != first

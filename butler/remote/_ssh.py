@@ -106,8 +106,8 @@ def ssh_transport(url: str, *, env: Mapping[str, str] | None = None, timeout: fl
     command = ssh_command(target, env)
     shown = f"{target.user + '@' if target.user else ''}{target.host}"
 
-    def diagnose(stderr: str, status: int | None) -> RemoteError | None:
-        return _diagnose(url, shown, stderr, status)
+    def diagnose(stderr: str, status: int | None, what: str) -> RemoteError | None:
+        return _diagnose(url, shown, stderr, status, what)
 
     return StdioTransport(command, url, timeout=timeout, diagnose=diagnose)
 
@@ -118,9 +118,10 @@ _REACH = ("Connection refused", "Could not resolve hostname", "Connection timed 
           "Network is unreachable", "Connection closed by", "Connection reset", "Operation timed out")
 
 
-def _diagnose(url: str, shown: str, stderr: str, status: int | None) -> RemoteError | None:
-    """A specific error for what ssh (exit status 255) or the remote shell (127) said went wrong."""
-    said = _last_lines(stderr)
+def _diagnose(url: str, shown: str, stderr: str, status: int | None, what: str) -> RemoteError | None:
+    """A specific error for what ssh (exit status 255) or the remote shell (127) said went wrong
+    (``what``: the connection's failure as the transport saw it)."""
+    said = _last_lines(stderr) + (f"; {what}" if what else "")
     if any(marker in stderr for marker in _AUTH[3:]):
         return RemoteAuthError(f"{url}: ssh does not trust the host key of {shown} ({said}); check it, then "
                                f"accept it once with `ssh {shown}` (or fix ~/.ssh/known_hosts)")

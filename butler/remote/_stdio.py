@@ -323,8 +323,9 @@ class _Child:
                 stream.close()
 
 
-Diagnose = Callable[[str, int | None], RemoteError | None]
-"""Turns a failed child's stderr tail and exit status into a specific error (or None: the generic one)."""
+Diagnose = Callable[[str, int | None, str], RemoteError | None]
+"""Turns a failed child's stderr tail, exit status and what failed into a specific error (or None: the
+generic one)."""
 
 
 class StdioTransport:
@@ -443,11 +444,11 @@ class StdioTransport:
             line = child.read_greeting(256, deadline)
         except TimeoutError:
             child.proc.kill()
-            raise self._failure(child, f"it sent no greeting within {self.timeout:g} s") from None
+            raise self._failure(child, f"it sent no greeting within {self.timeout:g} s", starting=True) from None
         if line == GREETING:
             return child
         if not line:
-            raise self._failure(child, "it ended before its greeting")
+            raise self._failure(child, "it ended before its greeting", starting=True)
         child.stop(wait=0.5)
         if line.startswith(_MAGIC):
             version = line[len(_MAGIC):].strip().decode(errors="replace")
@@ -494,14 +495,15 @@ class StdioTransport:
             self._count -= 1
             self._cond.notify()
 
-    def _failure(self, child: _Child, what: str) -> RemoteError:
-        """The error of a child that failed (it is stopped)."""
+    def _failure(self, child: _Child, what: str, *, starting: bool = False) -> RemoteError:
+        """The error of a child that failed (it is stopped); ``diagnose`` is told ``what`` happened
+        unless the child failed while starting (its stderr then says it all)."""
         tail = child.stderr_tail()
         status = child.proc.poll()
         if status is None:
             child.proc.kill()
         child.stop(wait=0.5)
-        known = self._diagnose(tail, status) if self._diagnose is not None else None
+        known = self._diagnose(tail, status, "" if starting else what) if self._diagnose is not None else None
         if known is not None:
             return known
         said = f"; it said: {tail}" if tail else "; it wrote nothing on stderr"
