@@ -1,5 +1,5 @@
-"""``butler serve`` (a repository read-only over HTTP) and ``butler prepare-static`` (ready for any
-static file server); see docs/remote.md."""
+"""``butler serve`` (a repository read-only over HTTP, or over stdin/stdout for ssh), ``butler
+prepare-static`` (ready for any static file server) and ``butler cache``; see docs/remote.md."""
 
 from __future__ import annotations
 
@@ -18,16 +18,30 @@ __all__ = ["cache", "prepare_static", "serve"]
               help="Port to listen on (0 picks a free one; the URL printed names it).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding a bearer token that every request must carry (Authorization: Bearer ...).")
-def serve(repo: str, host: str, port: int, token_file: str | None) -> None:
+@click.option("--stdio", is_flag=True,
+              help="Answer on stdin/stdout instead of a port (what Butler('ssh://host/REPO') runs; logs go to stderr).")
+@click.pass_context
+def serve(ctx: click.Context, repo: str, host: str, port: int, token_file: str | None, stdio: bool) -> None:
     """Serve REPO read-only over HTTP: queries, lookups and files (by dataset id, with byte ranges).
 
     Clients open it with Butler("http://HOST:PORT/"); nothing can be written through it, and only files
-    the registry records are served.
+    the registry records are served. With --stdio the same protocol runs over stdin/stdout, for clients
+    that start it through ssh: Butler("ssh://user@host/data/repo") runs `butler serve --stdio /data/repo`.
 
     \b
     Example:
       butler serve /data/repo --port 8080 --token-file ~/.butler-token
     """
+    if stdio:
+        given = [f"--{name.replace('_', '-')}" for name in ("host", "port", "token_file")
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--stdio answers on stdin/stdout, so {' and '.join(given)} do not apply (ssh "
+                                   "authenticates the client): drop them, or drop --stdio to serve over HTTP")
+        from ..remote._stdio import serve_stdio_process
+
+        serve_stdio_process(repo)
+        return
     from ..remote._server import serve as run_server
 
     token = None

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ..registry._registry import Registry
     from ..transfer._export import ExportReport
 
-__all__ = ["RemoteDataIds", "RemoteRegistry", "RemoteRepository", "open_remote"]
+__all__ = ["RemoteDataIds", "RemoteRegistry", "RemoteRepository", "connect", "open_remote"]
 
 INLINE_BYTES = 64 << 10
 """Files up to this size come with their lookup (`find_dataset`), so a small ``get`` is one round trip."""
@@ -309,20 +309,37 @@ def default_cache_dir(url: str) -> str:
 
 def open_remote(url: str, *, token: str | None = None, cache_dir: str | os.PathLike[str] | None = None
                 ) -> RemoteRepository:
-    """Open the repository a butler server serves at ``url`` (``http(s)://``; the token, if the server
-    needs one, from ``token`` or ``$BUTLER_TOKEN``)."""
-    token = token if token is not None else os.environ.get("BUTLER_TOKEN") or None
+    """Open the repository a butler server serves at ``url``: ``http(s)://`` (the token, if the server
+    needs one, from ``token`` or ``$BUTLER_TOKEN``) or ``ssh://[user@]host[:port]/path`` (ssh
+    authenticates; see ``_ssh.py``)."""
+    transport: Transport
     if url.lower().startswith("ssh://"):
-        raise RemoteError(f"{url}: ssh:// repositories are not available in this version; serve it over HTTP "
-                          "(`butler serve REPO`) and open http://...")
-    transport: Transport = HttpTransport(url, token=token)
+        from ._ssh import ssh_transport
+
+        transport = ssh_transport(url)
+        return connect(url, transport, cache_dir=cache_dir)
+    token = token if token is not None else os.environ.get("BUTLER_TOKEN") or None
+    transport = HttpTransport(url, token=token)
+    return connect(url, transport, cache_dir=cache_dir, static_fallback=True)
+
+
+def connect(url: str, transport: Transport, *, cache_dir: str | os.PathLike[str] | None = None,
+            static_fallback: bool = False) -> RemoteRepository:
+    """The repository a butler server answers through ``transport`` (its info asked first, so a
+    server of another protocol version is refused before any other request); with
+    ``static_fallback``, a URL that is not a butler server is opened as a repository served as
+    static files."""
     cache = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir(url)
-    reply = transport.request("GET", f"{API_PREFIX}/info")
-    if reply.status != 200 or not _is_json(reply.headers):  # not a butler server: a repository as static files?
-        if reply.status in (401, 403):
-            decode_reply(transport, reply, "info")  # the server's refusal
-        return _open_static(url, transport, cache, reply.status)
-    info = decode_reply(transport, reply, "info")
+    try:
+        reply = transport.request("GET", f"{API_PREFIX}/info")
+        if static_fallback and (reply.status != 200 or not _is_json(reply.headers)):
+            if reply.status in (401, 403):
+                decode_reply(transport, reply, "info")  # the server's refusal
+            return _open_static(url, transport, cache, reply.status)
+        info = decode_reply(transport, reply, "info")
+    except BaseException:
+        transport.close()
+        raise
     if not isinstance(info, dict) or info.get("protocol") != PROTOCOL_VERSION or "universe" not in info:
         transport.close()
         raise RemoteProtocolError(
