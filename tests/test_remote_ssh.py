@@ -453,3 +453,30 @@ def test_a_server_killed_between_requests_over_ssh_is_reconnected(repo, ssh_env,
     os.kill(first, signal.SIGKILL)
     assert len(remote.query_datasets("metrics")) == 6  # the documented retry, over a new ssh connection
     assert int(pidfile.read_text()) != first
+
+
+def test_an_upstream_over_ssh(repo, ssh_env, tmp_path):
+    """`Butler(local, upstream="ssh://...")`: inputs fetched through ssh as a bundle (the export's
+    temporary file removed on the server once sent), verified, kept; outputs local."""
+    mine = Butler(Butler.create(tmp_path / "mine").root, writeable=True, upstream=ssh_env.url(repo.root),
+                  collections=RUN)
+    assert mine.get("metrics", DATA_ID) == repo.get("metrics", DATA_ID, collections=RUN)
+    here = Butler(mine.root, collections=RUN)
+    assert here.find_dataset("metrics", DATA_ID) == repo.find_dataset("metrics", DATA_ID, collections=RUN)
+    assert here.verify() == []
+
+
+def test_a_file_made_for_an_answer_is_removed_once_sent(tmp_path):
+    """What the server made for one answer (an export's bundle) goes once it has been sent on the stream."""
+    import io
+
+    from butler.remote._protocol import Answer, Request
+    from butler.remote._stdio import _send_answer
+
+    scratch = tmp_path / "export"
+    scratch.mkdir()
+    (scratch / "bundle.zip").write_bytes(b"zip bytes")
+    out = io.BytesIO()
+    _send_answer(out, Request("POST", "/api/v1/export"), Answer(200, {}, file=str(scratch / "bundle.zip"),
+                                                               remove_after=str(scratch)))
+    assert out.getvalue().endswith(b"zip bytes") and not scratch.exists()

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import select
+import shutil
 import struct
 import subprocess
 import tempfile
@@ -142,6 +143,14 @@ def _read_request(stdin: BinaryIO, prefix: bytes) -> Request:
 
 
 def _send_answer(stdout: BinaryIO, request: Request, answer: Answer) -> None:
+    try:
+        _send(stdout, request, answer)
+    finally:
+        if answer.remove_after is not None:  # a file made for this answer (an export's bundle)
+            shutil.rmtree(answer.remove_after, ignore_errors=True)
+
+
+def _send(stdout: BinaryIO, request: Request, answer: Answer) -> None:
     if answer.file is None:
         stdout.write(encode_frame({"status": answer.status, "headers": dict(answer.headers)}, answer.body))
         stdout.write(answer.body)
