@@ -42,6 +42,16 @@ def _served(ctx: Context) -> ServedRepository:
     return served
 
 
+def _remote_and_local(ctx: Context) -> tuple[Any, Any]:
+    """A Butler of the core repository through the server, and one of the same repository directly."""
+    from butler import Butler
+
+    server = _served(ctx)
+    repo = core_repo(ctx)
+    return (Butler(server.url, collections=QUERY_RUN, cache_dir=ctx.scratch("remote-cache")),
+            Butler(repo.root, collections=QUERY_RUN))
+
+
 def _ratio_of_blocks(remote_call: Callable[[int], Any], local_call: Callable[[int], Any], per_block: int,
                      blocks: int = 8) -> tuple[list[int], list[int]]:
     remote: list[int] = []
@@ -63,15 +73,10 @@ def _ratio_result(remote: list[int], local: list[int], what: str) -> Result:
 @benchmark("remote.get_small", unit="x", target=3.0,
            description="Butler.get by data ID of a small dict through `butler serve` on 127.0.0.1 / the same local get")
 def bench_remote_get(ctx: Context) -> Result:
-    from butler import Butler
-
-    server = _served(ctx)
-    repo = core_repo(ctx)
-    remote = Butler(server.url, collections=QUERY_RUN, cache_dir=ctx.scratch("remote-cache"))
-    local = Butler(repo.root, collections=QUERY_RUN)
+    remote, local = _remote_and_local(ctx)
     keys = [(v, d) for v in QUERY_VISITS for d in QUERY_DETECTORS]
 
-    def get(butler: Butler, i: int) -> object:
+    def get(butler: Any, i: int) -> object:
         v, d = keys[i % len(keys)]
         return butler.get("metrics", instrument=INSTRUMENT, visit=v, detector=d)
 
@@ -84,12 +89,7 @@ def bench_remote_get(ctx: Context) -> Result:
 @benchmark("remote.query_500", unit="x", target=3.0,
            description="query_datasets of 500 refs through `butler serve` on 127.0.0.1 / the same local query")
 def bench_remote_query(ctx: Context) -> Result:
-    from butler import Butler
-
-    server = _served(ctx)
-    repo = core_repo(ctx)
-    remote = Butler(server.url, collections=QUERY_RUN, cache_dir=ctx.scratch("remote-cache"))
-    local = Butler(repo.root, collections=QUERY_RUN)
+    remote, local = _remote_and_local(ctx)
     assert len(remote.query_datasets("metrics")) == len(local.query_datasets("metrics")) == 500
     samples_remote, samples_local = _ratio_of_blocks(lambda i: remote.query_datasets("metrics"),
                                                      lambda i: local.query_datasets("metrics"), ctx.size(20, 4))

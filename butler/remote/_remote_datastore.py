@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..datastore._directory_io import MANIFEST_NAME, MANIFEST_PREFIX, parse_manifest
+from ..datastore._directory_io import MANIFEST_NAME, MANIFEST_PREFIX, parse_manifest, remove_path
 from ..datastore._file_io import verify_bytes, write_atomic
 from ..errors import ChecksumError, DatasetNotFoundError, RemoteError
 from ._protocol import API_PREFIX
@@ -97,7 +97,7 @@ class RemoteDatastore:
             return self.local.read(ref, files, component=component, parameters=parameters, verify=verify)
         except ChecksumError:  # the cached copy changed since it was fetched: fetch it again, once
             for record in files:
-                _remove(self.local.abspath(record.path))
+                remove_path(self.local.abspath(record.path))
                 self.fetch(record)
             return self.local.read(ref, files, component=component, parameters=parameters, verify=verify)
 
@@ -254,16 +254,6 @@ def _file_request(record: FileRecord, member: str | None = None) -> tuple[str, d
     if member is not None:
         query["member"] = member
     return f"{API_PREFIX}/datasets/{parts[1][:32]}/file", query
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
 
 
 class StaticDatastore(RemoteDatastore):
