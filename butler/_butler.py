@@ -16,7 +16,7 @@ import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 # Opening a repository needs the registry (SQLAlchemy and its SQLite dialect): import it with
 # the class, so `from butler import Butler` carries that cost and the first open does not
@@ -26,7 +26,7 @@ from ._config import CONFIG_NAME, DEFAULT_SQLITE, RepoConfig
 from ._dataset_ref import DatasetRef
 from ._dataset_type import DatasetType, split_component
 from .dimensions import DataCoordinate, DimensionUniverse
-from .errors import ButlerError, CollectionError, ConflictError, DatasetNotFoundError, ReadOnlyError
+from .errors import ButlerError, CollectionError, ConflictError, DatasetNotFoundError, DatasetTypeError, ReadOnlyError
 from .registry._database import Database
 from .registry._registry import Registry
 from .remote._urls import is_remote_url
@@ -213,11 +213,16 @@ class Butler:
         return remote.datastore if remote is not None else self.datastore
 
     @property
+    def upstream_location(self) -> str | None:
+        """Where the upstream is (``upstream=``: a URL or a directory), or None."""
+        return self._upstream_location
+
+    @property
     def upstream(self) -> Butler | None:
         """The read-only repository this one reads missing inputs from (``upstream=``), or None."""
         if self._upstream is None and self._upstream_location is not None:
             self._upstream = Butler(self._upstream_location, collections=self.collections or None, token=self._token,
-                                    cache_dir=self._cache_dir)
+                                    cache_dir=self._cache_dir, calibs=self.calibs or None)
         return self._upstream
 
     def fetch_from_upstream(self, refs: Sequence[DatasetRef]) -> ImportReport:
@@ -623,12 +628,10 @@ class Butler:
         """Set-based `find_dataset`: the first ref along the search path for each of ``data_ids``
         (data IDs of the type's dimensions; those not found are absent), in one query."""
         searched = self.search_path(collections)
-        if self._upstream_location is not None:
-            from ._upstream import query_target
+        if self._upstream_location is not None:  # each collection asked of its side, in order
+            from ._upstream import find_datasets
 
-            target = query_target(self, searched)
-            if target is not self:
-                return target.find_datasets(dataset_type, data_ids, collections=searched)
+            return find_datasets(self, dataset_type, data_ids, _names(searched))
         return self.reader.find_datasets(dataset_type, data_ids, searched)
 
     def observation_times(self, element: str, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -682,13 +685,14 @@ class Butler:
                        **kwargs: Any) -> list[DatasetRef]:
         """Refs of one dataset type matching data ID constraints and a where-expression."""
         searched = collections if collections is not None else self.collections
-        if self._upstream_location is not None:
-            from ._upstream import query_target
+        if self._upstream_location is not None:  # each collection asked of its side, in order
+            from ._upstream import query_datasets
 
-            target = query_target(self, searched)
-            if target is not self:
-                return target.query_datasets(dataset_type, collections=searched, where=where, bind=bind,
-                                             data_id=data_id, find_first=find_first, **kwargs)
+            def query(side: Butler, dataset_type: Any, names: list[str], first: bool | None) -> list[DatasetRef]:
+                return side.reader.query_datasets(dataset_type, collections=names, where=where, bind=bind,
+                                                  data_id=data_id, find_first=first, **kwargs)
+
+            return query_datasets(self, dataset_type, _names(self.search_path(searched)), find_first, query)
         return self.reader.query_datasets(dataset_type, collections=searched, where=where, bind=bind,
                                           data_id=data_id, find_first=find_first, **kwargs)
 
@@ -698,13 +702,22 @@ class Butler:
                        **kwargs: Any) -> list[DataCoordinate]:
         """Data IDs of the given dimensions (with implied values) that exist and match the constraints."""
         searched = collections if collections is not None else self.collections
-        if self._upstream_location is not None:
-            from ._upstream import query_target
+        upstream = self.upstream
+        if upstream is not None:  # both sides' (the upstream's first): records of what is here may be here only
+            from ._upstream import segments, union
 
-            target = query_target(self, searched if datasets is not None else None)
-            if target is not self:
-                return target.query_data_ids(dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
-                                             collections=searched, **kwargs)
+            wanted = _names(self.search_path(searched)) if datasets is not None else []
+            sides = [(local, names) for local, names in segments(self, wanted)] if wanted else [(False, []), (True, [])]
+            found: list[DataCoordinate] = []
+            for local, names in sides:
+                side = self if local else upstream
+                try:
+                    more = side.reader.query_data_ids(dimensions, where=where, bind=bind, data_id=data_id,
+                                                      datasets=datasets, collections=names or None, **kwargs)
+                except (DatasetTypeError, CollectionError):  # a type or collection of the other side only
+                    continue
+                found = union(found, more, lambda c: c)
+            return found
         return self.reader.query_data_ids(dimensions, where=where, bind=bind, data_id=data_id, datasets=datasets,
                                           collections=searched, **kwargs)
 
@@ -712,8 +725,13 @@ class Butler:
                                 bind: Mapping[str, Any] | None = None, data_id: DataIdLike = None,
                                 **kwargs: Any) -> list[DimensionRecord]:
         upstream = self.upstream
-        if upstream is not None:  # the upstream has every record; this repository those of what it cached
-            return upstream.query_dimension_records(element, where=where, bind=bind, data_id=data_id, **kwargs)
+        if upstream is not None:  # the upstream's, then those only here (a skymap registered here)
+            from ._upstream import union
+
+            theirs = upstream.query_dimension_records(element, where=where, bind=bind, data_id=data_id, **kwargs)
+            ours = self.reader.query_dimension_records(element, where=where, bind=bind, data_id=data_id, **kwargs)
+            columns = self.universe[element].primary_key_columns
+            return union(theirs, ours, lambda r: tuple(r[c] for c in columns))
         return self.reader.query_dimension_records(element, where=where, bind=bind, data_id=data_id, **kwargs)
 
     def query_dataset_types(self, pattern: str = "*") -> list[DatasetType]:
@@ -886,6 +904,21 @@ class Butler:
         return cleanup(self._registry, self.datastore, [runs] if isinstance(runs, str) else runs, user=self.user,
                        allow_foreign_run=allow_foreign_run)
 
+    def close(self) -> None:
+        """Close the connections of a remote repository (and of the upstream): kept-alive HTTP
+        connections, ssh children; do not use the Butler afterwards. (A local registry's pooled
+        connections are shared by every Butler of the repository in the process and stay open.)"""
+        if self._remote is not None:
+            self._remote.transport.close()
+        if self._upstream is not None:
+            self._upstream.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         mode = f"run={self.run!r}" if self.run else ("writeable" if self.writeable else "read-only")
         if self._remote is not None:
@@ -909,6 +942,10 @@ class DeferredDatasetHandle:
     def get(self, *, component: str | None = None, parameters: Mapping[str, Any] | None = None) -> Any:
         return self._butler.datastore_reader.read(self._found.ref, self._found.files, component=component,
                                             parameters=parameters, verify=self._butler.verify_reads)
+
+
+def _names(collections: CollectionsLike) -> list[str]:
+    return [collections] if isinstance(collections, str) else list(collections or ())
 
 
 def _butler_from_pickle(root: str, collections: tuple[str, ...], run: str | None, writeable: bool,

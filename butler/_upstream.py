@@ -7,9 +7,11 @@ of a bundle the upstream exports for it (`Butler.export(refs=...)`): every file 
 its upstream checksum before anything is registered, the dataset keeps its id, run, dimension records
 and provenance, and nothing is half-cached. Later reads are local, and work with the upstream gone.
 
-Queries of collections that only the upstream has (or that this repository holds only as cached
-copies: the runs it brought here, recorded in the registry attribute `CACHED_RUNS`) are the
-upstream's: a cache holds a subset, so asking it would answer with the subset.
+A search path is cut into segments (`segments`): this repository's own collections are searched
+here, the others (unknown here, globs, or the runs held here only as cached copies, recorded in
+the registry attribute `CACHED_RUNS`) upstream, in the path's order: a cache holds a subset of a
+run, so asking it would answer with the subset. Dimension records and data IDs are the union of
+both sides (the upstream's first).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._dataset_ref import DatasetRef
+from ._dataset_type import DatasetType, split_component
 from .errors import (
     ChecksumError,
     CollectionError,
@@ -34,10 +38,16 @@ from .errors import (
 if TYPE_CHECKING:
     from ._butler import Butler
     from ._typing import CollectionsLike, DataIdLike, RefOrTypeLike
+    from .dimensions import DataCoordinate
     from .registry._datasets import FoundDataset
     from .transfer import ImportReport
 
-__all__ = ["CACHED_RUNS", "cache_report", "cached_runs", "fetch", "find", "prune_cache", "query_target", "uses_upstream"]
+__all__ = ["CACHED_RUNS", "UpstreamUnreachableWarning", "cache_report", "cached_runs", "fetch", "find", "find_datasets", "prune_cache", "query_datasets",
+           "segments", "union"]
+
+class UpstreamUnreachableWarning(UserWarning):
+    """A read answered from the cache because the upstream could not be reached."""
+
 
 CACHED_RUNS = "upstream_cached_runs"
 """Registry attribute: JSON list of the runs this repository holds as copies of an upstream's."""
@@ -55,84 +65,194 @@ def cached_runs(butler: Butler) -> set[str]:
     return set(json.loads(text)) if text else set()
 
 
+def _mark_cached(butler: Butler, runs: set[str]) -> set[str]:
+    """Record ``runs`` as cached copies, before their datasets are brought (so that a crash in between
+    never leaves a cached run taken for one of this repository's own); the list is read again just
+    before it is written, which keeps the window for a concurrent fetch's entries short. Returns the
+    runs that were not listed yet."""
+    registry = butler.registry
+    registry.refresh_attributes()
+    known = cached_runs(butler)
+    if not runs <= known:
+        registry.set_attribute(CACHED_RUNS, json.dumps(sorted(known | runs)))
+    return runs - known
+
+
+def _unmark(butler: Butler, runs: set[str]) -> None:
+    """Forget ``runs`` as cached copies when a fetch brought none of them (they are not here)."""
+    registry = butler.registry
+    gone = {r for r in runs if not registry.query_collections([r])}
+    if gone:
+        registry.refresh_attributes()
+        remaining = cached_runs(butler) - gone
+        if remaining:
+            registry.set_attribute(CACHED_RUNS, json.dumps(sorted(remaining)))
+        else:
+            registry.delete_attribute(CACHED_RUNS)
+
+
 def fetch(butler: Butler, refs: Sequence[DatasetRef], importer: Callable[[str], ImportReport]) -> ImportReport:
     """Bring ``refs`` of ``butler``'s upstream into its repository with ``importer`` (an import of a
-    bundle path into it: verified, ids kept, idempotent), and record their runs as cached."""
+    bundle path into it: verified, ids kept, idempotent), their runs recorded as cached first."""
     from .transfer._errors import BundleChecksumError, BundleCorruptError
 
     upstream = butler.upstream
     assert upstream is not None
+    added = _mark_cached(butler, {ref.run for ref in refs})
     damaged: BaseException | None = None
-    for _ in range(_ATTEMPTS):  # a bundle damaged in transit is refused by the import and fetched again
-        scratch = tempfile.mkdtemp(prefix="butler-upstream-")
-        try:
-            bundle = os.path.join(scratch, "bundle.zip")
-            upstream.export(bundle, refs=list(refs))
-            report = importer(bundle)
-            break
-        except (BundleChecksumError, BundleCorruptError, RemoteUnavailableError) as err:  # damaged or cut off
-            damaged = err
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    else:
-        if isinstance(damaged, RemoteUnavailableError):
-            raise RemoteUnavailableError(f"{len(refs)} dataset(s) could not be fetched from the upstream {upstream.root} "
-                                         f"({_ATTEMPTS} attempts: {damaged}); nothing was cached") from None
-        raise ChecksumError(
-            f"{len(refs)} dataset(s) fetched from the upstream {upstream.root} arrived damaged {_ATTEMPTS} times "
-            f"({damaged}); nothing was cached. If it persists, run `butler verify` on the upstream") from None
-    runs = cached_runs(butler)
-    new = {ref.run for ref in refs} - runs
-    if new:
-        butler.registry.set_attribute(CACHED_RUNS, json.dumps(sorted(runs | new)))
-    return report
+    try:
+        for _ in range(_ATTEMPTS):  # a bundle damaged in transit is refused by the import and fetched again
+            scratch = tempfile.mkdtemp(prefix="butler-upstream-")
+            try:
+                bundle = os.path.join(scratch, "bundle.zip")
+                upstream.export(bundle, refs=list(refs))
+                return importer(bundle)
+            except (BundleChecksumError, BundleCorruptError, RemoteUnavailableError) as err:  # damaged, cut off
+                damaged = err
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except BaseException:
+        _unmark(butler, added)
+        raise
+    _unmark(butler, added)
+    if isinstance(damaged, RemoteUnavailableError):
+        raise RemoteUnavailableError(f"{len(refs)} dataset(s) could not be fetched from the upstream {upstream.root} "
+                                     f"({_ATTEMPTS} attempts: {damaged}); nothing was cached") from None
+    raise ChecksumError(
+        f"{len(refs)} dataset(s) fetched from the upstream {upstream.root} arrived damaged {_ATTEMPTS} times "
+        f"({damaged}); nothing was cached. If it persists, run `butler verify` on the upstream") from None
+
+
+def segments(butler: Butler, names: Sequence[str]) -> list[tuple[bool, list[str]]]:
+    """A search path cut into consecutive runs of collections of one side: ``(True, names)`` for this
+    repository's own collections (here, and not cached copies), ``(False, names)`` for the upstream's
+    (unknown here, globs, or runs held here as cached copies: the upstream has all of them). Searching
+    the segments in order is searching the path in order."""
+    plain = [n for n in names if not any(ch in n for ch in "*?[")]
+    here = {r.name for r in butler.reader.query_collections(plain)} if plain else set()
+    own = here - cached_runs(butler)
+    out: list[tuple[bool, list[str]]] = []
+    for name in names:
+        local = name in own
+        if out and out[-1][0] == local:
+            out[-1][1].append(name)
+        else:
+            out.append((local, [name]))
+    return out
+
+
+def _is_calibration(butler: Butler, dataset_type: RefOrTypeLike) -> bool:
+    if isinstance(dataset_type, DatasetRef):
+        return False
+    name = dataset_type.name if isinstance(dataset_type, DatasetType) else dataset_type
+    return butler.get_dataset_type(split_component(name)[0]).is_calibration
 
 
 def find(butler: Butler, dataset_type: RefOrTypeLike, data_id: DataIdLike, collections: CollectionsLike,
          kwargs: Mapping[str, Any], *, required: bool) -> FoundDataset | None:
-    """`butler._reads.find`, local first, then upstream (fetching what is found there)."""
+    """`butler._reads.find` along the search path, each collection asked of its side (this
+    repository's own collections here, the rest of the upstream, fetching what is found there)."""
     from . import _reads
 
+    def here(search: CollectionsLike, strict: bool = False) -> FoundDataset | None:
+        try:
+            return _reads.find(butler, dataset_type, data_id, search, kwargs, required=strict)
+        except _NOT_HERE:
+            if strict:
+                raise
+            return None
+
+    def there(search: CollectionsLike, strict: bool = False) -> FoundDataset | None:
+        upstream = butler.upstream  # opened on first use: a read of what is here works with it out of reach
+        assert upstream is not None
+        found = _reads.find(upstream, dataset_type, data_id, search, kwargs, required=strict)
+        if found is None:
+            return None
+        butler.fetch_from_upstream([found.ref])
+        return _reads.find(butler, found.ref, None, None, {}, required=True)
+
     try:
-        found = _reads.find(butler, dataset_type, data_id, collections, kwargs, required=False)
-    except _NOT_HERE:
-        found = None
-    if found is not None:
-        return found
+        if isinstance(dataset_type, DatasetRef):
+            return here(None) or there(None, required)
+        if _is_calibration(butler, dataset_type):  # by validity time: the upstream's calibration collections
+            names = None if collections is None else butler.search_path(collections)
+            if names is not None and all(local for local, _ in segments(butler, names)):
+                return here(names, required)
+            return there(collections, required)
+        parts = segments(butler, butler.search_path(collections))
+        for local, names in parts:
+            found = here(names) if local else there(names)
+            if found is not None:
+                return found
+        if required:  # the side that explains it: the upstream's if it was searched
+            upstream_names = [n for local, names in parts if not local for n in names]
+            if upstream_names:
+                there(upstream_names, True)
+            here([n for local, names in parts if local for n in names], True)
+        return None
+    except RemoteUnavailableError:  # the upstream is out of reach: what was cached here is still readable
+        cached = here(collections)
+        if cached is None:
+            raise
+        warnings.warn(f"the upstream {butler.upstream_location} is unreachable: {cached.ref} was read from this "
+                      "repository's cache (the upstream may hold a newer dataset earlier in the search path)",
+                      UpstreamUnreachableWarning, stacklevel=4)
+        return cached
+
+
+def _side(butler: Butler, local: bool) -> Butler:
     upstream = butler.upstream
     assert upstream is not None
-    there = _reads.find(upstream, dataset_type, data_id, butler.search_path(collections), kwargs, required=required)
-    if there is None:
-        return None
-    butler.fetch_from_upstream([there.ref])
-    ref = there.ref if there.ref.component is None else DatasetRef(there.ref.dataset_type, there.ref.data_id,
-                                                                    there.ref.run, there.ref.id)
-    return _reads.find(butler, ref, None, None, {}, required=True)
+    return butler if local else upstream
 
 
-def uses_upstream(butler: Butler, collections: CollectionsLike) -> bool:
-    """Whether a query of ``collections`` is the upstream's: some are unknown here, globs (the
-    upstream's names), or runs this repository holds only cached copies of."""
-    names = [collections] if isinstance(collections, str) else list(collections or ())
-    if not names or any(ch in n for n in names for ch in "*?["):
-        return True
-    local = {r.name: r for r in butler.reader.query_collections(names)}
-    if len(local) < len(set(names)):
-        return True
-    cached = cached_runs(butler)
-    return any(name in cached for name in names)
+def query_datasets(butler: Butler, dataset_type: Any, collections: Sequence[str], find_first: bool | None,
+                   query: Callable[[Butler, Any, list[str], bool | None], list[DatasetRef]]) -> list[DatasetRef]:
+    """``query(side, dataset_type, names, find_first)`` over each segment of the search path
+    (`segments`), the first found per data ID kept when finding first."""
+    parts = segments(butler, collections)
+    if len(parts) == 1:
+        return query(_side(butler, parts[0][0]), dataset_type, parts[0][1], find_first)
+    first = find_first if find_first is not None else not any(ch in n for n in collections for ch in "*?[")
+    seen: set[Any] = set()
+    out: list[DatasetRef] = []
+    for local, names in parts:
+        try:
+            refs = query(_side(butler, local), dataset_type, names, find_first)
+        except DatasetTypeError:  # a type of one side only (an output type here, an input type upstream)
+            continue
+        for ref in refs:
+            if first and ref.data_id in seen:
+                continue
+            seen.add(ref.data_id)
+            out.append(ref)
+    return out
 
 
-def query_target(butler: Butler, collections: CollectionsLike | None) -> Butler:
-    """The Butler a query is asked of: the upstream when it has the collections searched (see
-    `uses_upstream`) or when none are (dimension records and data IDs: the upstream has them all),
-    else ``butler`` itself."""
-    upstream = butler.upstream
-    if upstream is None:
-        return butler
-    if collections is None:
-        return upstream
-    return upstream if uses_upstream(butler, butler.search_path(collections)) else butler
+def find_datasets(butler: Butler, dataset_type: str, data_ids: Sequence[DataCoordinate], collections: Sequence[str]
+                  ) -> dict[DataCoordinate, DatasetRef]:
+    """`Butler.find_datasets` along the segments of the search path: what one segment does not have
+    is looked for in the next."""
+    out: dict[DataCoordinate, DatasetRef] = {}
+    left = list(data_ids)
+    for local, names in segments(butler, collections):
+        if not left:
+            break
+        side = _side(butler, local)
+        try:
+            found = side.reader.find_datasets(dataset_type, left, names) if local else \
+                side.find_datasets(dataset_type, left, collections=names)
+        except DatasetTypeError:
+            continue
+        out.update(found)
+        left = [d for d in left if d not in found]
+    return out
+
+
+def union(first: Sequence[Any], second: Sequence[Any], key: Callable[[Any], Any]) -> list[Any]:
+    """``first``, then what ``second`` has that ``first`` has not (by ``key``)."""
+    seen = {key(x) for x in first}
+    return [*first, *(x for x in second if key(x) not in seen)]
 
 
 def cache_report(butler: Butler) -> list[dict[str, Any]]:

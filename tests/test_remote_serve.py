@@ -366,3 +366,11 @@ def test_a_server_that_dies_mid_transfer(server, tmp_path):
             remote.get(ref)  # the file alone
         assert proxy.cut == 6  # each request sent three times
     assert not [f for _, _, files in os.walk(cache) for f in files]
+
+
+def test_a_remote_butler_closes_its_connections(server, tmp_path):
+    with Butler(server, collections=RUN, cache_dir=str(tmp_path / "cache")) as remote:
+        assert remote.get("metrics", instrument="SimCam", visit=12, detector=0) == {"visit": 12, "detector": 0}
+        transport = remote.datastore_reader.transport  # type: ignore[attr-defined]
+        assert transport._all  # a kept-alive connection of this thread
+    assert not transport._all

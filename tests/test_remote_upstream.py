@@ -9,6 +9,7 @@ import pickle
 import pytest
 
 from butler import Butler, DatasetType
+from butler._upstream import UpstreamUnreachableWarning
 from butler.errors import ChecksumError, DatasetNotFoundError, ReadOnlyError, RemoteUnavailableError
 from butler.testing import SIMCAM_VISITS, FlippingProxy, make_repo, served_repository, snapshot_repo
 
@@ -84,7 +85,8 @@ def test_cached_inputs_are_readable_without_the_upstream(upstream_repo, local_ro
         mine = Butler(local_root, upstream=served.url, collections=RUN)
         assert mine.get("metrics", instrument="SimCam", visit=14, detector=0) == {"visit": 14, "detector": 0}
     gone = Butler(local_root, upstream=served.url, collections=RUN)  # the server has stopped
-    assert gone.get("metrics", instrument="SimCam", visit=14, detector=0) == {"visit": 14, "detector": 0}
+    with pytest.warns(UpstreamUnreachableWarning, match="read from this repository's cache"):
+        assert gone.get("metrics", instrument="SimCam", visit=14, detector=0) == {"visit": 14, "detector": 0}
     with pytest.raises(RemoteUnavailableError):
         gone.get("metrics", instrument="SimCam", visit=14, detector=2)
 

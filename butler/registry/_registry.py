@@ -368,6 +368,14 @@ class Registry:
             }
         return self._instruments
 
+    def delete_attribute(self, name: str) -> None:
+        """Remove the registry attribute ``name`` (nothing happens if it is not set)."""
+        t = self.schema.attributes
+        with self.db.transaction(write=True) as conn:
+            conn.execute(t.delete().where(t.c.name == name))
+        self.attributes.pop(name, None)
+        self._instruments = None
+
     def set_attribute(self, name: str, value: Any) -> None:
         text = value if isinstance(value, str) else json.dumps(value)
         t = self.schema.attributes

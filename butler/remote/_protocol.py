@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import datetime
+import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ __all__ = [
     "REPORT_HEADER",
     "Answer",
     "Request",
+    "component_problem",
     "decode_collection",
     "decode_data_id",
     "decode_dataset_type",
@@ -53,6 +56,7 @@ __all__ = [
     "encode_provenance",
     "encode_records",
     "encode_refs",
+    "member_problem",
 ]
 
 PROTOCOL_VERSION = 1
@@ -95,6 +99,30 @@ class Answer:
     """(start, length) of ``file`` to send; None sends the whole file."""
     remove_after: str | None = None
     """A directory (holding ``file``, made for this answer) to remove once the answer is sent."""
+
+
+# -- paths ------------------------------------------------------------------------------------------
+_COMPONENT = re.compile(r"[A-Za-z0-9_]{0,64}")
+
+
+def member_problem(member: str) -> str | None:
+    """Why ``member`` is not a safe relative path inside a directory dataset (None if it is)."""
+    if not member or len(member) > 1024:
+        return "is empty or too long"
+    if "\\" in member or "\x00" in member:
+        return "contains a backslash or NUL"
+    if member.startswith("/") or os.path.isabs(member):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in member.split("/")):
+        return "has an empty, '.' or '..' part"
+    return None
+
+
+def component_problem(component: object) -> str | None:
+    """Why ``component`` (of a file record from a server) is not a component name ("" or a plain name)."""
+    if not isinstance(component, str) or _COMPONENT.fullmatch(component) is None:
+        return f"{component!r} is not a component name (letters, digits and '_')"
+    return None
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..datastore._directory_io import MANIFEST_NAME, MANIFEST_PREFIX, parse_manifest, remove_path
 from ..datastore._file_io import verify_bytes, write_atomic
-from ..errors import ChecksumError, DatasetNotFoundError, RemoteError
-from ._protocol import API_PREFIX
+from ..errors import ChecksumError, DatasetNotFoundError, RemoteError, RemoteProtocolError
+from ._protocol import API_PREFIX, component_problem, member_problem
 from ._transport import Transport, decode_reply
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ class RemoteDatastore:
         for record in files:
             if os.path.exists(self.abspath(record.path)):
                 continue
-            path, query = self.request_for(record)
+            store = record.checksum is not None and record.checksum.startswith(MANIFEST_PREFIX)
+            path, query = self.request_for(record, MANIFEST_NAME if store else None)  # a store: is its manifest there
             reply = self.transport.request("HEAD", path, query=query)
             if reply.status != 200:
                 return False
@@ -152,6 +153,13 @@ class RemoteDatastore:
         return read_location(url, component=component, parameters=parameters, storage_options=options,
                              manifest=Manifest(url, entries))
 
+    def _inside(self, relative: str, what: str) -> str:
+        """The cache path of ``relative``, refused (`RemoteProtocolError`) unless it stays inside the cache."""
+        full = os.path.realpath(os.path.join(self.cache_dir, relative))
+        if not full.startswith(os.path.realpath(self.cache_dir) + os.sep):
+            raise RemoteProtocolError(f"{what!r} would be cached outside {self.cache_dir}; refusing it")
+        return full
+
     def _take_offered(self, record: FileRecord) -> bytes | None:
         """The offered bytes of ``record``'s file if they match its record (else None: fetch it)."""
         with self._lock:
@@ -172,7 +180,7 @@ class RemoteDatastore:
     def fetch(self, record: FileRecord) -> str:
         """The cached file of ``record`` (a record of the remote registry: see `cache_record`),
         fetched and verified first if it is not in the cache."""
-        full = os.path.join(self.cache_dir, record.path)
+        full = self._inside(record.path, record.path)
         with self._lock:
             offered = self._offered.pop(record.path, None)
         if not os.path.exists(full):
@@ -217,6 +225,11 @@ class RemoteDatastore:
         assert record.checksum is not None
         manifest = self._get(record, MANIFEST_NAME, None, None, what)
         entries = parse_manifest(manifest, record.checksum, f"of {what} fetched from {self.transport.where}")
+        for member in entries:  # a manifest comes from the server: its members must stay inside the store
+            problem = member_problem(member)
+            if problem is not None:
+                raise RemoteProtocolError(f"the manifest of {what} from {self.transport.where} lists the member "
+                                          f"{member!r}, which {problem}; refusing the store")
         parent = os.path.dirname(full)
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".tmp-fetch-", dir=parent)
@@ -240,8 +253,16 @@ class RemoteDatastore:
 
 def cache_record(dataset_id: uuid.UUID, record: FileRecord) -> FileRecord:
     """A file record of the server as the client keeps it: its path is the cache's (by dataset id,
-    component and file name), from which the client also knows what to ask the server for."""
+    component and file name), from which the client also knows what to ask the server for. What the
+    server sent is not trusted to make paths: a component must be a plain name, the file name one
+    safe path component."""
+    problem = component_problem(record.component)
+    if problem is not None:
+        raise RemoteProtocolError(f"the server sent a file record of the dataset {dataset_id} whose component "
+                                  f"{problem}; refusing it")
     name = os.path.basename(record.path.rstrip("/")) or "file"
+    if name in (".", "..") or "\x00" in name or "\\" in name:
+        name = "file"
     return record._replace(path=f"{dataset_id.hex[:2]}/{dataset_id.hex}-{record.component or '_'}-{name}")
 
 

@@ -61,14 +61,17 @@ def make_app(service: RepositoryService, *, threads: int = 8) -> web.Application
     return app
 
 
-_SLOW_CALLS = ("query_", "find_datasets", "files_of", "resolve_collections", "refresh")
+_QUICK_CALLS = frozenset({"info", "dataset_type", "collection", "chain_children", "find_dataset"})
+"""Calls answered on the event loop: one indexed lookup each (a thread hop would cost more than the
+answer; `find_dataset` reads at most the small files it inlines). Everything else, exports and
+queries of unbounded size included, goes to the threads."""
 
 
 def _is_quick(path: str) -> bool:
-    """Whether a request is answered on the event loop: one indexed lookup (`find_dataset`, a dataset
-    type, a collection, a file's record), not a query of unbounded size, which goes to the threads."""
+    """Whether a request is answered on the event loop (see `_QUICK_CALLS`; file answers are
+    streamed by aiohttp itself)."""
     name = path.rsplit("/", 1)[-1]
-    return not name.startswith(_SLOW_CALLS)
+    return name in _QUICK_CALLS or name == "file"
 
 
 def serve(root: str, *, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,

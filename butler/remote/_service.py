@@ -14,7 +14,9 @@ import hmac
 import json
 import os
 import shutil
+import sys
 import tempfile
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -40,27 +42,15 @@ from ._protocol import (
     encode_provenance,
     encode_records,
     encode_refs,
+    member_problem,
 )
 
 if TYPE_CHECKING:
     from .._butler import Butler
 
-__all__ = ["RepositoryService", "member_problem"]
+__all__ = ["RepositoryService"]
 
 _JSON = {"Content-Type": "application/json"}
-
-
-def member_problem(member: str) -> str | None:
-    """Why ``member`` is not a safe relative path inside a directory dataset (None if it is)."""
-    if not member or len(member) > 1024:
-        return "is empty or too long"
-    if "\\" in member or "\x00" in member:
-        return "contains a backslash or NUL"
-    if member.startswith("/") or os.path.isabs(member):
-        return "is absolute"
-    if any(part in ("", ".", "..") for part in member.split("/")):
-        return "has an empty, '.' or '..' part"
-    return None
 
 
 class RepositoryService:
@@ -108,13 +98,15 @@ class RepositoryService:
         except (KeyError, TypeError, ValueError) as err:  # arguments of the wrong shape
             return _error(400, "RemoteProtocolError", f"bad arguments for {request.path}: {type(err).__name__}: {err}")
         except Exception as err:  # noqa: BLE001 - the server answers, it does not die
-            status, body = encode_error(err)
-            return Answer(status, _JSON, json.dumps(body).encode())
+            # The details (paths of the server, its code) go to the server's log, not to the client.
+            traceback.print_exc(file=sys.stderr)
+            return _error(500, "RemoteError", f"the server failed to answer {request.method} {request.path} "
+                          f"({type(err).__name__}); its log has the details")
 
     def _check_token(self, headers: Mapping[str, str]) -> None:
         if self.token is None:
             return
-        given = headers.get("Authorization") or headers.get("authorization") or ""
+        given = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
             raise RemoteAuthError("this butler server needs a bearer token (Authorization: Bearer ...) and the "
@@ -277,7 +269,8 @@ class RepositoryService:
         answer is the bundle's file, removed once sent."""
         from ..transfer._export import SelectedDataset
 
-        wanted: list[SelectedDataset] = [_Selected(name, uuid.UUID(hex=h)) for name, h in args["refs"]]
+        pairs = dict.fromkeys((str(name), uuid.UUID(hex=h)) for name, h in args["refs"])  # each once
+        wanted: list[SelectedDataset] = [_Selected(name, dataset_id) for name, dataset_id in pairs]
         if not wanted:
             raise RemoteProtocolError("export needs at least one ref")
         scratch = tempfile.mkdtemp(prefix="butler-serve-export-")

@@ -163,6 +163,9 @@ class HttpTransport:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
 
     def request(self, method: str, path: str, *, body: bytes = b"", query: Mapping[str, str] | None = None,
                 headers: Mapping[str, str] | None = None) -> Reply:
@@ -176,10 +179,19 @@ class HttpTransport:
         for _ in range(self._retries + 1):
             try:
                 conn = self._connection()
+            except OSError as err:  # refused, unreachable, no route, connect timed out
+                problem = err
+                continue
+            try:
                 conn.request(method, target, body=body or None, headers=sent)
                 response = conn.getresponse()
                 data = response.read()
-            except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, stale keep-alive
+            except TimeoutError:  # sent, and no answer in time: asking again would only repeat a slow call
+                self._drop()
+                raise RemoteUnavailableError(
+                    f"the butler server {self.where} did not answer {method} {path} within {self._timeout:.0f} s "
+                    "(busy or stuck; a query that slow may need narrowing)") from None
+            except (OSError, http.client.HTTPException) as err:  # refused, reset, stale keep-alive, cut off
                 self._drop()
                 problem = err
                 continue
