@@ -407,8 +407,6 @@ class Butler:
     def get_dataset_type(self, name: str) -> DatasetType:
         """The registered dataset type ``name`` (here, else in the upstream)."""
         if self._upstream_location is not None:
-            from .errors import DatasetTypeError
-
             try:
                 return self.reader.dataset_type(name)
             except DatasetTypeError:
