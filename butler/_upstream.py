@@ -2,7 +2,7 @@
 
 The upstream (a remote repository, ``http(s)://`` or ``ssh://``, or another repository directory) is
 read-only; the local repository is a verified cache of it and takes every write. A dataset looked for
-is found locally first, then upstream; one found upstream is brought here first, through the import
+is found along the search path (see below); one found upstream is brought here first, through the import
 of a bundle the upstream exports for it (`Butler.export(refs=...)`): every file is checked against
 its upstream checksum before anything is registered, the dataset keeps its id, run, dimension records
 and provenance, and nothing is half-cached. Later reads are local, and work with the upstream gone.
@@ -50,7 +50,8 @@ class UpstreamUnreachableWarning(UserWarning):
 
 
 CACHED_RUNS = "upstream_cached_runs"
-"""Registry attribute: JSON list of the runs this repository holds as copies of an upstream's."""
+"""Registry attribute: JSON list of the runs (and the TAGGED and CALIBRATION collections that came with
+their datasets) this repository holds as partial copies of an upstream's."""
 
 _ATTEMPTS = 2
 """Fetches of one bundle before damage in transit is reported (the second is a retry)."""
@@ -59,10 +60,20 @@ _NOT_HERE = (CollectionError, DatasetTypeError, DataIdError, DatasetNotFoundErro
 """What a local lookup raises when the dataset is the upstream's (its collection, type or records unknown here)."""
 
 
-def cached_runs(butler: Butler) -> set[str]:
+_PARSED: dict[str, frozenset[str]] = {}
+
+
+def cached_runs(butler: Butler) -> frozenset[str]:
     """The runs of ``butler``'s repository that are copies of its upstream's (brought by `fetch`)."""
     text = butler.registry.attributes.get(CACHED_RUNS)
-    return set(json.loads(text)) if text else set()
+    if not text:
+        return frozenset()
+    parsed = _PARSED.get(text)
+    if parsed is None:
+        if len(_PARSED) > 64:
+            _PARSED.clear()
+        parsed = _PARSED[text] = frozenset(json.loads(text))
+    return parsed
 
 
 def _mark_cached(butler: Butler, runs: set[str]) -> set[str]:
@@ -106,7 +117,10 @@ def fetch(butler: Butler, refs: Sequence[DatasetRef], importer: Callable[[str], 
             try:
                 bundle = os.path.join(scratch, "bundle.zip")
                 upstream.export(bundle, refs=list(refs))
-                return importer(bundle)
+                report = importer(bundle)
+                # TAGGED and CALIBRATION collections of the refs came too, holding only their part: cached
+                _mark_cached(butler, set(report.collections))
+                return report
             except (BundleChecksumError, BundleCorruptError, RemoteUnavailableError) as err:  # damaged, cut off
                 damaged = err
             finally:
@@ -128,8 +142,8 @@ def segments(butler: Butler, names: Sequence[str]) -> list[tuple[bool, list[str]
     repository's own collections (here, and not cached copies), ``(False, names)`` for the upstream's
     (unknown here, globs, or runs held here as cached copies: the upstream has all of them). Searching
     the segments in order is searching the path in order."""
-    plain = [n for n in names if not any(ch in n for ch in "*?[")]
-    here = {r.name for r in butler.reader.query_collections(plain)} if plain else set()
+    known = butler.registry.collections  # the cached records (the lookups that follow revalidate them)
+    here = {n for n in names if not any(ch in n for ch in "*?[") and known.find(n) is not None}
     own = here - cached_runs(butler)
     out: list[tuple[bool, list[str]]] = []
     for name in names:
@@ -168,8 +182,19 @@ def find(butler: Butler, dataset_type: RefOrTypeLike, data_id: DataIdLike, colle
         found = _reads.find(upstream, dataset_type, data_id, search, kwargs, required=strict)
         if found is None:
             return None
+        local = _reads.find(butler, found.ref, None, None, {}, required=False)  # cached already?
+        if local is not None:
+            return local
         butler.fetch_from_upstream([found.ref])
         return _reads.find(butler, found.ref, None, None, {}, required=True)
+
+    def cached_first(names: list[str]) -> FoundDataset | None:
+        """The dataset in the first collection of an upstream segment when that is a run cached here
+        and holds it here: the upstream would find that same dataset first (a run holds one dataset
+        per type and data ID), so a re-read of a cached dataset asks nothing of the upstream."""
+        if names[0] not in cached_runs(butler):
+            return None
+        return here([names[0]])
 
     try:
         if isinstance(dataset_type, DatasetRef):
@@ -181,17 +206,20 @@ def find(butler: Butler, dataset_type: RefOrTypeLike, data_id: DataIdLike, colle
             return there(collections, required)
         parts = segments(butler, butler.search_path(collections))
         for local, names in parts:
-            found = here(names) if local else there(names)
+            found = here(names) if local else (cached_first(names) or there(names))
             if found is not None:
                 return found
         if required:  # the side that explains it: the upstream's if it was searched
             upstream_names = [n for local, names in parts if not local for n in names]
-            if upstream_names:
-                there(upstream_names, True)
-            here([n for local, names in parts if local for n in names], True)
+            local_names = [n for local, names in parts if local for n in names]
+            return there(upstream_names, True) if upstream_names else here(local_names, True)
         return None
     except RemoteUnavailableError:  # the upstream is out of reach: what was cached here is still readable
-        cached = here(collections)
+        if isinstance(dataset_type, DatasetRef) or (collections is None and not butler.collections):
+            raise
+        known = [n for local, names in segments(butler, butler.search_path(collections)) for n in names
+                 if local or n in cached_runs(butler)]
+        cached = here(known) if known else None
         if cached is None:
             raise
         warnings.warn(f"the upstream {butler.upstream_location} is unreachable: {cached.ref} was read from this "

@@ -85,8 +85,12 @@ def test_cached_inputs_are_readable_without_the_upstream(upstream_repo, local_ro
         mine = Butler(local_root, upstream=served.url, collections=RUN)
         assert mine.get("metrics", instrument="SimCam", visit=14, detector=0) == {"visit": 14, "detector": 0}
     gone = Butler(local_root, upstream=served.url, collections=RUN)  # the server has stopped
+    assert gone.get("metrics", instrument="SimCam", visit=14, detector=0) == {"visit": 14, "detector": 0}
+    # Found first in the cached run: the upstream is not asked. Behind a collection only the upstream
+    # knows, the cached copy is read with a warning (the upstream might have had another there).
+    behind = Butler(local_root, upstream=served.url, collections=["u/tester/upstream-only", RUN])
     with pytest.warns(UpstreamUnreachableWarning, match="read from this repository's cache"):
-        assert gone.get("metrics", instrument="SimCam", visit=14, detector=0) == {"visit": 14, "detector": 0}
+        assert behind.get("metrics", instrument="SimCam", visit=14, detector=0) == {"visit": 14, "detector": 0}
     with pytest.raises(RemoteUnavailableError):
         gone.get("metrics", instrument="SimCam", visit=14, detector=2)
 
