@@ -5,19 +5,16 @@ Written by the session's independent review; each failed before its fix."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
 from collections.abc import Iterator
-from typing import Self
 
 import pytest
 from test_exposure import make_exposure
 
 from butler import Butler, DatasetType
 from butler.errors import ButlerError
-from butler.testing import SIMCAM_VISITS, make_repo, served_repository
+from butler.testing import SIMCAM_VISITS, Proxy, make_repo, served_repository
 
 V0, V1 = SIMCAM_VISITS[0]["id"], SIMCAM_VISITS[1]["id"]
 X = {"instrument": "SimCam", "visit": V0, "detector": 1}
@@ -51,61 +48,24 @@ def server(upstream_root: str) -> Iterator[str]:
 
 
 # -- a hostile server writes outside the client's cache ---------------------------------------
-class _RewritingProxy:
-    """A real HTTP proxy (aiohttp, in a thread) that changes the component of the file record in every
-    `find_dataset` answer: what a hostile or compromised server (or a man in the middle of http://) sends."""
+class _RewritingProxy(Proxy):
+    """A `Proxy` that changes the component of the file record in every `find_dataset` answer: what a
+    hostile or compromised server (or a man in the middle of http://) sends."""
 
     def __init__(self, target: str, component: str) -> None:
-        self.target, self.component, self.url = target.rstrip("/"), component, ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        super().__init__(target)
+        self.component = component
 
-    async def _main(self) -> None:
-        import aiohttp
-        from aiohttp import web
-
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-
-        async def forward(request: web.Request) -> web.Response:
-            async with session.request(request.method, self.target + request.path_qs, data=await request.read(),
-                                       headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as r:
-                body = await r.read()
-                headers = {k: v for k, v in r.headers.items() if k.lower() not in ("content-length",
-                                                                                    "transfer-encoding")}
-                if request.path.endswith("/find_dataset") and r.status == 200:
-                    n = int(r.headers.get("X-Butler-Json-Length", len(body)))
-                    data = json.loads(body[:n])
-                    if data["result"]:
-                        data["result"]["files"][0][0] = self.component
-                    text = json.dumps(data).encode()
-                    headers["X-Butler-Json-Length"] = str(len(text))
-                    body = text + body[n:]
-                return web.Response(status=r.status, body=body, headers=headers)
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", forward)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await session.close()
-        await runner.cleanup()
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        assert self._ready.wait(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
+    async def answer(self, request, status, headers, body):
+        if request.path.endswith("/find_dataset") and status == 200:
+            n = int(headers.get("X-Butler-Json-Length", len(body)))
+            data = json.loads(bytes(body[:n]))
+            if data["result"]:
+                data["result"]["files"][0][0] = self.component
+            text = json.dumps(data).encode()
+            headers["X-Butler-Json-Length"] = str(len(text))
+            body = bytearray(text + bytes(body[n:]))
+        return await super().answer(request, status, headers, body)
 
 
 def test_a_hostile_server_cannot_write_outside_the_cache(server, tmp_path):

@@ -4,7 +4,7 @@ users in processes of their own, crash enumeration."""
 from ._crash import CrashOutcome, count_crash_points, crash_at, forget_open_repositories, repository_state
 from ._processes import run_concurrently
 from ._repos import BACKENDS, SIMCAM_VISITS, RepoFactory, backend_url, make_repo, release_repo, snapshot_repo
-from ._servers import FlippingProxy, ServedRepository, served_repository
+from ._servers import FlippingProxy, Proxy, ServedRepository, served_repository
 from ._sshd import SshServer, remote_butler, ssh_server
 from ._users import TEST_ROLES, create_login_roles, share_repository
 
@@ -14,6 +14,7 @@ __all__ = [
     "TEST_ROLES",
     "CrashOutcome",
     "FlippingProxy",
+    "Proxy",
     "RepoFactory",
     "ServedRepository",
     "SshServer",

@@ -12,9 +12,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
-__all__ = ["FlippingProxy", "ServedRepository", "served_repository"]
+__all__ = ["FlippingProxy", "Proxy", "ServedRepository", "served_repository"]
 
 
 @dataclass(frozen=True)
@@ -64,28 +64,25 @@ def served_repository(root: str, *, args: Sequence[str] = (), env: dict[str, str
                 stream.close()
 
 
-class FlippingProxy:
-    """A real HTTP proxy in a thread (aiohttp) that forwards to a butler server and flips one bit in the
-    middle of the file bytes of the first ``flips`` answers that carry some: file answers, export
-    bundles and the inline bytes after a lookup's JSON. With ``cuts``, the first ``cuts`` such
-    answers are instead cut off halfway (the connection closed after half the announced body: a
-    server that died mid-transfer). For tests of damage in transit."""
+class Proxy:
+    """A real HTTP proxy on 127.0.0.1 in a thread (aiohttp) in front of a butler server: each answer
+    passes through `answer`, which subclasses override to damage it (tests of what crosses the wire)."""
 
-    def __init__(self, target: str, flips: int = 0, *, cuts: int = 0, calls: tuple[str, ...] | None = None) -> None:
+    def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
-        self.flips = flips
-        self.cuts = cuts
-        self.cut = 0
         self.bytes_forwarded = 0
         """Bytes of the answers' bodies passed on to clients (what crossed the wire from the server)."""
-        self.calls = calls
-        """Damage only the answers of requests whose path ends with one of these (None: any)."""
-        self.flipped = 0
         self.url = ""
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def answer(self, request: Any, status: int, headers: dict[str, str], body: bytearray) -> Any:
+        """The response sent for the server's answer (``headers`` without the length and encodings)."""
+        from aiohttp import web
+
+        return web.Response(status=status, body=bytes(body), headers=headers)
 
     async def _main(self) -> None:
         import aiohttp
@@ -99,27 +96,10 @@ class FlippingProxy:
                                        headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as r:
                 body = bytearray(await r.read())
                 self.bytes_forwarded += len(body)
-                json_length = int(r.headers.get("X-Butler-Json-Length", len(body)))
-                carries_file = (request.path.endswith(("/file", "/export"))
-                                or len(body) > json_length)  # inline bytes follow the JSON
-                if self.calls is not None and not request.path.endswith(self.calls):
-                    carries_file = False
                 headers = {k: v for k, v in r.headers.items() if k.lower() not in ("content-length", "transfer-encoding",
                                                                                     "content-encoding")}
-                if carries_file and r.status == 200 and self.cut < self.cuts and len(body) > 1:
-                    self.cut += 1
-                    response = web.StreamResponse(status=r.status, headers=headers)
-                    response.content_length = len(body)
-                    await response.prepare(request)
-                    await response.write(bytes(body[:len(body) // 2]))
-                    assert request.transport is not None
-                    request.transport.close()  # half the body, then the connection is gone
-                    return response
-                if carries_file and r.status == 200 and self.flipped < self.flips and body:
-                    start = json_length if json_length < len(body) else 0
-                    body[start + (len(body) - start) // 2] ^= 0x01  # a byte in the middle of the file bytes
-                    self.flipped += 1
-                return web.Response(status=r.status, body=bytes(body), headers=headers)
+                response: web.StreamResponse = await self.answer(request, r.status, headers, body)
+                return response
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", forward)
@@ -144,3 +124,40 @@ class FlippingProxy:
         assert self._loop is not None and self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+
+
+class FlippingProxy(Proxy):
+    """A `Proxy` that flips one bit in the middle of the file bytes of the first ``flips`` answers that
+    carry some: file answers, export bundles and the inline bytes after a lookup's JSON. With
+    ``cuts``, the first ``cuts`` such answers are instead cut off halfway (the connection closed after
+    half the announced body: a server that died mid-transfer). For tests of damage in transit."""
+
+    def __init__(self, target: str, flips: int = 0, *, cuts: int = 0, calls: tuple[str, ...] | None = None) -> None:
+        super().__init__(target)
+        self.flips = flips
+        self.cuts = cuts
+        self.cut = 0
+        self.calls = calls
+        """Damage only the answers of requests whose path ends with one of these (None: any)."""
+        self.flipped = 0
+
+    async def answer(self, request: Any, status: int, headers: dict[str, str], body: bytearray) -> Any:
+        from aiohttp import web
+
+        json_length = int(headers.get("X-Butler-Json-Length", len(body)))
+        carries_file = request.path.endswith(("/file", "/export")) or len(body) > json_length  # inline bytes
+        if self.calls is not None and not request.path.endswith(self.calls):
+            carries_file = False
+        if carries_file and status == 200 and self.cut < self.cuts and len(body) > 1:
+            self.cut += 1
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(bytes(body[:len(body) // 2]))
+            request.transport.close()  # half the body, then the connection is gone
+            return response
+        if carries_file and status == 200 and self.flipped < self.flips and body:
+            start = json_length if json_length < len(body) else 0
+            body[start + (len(body) - start) // 2] ^= 0x01  # a byte in the middle of the file bytes
+            self.flipped += 1
+        return await super().answer(request, status, headers, body)
