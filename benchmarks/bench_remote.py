@@ -62,6 +62,18 @@ def _ratio_of_blocks(remote_call: Callable[[int], Any], local_call: Callable[[in
     return remote, local
 
 
+def _get_ratio(ctx: Context, measured: Any, baseline: Any, keys: list[tuple[int, int]], what: str) -> Result:
+    """Gets of the metrics of ``keys`` (visit, detector) through ``measured`` / through ``baseline``."""
+
+    def get(butler: Any, i: int) -> object:
+        v, d = keys[i % len(keys)]
+        return butler.get("metrics", instrument=INSTRUMENT, visit=v, detector=d)
+
+    assert get(measured, 3) == get(baseline, 3)
+    samples, base = _ratio_of_blocks(lambda i: get(measured, i), lambda i: get(baseline, i), ctx.size(200, 30))
+    return _ratio_result(samples, base, what)
+
+
 def _ratio_result(remote: list[int], local: list[int], what: str) -> Result:
     r50, l50 = percentile(remote, 50), percentile(local, 50)
     r90, l90 = percentile(remote, 90), percentile(local, 90)
@@ -74,16 +86,7 @@ def _ratio_result(remote: list[int], local: list[int], what: str) -> Result:
            description="Butler.get by data ID of a small dict through `butler serve` on 127.0.0.1 / the same local get")
 def bench_remote_get(ctx: Context) -> Result:
     remote, local = _remote_and_local(ctx)
-    keys = [(v, d) for v in QUERY_VISITS for d in QUERY_DETECTORS]
-
-    def get(butler: Any, i: int) -> object:
-        v, d = keys[i % len(keys)]
-        return butler.get("metrics", instrument=INSTRUMENT, visit=v, detector=d)
-
-    assert get(remote, 3) == get(local, 3)
-    samples_remote, samples_local = _ratio_of_blocks(lambda i: get(remote, i), lambda i: get(local, i),
-                                                     ctx.size(200, 30))
-    return _ratio_result(samples_remote, samples_local, "get")
+    return _get_ratio(ctx, remote, local, [(v, d) for v in QUERY_VISITS for d in QUERY_DETECTORS], "get")
 
 
 @benchmark("remote.query_500", unit="x", target=3.0,
@@ -158,16 +161,7 @@ def bench_remote_cached_reget(ctx: Context) -> Result:
     keys = [(v, d) for v in QUERY_VISITS[:20] for d in QUERY_DETECTORS]
     refs = mine.query_datasets("metrics", where="visit <= 20")  # the upstream's answer
     mine.fetch_from_upstream(refs)
-    plain = Butler(root, collections=QUERY_RUN)
-
-    def get(butler: Butler, i: int) -> object:
-        v, d = keys[i % len(keys)]
-        return butler.get("metrics", instrument=INSTRUMENT, visit=v, detector=d)
-
-    assert get(mine, 1) == get(plain, 1)
-    samples_cached, samples_plain = _ratio_of_blocks(lambda i: get(mine, i), lambda i: get(plain, i),
-                                                     ctx.size(200, 30))
-    return _ratio_result(samples_cached, samples_plain, "cached re-get")
+    return _get_ratio(ctx, mine, Butler(root, collections=QUERY_RUN), keys, "cached re-get")
 
 
 def _big_exposure_repo(ctx: Context) -> tuple[str, Any]:

@@ -705,7 +705,7 @@ class Butler:
             from ._upstream import segments, union
 
             wanted = _names(self.search_path(searched)) if datasets is not None else []
-            sides = [(local, names) for local, names in segments(self, wanted)] if wanted else [(False, []), (True, [])]
+            sides = segments(self, wanted) if wanted else [(False, []), (True, [])]
             found: list[DataCoordinate] = []
             for local, names in sides:
                 side = self if local else upstream

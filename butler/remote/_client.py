@@ -32,9 +32,10 @@ from ._protocol import (
     decode_refs,
     encode_data_id,
     encode_refs,
+    header,
 )
 from ._remote_datastore import RemoteDatastore, cache_record
-from ._transport import HttpTransport, Transport, call, call_with_payload, decode_reply, download, header
+from ._transport import HttpTransport, Transport, call, call_with_payload, decode_reply, download
 
 if TYPE_CHECKING:
     from .._dataset_ref import DatasetRef
@@ -45,23 +46,10 @@ if TYPE_CHECKING:
     from ..registry._registry import Registry
     from ..transfer._export import ExportReport
 
-__all__ = ["RemoteDataIds", "RemoteRegistry", "RemoteRepository", "connect", "open_remote"]
+__all__ = ["RemoteRegistry", "RemoteRepository", "connect", "open_remote"]
 
 INLINE_BYTES = 64 << 10
 """Files up to this size come with their lookup (`find_dataset`), so a small ``get`` is one round trip."""
-
-
-class RemoteDataIds(DataIdNormalizer):
-    """Data IDs of a remote registry: normalised locally; implied values asked of the server."""
-
-    def __init__(self, registry: RemoteRegistry) -> None:
-        super().__init__(registry)
-        self._registry = registry
-
-    def expand_implied(self, data_id: DataCoordinate) -> dict[str, Any]:
-        values = call(self._registry.transport, "expand_implied",
-                      {"dimensions": list(data_id.group.required), "data_id": encode_data_id(data_id)})
-        return dict(values)
 
 
 class RemoteRegistry:
@@ -73,10 +61,10 @@ class RemoteRegistry:
         self.universe: DimensionUniverse = DimensionUniverse.from_text(info["universe"])
         self._instruments: dict[str, dict[str, Any]] = dict(info.get("instruments") or {})
         self._types: dict[str, DatasetType] = {}
-        self._data_ids = RemoteDataIds(self)
+        self._data_ids = DataIdNormalizer(self)  # aliases and constraints need no server
 
     @property
-    def data_ids(self) -> RemoteDataIds:
+    def data_ids(self) -> DataIdNormalizer:
         return self._data_ids
 
     @property

@@ -89,14 +89,12 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """One answer: ``body`` bytes, or the byte range ``file_range`` of the local file ``file``."""
+    """One answer: ``body`` bytes, or the local file ``file`` (the adapter honours a ``Range``)."""
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     file: str | None = None
-    file_range: tuple[int, int] | None = None
-    """(start, length) of ``file`` to send; None sends the whole file."""
     remove_after: str | None = None
     """A directory (holding ``file``, made for this answer) to remove once the answer is sent."""
 
@@ -123,6 +121,16 @@ def component_problem(component: object) -> str | None:
     if not isinstance(component, str) or _COMPONENT.fullmatch(component) is None:
         return f"{component!r} is not a component name (letters, digits and '_')"
     return None
+
+
+# -- headers ------------------------------------------------------------------------------------
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name`` in any letter case."""
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value
 
 
 # -- errors ------------------------------------------------------------------------------------

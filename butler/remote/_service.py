@@ -42,6 +42,7 @@ from ._protocol import (
     encode_provenance,
     encode_records,
     encode_refs,
+    header,
     member_problem,
 )
 
@@ -106,7 +107,7 @@ class RepositoryService:
     def _check_token(self, headers: Mapping[str, str]) -> None:
         if self.token is None:
             return
-        given = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        given = header(headers, "Authorization") or ""
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
             raise RemoteAuthError("this butler server needs a bearer token (Authorization: Bearer ...) and the "
@@ -257,11 +258,6 @@ class RepositoryService:
         records = reader.query_dimension_records(element, where=args.get("where"), bind=args.get("bind"),
                                                  data_id=args.get("data_id"), **args.get("kwargs", {}))
         return encode_records(element, records, reader.universe)
-
-    def call_expand_implied(self, args: Mapping[str, Any]) -> Any:
-        reader = self.butler.reader
-        coord = decode_data_id(reader.universe, args["dimensions"], args["data_id"])
-        return self.butler.registry.data_ids.expand_implied(coord)
 
     def call_export(self, args: Mapping[str, Any]) -> Any:
         """A zip bundle (see docs/transfers.md) of the datasets ``refs`` (``[[type, id], ...]``) with

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, BinaryIO
 
 from ..errors import ButlerError, RemoteError, RemoteProtocolError, RemoteUnavailableError
-from ._protocol import PROTOCOL_VERSION, Answer, Request, encode_error
+from ._protocol import PROTOCOL_VERSION, Answer, Request, encode_error, header
 from ._transport import Reply
 
 __all__ = ["BLOCK", "GREETING", "StdioTransport", "serve_stdio", "serve_stdio_process"]
@@ -166,7 +166,7 @@ def _send(stdout: BinaryIO, request: Request, answer: Answer) -> None:
         return
     with stream:
         size = os.fstat(stream.fileno()).st_size
-        status, start, length, extra = _file_part(answer, request.headers, size)
+        status, start, length, extra = _file_part(request.headers, size)
         headers = {**answer.headers, **extra, "Accept-Ranges": "bytes", "Content-Length": str(length)}
         if status == 416:
             body = json.dumps({"error": "RemoteProtocolError", "message": extra.pop("X-Reason")}).encode()
@@ -188,13 +188,10 @@ def _send(stdout: BinaryIO, request: Request, answer: Answer) -> None:
         stdout.flush()
 
 
-def _file_part(answer: Answer, headers: Mapping[str, str], size: int) -> tuple[int, int, int, dict[str, str]]:
-    """(status, start, length, extra headers) of a file answer, from the service's range or the
-    request's ``Range`` header (one range; 416 with ``X-Reason`` when it cannot be served)."""
-    if answer.file_range is not None:
-        start, length = answer.file_range
-        return 200, start, max(0, min(length, size - start)), {}
-    given = next((v for k, v in headers.items() if k.lower() == "range"), None)
+def _file_part(headers: Mapping[str, str], size: int) -> tuple[int, int, int, dict[str, str]]:
+    """(status, start, length, extra headers) of a file answer, from the request's ``Range`` header
+    (one range; 416 with ``X-Reason`` when it cannot be served)."""
+    given = header(headers, "Range")
     if given is None:
         return 200, 0, size, {}
     match = _RANGE.fullmatch(given.strip())

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import RemoteProtocolError, RemoteUnavailableError
-from ._protocol import API_PREFIX, PAYLOAD_HEADER, decode_error
+from ._protocol import API_PREFIX, PAYLOAD_HEADER, decode_error, header
 
-__all__ = ["HttpTransport", "Reply", "Transport", "call", "call_with_payload", "decode_reply", "download", "header"]
+__all__ = ["HttpTransport", "Reply", "Transport", "call", "call_with_payload", "decode_reply", "download"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ def call_with_payload(transport: Transport, name: str, args: Mapping[str, Any] |
     body = json.dumps(args or {}, separators=(",", ":")).encode()
     reply = transport.request("POST", f"{API_PREFIX}/{name}", body=body,
                               headers={"Content-Type": "application/json"})
-    split = _header(reply.headers, PAYLOAD_HEADER)
+    split = header(reply.headers, PAYLOAD_HEADER)
     if split is not None and reply.status == 200:
         try:
             n = int(split)
@@ -81,19 +81,6 @@ def download(transport: Transport, name: str, args: Mapping[str, Any], target: s
     if reply.status != 200:
         decode_reply(transport, reply, name)  # raises the server's error
     return reply
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """The value of header ``name`` in any letter case."""
-    return _header(headers, name)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
-    return value
 
 
 def decode_reply(transport: Transport, reply: Reply, what: str) -> Any:
